@@ -1,0 +1,121 @@
+"""Convert a Keras model to TFLite in every mode, validate each, report, and gate.
+
+  python -m pipelines.convert                      # the bundled Fashion-MNIST example
+  python -m pipelines.convert --model m.keras --data calib.npz --eval_data eval.npz \
+      --modes int8,float16 --out out/ --max_accuracy_drop 0.5
+
+Exit codes: 0 success; 2 bad input (nothing written); 3 a quality gate failed (models and
+report written, the report says which gate).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example")
+EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
+EXAMPLE_CALIBRATION = os.path.join(EXAMPLE_DIR, "calibration-images-idx3-ubyte.gz")
+EXAMPLE_EVALUATION = os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz")
+ALL_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+
+_MODEL = flags.DEFINE_string(
+    "model", None, "Model: .keras (Keras 3 or tf_keras), .h5, SavedModel folder, or "
+    "package.module:function. Default: the bundled Fashion-MNIST CNN.")
+_DATA = flags.DEFINE_string(
+    "data", None, "Calibration data: .npz/.npy, IDX images file, image folder, or "
+    "package.module:function. Required with --model.")
+_EVAL_DATA = flags.DEFINE_string(
+    "eval_data", None, "Evaluation data (same kinds as --data). Default: the samples of "
+    "--data not drawn for calibration (the bundled evaluation slice for the example).")
+_MODES = flags.DEFINE_string("modes", ",".join(ALL_MODES), "Comma list of converter modes: "
+                             + ", ".join(ALL_MODES) + ".")
+_OUT = flags.DEFINE_string("out", "tflq_out", "Output folder for .tflite files and reports.")
+_NUM_CALIBRATION_SAMPLES = flags.DEFINE_integer(
+    "num_calibration_samples", 500, "Calibration samples drawn from --data (with --seed).")
+_NUM_EVAL_SAMPLES = flags.DEFINE_integer(
+    "num_eval_samples", None, "Evaluate on at most this many samples (default: all).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for drawing calibration samples.")
+_NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
+_LATENCY_RUNS = flags.DEFINE_integer("latency_runs", 50, "Timed batch-1 runs per mode.")
+_INTEGER_IO = flags.DEFINE_bool(
+    "integer_io", False, "int8/int16x8 models take and return integers instead of float32.")
+_PER_TENSOR = flags.DEFINE_bool(
+    "per_tensor", False, "int8 weights per tensor instead of per channel.")
+_ALLOW_FLOAT_OPS = flags.DEFINE_bool(
+    "allow_float_ops", False, "Let int8/int16x8 keep ops without integer kernels in float.")
+_NORMALIZE = flags.DEFINE_enum(
+    "normalize", "0_1", ["0_1", "-1_1", "none"],
+    "How IDX and image-folder pixels are scaled: x/255, x/127.5-1, or raw 0..255.")
+_IMAGE_SIZE = flags.DEFINE_string(
+    "image_size", None, "HxW to resize image-folder images to (default: the model's size).")
+_MAX_ACCURACY_DROP = flags.DEFINE_float(
+    "max_accuracy_drop", None, "Gate: largest accuracy drop (percentage points) of any mode.")
+_MIN_AGREEMENT = flags.DEFINE_float(
+    "min_agreement", None, "Gate: smallest top-1 agreement (0..1) with the float model.")
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+
+
+def parse_image_size(text: str | None):
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--image_size must look like 224x224. Received: {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def build_job():
+    """Turns the flags into a tflq.ConvertJob (ValueError on bad combinations)."""
+    import tflq
+
+    model, data, eval_data = _MODEL.value, _DATA.value, _EVAL_DATA.value
+    if model is None:
+        model = EXAMPLE_MODEL
+        if data is None:
+            data = EXAMPLE_CALIBRATION
+            eval_data = eval_data or EXAMPLE_EVALUATION
+    elif data is None:
+        raise ValueError("--data is required when --model is given (calibration data).")
+    return tflq.ConvertJob(
+        model=model, data=data, eval_data=eval_data, out=_OUT.value,
+        modes=tuple(m.value for m in tflq.parse_modes(_MODES.value)),
+        num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value,
+        num_eval_samples=_NUM_EVAL_SAMPLES.value, seed=_SEED.value,
+        num_threads=_NUM_THREADS.value, batch_size=_BATCH_SIZE.value,
+        latency_runs=_LATENCY_RUNS.value,
+        convert_options=tflq.ConvertOptions(
+            integer_io=_INTEGER_IO.value, per_channel=not _PER_TENSOR.value,
+            allow_float_ops=_ALLOW_FLOAT_OPS.value),
+        data_options=tflq.DataOptions(normalize=_NORMALIZE.value,
+                                      image_size=parse_image_size(_IMAGE_SIZE.value)),
+        gates=tflq.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
+                         min_agreement=_MIN_AGREEMENT.value),
+        progress=not _QUIET.value,
+    )
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the table
+    from tflq import pipeline, report
+
+    try:
+        job = build_job()
+        result = pipeline.run_job(job)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return pipeline.EXIT_BAD_INPUT
+    print(report.format_table(result.report))
+    print(f"\nwrote {len(result.files)} files to {os.path.abspath(job.out)}")
+    if result.gate_failures:
+        print(f"quality gate failed: {'; '.join(result.gate_failures)}", file=sys.stderr)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    app.run(main)

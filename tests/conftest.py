@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny models of every flavor, small data files, the real data paths."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tflq.keras_compat import tf_keras  # noqa: E402
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE_DIR = os.path.join(REPO, "pipelines", "example")
+
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def fashion_file(name: str) -> str:
+    """Path of a real Fashion-MNIST file; fails (never skips) when it is missing."""
+    path = os.path.join(FASHION_DIR, name)
+    if not os.path.exists(path):
+        pytest.fail(f"real data missing: {path} (apt-get install -y dataset-fashion-mnist)")
+    return path
+
+
+def build_tiny_cnn(seed: int = 0):
+    """An 8x8x1 → 3-class CNN, trained a few steps so calibration ranges are not degenerate."""
+    tf_keras.utils.set_random_seed(seed)
+    model = tf_keras.Sequential([
+        tf_keras.Input((8, 8, 1), name="img"),
+        tf_keras.layers.Conv2D(4, 3, activation="relu"),
+        tf_keras.layers.Flatten(),
+        tf_keras.layers.Dense(3, name="logits"),
+    ])
+    model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = tiny_data(64, seed)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    return model
+
+
+def tiny_data(n: int, seed: int = 0):
+    """Images in [0, 1] whose class is the brightest third of the image."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(n, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 3, size=n)
+    for i, label in enumerate(y):
+        x[i, :, label * 2:label * 2 + 3, 0] += 0.5
+    return np.clip(x, 0, 1), y.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return build_tiny_cnn()
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_path(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    tiny_model.save(path)
+    return str(path)
+
+
+@pytest.fixture()
+def tiny_npz(tmp_path):
+    x, y = tiny_data(120, seed=1)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=y)
+    return str(path)
+
+
+def snapshot(folder) -> dict:
+    """sha256 of every file under a folder (to prove nothing was written)."""
+    result = {}
+    if not os.path.exists(folder):
+        return result
+    for root, _, files in os.walk(folder):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                result[os.path.relpath(full, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return result

@@ -1,0 +1,296 @@
+"""pipelines/convert.py end to end: the bundled example, every flag, every bad input."""
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import app
+from absl.testing import flagsaver
+from ai_edge_litert.interpreter import Interpreter
+from conftest import EXAMPLE_DIR, REPO, snapshot, tiny_data
+
+from pipelines import convert as cli
+from tflq.keras_compat import tf_keras
+
+EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
+EXAMPLE_EVAL = os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz")
+FAST = {"latency_runs": 3, "quiet": True}
+
+
+def run_cli(capsys, **flag_values):
+    with flagsaver.flagsaver(**{**FAST, **flag_values}):
+        code = cli.main(["convert"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def load_report(out):
+    with open(os.path.join(out, "report.json")) as f:
+        return json.load(f)
+
+
+def _read_idx(path, header):
+    return np.frombuffer(gzip.open(path).read()[header:], np.uint8)
+
+
+def test_bundled_example_matches_independent_evaluation(capsys, tmp_path):
+    out = str(tmp_path / "out")
+    code, stdout, _ = run_cli(capsys, out=out, num_calibration_samples=100, num_eval_samples=300)
+    assert code == 0
+    assert "| int8 |" in stdout and "| int16x8 |" in stdout
+    r = load_report(out)
+    assert [m["mode"] for m in r["modes"]] == ["float32", "float16", "dynamic", "int8", "int16x8"]
+    for key in ("tensorflow", "litert"):
+        assert r["versions"][key]
+    # Independent reference: Keras on the raw IDX bytes, the interpreter on the written file.
+    images = _read_idx(EXAMPLE_EVAL, 16).reshape(-1, 28, 28)[:300].astype(np.float32) / 255.0
+    labels = _read_idx(EXAMPLE_EVAL.replace("images-idx3", "labels-idx1"), 8)[:300]
+    keras_model = tf_keras.models.load_model(EXAMPLE_MODEL, compile=False)
+    float_logits = keras_model.predict(images[..., None], verbose=0)
+    assert r["float"]["accuracy"] == pytest.approx(np.mean(float_logits.argmax(1) == labels))
+    int8 = next(m for m in r["modes"] if m["mode"] == "int8")
+    interp = Interpreter(model_path=os.path.join(out, int8["path"]))
+    runner = interp.get_signature_runner()
+    tflite_logits = runner(image=images[..., None])["logits"]
+    assert int8["accuracy"] == pytest.approx(np.mean(tflite_logits.argmax(1) == labels))
+    assert int8["top1_agreement"] == pytest.approx(
+        np.mean(tflite_logits.argmax(1) == float_logits.argmax(1)))
+    assert int8["float_ops"] == []
+    assert int8["size_bytes"] == os.path.getsize(os.path.join(out, int8["path"]))
+    assert int8["size_ratio"] < 0.3
+    assert int8["accuracy_drop_pp"] <= 1.0
+    assert r["gates"]["passed"] is True
+    for name in ("report.md", "report.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 100
+
+
+def test_no_flags_runs_the_bundled_example(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run_cli(capsys)
+    assert code == 0
+    r = load_report(tmp_path / "tflq_out")
+    assert r["data"]["calibration"]["num_samples"] == 500
+    assert r["data"]["evaluation"]["num_samples"] == 1500
+    assert len(r["modes"]) == 5 and "wrote 8 files" in stdout
+
+
+@pytest.fixture()
+def tiny_files(tiny_keras_path, tmp_path):
+    x, y = tiny_data(80, seed=4)
+    calib, evaluation = tmp_path / "calib.npz", tmp_path / "eval.npz"
+    np.savez(calib, x=x[:40], y=y[:40])
+    np.savez(evaluation, x=x[40:], y=y[40:])
+    return {"model": tiny_keras_path, "data": str(calib), "eval_data": str(evaluation)}
+
+
+def test_flags_reach_the_report(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="int8,float16",
+                           num_calibration_samples=20, num_eval_samples=30, seed=5,
+                           num_threads=2, batch_size=7, latency_runs=4, integer_io=True,
+                           per_tensor=True)
+    assert code == 0 and err == ""  # --quiet: no progress bars
+    r = load_report(out)
+    s = r["settings"]
+    assert (s["seed"], s["num_threads"], s["batch_size"], s["latency_runs"]) == (5, 2, 7, 4)
+    assert s["integer_io"] is True and s["per_channel"] is False
+    assert r["data"]["calibration"]["num_samples"] == 20
+    assert r["data"]["evaluation"]["num_samples"] == 30
+    assert [m["mode"] for m in r["modes"]] == ["int8", "float16"]
+    assert r["modes"][0]["latency_ms"]["runs"] == 4
+    interp = Interpreter(model_path=os.path.join(out, "tiny_int8.tflite"))
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    conv = [t for t in interp.get_tensor_details() if list(t["shape"]) == [4, 3, 3, 1]]
+    assert len(conv[0]["quantization_parameters"]["scales"]) == 1  # per tensor
+    assert not os.path.exists(os.path.join(out, "tiny_float32.tflite"))
+
+
+def test_seed_changes_the_calibration_draw(capsys, tmp_path, tiny_files):
+    contents = []
+    for seed in (0, 1):
+        out = str(tmp_path / f"s{seed}")
+        assert run_cli(capsys, **tiny_files, out=out, modes="int8", seed=seed,
+                       num_calibration_samples=5)[0] == 0
+        contents.append(open(os.path.join(out, "tiny_int8.tflite"), "rb").read())
+    assert contents[0] != contents[1]
+
+
+def test_without_eval_data_evaluates_on_the_rest(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, _ = run_cli(capsys, model=tiny_files["model"], data=tiny_files["data"],
+                         out=out, modes="int8", num_calibration_samples=15)
+    assert code == 0
+    assert load_report(out)["data"]["evaluation"]["num_samples"] == 25
+
+
+def test_progress_bars_without_quiet(capsys, tmp_path, tiny_files):
+    code, _, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "o"), modes="float16",
+                           quiet=False)
+    assert code == 0 and "validate" in err
+
+
+def test_image_folder_with_normalize_and_image_size(capsys, tmp_path, tiny_keras_path):
+    from PIL import Image
+
+    for c, cls in enumerate(("a", "b", "c")):
+        os.makedirs(tmp_path / "imgs" / cls)
+        for k in range(4):  # flat images survive resizing: the range is exactly [-1, 1]
+            value = (0, 255, 64, 190)[(c + k) % 4]
+            Image.fromarray(np.full((16, 16), value, np.uint8)).save(
+                tmp_path / "imgs" / cls / f"{k}.png")
+    out = str(tmp_path / "o")
+    code, _, _ = run_cli(capsys, model=tiny_keras_path, data=str(tmp_path / "imgs"), out=out,
+                         modes="int8", normalize="-1_1", image_size="8x8",
+                         num_calibration_samples=6)
+    assert code == 0
+    r = load_report(out)
+    assert r["data"]["evaluation"]["range"]["img"] == [-1.0, 1.0]
+    assert r["settings"]["image_size"] == [8, 8] and r["settings"]["normalize"] == "-1_1"
+
+
+def _cos_model():
+    inp = tf_keras.Input((4,), name="x")
+    h = tf_keras.layers.Lambda(lambda t: tf_keras.backend.cos(t))(tf_keras.layers.Dense(4)(inp))
+    return tf_keras.Model(inp, tf_keras.layers.Dense(2)(h))
+
+
+def make_cos_model():
+    return _cos_model()
+
+
+def tied_logits_model():
+    """Two logits 1e-3 apart: int8 output steps (~0.016) tie them, float never does."""
+    inp = tf_keras.Input((4,), name="x")
+    dense = tf_keras.layers.Dense(2)
+    model = tf_keras.Model(inp, dense(inp))
+    dense.set_weights([np.ones((4, 2), np.float32), np.array([0.0, 1e-3], np.float32)])
+    return model
+
+
+def _vector_data(tmp_path, n=200):
+    x = np.random.default_rng(0).uniform(0, 1, (n, 4)).astype(np.float32)
+    path = tmp_path / "vec.npz"
+    np.savez(path, x=x, y=np.ones(n, np.int64))
+    return str(path)
+
+
+def test_allow_float_ops(capsys, tmp_path):
+    data = _vector_data(tmp_path)
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, model="test_cli_convert:make_cos_model", data=data, out=out,
+                           modes="int8", num_calibration_samples=50)
+    assert code == 2 and "--allow_float_ops" in err and not os.path.exists(out)
+    code, _, _ = run_cli(capsys, model="test_cli_convert:make_cos_model", data=data, out=out,
+                         modes="int8", num_calibration_samples=50, allow_float_ops=True)
+    assert code == 0
+    assert any(op.startswith("COS") for op in load_report(out)["modes"][0]["float_ops"])
+
+
+def test_gate_breach_exits_3_and_still_writes(capsys, tmp_path):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, model="test_cli_convert:tied_logits_model",
+                           data=_vector_data(tmp_path), out=out, modes="float32,int8",
+                           num_calibration_samples=50, max_accuracy_drop=1.0, min_agreement=0.9)
+    assert code == 3
+    assert err.startswith("quality gate failed: int8: accuracy drop")
+    r = load_report(out)
+    assert r["gates"]["passed"] is False
+    assert any("int8: top-1 agreement" in f for f in r["gates"]["failures"])
+    assert not any(f.startswith("float32") for f in r["gates"]["failures"])
+    assert os.path.exists(os.path.join(out, "tied_logits_model_int8.tflite"))
+    assert "FAILED:" in open(os.path.join(out, "report.md")).read()
+
+
+def test_gates_pass_when_met(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, _ = run_cli(capsys, **tiny_files, out=out, modes="float32",
+                         max_accuracy_drop=0.0, min_agreement=1.0)
+    assert code == 0 and load_report(out)["gates"]["passed"] is True
+
+
+# ---- bad input: exit 2, one clear line, nothing written, existing output byte-identical ----
+
+def _existing_output(tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "report.json").write_text('{"previous": true}')
+    (out / "tiny_int8.tflite").write_bytes(b"previous model bytes")
+    return str(out)
+
+
+def _bad_files(tmp_path, tiny_keras_path):
+    good = open(tiny_keras_path, "rb").read()
+    (tmp_path / "truncated.keras").write_bytes(good[: len(good) // 3])
+    (tmp_path / "corrupt.keras").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    x, _ = tiny_data(10)
+    np.savez(tmp_path / "shape.npz", x=np.zeros((10, 9, 9, 1), np.float32))
+    np.savez(tmp_path / "dtype.npz", x=(x * 255).astype(np.uint8))
+    nan = x.copy()
+    nan[6, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=nan)
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8, 1), np.float32))
+    np.savez(tmp_path / "unscaled.npz", x=x * 255.0)
+    (tmp_path / "a_file").write_text("x")
+
+
+BAD_CASES = {
+    "missing model": ({"model": "{tmp}/nope.keras"}, "Model path not found"),
+    "truncated model": ({"model": "{tmp}/truncated.keras"}, "corrupt or truncated"),
+    "corrupt model": ({"model": "{tmp}/corrupt.keras"}, "corrupt or truncated"),
+    "missing data": ({"data": "{tmp}/nope.npz"}, "Data path not found"),
+    "wrong shape": ({"data": "{tmp}/shape.npz"}, r"shape \(9, 9, 1\) does not match"),
+    "wrong dtype": ({"data": "{tmp}/dtype.npz"}, "dtype uint8 but the model expects float32"),
+    "nan": ({"data": "{tmp}/nan.npz"}, "sample 6, input 'img': contains NaN"),
+    "nan in eval data": ({"eval_data": "{tmp}/nan.npz"}, "nan.npz: sample 6, input 'img'"),
+    "empty eval data": ({"eval_data": "{tmp}/empty.npz"}, "is empty"),
+    "empty data": ({"data": "{tmp}/empty.npz"}, "is empty"),
+    "unscaled calibration": ({"data": "{tmp}/unscaled.npz"}, "lie far outside the range"),
+    "unknown mode": ({"modes": "int8,int3"}, "Unknown mode 'int3'"),
+    "out under a file": ({"out": "{tmp}/a_file/out"}, "cannot be created"),
+    "out is a file": ({"out": "{tmp}/a_file"}, "exists and is not a folder"),
+    "model without data": ({"data": None}, "--data is required"),
+    "bad image size": ({"image_size": "8by8"}, "--image_size must look like"),
+    "zero threads": ({"num_threads": 0}, "num_threads must be a positive integer"),
+    "zero calibration samples": ({"num_calibration_samples": 0}, "num_calibration_samples"),
+    "negative gate": ({"max_accuracy_drop": -1.0}, "max_accuracy_drop must be >= 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, tiny_keras_path, tiny_npz, case):
+    _bad_files(tmp_path, tiny_keras_path)
+    existing = _existing_output(tmp_path)
+    before_tree = snapshot(tmp_path)
+    overrides, message = BAD_CASES[case]
+    flags_ = {"model": tiny_keras_path, "data": tiny_npz, "eval_data": tiny_npz, "out": existing,
+              "modes": "int8"}
+    flags_.update({k: v.format(tmp=tmp_path) if isinstance(v, str) else v
+                   for k, v in overrides.items()})
+    code, stdout, err = run_cli(capsys, **flags_)
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    assert snapshot(tmp_path) == before_tree  # nothing written, nothing overwritten
+    assert stdout == ""
+
+
+def test_stray_arguments_are_a_usage_error():
+    with pytest.raises(app.UsageError, match="Unexpected arguments: extra") as info:
+        cli.main(["convert", "extra"])
+    assert info.value.exitcode == 2
+
+
+def test_module_runs_as_a_script(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.convert", "--model", str(tmp_path / "missing.keras"),
+         "--data", "x.npz", "--out", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error: Model path not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "o")

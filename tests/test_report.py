@@ -1,0 +1,79 @@
+"""Report rendering and quality gates."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tflq import report
+
+
+def _report(accuracy=0.9, agreement=0.99, drop=0.5):
+    mode = {
+        "mode": "int8", "path": "m_int8.tflite", "size_bytes": 2048, "size_ratio": 0.26,
+        "float_ops": [], "accuracy": accuracy, "accuracy_drop_pp": drop,
+        "top1_agreement": agreement, "sqnr_db": math.inf, "cosine": 0.999,
+        "max_abs_error": 0.01, "latency_ms": {"median": 0.5, "p90": 0.6, "runs": 5},
+        "conversion_seconds": 1.0, "notes": ["a note"],
+    }
+    return {
+        "schema_version": 1, "versions": {"tflq": "x", "tensorflow": "2.21", "litert": "2.3"},
+        "machine": "test", "model": {"source": "m.keras", "flavor": "tf_keras",
+                                     "inputs": [{"name": "img", "shape": [8, 8, 1],
+                                                 "dtype": "float32"}]},
+        "settings": {"seed": 0, "num_threads": 1, "latency_runs": 5},
+        "data": {"calibration": {"source": "c", "num_samples": 10},
+                 "evaluation": {"source": "e", "num_samples": 20, "has_labels": True}},
+        "float": {"accuracy": 0.905},
+        "modes": [mode],
+        "gates": {"max_accuracy_drop": 0.3, "min_agreement": None, "passed": False,
+                  "failures": ["int8: accuracy drop 0.50 pp > 0.3 pp"]},
+    }
+
+
+def test_gates_report_each_breach():
+    rows = [{"mode": "int8", "accuracy_drop_pp": 0.5, "top1_agreement": 0.97},
+            {"mode": "float16", "accuracy_drop_pp": 0.0, "top1_agreement": 1.0}]
+    assert report.Gates().check(rows) == []
+    assert report.Gates(max_accuracy_drop=0.3).check(rows) == [
+        "int8: accuracy drop 0.50 pp > 0.3 pp"]
+    assert report.Gates(max_accuracy_drop=0.5, min_agreement=0.98).check(rows) == [
+        "int8: top-1 agreement 0.9700 < 0.98"]
+
+
+def test_gates_validate_arguments():
+    with pytest.raises(ValueError, match="max_accuracy_drop must be >= 0"):
+        report.Gates(max_accuracy_drop=-1)
+    with pytest.raises(ValueError, match=r"min_agreement must be in \[0, 1\]"):
+        report.Gates(min_agreement=1.5)
+
+
+def test_json_writes_infinity_as_string():
+    data = json.loads(report.to_json(_report()))
+    assert data["modes"][0]["sqnr_db"] == "inf"
+
+
+def test_markdown_has_table_and_gate_verdict():
+    text = report.to_markdown(_report())
+    assert "| int8 | 2.0 | 0.260 | 0 | 90.00 | +0.50 | 99.00% | ∞ |" in text
+    assert "| keras float | – | – | – | 90.50 |" in text
+    assert "FAILED:" in text and "accuracy drop 0.50 pp" in text
+    assert "- `int8`: a note" in text
+
+
+def test_png_is_a_real_plot():
+    png = report.to_png(_report())
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.size == (640, 420)
+    pixels = np.asarray(image.convert("L"))
+    assert pixels.min() < 100  # something was drawn on the white canvas
+
+
+def test_png_without_labels_plots_agreement():
+    r = _report(accuracy=None, drop=None)
+    r["float"]["accuracy"] = None
+    assert Image.open(io.BytesIO(report.to_png(r))).format == "PNG"
+    assert "(no labels" not in report.to_markdown(r)

@@ -1,0 +1,212 @@
+"""Converter modes → .tflite bytes, the list of ops left in float, atomic writes.
+
+Modes:
+  ``float32``: no optimization.
+  ``float16``: float16 weights, float32 compute.
+  ``dynamic``: int8 weights, float activations (dynamic range quantization).
+  ``int8``: full integer; per-channel weights by default, per-tensor on request; float or
+    int8 input/output. Strict ``TFLITE_BUILTINS_INT8`` unless float ops are allowed.
+  ``int16x8``: int16 activations, int8 weights. Runs on reference kernels: slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from tflq.keras_compat import LoadedModel, tf
+
+
+class Mode(str, enum.Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    DYNAMIC = "dynamic"
+    INT8 = "int8"
+    INT16X8 = "int16x8"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self in (Mode.INT8, Mode.INT16X8)
+
+    @property
+    def integer_only(self) -> bool:
+        """True when every op must run on integer kernels (float ops are an error)."""
+        return self in (Mode.INT8, Mode.INT16X8)
+
+
+ALL_MODES = tuple(m.value for m in Mode)
+# Boundary ops that convert between float and integer I/O; not compute left in float.
+_BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+_FLOAT_DTYPES = (np.float32, np.float16, np.float64)
+_CONVERTER_NOISE = (r"\s*Warning: tf.lite.Interpreter is deprecated",
+                    r"Statistics for quantized inputs were expected")
+
+
+def parse_modes(text: str | list[str]) -> list[Mode]:
+    """Parses a comma list (or list) of mode names, keeping order, refusing unknown ones."""
+    names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"No conversion mode given. Available: {list(ALL_MODES)}")
+    modes = []
+    for name in names:
+        if name not in ALL_MODES:
+            raise ValueError(f"Unknown mode {name!r}. Available: {sorted(ALL_MODES)}")
+        if Mode(name) not in modes:
+            modes.append(Mode(name))
+    return modes
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """Converter settings shared by all modes.
+
+    Attributes:
+      integer_io: int8 (int16 for ``int16x8``) model input/output instead of float32.
+      per_channel: per-channel weight scales for ``int8`` (the TFLite default).
+      allow_float_ops: let ``int8``/``int16x8`` keep ops without integer kernels in float.
+    """
+
+    integer_io: bool = False
+    per_channel: bool = True
+    allow_float_ops: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """The result of one conversion."""
+
+    mode: Mode
+    content: bytes
+    float_ops: tuple[str, ...]
+    seconds: float
+
+
+def _configure(converter, mode: Mode, options: ConvertOptions, representative):
+    if mode == Mode.FLOAT32:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == Mode.FLOAT16:
+        converter.target_spec.supported_types = [tf.float16]
+        return
+    if mode == Mode.DYNAMIC:
+        return
+    if representative is None:
+        raise ValueError(f"Mode {mode.value!r} needs calibration data (a representative dataset).")
+    converter.representative_dataset = representative
+    if mode == Mode.INT8:
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = tf.int8
+        if not options.per_channel:
+            converter._experimental_disable_per_channel = True
+    else:
+        ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        io_type = tf.int16
+    if options.allow_float_ops:
+        ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+    converter.target_spec.supported_ops = ops
+    if options.integer_io:
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+
+
+def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
+            representative: Callable | None = None,
+            options: ConvertOptions | None = None) -> Conversion:
+    """Converts a float model to .tflite bytes in one mode.
+
+    Args:
+      model: the loaded float model.
+      mode: a :class:`Mode` or its name.
+      workdir: scratch folder (Keras 3 models are exported there).
+      representative: the calibration generator (``int8`` and ``int16x8``).
+      options: converter settings.
+
+    Returns:
+      A :class:`Conversion` with the bytes and the ops left in float.
+
+    Raises:
+      ValueError: unknown mode, missing calibration data, a conversion the converter
+        refuses, or float ops left in an integer-only mode without ``allow_float_ops``.
+    """
+    mode = Mode(mode) if not isinstance(mode, Mode) else mode
+    options = options or ConvertOptions()
+    converter = model.make_converter(workdir)
+    _configure(converter, mode, options, representative)
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            # Raised inside the converter's own calibrator, not actionable for our users.
+            for message in _CONVERTER_NOISE:
+                warnings.filterwarnings("ignore", message=message)
+            content = converter.convert()
+    except Exception as e:  # ConverterError, and ValueError from a failing generator
+        raise ValueError(_conversion_error(mode, e, options)) from e
+    seconds = time.perf_counter() - start
+    float_ops = tuple(find_float_ops(content))
+    if mode.integer_only and float_ops and not options.allow_float_ops:
+        raise ValueError(
+            f"Mode {mode.value!r} left {len(float_ops)} op(s) in float: "
+            f"{', '.join(float_ops[:8])}{' …' if len(float_ops) > 8 else ''}. "
+            "Pass allow_float_ops (--allow_float_ops) to accept them."
+        )
+    return Conversion(mode=mode, content=content, float_ops=float_ops, seconds=seconds)
+
+
+def _conversion_error(mode: Mode, error: Exception, options: ConvertOptions) -> str:
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+    hint = ""
+    if mode.integer_only and not options.allow_float_ops:
+        hint = " Some ops may lack integer kernels: retry with --allow_float_ops to keep them in float."
+    return f"Conversion to {mode.value} failed: {type(error).__name__}: {detail[:300]}.{hint}"
+
+
+def find_float_ops(content: bytes) -> list[str]:
+    """Lists the compute ops that run in float in a .tflite (``NAME#index``).
+
+    An op counts as float when any of its input or output tensors is a float tensor;
+    QUANTIZE/DEQUANTIZE at the model's boundary convert I/O and are not counted.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        name = op["op_name"]
+        if name in _BOUNDARY_OPS:
+            continue
+        indices = [int(i) for i in list(op["inputs"]) + list(op["outputs"]) if int(i) >= 0]
+        if any(i in tensors and tensors[i]["dtype"] in _FLOAT_DTYPES for i in indices):
+            found.append(f"{name}#{op['index']}")
+    return found
+
+
+def write_atomic(path: str, content: bytes) -> None:
+    """Writes bytes so that ``path`` is either the old file or the complete new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tflq-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,307 @@
+"""The conversion job: load → calibrate → convert every mode → validate → report → gates.
+
+Everything is checked and computed in memory before the first byte is written, so a bad
+input leaves the output folder exactly as it was. Outputs are then written one file at a
+time, each atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+from importlib import metadata
+
+from tflq import calibration, convert, interpreter, metrics, report
+from tflq.keras_compat import LoadedModel, load_model, tf
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_GATE = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertJob:
+    """Everything one conversion run needs; checked on creation.
+
+    Attributes:
+      model: model path or ``module:function``.
+      data: calibration data (see :func:`tflq.calibration.open_data`).
+      eval_data: evaluation data; None evaluates on the samples of ``data`` not drawn for
+        calibration.
+      modes: converter modes, in order.
+      out: output folder.
+      num_calibration_samples: how many calibration samples to draw (with ``seed``).
+      num_eval_samples: cap on evaluation samples (None: all).
+      seed: sampling seed.
+      num_threads: interpreter threads for validation and latency.
+      batch_size: evaluation batch size.
+      latency_runs: timed batch-1 runs per mode after warm-up.
+      convert_options: converter settings.
+      data_options: normalization/resizing of image data.
+      gates: quality gates.
+      progress: show progress bars on stderr.
+    """
+
+    model: str
+    data: str
+    out: str
+    eval_data: str | None = None
+    modes: tuple[str, ...] = convert.ALL_MODES
+    num_calibration_samples: int = 500
+    num_eval_samples: int | None = None
+    seed: int = 0
+    num_threads: int = 1
+    batch_size: int = 256
+    latency_runs: int = 50
+    convert_options: convert.ConvertOptions = convert.ConvertOptions()
+    data_options: calibration.DataOptions = calibration.DataOptions()
+    gates: report.Gates = report.Gates()
+    progress: bool = True
+
+    def __post_init__(self):
+        convert.parse_modes(list(self.modes))
+        for name in ("num_calibration_samples", "num_threads", "batch_size", "latency_runs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        if self.num_eval_samples is not None and self.num_eval_samples < 1:
+            raise ValueError(
+                f"num_eval_samples must be positive. Received: num_eval_samples={self.num_eval_samples}"
+            )
+        if not self.out:
+            raise ValueError("out must name an output folder. Received: out=''")
+
+    def settings(self) -> dict:
+        return {
+            "modes": list(self.modes),
+            "num_calibration_samples": self.num_calibration_samples,
+            "num_eval_samples": self.num_eval_samples,
+            "seed": self.seed,
+            "num_threads": self.num_threads,
+            "batch_size": self.batch_size,
+            "latency_runs": self.latency_runs,
+            **self.convert_options.to_dict(),
+            "normalize": self.data_options.normalize,
+            "image_size": list(self.data_options.image_size) if self.data_options.image_size else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    """What a run produced: the report, the files written, and the exit code to use."""
+
+    report: dict
+    files: tuple[str, ...]
+    exit_code: int
+    gate_failures: tuple[str, ...]
+
+
+def check_output_dir(out: str) -> None:
+    """Refuses an output folder that cannot be created or written, before any work.
+
+    Raises:
+      ValueError: ``out`` is a file, sits under a file, or its nearest existing folder is
+        not writable.
+    """
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"Output path {out!r} exists and is not a folder.")
+    ancestor = path
+    while not os.path.exists(ancestor):
+        parent = os.path.dirname(ancestor)
+        if parent == ancestor:
+            break
+        ancestor = parent
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"Output folder {out!r} cannot be created: {ancestor!r} is not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"Output folder {out!r} is not writable ({ancestor!r} is read-only).")
+
+
+def versions() -> dict:
+    def version_of(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "tflq": version_of("tflq") or "dev",
+        "tensorflow": tf.__version__,
+        "litert": version_of("ai-edge-litert"),
+        "tensorflow_model_optimization": version_of("tensorflow-model-optimization"),
+        "numpy": version_of("numpy"),
+    }
+
+
+def machine_description() -> str:
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}"
+
+
+def _progress(enabled: bool, desc: str, total: int | None, unit: str = "sample"):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda items: tqdm(items, desc=desc, total=total, unit=unit, leave=False)
+
+
+def _prepare_data(job: ConvertJob, model: LoadedModel):
+    """Opens, samples and checks calibration and evaluation data (nothing written)."""
+    specs = model.inputs
+    calib = calibration.open_data(job.data, specs, job.data_options)
+    calib_indices = calibration.sample_indices(len(calib), job.num_calibration_samples, job.seed)
+    if job.eval_data:
+        evaluation = calibration.open_data(job.eval_data, specs, job.data_options)
+        eval_indices = list(range(len(evaluation)))
+    else:
+        evaluation = calib
+        taken = set(calib_indices)
+        eval_indices = [i for i in range(len(calib)) if i not in taken]
+        if not eval_indices:
+            raise ValueError(
+                f"No evaluation data: all {len(calib)} samples of {job.data!r} are used for "
+                "calibration. Pass eval_data (--eval_data) or fewer calibration samples."
+            )
+    if job.num_eval_samples is not None:
+        eval_indices = eval_indices[: job.num_eval_samples]
+    eval_stats = calibration.scan(
+        evaluation, specs, eval_indices,
+        progress=_progress(job.progress, "check eval data", len(eval_indices)))
+    calib_stats = calibration.scan(
+        calib, specs, calib_indices, reference=eval_stats,
+        reference_name=f"the evaluation data {evaluation.description!r}",
+        progress=_progress(job.progress, "check calibration data", len(calib_indices)))
+    return calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats
+
+
+def run_job(job: ConvertJob) -> JobResult:
+    """Runs one conversion job end to end and writes its outputs.
+
+    Returns:
+      A :class:`JobResult`; ``exit_code`` is 3 when a gate failed (outputs still written).
+
+    Raises:
+      ValueError: bad input of any kind; nothing has been written.
+    """
+    modes = convert.parse_modes(list(job.modes))
+    check_output_dir(job.out)
+    model = load_model(job.model)
+    calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats = _prepare_data(
+        job, model)
+    scratch = tempfile.mkdtemp(prefix="tflq-")
+    try:
+        representative = calibration.representative_dataset(calib, model.inputs, calib_indices)
+        conversions = {}
+        wanted = list(modes) if convert.Mode.FLOAT32 in modes else [convert.Mode.FLOAT32, *modes]
+        bar = _progress(job.progress, "convert", len(wanted), unit="mode")
+        for mode in (bar(wanted) if bar else wanted):
+            conversions[mode] = convert.convert_model(
+                model, mode, scratch,
+                representative=representative if mode.needs_calibration else None,
+                options=job.convert_options)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    float_size = len(conversions[convert.Mode.FLOAT32].content)
+    runners = {
+        mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
+                                      num_threads=job.num_threads)
+        for mode in modes
+    }
+    float_cmp, comparisons, first_batch = _evaluate(job, model, evaluation, eval_indices, runners)
+    latency = interpreter.measure_latency(
+        {m.value: r for m, r in runners.items()}, first_batch, runs=job.latency_runs)
+    float_result = float_cmp
+    stem = model.stem
+    mode_rows = []
+    for mode in modes:
+        result = comparisons[mode].result()
+        conv = conversions[mode]
+        drop = None
+        if result["accuracy"] is not None and float_result["accuracy"] is not None:
+            drop = 100.0 * (float_result["accuracy"] - result["accuracy"])
+        notes = [report.MODE_NOTES[mode.value]] if mode.value in report.MODE_NOTES else []
+        mode_rows.append({
+            "mode": mode.value,
+            "path": f"{stem}_{mode.value}.tflite",
+            "size_bytes": len(conv.content),
+            "size_ratio": len(conv.content) / float_size,
+            "float_ops": list(conv.float_ops),
+            "accuracy": result["accuracy"],
+            "accuracy_drop_pp": drop,
+            "top1_agreement": result["top1_agreement"],
+            "sqnr_db": result["sqnr_db"],
+            "cosine": result["cosine"],
+            "max_abs_error": result["max_abs_error"],
+            "latency_ms": latency[mode.value],
+            "conversion_seconds": conv.seconds,
+            "notes": notes,
+        })
+    failures = job.gates.check(mode_rows)
+    full_report = {
+        "schema_version": report.SCHEMA_VERSION,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "machine": machine_description(),
+        "model": {
+            "source": job.model,
+            "flavor": model.flavor,
+            "sha256": model.fingerprint(),
+            "inputs": [s.to_dict() for s in model.inputs],
+            "outputs": list(model.output_names),
+        },
+        "settings": job.settings(),
+        "data": {
+            "calibration": {"source": job.data, "num_samples": len(calib_indices),
+                            "range": calib_stats.to_dict()},
+            "evaluation": {"source": job.eval_data or f"{job.data} (samples not calibrated on)",
+                           "num_samples": len(eval_indices),
+                           "has_labels": float_result["accuracy"] is not None,
+                           "range": eval_stats.to_dict()},
+        },
+        "float": {"accuracy": float_result["accuracy"], "float32_tflite_bytes": float_size},
+        "modes": mode_rows,
+        "gates": {**job.gates.to_dict(), "passed": not failures, "failures": failures},
+    }
+    files = _write_outputs(job.out, full_report, {
+        row["path"]: conversions[convert.Mode(row["mode"])].content for row in mode_rows})
+    return JobResult(report=full_report, files=tuple(files),
+                     exit_code=EXIT_GATE if failures else EXIT_OK,
+                     gate_failures=tuple(failures))
+
+
+def _evaluate(job, model, evaluation, eval_indices, runners):
+    """One streaming pass: float model and every .tflite on the same batches."""
+    comparisons = {mode: metrics.Comparison() for mode in runners}
+    labels_seen = metrics.Comparison()  # float model vs labels (reference = itself)
+    first_batch = None
+    batches = calibration.iter_batches(evaluation, model.inputs, job.batch_size, eval_indices)
+    total = -(-len(eval_indices) // job.batch_size)
+    bar = _progress(job.progress, "validate", total, unit="batch")
+    for batch, labels in (bar(batches) if bar else batches):
+        if first_batch is None:
+            first_batch = batch
+        reference = model.predict(batch)
+        labels_seen.update(reference, reference, labels)
+        for mode, runner in runners.items():
+            comparisons[mode].update(reference, runner.run(batch), labels)
+    return labels_seen.result(), comparisons, first_batch
+
+
+def _write_outputs(out: str, full_report: dict, models: dict[str, bytes]) -> list[str]:
+    os.makedirs(out, exist_ok=True)
+    written = []
+    items = list(models.items()) + [
+        ("report.json", report.to_json(full_report)),
+        ("report.md", report.to_markdown(full_report).encode()),
+        ("report.png", report.to_png(full_report)),
+    ]
+    for name, content in items:
+        path = os.path.join(out, name)
+        convert.write_atomic(path, content)
+        written.append(path)
+    return written

@@ -1,0 +1,188 @@
+"""Reports a person can read: report.json (stable schema), report.md and a PNG plot;
+quality gates over the per-mode results."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+
+SCHEMA_VERSION = 1
+
+MODE_NOTES = {
+    "float16": "float16 weights, float32 compute",
+    "dynamic": "int8 weights, float activations (dynamic range)",
+    "int16x8": "int16 activations run on reference kernels: expect it to be much slower",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Gates:
+    """Quality gates against the float model.
+
+    Attributes:
+      max_accuracy_drop: largest allowed accuracy drop in percentage points (needs labels).
+      min_agreement: smallest allowed top-1 agreement with the float model, in [0, 1].
+    """
+
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+
+    def __post_init__(self):
+        if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
+            raise ValueError(
+                "max_accuracy_drop must be >= 0 percentage points. "
+                f"Received: max_accuracy_drop={self.max_accuracy_drop}"
+            )
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise ValueError(
+                f"min_agreement must be in [0, 1]. Received: min_agreement={self.min_agreement}"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def check(self, modes: list[dict]) -> list[str]:
+        """Returns one line per breach (empty when every mode passes)."""
+        failures = []
+        for m in modes:
+            drop = m.get("accuracy_drop_pp")
+            if self.max_accuracy_drop is not None:
+                if drop is None:
+                    failures.append(f"{m['mode']}: max_accuracy_drop needs labelled eval data")
+                elif drop > self.max_accuracy_drop:
+                    failures.append(
+                        f"{m['mode']}: accuracy drop {drop:.2f} pp > {self.max_accuracy_drop:g} pp"
+                    )
+            if self.min_agreement is not None and m["top1_agreement"] < self.min_agreement:
+                failures.append(
+                    f"{m['mode']}: top-1 agreement {m['top1_agreement']:.4f} "
+                    f"< {self.min_agreement:g}"
+                )
+        return failures
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def to_json(report: dict) -> bytes:
+    """report.json bytes (infinite SQNR is written as the string "inf")."""
+    return (json.dumps(_json_safe(report), indent=2, sort_keys=False) + "\n").encode()
+
+
+def _fmt(value, spec: str, missing: str = "–") -> str:
+    if value is None:
+        return missing
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    return format(value, spec)
+
+
+def format_table(report: dict) -> str:
+    """The per-mode Markdown table (also printed by the CLI)."""
+    head = ("| mode | size KB | × float32 | float ops | accuracy | Δ pp | agreement | SQNR dB "
+            "| cosine | max abs err | latency ms (median / p90) |")
+    rule = "|" + "---|" * 11
+    rows = [head, rule]
+    base = report["float"]
+    rows.append(
+        f"| keras float | – | – | – | {_fmt(_pct(base['accuracy']), '.2f')} | – | – | – | – | – | – |"
+    )
+    for m in report["modes"]:
+        lat = m["latency_ms"]
+        rows.append(
+            f"| {m['mode']} | {m['size_bytes'] / 1024:.1f} | {m['size_ratio']:.3f} "
+            f"| {len(m['float_ops'])} | {_fmt(_pct(m['accuracy']), '.2f')} "
+            f"| {_fmt(m['accuracy_drop_pp'], '+.2f')} | {m['top1_agreement'] * 100:.2f}% "
+            f"| {_fmt(m['sqnr_db'], '.1f')} | {m['cosine']:.5f} | {m['max_abs_error']:.3g} "
+            f"| {lat['median']:.3f} / {lat['p90']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def _pct(x):
+    return None if x is None else 100.0 * x
+
+
+def to_markdown(report: dict) -> str:
+    """report.md: settings, the table, notes and the gate verdict."""
+    s = report["settings"]
+    data = report["data"]
+    lines = [
+        f"# tflq report: {report['model']['source']}",
+        "",
+        f"- Model: `{report['model']['source']}` ({report['model']['flavor']}), inputs "
+        + ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i['dtype']}"
+                    for i in report["model"]["inputs"]),
+        f"- Calibration: {data['calibration']['num_samples']} samples of "
+        f"`{data['calibration']['source']}` (seed {s['seed']})",
+        f"- Evaluation: {data['evaluation']['num_samples']} samples of "
+        f"`{data['evaluation']['source']}`"
+        + ("" if data["evaluation"]["has_labels"] else " (no labels: accuracy not measured)"),
+        f"- Float Keras model accuracy: {_fmt(_pct(report['float']['accuracy']), '.2f')}%",
+        f"- Latency: batch 1, {s['num_threads']} thread(s), {s['latency_runs']} runs after "
+        "warm-up, modes interleaved",
+        f"- TensorFlow {report['versions']['tensorflow']}, LiteRT {report['versions']['litert']}, "
+        f"tflq {report['versions']['tflq']}; {report['machine']}",
+        "",
+        format_table(report),
+        "",
+    ]
+    notes = [f"- `{m['mode']}`: {n}" for m in report["modes"] for n in m["notes"]]
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+    float_ops = [m for m in report["modes"] if m["float_ops"] and m["mode"] in ("int8", "int16x8")]
+    for m in float_ops:
+        lines.append(f"- `{m['mode']}` keeps {len(m['float_ops'])} op(s) in float: "
+                     + ", ".join(m["float_ops"]))
+    gates = report["gates"]
+    lines += ["## Quality gates", ""]
+    if gates["max_accuracy_drop"] is None and gates["min_agreement"] is None:
+        lines.append("No gates set.")
+    elif gates["passed"]:
+        lines.append(f"PASSED (max_accuracy_drop={gates['max_accuracy_drop']}, "
+                     f"min_agreement={gates['min_agreement']}).")
+    else:
+        lines.append("FAILED:")
+        lines += [f"- {f}" for f in gates["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def to_png(report: dict) -> bytes:
+    """A plot of accuracy (or agreement when unlabelled) against size, one point per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    labelled = report["float"]["accuracy"] is not None
+    key = "accuracy" if labelled else "top1_agreement"
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    for m in report["modes"]:
+        x, y = m["size_bytes"] / 1024, 100 * m[key]
+        ax.scatter([x], [y], s=40)
+        ax.annotate(m["mode"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    if labelled:
+        ax.axhline(100 * report["float"]["accuracy"], color="gray", linestyle="--",
+                   label="Keras float")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("model size (KB)")
+    ax.set_ylabel("top-1 accuracy (%)" if labelled else "top-1 agreement with float (%)")
+    ax.set_title(f"{report['model']['source'].rstrip('/').split('/')[-1]}: "
+                 f"{'accuracy' if labelled else 'agreement'} vs size")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
