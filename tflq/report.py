@@ -155,7 +155,26 @@ def to_markdown(report: dict) -> str:
     else:
         lines.append("FAILED:")
         lines += [f"- {f}" for f in gates["failures"]]
+    if "device" in report:
+        lines += ["", "## On device", "", format_device_table(report["device"])]
     return "\n".join(lines) + "\n"
+
+
+def format_device_table(device: dict) -> str:
+    """Markdown: mode × delegate × threads, desktop and device side by side."""
+    info = device["info"]
+    lines = [f"Device {info.get('model')} ({info.get('serial')}, {info.get('abi')}, "
+             f"SDK {info.get('sdk')})", "",
+             "| model | mode | delegate | threads | device avg ms | desktop median ms "
+             "| device peak MB | delegated nodes |", "|" + "---|" * 8]
+    for r in device["table"]:
+        nodes = ("–" if r["delegated_nodes"] is None
+                 else f"{r['delegated_nodes']}/{r['total_nodes']}")
+        desktop = "–" if r["desktop_median_ms"] is None else f"{r['desktop_median_ms']:.3f}"
+        memory = "–" if r["device_peak_memory_mb"] is None else f"{r['device_peak_memory_mb']:.1f}"
+        lines.append(f"| {r['model']} | {r['mode'] or '–'} | {r['delegate']} | {r['threads']} "
+                     f"| {r['device_avg_ms']:.3f} | {desktop} | {memory} | {nodes} |")
+    return "\n".join(lines)
 
 
 def to_png(report: dict) -> bytes:
