@@ -24,14 +24,16 @@ import time
 
 from absl import app, flags, logging
 
-_OUT = flags.DEFINE_string("out", "bench_ptq", "Output folder (JSON, models, reports).")
-_DATA_DIR = flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
+from pipelines.common import define
+
+_OUT = define("string", "out", None, "Output folder for JSON, models and reports (default: bench_ptq).")
+_DATA_DIR = define("string", "data_dir", "/usr/share/datasets/fashion-mnist",
                                 "Fashion-MNIST IDX folder (apt-get install dataset-fashion-mnist).")
-_EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs for the benchmark CNN.")
+_EPOCHS = define("integer", "epochs", 10, "Training epochs for the benchmark CNN.")
 _RETRAIN = flags.DEFINE_bool("retrain", False, "Retrain even if a cached model exists.")
-_NUM_CALIBRATION_SAMPLES = flags.DEFINE_integer("num_calibration_samples", 1000,
-                                                "Calibration samples for the mode comparison.")
-_LATENCY_RUNS = flags.DEFINE_integer("latency_runs", 200, "Timed runs per mode.")
+_NUM_CALIBRATION_SAMPLES = define("integer", "num_calibration_samples", None,
+                                  "Calibration samples for the mode comparison (default: 1000).")
+_LATENCY_RUNS = define("integer", "latency_runs", None, "Timed runs per mode (default: 200).")
 _MOBILENET_RUNS = flags.DEFINE_integer("mobilenet_runs", 30, "Timed MobileNetV2 runs per mode.")
 _SKIP_MOBILENET = flags.DEFINE_bool("skip_mobilenet", False, "Skip the MobileNetV2 part.")
 
@@ -179,7 +181,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     from tflq import ConvertJob, pipeline
 
-    out = _OUT.value
+    out = _OUT.value or "bench_ptq"
     os.makedirs(out, exist_ok=True)
     train_images = os.path.join(_DATA_DIR.value, "train-images-idx3-ubyte.gz")
     test_images = os.path.join(_DATA_DIR.value, "t10k-images-idx3-ubyte.gz")
@@ -191,8 +193,8 @@ def main(argv):
     model_path, model_info = _train_or_load(out, _DATA_DIR.value, _EPOCHS.value, _RETRAIN.value)
     job = ConvertJob(model=model_path, data=train_images, eval_data=test_images,
                      out=os.path.join(out, "modes"),
-                     num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value,
-                     latency_runs=_LATENCY_RUNS.value, batch_size=500)
+                     num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 1000,
+                     latency_runs=_LATENCY_RUNS.value or 200, batch_size=500)
     result = pipeline.run_job(job)
     modes = {m["mode"]: m for m in result.report["modes"]}
     probes = [_probe_in_subprocess(model_path, train_images, n) for n in (100, 1000)]

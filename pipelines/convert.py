@@ -15,14 +15,16 @@ import sys
 
 from absl import app, flags, logging
 
+from pipelines.common import define
+
 EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example")
 EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
 EXAMPLE_CALIBRATION = os.path.join(EXAMPLE_DIR, "calibration-images-idx3-ubyte.gz")
 EXAMPLE_EVALUATION = os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz")
 ALL_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 
-_MODEL = flags.DEFINE_string(
-    "model", None, "Model: .keras (Keras 3 or tf_keras), .h5, SavedModel folder, or "
+_MODEL = define(
+    "string", "model", None, "Model: .keras (Keras 3 or tf_keras), .h5, SavedModel folder, or "
     "package.module:function. Default: the bundled Fashion-MNIST CNN.")
 _DATA = flags.DEFINE_string(
     "data", None, "Calibration data: .npz/.npy, IDX images file, image folder, or "
@@ -32,15 +34,16 @@ _EVAL_DATA = flags.DEFINE_string(
     "--data not drawn for calibration (the bundled evaluation slice for the example).")
 _MODES = flags.DEFINE_string("modes", ",".join(ALL_MODES), "Comma list of converter modes: "
                              + ", ".join(ALL_MODES) + ".")
-_OUT = flags.DEFINE_string("out", "tflq_out", "Output folder for .tflite files and reports.")
-_NUM_CALIBRATION_SAMPLES = flags.DEFINE_integer(
-    "num_calibration_samples", 500, "Calibration samples drawn from --data (with --seed).")
+_OUT = define("string", "out", None, "Output folder for .tflite files and reports (default: tflq_out).")
+_NUM_CALIBRATION_SAMPLES = define(
+    "integer", "num_calibration_samples", None,
+    "Calibration samples drawn from --data with --seed (default: 500).")
 _NUM_EVAL_SAMPLES = flags.DEFINE_integer(
     "num_eval_samples", None, "Evaluate on at most this many samples (default: all).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for drawing calibration samples.")
+_SEED = define("integer", "seed", 0, "Seed for drawing calibration samples.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
-_LATENCY_RUNS = flags.DEFINE_integer("latency_runs", 50, "Timed batch-1 runs per mode.")
+_LATENCY_RUNS = define("integer", "latency_runs", None, "Timed batch-1 runs per mode (default: 50).")
 _INTEGER_IO = flags.DEFINE_bool(
     "integer_io", False, "int8/int16x8 models take and return integers instead of float32.")
 _PER_TENSOR = flags.DEFINE_bool(
@@ -57,6 +60,10 @@ _MAX_ACCURACY_DROP = flags.DEFINE_float(
 _MIN_AGREEMENT = flags.DEFINE_float(
     "min_agreement", None, "Gate: smallest top-1 agreement (0..1) with the float model.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+
+
+def _default(value, fallback):
+    return fallback if value is None else value
 
 
 def parse_image_size(text: str | None):
@@ -81,12 +88,12 @@ def build_job():
     elif data is None:
         raise ValueError("--data is required when --model is given (calibration data).")
     return tflq.ConvertJob(
-        model=model, data=data, eval_data=eval_data, out=_OUT.value,
+        model=model, data=data, eval_data=eval_data, out=_OUT.value or "tflq_out",
         modes=tuple(m.value for m in tflq.parse_modes(_MODES.value)),
-        num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value,
+        num_calibration_samples=_default(_NUM_CALIBRATION_SAMPLES.value, 500),
         num_eval_samples=_NUM_EVAL_SAMPLES.value, seed=_SEED.value,
         num_threads=_NUM_THREADS.value, batch_size=_BATCH_SIZE.value,
-        latency_runs=_LATENCY_RUNS.value,
+        latency_runs=_default(_LATENCY_RUNS.value, 50),
         convert_options=tflq.ConvertOptions(
             integer_io=_INTEGER_IO.value, per_channel=not _PER_TENSOR.value,
             allow_float_ops=_ALLOW_FLOAT_OPS.value),

@@ -16,11 +16,13 @@ import sys
 
 from absl import app, flags
 
+from pipelines.common import define
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                         "Shirt", "Sneaker", "Bag", "Ankle boot")
 
-_REPORT = flags.DEFINE_string("report", "tflq_out/report.json", "A tflq report.json.")
+_REPORT = define("string", "report", None, "A tflq report.json (default: tflq_out/report.json).")
 _MODE = flags.DEFINE_string("mode", "int8", "Which converted model of the report to ship.")
 _ASSETS = flags.DEFINE_string(
     "assets", os.path.join(os.path.dirname(HERE), "android_demo", "app", "src", "main", "assets"),
@@ -96,7 +98,7 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     try:
-        written = export_assets(_REPORT.value, _MODE.value, _ASSETS.value, _SAMPLES.value,
+        written = export_assets(_REPORT.value or "tflq_out/report.json", _MODE.value, _ASSETS.value, _SAMPLES.value,
                                 _NUM_SAMPLES.value, _LABELS.value)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

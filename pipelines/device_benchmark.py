@@ -19,8 +19,10 @@ import sys
 
 from absl import app, flags
 
-_MODEL = flags.DEFINE_string("model", None, "Comma list of .tflite files to benchmark.")
-_REPORT = flags.DEFINE_string("report", None, "A tflq report.json: benchmark all its models.")
+from pipelines.common import define
+
+_MODEL = define("string", "model", None, "Comma list of .tflite files to benchmark.")
+_REPORT = define("string", "report", None, "A tflq report.json: benchmark all its models.")
 _SERIAL = flags.DEFINE_string("serial", None, "Device serial (needed with several devices).")
 _BENCHMARK_BINARY = flags.DEFINE_string(
     "benchmark_binary", None, "Your benchmark_model binary for the device's ABI.")
@@ -30,7 +32,7 @@ _DELEGATES = flags.DEFINE_string("delegates", "xnnpack",
 _NUM_RUNS = flags.DEFINE_integer("num_runs", 50, "Timed runs per cell.")
 _WARMUP_RUNS = flags.DEFINE_integer("warmup_runs", 1, "Warm-up runs per cell.")
 _TASKSET = flags.DEFINE_string("taskset", None, "CPU mask to pin with taskset (e.g. f0).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: the report's folder, or "
+_OUT = define("string", "out", None, "Output folder (default: the report's folder, or "
                            "tflq_device).")
 _ADB = flags.DEFINE_string("adb", "adb", "The adb executable.")
 _TIMEOUT = flags.DEFINE_float("timeout", 600.0, "Seconds allowed per adb command.")

@@ -13,13 +13,15 @@ import os
 
 from absl import app, flags
 
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", "/usr/share/datasets/fashion-mnist",
+from pipelines.common import define
+
+_DATA_DIR = define(
+    "string", "data_dir", "/usr/share/datasets/fashion-mnist",
     "Folder with the Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist).")
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", os.path.join(os.path.dirname(__file__), "example"), "Where to write.")
-_EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_EPOCHS = define("integer", "epochs", 10, "Training epochs.")
+_SEED = define("integer", "seed", 0, "Random seed.")
 
 CALIBRATION_SLICE = (0, 500)
 EVALUATION_SLICE = (500, 2000)

@@ -172,3 +172,18 @@ def test_write_atomic_failure_keeps_old_file(tmp_path):
         convert.write_atomic(str(path), "not bytes")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_write_atomic_permissions(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.tflite"
+        convert.write_atomic(str(fresh), b"x")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.tflite"
+        kept.write_bytes(b"old")
+        kept.chmod(0o600)
+        convert.write_atomic(str(kept), b"new")
+        assert kept.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old_umask)

@@ -187,10 +187,14 @@ def to_png(report: dict) -> bytes:
     labelled = report["float"]["accuracy"] is not None
     key = "accuracy" if labelled else "top1_agreement"
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-    for m in report["modes"]:
+    for i, m in enumerate(sorted(report["modes"], key=lambda row: row["size_bytes"])):
         x, y = m["size_bytes"] / 1024, 100 * m[key]
         ax.scatter([x], [y], s=40)
-        ax.annotate(m["mode"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+        # Quantized modes sit close together: stagger the labels so none overlap.
+        ax.annotate(m["mode"], (x, y), textcoords="offset points", xytext=(6, -14 + 12 * (i % 3)),
+                    fontsize=9)
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.2)
     if labelled:
         ax.axhline(100 * report["float"]["accuracy"], color="gray", linestyle="--",
                    label="Keras float")

@@ -1,0 +1,29 @@
+"""Flag definitions shared by the pipeline scripts.
+
+Each script runs in its own process and defines its flags at import, as absl scripts do.
+Tests import several scripts into one process; a flag that two scripts both define (same
+name, same kind, same default) is then defined once and shared, and values are set per
+test with ``flagsaver``. Two scripts defining one name with a different kind or default
+is a programming error caught at import.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+
+_DEFINED: dict[str, tuple[str, object]] = {}  # registry: flag name -> (kind, default)
+
+
+def define(kind: str, name: str, default, help_text: str, **kwargs) -> flags.FlagHolder:
+    """``flags.DEFINE_<kind>`` that tolerates an identical definition from another script."""
+    if name in _DEFINED:
+        if _DEFINED[name] != (kind, default):
+            raise ValueError(
+                f"Flag --{name} is defined twice with different kinds or defaults: "
+                f"{_DEFINED[name]} vs {(kind, default)}. Give both None and resolve the default "
+                "in main().")
+        return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+    holder = getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
+    _DEFINED[name] = (kind, default)
+    return holder

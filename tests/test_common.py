@@ -1,0 +1,18 @@
+"""Shared flag definitions across pipeline scripts."""
+
+import pytest
+from absl import flags
+
+from pipelines import common
+
+
+def test_identical_definition_is_shared_and_conflict_is_refused():
+    a = common.define("integer", "tflq_test_shared", 3, "help a")
+    b = common.define("integer", "tflq_test_shared", 3, "help b")
+    assert a.value == b.value == 3
+    flags.FLAGS.tflq_test_shared = 7
+    assert b.value == 7
+    with pytest.raises(ValueError, match="defined twice with different kinds or defaults"):
+        common.define("integer", "tflq_test_shared", 4, "other default")
+    with pytest.raises(ValueError, match="defined twice"):
+        common.define("string", "tflq_test_shared", 3, "other kind")
