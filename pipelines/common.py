@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from absl import flags
 
-
 _DEFINED: dict[str, tuple[str, object]] = {}  # registry: flag name -> (kind, default)
 
 
