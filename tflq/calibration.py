@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from tflq.keras_compat import TensorSpec
+from tflq.signature import TensorSpec
 
 NORMALIZATIONS = ("0_1", "-1_1", "none")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

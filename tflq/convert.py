@@ -12,7 +12,6 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 import stat
 import tempfile
@@ -23,67 +22,13 @@ from collections.abc import Callable
 import numpy as np
 
 from tflq.keras_compat import LoadedModel, tf
+from tflq.options import ALL_MODES, ConvertOptions, Mode, parse_modes  # noqa: F401 (re-exported)
 
-
-class Mode(str, enum.Enum):
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    DYNAMIC = "dynamic"
-    INT8 = "int8"
-    INT16X8 = "int16x8"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self in (Mode.INT8, Mode.INT16X8)
-
-    @property
-    def integer_only(self) -> bool:
-        """True when every op must run on integer kernels (float ops are an error)."""
-        return self in (Mode.INT8, Mode.INT16X8)
-
-
-ALL_MODES = tuple(m.value for m in Mode)
 # Boundary ops that convert between float and integer I/O; not compute left in float.
 _BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 _FLOAT_DTYPES = (np.float32, np.float16, np.float64)
 _CONVERTER_NOISE = (r"\s*Warning: tf.lite.Interpreter is deprecated",
                     r"Statistics for quantized inputs were expected")
-
-
-def parse_modes(text: str | list[str]) -> list[Mode]:
-    """Parses a comma list (or list) of mode names, keeping order, refusing unknown ones."""
-    names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text)]
-    names = [n for n in names if n]
-    if not names:
-        raise ValueError(f"No conversion mode given. Available: {list(ALL_MODES)}")
-    modes = []
-    for name in names:
-        if name not in ALL_MODES:
-            raise ValueError(f"Unknown mode {name!r}. Available: {sorted(ALL_MODES)}")
-        if Mode(name) not in modes:
-            modes.append(Mode(name))
-    return modes
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvertOptions:
-    """Converter settings shared by all modes.
-
-    Attributes:
-      integer_io: int8 (int16 for ``int16x8``) model input/output instead of float32.
-      per_channel: per-channel weight scales for ``int8`` (the TFLite default).
-      allow_float_ops: let ``int8``/``int16x8`` keep ops without integer kernels in float.
-    """
-
-    integer_io: bool = False
-    per_channel: bool = True
-    allow_float_ops: bool = False
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

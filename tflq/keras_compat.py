@@ -12,7 +12,6 @@ signature, runs the float reference and builds a TFLite converter.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -29,6 +28,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from tflq.signature import TensorSpec  # noqa: E402
+
 FLAVOR_TF_KERAS = "tf_keras"
 FLAVOR_KERAS3 = "keras3"
 FLAVOR_SAVED_MODEL = "saved_model"
@@ -41,18 +42,6 @@ _H5_SUFFIXES = (".h5", ".hdf5")
 def legacy_keras_active() -> bool:
     """Returns True when ``tf.keras`` is tf_keras (needed by tfmot)."""
     return tf.keras.__name__.startswith("tf_keras")
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output: its name, shape without the batch axis, and dtype."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 class LoadedModel:

@@ -1,5 +1,8 @@
 """The conversion job: load → calibrate → convert every mode → validate → report → gates.
 
+Importing this module does not import TensorFlow (only running a job does), so job specs
+can be built and checked cheaply, e.g. by the batch runner.
+
 Everything is checked and computed in memory before the first byte is written, so a bad
 input leaves the output folder exactly as it was. Outputs are then written one file at a
 time, each atomically.
@@ -15,8 +18,7 @@ import shutil
 import tempfile
 from importlib import metadata
 
-from tflq import calibration, convert, interpreter, metrics, report
-from tflq.keras_compat import LoadedModel, load_model, tf
+from tflq import calibration, metrics, options, report
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -50,20 +52,20 @@ class ConvertJob:
     data: str
     out: str
     eval_data: str | None = None
-    modes: tuple[str, ...] = convert.ALL_MODES
+    modes: tuple[str, ...] = options.ALL_MODES
     num_calibration_samples: int = 500
     num_eval_samples: int | None = None
     seed: int = 0
     num_threads: int = 1
     batch_size: int = 256
     latency_runs: int = 50
-    convert_options: convert.ConvertOptions = convert.ConvertOptions()
+    convert_options: options.ConvertOptions = options.ConvertOptions()
     data_options: calibration.DataOptions = calibration.DataOptions()
     gates: report.Gates = report.Gates()
     progress: bool = True
 
     def __post_init__(self):
-        convert.parse_modes(list(self.modes))
+        options.parse_modes(list(self.modes))
         for name in ("num_calibration_samples", "num_threads", "batch_size", "latency_runs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -131,7 +133,7 @@ def versions() -> dict:
 
     return {
         "tflq": version_of("tflq") or "dev",
-        "tensorflow": tf.__version__,
+        "tensorflow": version_of("tensorflow"),
         "litert": version_of("ai-edge-litert"),
         "tensorflow_model_optimization": version_of("tensorflow-model-optimization"),
         "numpy": version_of("numpy"),
@@ -150,7 +152,7 @@ def _progress(enabled: bool, desc: str, total: int | None, unit: str = "sample")
     return lambda items: tqdm(items, desc=desc, total=total, unit=unit, leave=False)
 
 
-def _prepare_data(job: ConvertJob, model: LoadedModel):
+def _prepare_data(job: ConvertJob, model):
     """Opens, samples and checks calibration and evaluation data (nothing written)."""
     specs = model.inputs
     calib = calibration.open_data(job.data, specs, job.data_options)
@@ -188,7 +190,11 @@ def run_job(job: ConvertJob) -> JobResult:
     Raises:
       ValueError: bad input of any kind; nothing has been written.
     """
-    modes = convert.parse_modes(list(job.modes))
+    from tflq import convert as converter
+    from tflq import interpreter
+    from tflq.keras_compat import load_model
+
+    modes = options.parse_modes(list(job.modes))
     check_output_dir(job.out)
     model = load_model(job.model)
     calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats = _prepare_data(
@@ -197,16 +203,16 @@ def run_job(job: ConvertJob) -> JobResult:
     try:
         representative = calibration.representative_dataset(calib, model.inputs, calib_indices)
         conversions = {}
-        wanted = list(modes) if convert.Mode.FLOAT32 in modes else [convert.Mode.FLOAT32, *modes]
+        wanted = list(modes) if options.Mode.FLOAT32 in modes else [options.Mode.FLOAT32, *modes]
         bar = _progress(job.progress, "convert", len(wanted), unit="mode")
         for mode in (bar(wanted) if bar else wanted):
-            conversions[mode] = convert.convert_model(
+            conversions[mode] = converter.convert_model(
                 model, mode, scratch,
                 representative=representative if mode.needs_calibration else None,
                 options=job.convert_options)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    float_size = len(conversions[convert.Mode.FLOAT32].content)
+    float_size = len(conversions[options.Mode.FLOAT32].content)
     runners = {
         mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
                                       num_threads=job.num_threads)
@@ -268,7 +274,7 @@ def run_job(job: ConvertJob) -> JobResult:
         "gates": {**job.gates.to_dict(), "passed": not failures, "failures": failures},
     }
     files = _write_outputs(job.out, full_report, {
-        row["path"]: conversions[convert.Mode(row["mode"])].content for row in mode_rows})
+        row["path"]: conversions[options.Mode(row["mode"])].content for row in mode_rows})
     return JobResult(report=full_report, files=tuple(files),
                      exit_code=EXIT_GATE if failures else EXIT_OK,
                      gate_failures=tuple(failures))
@@ -293,6 +299,8 @@ def _evaluate(job, model, evaluation, eval_indices, runners):
 
 
 def _write_outputs(out: str, full_report: dict, models: dict[str, bytes]) -> list[str]:
+    from tflq.convert import write_atomic
+
     os.makedirs(out, exist_ok=True)
     written = []
     items = list(models.items()) + [
@@ -302,6 +310,6 @@ def _write_outputs(out: str, full_report: dict, models: dict[str, bytes]) -> lis
     ]
     for name, content in items:
         path = os.path.join(out, name)
-        convert.write_atomic(path, content)
+        write_atomic(path, content)
         written.append(path)
     return written
