@@ -235,7 +235,7 @@ def main(argv):
         "checks": {k: {"value": v, "met": bool(ok)} for k, (v, ok) in checks.items()},
     }
     path = os.path.join(out, "benchmark_ptq.json")
-    from tflq.convert import write_atomic
+    from tflq.fileio import write_atomic
     from tflq.report import format_table, to_json
 
     write_atomic(path, to_json(summary))

@@ -59,7 +59,7 @@ _MAX_ACCURACY_DROP = flags.DEFINE_float(
     "max_accuracy_drop", None, "Gate: largest accuracy drop (percentage points) of any mode.")
 _MIN_AGREEMENT = flags.DEFINE_float(
     "min_agreement", None, "Gate: smallest top-1 agreement (0..1) with the float model.")
-_QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+_QUIET = define("bool", "quiet", False, "No progress bars.")
 
 
 def _default(value, fallback):

@@ -35,7 +35,7 @@ _TASKSET = flags.DEFINE_string("taskset", None, "CPU mask to pin with taskset (e
 _OUT = define("string", "out", None, "Output folder (default: the report's folder, or "
                            "tflq_device).")
 _ADB = flags.DEFINE_string("adb", "adb", "The adb executable.")
-_TIMEOUT = flags.DEFINE_float("timeout", 600.0, "Seconds allowed per adb command.")
+_TIMEOUT = define("float", "timeout", None, "Seconds allowed per adb command (default: 600).")
 
 
 def _int_list(text: str, name: str) -> tuple[int, ...]:
@@ -78,7 +78,7 @@ def main(argv) -> int:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     from tflq import android
     from tflq import report as report_lib
-    from tflq.convert import write_atomic
+    from tflq.fileio import write_atomic
 
     try:
         plan, report = _plan_and_report()
@@ -88,7 +88,7 @@ def main(argv) -> int:
         from tflq.pipeline import check_output_dir
 
         check_output_dir(out)
-        adb = android.Adb(_ADB.value, timeout=_TIMEOUT.value)
+        adb = android.Adb(_ADB.value, timeout=_TIMEOUT.value or 600.0)
         results = android.run_matrix(adb, _BENCHMARK_BINARY.value, plan, serial=_SERIAL.value)
     except ValueError as e:  # DeviceError is a ValueError
         print(f"error: {e}", file=sys.stderr)

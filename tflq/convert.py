@@ -12,15 +12,13 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
-import os
-import stat
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 
+from tflq.fileio import write_atomic  # noqa: F401 (re-exported)
 from tflq.keras_compat import LoadedModel, tf
 from tflq.options import ALL_MODES, ConvertOptions, Mode, parse_modes  # noqa: F401 (re-exported)
 
@@ -140,34 +138,3 @@ def find_float_ops(content: bytes) -> list[str]:
         if any(i in tensors and tensors[i]["dtype"] in _FLOAT_DTYPES for i in indices):
             found.append(f"{name}#{op['index']}")
     return found
-
-
-def _new_file_mode(path: str) -> int:
-    """The replaced file's permissions, or what open() would give a new file (umask)."""
-    if os.path.exists(path):
-        return stat.S_IMODE(os.stat(path).st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: str, content: bytes) -> None:
-    """Writes bytes so that ``path`` is either the old file or the complete new one.
-
-    The new file keeps the permissions of the file it replaces (or the umask default), not
-    the private mode of the temporary file.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tflq-", suffix=".part", dir=folder)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -77,6 +77,22 @@ class ConvertJob:
         if not self.out:
             raise ValueError("out must name an output folder. Received: out=''")
 
+    def to_dict(self) -> dict:
+        """A JSON-ready dict; :meth:`from_dict` rebuilds an equal job."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConvertJob:
+        data = dict(data)
+        data["modes"] = tuple(data["modes"])
+        data["convert_options"] = options.ConvertOptions(**data["convert_options"])
+        image_size = data["data_options"].get("image_size")
+        data["data_options"] = calibration.DataOptions(
+            normalize=data["data_options"]["normalize"],
+            image_size=tuple(image_size) if image_size else None)
+        data["gates"] = report.Gates(**data["gates"])
+        return cls(**data)
+
     def settings(self) -> dict:
         return {
             "modes": list(self.modes),
@@ -299,7 +315,7 @@ def _evaluate(job, model, evaluation, eval_indices, runners):
 
 
 def _write_outputs(out: str, full_report: dict, models: dict[str, bytes]) -> list[str]:
-    from tflq.convert import write_atomic
+    from tflq.fileio import write_atomic
 
     os.makedirs(out, exist_ok=True)
     written = []

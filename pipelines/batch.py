@@ -1,0 +1,75 @@
+"""Convert many models at once from a job spec, each job in its own process.
+
+  python -m pipelines.batch --spec jobs.toml --workers 2 --out batch_out
+  python -m pipelines.batch --spec jobs.toml --backend ray --ray_address auto --out /shared/out
+
+Unchanged jobs are skipped (cache), an interrupted batch resumes, --force rebuilds. Writes
+one folder per job, logs/<job>.log and manifest.json, and prints a summary table.
+
+Exit codes (the contract for nightly jobs and app builds): 0 every job succeeded; 1 a job
+failed, hung or crashed (the others still ran); 2 bad spec or flags (nothing written, no
+job started); 3 a quality gate failed (and no job failed).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from pipelines.common import define
+
+_SPEC = flags.DEFINE_string("spec", None, "Job spec (.toml, or .yaml/.yml).")
+_OUT = define("string", "out", None, "Batch output folder (default: tflq_batch).")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Jobs run at once.")
+_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "ray"], "Where jobs run.")
+_RAY_ADDRESS = flags.DEFINE_string(
+    "ray_address", None, "Ray cluster: auto or HOST:PORT (default: start Ray on this machine).")
+_FORCE = flags.DEFINE_bool("force", False, "Rebuild jobs even when their cache matches.")
+_TIMEOUT = define("float", "timeout", None, "Seconds per job unless the spec sets timeout "
+                  "(default: 3600).")
+_QUIET = define("bool", "quiet", False, "No progress bar.")
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    from tflq import batch
+
+    out = _OUT.value or "tflq_batch"
+    try:
+        if not _SPEC.value:
+            raise ValueError("--spec is required (a .toml or .yaml job spec).")
+        if _WORKERS.value < 1:
+            raise ValueError(f"--workers must be at least 1. Received: {_WORKERS.value}")
+        if _TIMEOUT.value is not None and _TIMEOUT.value <= 0:
+            raise ValueError(f"--timeout must be positive. Received: {_TIMEOUT.value}")
+        from tflq.pipeline import check_output_dir
+
+        check_output_dir(out)
+        spec = batch.load_spec(_SPEC.value, out, default_timeout=_TIMEOUT.value or
+                               batch.DEFAULT_TIMEOUT)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    progress = None
+    if not _QUIET.value:
+        from tqdm.auto import tqdm
+
+        def progress(items, total):
+            return tqdm(items, total=total, desc="batch", unit="job")
+
+    result = batch.run_batch(spec, out, workers=_WORKERS.value, backend=_BACKEND.value,
+                             ray_address=_RAY_ADDRESS.value, force=_FORCE.value,
+                             progress=progress)
+    print(batch.format_summary(result))
+    print(f"\n{len(result.outcomes)} job(s) in {result.seconds:.1f} s; manifest: "
+          f"{result.manifest_path}")
+    bad = [o for o in result.outcomes if o["status"] != batch.STATUS_OK]
+    for o in bad:
+        print(f"{o['name']}: {o['status']}: {o['error']}", file=sys.stderr)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    app.run(main)

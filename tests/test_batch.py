@@ -1,0 +1,298 @@
+"""Batch jobs: spec checks, isolated workers (crash, hang, out of memory), cache, resume,
+manifest, both backends, the CLI."""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from absl.testing import flagsaver
+from conftest import REPO, snapshot, tiny_data
+
+from pipelines import batch as cli
+from tflq import batch
+
+TESTS = os.path.join(REPO, "tests")
+
+
+@pytest.fixture()
+def workdir(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
+    tiny_model.save(tmp_path / "tiny.keras")
+    tiny_model.save(tmp_path / "other.keras")
+    x, y = tiny_data(60, seed=2)
+    np.savez(tmp_path / "calib.npz", x=x[:30], y=y[:30])
+    np.savez(tmp_path / "eval.npz", x=x[30:], y=y[30:])
+    return tmp_path
+
+
+BASE = """
+[defaults]
+data = "calib.npz"
+eval_data = "eval.npz"
+num_calibration_samples = 10
+latency_runs = 2
+"""
+
+
+def write_spec(folder, body, name="jobs.toml", base=BASE):
+    path = folder / name
+    path.write_text(base + body)
+    return str(path)
+
+
+TWO_JOBS = """
+[[jobs]]
+model = "tiny.keras"
+modes = ["int8"]
+
+[[jobs]]
+name = "other"
+model = "other.keras"
+modes = ["float16", "dynamic"]
+"""
+
+
+def test_load_spec_merges_defaults_and_resolves_paths(workdir):
+    spec = batch.load_spec(write_spec(workdir, TWO_JOBS), str(workdir / "out"))
+    assert [j.name for j in spec.jobs] == ["tiny", "other"]
+    tiny, other = spec.jobs
+    assert tiny.job.model == str(workdir / "tiny.keras")
+    assert tiny.job.data == str(workdir / "calib.npz")
+    assert tiny.job.modes == ("int8",) and other.job.modes == ("float16", "dynamic")
+    assert tiny.job.num_calibration_samples == 10 and tiny.job.progress is False
+    assert tiny.out == str(workdir / "out" / "tiny")
+    assert tiny.timeout == batch.DEFAULT_TIMEOUT and tiny.line == 8
+
+
+def test_yaml_spec_is_equivalent(workdir):
+    path = workdir / "jobs.yaml"
+    path.write_text("defaults:\n  data: calib.npz\n  eval_data: eval.npz\n"
+                    "jobs:\n  - model: tiny.keras\n    modes: [int8]\n    max_accuracy_drop: 5\n")
+    spec = batch.load_spec(str(path), str(workdir / "out"))
+    assert spec.jobs[0].name == "tiny" and spec.jobs[0].job.gates.max_accuracy_drop == 5
+    assert spec.jobs[0].line == 5
+
+
+BAD_SPECS = {
+    "malformed toml": ('\n[[jobs]]\nmodel = "tiny.keras\n', r"jobs.toml: line 9: malformed TOML"),
+    "unknown top key": ('\n[extra]\nx = 1\n', r"unknown key 'extra' in the spec"),
+    "unknown job key": ('\n[[jobs]]\nmodel = "tiny.keras"\nmodez = ["int8"]\n',
+                        r"line 10: unknown key 'modez' in jobs\[0\]"),
+    "wrong type": ('\n[[jobs]]\nmodel = "tiny.keras"\nnum_threads = "two"\n',
+                   r"line 10: jobs\[0\].num_threads must be int. Received: 'two'"),
+    "no jobs": ("", "no jobs"),
+    "duplicate names": ('\n[[jobs]]\nmodel = "tiny.keras"\n\n[[jobs]]\nmodel = "tiny.keras"\n',
+                        r"line 11: jobs\[1\]: two jobs are named 'tiny'"),
+    "same output": ('\n[[jobs]]\nmodel = "tiny.keras"\nout = "x"\n\n[[jobs]]\n'
+                    'model = "other.keras"\nout = "x"\n', "write to the same output"),
+    "missing model": ('\n[[jobs]]\nmodel = "nope.keras"\n',
+                      r"line 8: jobs\[0\]: model not found: '.*nope.keras'"),
+    "missing data": ('\n[[jobs]]\nmodel = "tiny.keras"\ndata = "nope.npz"\n', "data not found"),
+    "unknown mode": ('\n[[jobs]]\nmodel = "tiny.keras"\nmodes = ["int3"]\n',
+                     r"jobs\[0\] \(tiny\): Unknown mode 'int3'"),
+    "escaping output": ('\n[[jobs]]\nmodel = "tiny.keras"\nout = "../elsewhere"\n',
+                        "leaves the batch folder"),
+    "bad name": ('\n[[jobs]]\nname = "a b"\nmodel = "tiny.keras"\n', "may hold only letters"),
+    "bad gate": ('\n[[jobs]]\nmodel = "tiny.keras"\nmin_agreement = 2\n', "min_agreement must"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_specs_exit_2_before_any_job(capsys, workdir, case):
+    body, message = BAD_SPECS[case]
+    spec = write_spec(workdir, body)
+    before = snapshot(workdir)
+    with flagsaver.flagsaver(spec=spec, out=str(workdir / "out"), quiet=True):
+        code = cli.main(["batch"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    assert snapshot(workdir) == before and not os.path.exists(workdir / "out")
+
+
+def test_malformed_yaml_names_the_line(workdir):
+    path = workdir / "jobs.yml"
+    path.write_text("jobs:\n  - model: tiny.keras\n    modes: [int8\n")
+    with pytest.raises(ValueError, match=r"jobs.yml: line \d: malformed YAML"):
+        batch.load_spec(str(path), str(workdir / "out"))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({}, "--spec is required"),
+    ({"spec": "x.toml", "workers": 0}, "--workers must be at least 1"),
+    ({"spec": "x.toml", "timeout": -1.0}, "--timeout must be positive"),
+    ({"spec": "/no/jobs.toml"}, "Spec file not found"),
+])
+def test_cli_flag_errors(capsys, tmp_path, values, message):
+    with flagsaver.flagsaver(out=str(tmp_path / "o"), quiet=True, **values):
+        assert cli.main(["batch"]) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def run_cli(capsys, **values):
+    with flagsaver.flagsaver(quiet=True, **values):
+        code = cli.main(["batch"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_batch_runs_caches_resumes_and_forces(capsys, workdir):
+    spec = write_spec(workdir, TWO_JOBS)
+    out = workdir / "out"
+    code, stdout, _ = run_cli(capsys, spec=spec, out=str(out), workers=2)
+    assert code == 0, stdout
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["workers"] == 2 and manifest["backend"] == "local"
+    assert manifest["versions"]["tensorflow"] and manifest["versions"]["litert"]
+    jobs = {j["name"]: j for j in manifest["jobs"]}
+    assert {j["status"] for j in jobs.values()} == {"ok"}
+    for job in jobs.values():
+        assert job["seconds"] > 0 and os.path.exists(job["log"])
+        names = {os.path.basename(a["path"]) for a in job["artifacts"]}
+        assert "report.json" in names
+        for artifact in job["artifacts"]:
+            data = open(artifact["path"], "rb").read()
+            assert artifact["size_bytes"] == len(data)
+            assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
+    assert set(jobs["other"]["metrics"]["modes"]) == {"float16", "dynamic"}
+    report = json.load(open(out / "tiny" / "report.json"))
+    assert jobs["tiny"]["metrics"]["modes"]["int8"]["accuracy"] == report["modes"][0]["accuracy"]
+    assert "| tiny | ok |" in stdout
+    first_mtime = os.path.getmtime(out / "tiny" / "tiny_int8.tflite")
+
+    start = time.perf_counter()
+    code, stdout, _ = run_cli(capsys, spec=spec, out=str(out), workers=2)
+    assert code == 0 and time.perf_counter() - start < 5
+    assert "| tiny | ok (cached) |" in stdout and "| other | ok (cached) |" in stdout
+    assert os.path.getmtime(out / "tiny" / "tiny_int8.tflite") == first_mtime
+
+    # An interrupted batch: one job's record missing -> only that job runs again.
+    os.unlink(out / ".tflq-cache" / "other.json")
+    code, stdout, _ = run_cli(capsys, spec=spec, out=str(out))
+    assert "| tiny | ok (cached) |" in stdout and "| other | ok |" in stdout
+
+    # Changed data changes the cache key of every job that reads it.
+    x, y = tiny_data(30, seed=9)
+    np.savez(workdir / "calib.npz", x=x, y=y)
+    code, stdout, _ = run_cli(capsys, spec=spec, out=str(out))
+    assert "| tiny | ok |" in stdout and "| other | ok |" in stdout
+
+    code, stdout, _ = run_cli(capsys, spec=spec, out=str(out), force=True)
+    assert "cached" not in stdout
+    assert os.path.getmtime(out / "tiny" / "tiny_int8.tflite") > first_mtime
+
+
+def test_a_bad_job_never_takes_the_batch_down(capsys, workdir):
+    body = """
+[[jobs]]
+model = "tiny.keras"
+modes = ["int8"]
+
+[[jobs]]
+name = "crash"
+model = "batch_factories:segfault"
+
+[[jobs]]
+name = "hang"
+model = "batch_factories:hang"
+timeout = 8
+
+[[jobs]]
+name = "oom"
+model = "batch_factories:out_of_memory"
+max_memory_mb = 12000
+
+[[jobs]]
+name = "broken"
+model = "tiny.keras"
+data = "nan.npz"
+"""
+    x, _ = tiny_data(20)
+    x[4, 0, 0, 0] = np.nan
+    np.savez(workdir / "nan.npz", x=x)
+    spec = write_spec(workdir, body)
+    out = workdir / "out"
+    code, stdout, err = run_cli(capsys, spec=spec, out=str(out), workers=2)
+    assert code == 1
+    jobs = {j["name"]: j for j in json.load(open(out / "manifest.json"))["jobs"]}
+    assert jobs["tiny"]["status"] == "ok"
+    assert jobs["crash"]["status"] == "crashed" and "SIGSEGV" in jobs["crash"]["error"]
+    assert jobs["hang"]["status"] == "timeout" and "timed out after 8 s" in jobs["hang"]["error"]
+    assert jobs["oom"]["status"] == "failed" and "out of memory" in jobs["oom"]["error"]
+    assert jobs["broken"]["status"] == "failed"
+    assert "nan.npz: sample 4, input 'img': contains NaN" in jobs["broken"]["error"]
+    assert "crash: crashed: worker killed by SIGSEGV" in err
+    assert not os.path.exists(out / ".tflq-cache" / "crash.json")
+    assert os.path.getsize(out / "logs" / "hang.log") > 0
+
+
+def test_gate_breach_exits_3(capsys, workdir):
+    body = '\n[[jobs]]\nname = "tied"\n' \
+           'model = "test_cli_convert:tied_logits_model"\ndata = "vec.npz"\neval_data = "vec.npz"\n' \
+           'num_calibration_samples = 50\nmodes = ["int8"]\nmin_agreement = 0.9\n'
+    x = np.random.default_rng(0).uniform(0, 1, (200, 4)).astype(np.float32)
+    np.savez(workdir / "vec.npz", x=x, y=np.ones(200, np.int64))
+    code, _, err = run_cli(capsys, spec=write_spec(workdir, body), out=str(workdir / "out"),
+                           workers=2)
+    jobs = {j["name"]: j for j in json.load(open(workdir / "out" / "manifest.json"))["jobs"]}
+    assert jobs["tied"]["status"] == "gate_failed" and "top-1 agreement" in jobs["tied"]["error"]
+    assert code == 3 and "tied: gate_failed: " in err
+    assert jobs["tied"]["artifacts"]  # models and reports are still written
+
+
+def test_ray_backend_same_results(capsys, workdir):
+    spec = write_spec(workdir, TWO_JOBS)
+    code, stdout, _ = run_cli(capsys, spec=spec, out=str(workdir / "ray"), workers=2,
+                              backend="ray")
+    assert code == 0
+    manifest = json.load(open(workdir / "ray" / "manifest.json"))
+    assert manifest["backend"] == "ray"
+    assert [j["status"] for j in manifest["jobs"]] == ["ok", "ok"]
+    assert os.path.exists(workdir / "ray" / "other" / "other_dynamic.tflite")
+    code, stdout, _ = run_cli(capsys, spec=spec, out=str(workdir / "ray"), backend="ray")
+    assert "| tiny | ok (cached) |" in stdout
+
+
+def test_run_batch_argument_checks(workdir):
+    spec = batch.load_spec(write_spec(workdir, TWO_JOBS), str(workdir / "out"))
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        batch.run_batch(spec, str(workdir / "out"), workers=0)
+    with pytest.raises(ValueError, match="Unknown backend 'k8s'"):
+        batch.run_batch(spec, str(workdir / "out"), backend="k8s")
+
+
+def test_batch_module_does_not_import_tensorflow():
+    code = ("import sys, tflq.batch, pipelines.batch; "
+            "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip() == "False"
+
+
+def test_worker_usage_error():
+    result = subprocess.run([sys.executable, "-m", "tflq.worker"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_benchmark_batch_spec_has_eight_jobs(tmp_path):
+    from pipelines import benchmark_batch
+
+    models = []
+    for name in benchmark_batch.WIDTHS:
+        path = tmp_path / f"{name}.keras"
+        path.write_bytes(b"placeholder")  # load_spec checks existence only
+        models.append(str(path))
+    spec_path = tmp_path / "jobs.toml"
+    benchmark_batch.write_spec(str(spec_path), models)
+    spec = batch.load_spec(str(spec_path), str(tmp_path / "out"))
+    assert len(spec.jobs) == 8
+    assert {j.job.modes for j in spec.jobs} == {("int8",), ("dynamic",)}

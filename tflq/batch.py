@@ -1,0 +1,600 @@
+"""Batch conversion: job specs, isolated worker processes, an incremental cache, backends.
+
+A spec (TOML, or YAML) lists jobs with shared defaults; every job runs ``tflq.worker`` in
+its own process with a time limit (and optionally a memory limit), so a crash, a hang or
+running out of memory fails that job only. Finished jobs leave a cache record keyed by the
+model's bytes, a fingerprint of the data, the job's settings and the versions of tflq,
+TensorFlow and LiteRT; an unchanged job is skipped and its artifacts reused, which also
+makes an interrupted batch resume where it stopped. ``manifest.json`` records every job.
+
+Importing this module does not import TensorFlow: a fully cached batch never loads it.
+
+Spec example (paths are relative to the spec file)::
+
+    [defaults]
+    data = "calib.npz"
+    eval_data = "eval.npz"
+    modes = ["int8"]
+    max_accuracy_drop = 1.0
+
+    [output]
+    layout = "{name}"          # folder per job under --out
+
+    [[jobs]]
+    name = "cnn"
+    model = "models/cnn.keras"
+
+    [[jobs]]
+    model = "models/mlp.h5"    # name defaults to the model's stem
+    modes = ["dynamic", "int8"]
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+
+from tflq import calibration, options, pipeline, report
+
+STATUS_OK = "ok"
+STATUS_GATE = "gate_failed"
+STATUS_FAILED = "failed"
+STATUS_TIMEOUT = "timeout"
+STATUS_CRASHED = "crashed"
+BACKENDS = ("local", "ray")
+DEFAULT_TIMEOUT = 3600.0
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+# Settings a job (or [defaults]) may hold, with the JSON types accepted.
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "data": (str,), "eval_data": (str,), "modes": (list, str),
+    "num_calibration_samples": (int,), "num_eval_samples": (int,), "seed": (int,),
+    "num_threads": (int,), "batch_size": (int,), "latency_runs": (int,),
+    "integer_io": (bool,), "per_tensor": (bool,), "allow_float_ops": (bool,),
+    "normalize": (str,), "image_size": (list,), "max_accuracy_drop": (int, float),
+    "min_agreement": (int, float), "timeout": (int, float), "max_memory_mb": (int,),
+}
+JOB_ONLY_KEYS = ("name", "out")
+TOP_KEYS = ("defaults", "jobs", "output")
+OUTPUT_KEYS = ("layout",)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """One job of a batch: its name, output folder (relative to the batch's), settings."""
+
+    name: str
+    out: str
+    job: pipeline.ConvertJob
+    timeout: float
+    max_memory_mb: int | None
+    line: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    path: str
+    jobs: tuple[JobSpec, ...]
+
+
+def _line_of(text_lines: Sequence[str], key: str, start: int = 0) -> int | None:
+    pattern = re.compile(rf"^\s*-?\s*[\"']?{re.escape(key)}[\"']?\s*[=:]")
+    for i in range(start, len(text_lines)):
+        if pattern.match(text_lines[i]):
+            return i + 1
+    return None
+
+
+def _job_lines(text_lines: Sequence[str], yaml_format: bool) -> list[int]:
+    """Line numbers where each job entry starts (1-based)."""
+    if not yaml_format:
+        return [i + 1 for i, ln in enumerate(text_lines) if ln.strip() == "[[jobs]]"]
+    starts, inside = [], False
+    for i, ln in enumerate(text_lines):
+        if re.match(r"^jobs\s*:", ln):
+            inside = True
+        elif inside and re.match(r"^\S", ln):
+            inside = False
+        elif inside and re.match(r"^\s*-\s", ln):
+            starts.append(i + 1)
+    return starts
+
+
+def _parse(path: str) -> tuple[dict, list[str], bool]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as e:
+        raise ValueError(f"Spec file not found: {path!r}") from e
+    text = raw.decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    yaml_format = path.lower().endswith((".yaml", ".yml"))
+    if yaml_format:
+        try:
+            import yaml
+        except ImportError as e:
+            raise ValueError("YAML specs need PyYAML (pip install pyyaml); or use TOML.") from e
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise ValueError(f"{path}: {where}malformed YAML: {getattr(e, 'problem', e)}") from e
+    else:
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            match = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+            where = f"line {match.group(1)}: " if match else ""
+            message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+            raise ValueError(f"{path}: {where}malformed TOML: {message}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of [defaults], [output] and [[jobs]].")
+    return data, lines, yaml_format
+
+
+def _check_keys(path, lines, table: dict, allowed: Sequence[str], where: str, start: int = 0):
+    for key in table:
+        if key not in allowed:
+            line = _line_of(lines, key, start)
+            at = f"line {line}: " if line else ""
+            raise ValueError(f"{path}: {at}unknown key {key!r} in {where}. "
+                             f"Known: {sorted(allowed)}")
+
+
+def _check_types(path, lines, table: dict, where: str, start: int = 0):
+    for key, value in table.items():
+        accepted = SETTING_TYPES.get(key)
+        if accepted is None:
+            continue
+        if isinstance(value, bool) and bool not in accepted:
+            ok = False
+        else:
+            ok = isinstance(value, accepted)
+        if not ok:
+            line = _line_of(lines, key, start)
+            at = f"line {line}: " if line else ""
+            names = " or ".join(t.__name__ for t in accepted)
+            raise ValueError(f"{path}: {at}{where}.{key} must be {names}. Received: {value!r}")
+
+
+def _resolve_path(base: str, value: str) -> str:
+    if _FACTORY_RE.match(value) and not os.path.exists(os.path.join(base, value)):
+        return value
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _convert_job(settings: dict, out: str) -> pipeline.ConvertJob:
+    modes = settings.get("modes", list(options.ALL_MODES))
+    modes = options.parse_modes(modes if isinstance(modes, (list, str)) else [])
+    kwargs = {k: settings[k] for k in ("num_calibration_samples", "num_eval_samples", "seed",
+                                       "num_threads", "batch_size", "latency_runs")
+              if k in settings}
+    image_size = settings.get("image_size")
+    return pipeline.ConvertJob(
+        model=settings["model"], data=settings["data"], eval_data=settings.get("eval_data"),
+        out=out, modes=tuple(m.value for m in modes), progress=False,
+        convert_options=options.ConvertOptions(
+            integer_io=settings.get("integer_io", False),
+            per_channel=not settings.get("per_tensor", False),
+            allow_float_ops=settings.get("allow_float_ops", False)),
+        data_options=calibration.DataOptions(
+            normalize=settings.get("normalize", "0_1"),
+            image_size=tuple(image_size) if image_size else None),
+        gates=report.Gates(max_accuracy_drop=settings.get("max_accuracy_drop"),
+                           min_agreement=settings.get("min_agreement")),
+        **kwargs)
+
+
+def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> BatchSpec:
+    """Reads and checks a batch spec completely, before any job starts.
+
+    Args:
+      path: the ``.toml`` (or ``.yaml``/``.yml``) spec.
+      out: the batch output folder; job outputs are resolved under it.
+      default_timeout: seconds per job unless the spec sets ``timeout``.
+
+    Raises:
+      ValueError: malformed file (naming file and line), unknown keys, wrong types, no
+        jobs, duplicate names or outputs, a missing model or data file, bad settings.
+    """
+    data, lines, yaml_format = _parse(path)
+    base = os.path.dirname(os.path.abspath(path))
+    _check_keys(path, lines, data, TOP_KEYS, "the spec")
+    defaults = data.get("defaults", {}) or {}
+    output = data.get("output", {}) or {}
+    jobs = data.get("jobs", []) or []
+    if not isinstance(defaults, dict) or not isinstance(output, dict):
+        raise ValueError(f"{path}: [defaults] and [output] must be tables.")
+    if not isinstance(jobs, list) or not jobs:
+        raise ValueError(f"{path}: no jobs: add at least one [[jobs]] entry with a model.")
+    _check_keys(path, lines, defaults, tuple(SETTING_TYPES), "[defaults]")
+    _check_types(path, lines, defaults, "defaults")
+    _check_keys(path, lines, output, OUTPUT_KEYS, "[output]")
+    layout = output.get("layout", "{name}")
+    starts = _job_lines(lines, yaml_format)
+    specs, names, outs = [], {}, {}
+    for i, entry in enumerate(jobs):
+        start = starts[i] - 1 if i < len(starts) else 0
+        line = starts[i] if i < len(starts) else None
+        at = f"line {line}: " if line else ""
+        where = f"jobs[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: {at}{where} must be a table.")
+        _check_keys(path, lines, entry, tuple(SETTING_TYPES) + JOB_ONLY_KEYS, where, start)
+        _check_types(path, lines, entry, where, start)
+        settings = {**defaults, **entry}
+        for required in ("model", "data"):
+            if not settings.get(required):
+                raise ValueError(f"{path}: {at}{where} has no {required!r} (set it in the job "
+                                 "or in [defaults]).")
+        for key in ("model", "data", "eval_data"):
+            if settings.get(key):
+                settings[key] = _resolve_path(base, settings[key])
+                value = settings[key]
+                if not _FACTORY_RE.match(value) and not os.path.exists(value):
+                    raise ValueError(f"{path}: {at}{where}: {key} not found: {value!r}")
+        model = settings["model"]
+        name = entry.get("name") or (model.split(":")[-1] if _FACTORY_RE.match(model)
+                                     else os.path.splitext(os.path.basename(model.rstrip("/")))[0])
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"{path}: {at}{where}: job name {name!r} may hold only letters, "
+                             "digits, '.', '_' and '-'.")
+        if name in names:
+            raise ValueError(f"{path}: {at}{where}: two jobs are named {name!r} "
+                             f"(the other is jobs[{names[name]}]); give each a unique name.")
+        names[name] = i
+        try:
+            relative = entry.get("out") or layout.format(name=name)
+        except (KeyError, IndexError) as e:
+            raise ValueError(f"{path}: [output] layout {layout!r} may use only {{name}}.") from e
+        job_out = os.path.normpath(os.path.join(out, relative))
+        if job_out in outs:
+            raise ValueError(f"{path}: {at}{where}: jobs {outs[job_out]!r} and {name!r} write "
+                             f"to the same output {job_out!r}.")
+        if os.path.commonpath([os.path.abspath(job_out), os.path.abspath(out)]) != os.path.abspath(out):
+            raise ValueError(f"{path}: {at}{where}: output {relative!r} leaves the batch folder.")
+        outs[job_out] = name
+        try:
+            job = _convert_job(settings, job_out)
+        except ValueError as e:
+            raise ValueError(f"{path}: {at}{where} ({name}): {e}") from e
+        timeout = float(settings.get("timeout", default_timeout))
+        memory = settings.get("max_memory_mb")
+        if timeout <= 0 or (memory is not None and memory < 1):
+            raise ValueError(f"{path}: {at}{where}: timeout and max_memory_mb must be positive.")
+        specs.append(JobSpec(name=name, out=job_out, job=job, timeout=timeout,
+                             max_memory_mb=memory, line=line))
+    return BatchSpec(path=path, jobs=tuple(specs))
+
+
+# ---- cache ----
+
+def _hash_path(digest, path: str) -> None:
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                digest.update(os.path.relpath(full, path).encode())
+                _hash_file(digest, full)
+    elif os.path.isfile(path):
+        _hash_file(digest, path)
+    elif _FACTORY_RE.match(path):
+        digest.update(path.encode())
+        module = path.split(":")[0]
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None and found.origin and os.path.isfile(found.origin):
+            _hash_file(digest, found.origin)
+
+
+def _hash_file(digest, path: str) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+
+
+def versions() -> dict:
+    def version_of(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    from tflq import __version__
+
+    return {"tflq": __version__, "tensorflow": version_of("tensorflow"),
+            "litert": version_of("ai-edge-litert")}
+
+
+def cache_key(spec: JobSpec) -> str:
+    """sha256 over the model bytes, the data bytes, the job's settings and the versions."""
+    digest = hashlib.sha256()
+    for label in ("model", "data", "eval_data"):
+        value = getattr(spec.job, label)
+        digest.update(f"\0{label}\0".encode())
+        if value:
+            _hash_path(digest, value)
+    settings = spec.job.settings()
+    settings["gates"] = spec.job.gates.to_dict()
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps(versions(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _cache_path(out: str, name: str) -> str:
+    return os.path.join(out, ".tflq-cache", f"{name}.json")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
+def _artifacts(folder: str) -> list[dict]:
+    found = []
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and not name.startswith("."):
+                found.append({"path": path, "sha256": _sha256(path),
+                              "size_bytes": os.path.getsize(path)})
+    return found
+
+
+def _cached_outcome(out: str, spec: JobSpec, key: str) -> dict | None:
+    try:
+        with open(_cache_path(out, spec.name)) as f:
+            record = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("cache_key") != key:
+        return None
+    for artifact in record.get("artifacts", []):
+        if not os.path.isfile(artifact["path"]) or _sha256(artifact["path"]) != artifact["sha256"]:
+            return None
+    return {**record, "cached": True, "seconds": 0.0, "build_seconds": record.get("seconds")}
+
+
+# ---- running one job ----
+
+def _metrics(report_path: str) -> dict:
+    try:
+        with open(report_path) as f:
+            rep = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {
+        "float_accuracy": rep.get("float", {}).get("accuracy"),
+        "modes": {m["mode"]: {k: m.get(k) for k in ("accuracy", "accuracy_drop_pp",
+                                                   "top1_agreement", "size_bytes", "size_ratio")}
+                  for m in rep.get("modes", [])},
+        "gates_passed": rep.get("gates", {}).get("passed"),
+    }
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def execute_job(payload: dict) -> dict:
+    """Runs one job in a fresh ``python -m tflq.worker`` process and describes the outcome.
+
+    ``payload`` holds ``name``, ``out``, ``log``, ``timeout``, ``max_memory_mb``,
+    ``threads`` and the job (``ConvertJob.to_dict()``). Runs anywhere tflq is installed (the
+    Ray backend ships it to cluster nodes).
+    """
+    start = time.perf_counter()
+    os.makedirs(os.path.dirname(payload["log"]), exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tflq-job-") as work:
+        job_file = os.path.join(work, "job.json")
+        result_file = os.path.join(work, "result.json")
+        with open(job_file, "w") as f:
+            json.dump({**payload, "result": result_file}, f)
+        memory = payload.get("max_memory_mb")
+
+        def limit_memory():  # runs in the child before exec
+            if memory:
+                limit = int(memory) * 1024 * 1024
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        status, error = STATUS_OK, None
+        with open(payload["log"], "wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "tflq.worker", job_file],
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       preexec_fn=limit_memory, start_new_session=True)
+            try:
+                code = process.wait(timeout=payload["timeout"])
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                code = None
+                status = STATUS_TIMEOUT
+                error = f"timed out after {payload['timeout']:g} s and was killed"
+        result = {}
+        if os.path.exists(result_file):
+            with open(result_file) as f:
+                result = json.load(f)
+    if code is not None:
+        if code < 0:
+            status = STATUS_CRASHED
+            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+            error = f"worker killed by {_signal_name(code)}{hint}"
+        elif code == pipeline.EXIT_GATE:
+            status, error = STATUS_GATE, "; ".join(result.get("gate_failures", []))
+        elif code != 0:
+            status = STATUS_FAILED
+            error = result.get("error") or f"worker exited with code {code}; see {payload['log']}"
+    report_path = os.path.join(payload["out"], "report.json")
+    produced = status in (STATUS_OK, STATUS_GATE)
+    return {
+        "name": payload["name"], "status": status, "error": error, "cached": False,
+        "seconds": time.perf_counter() - start, "log": payload["log"], "out": payload["out"],
+        "artifacts": _artifacts(payload["out"]) if produced else [],
+        "metrics": _metrics(report_path) if produced else {},
+        "peak_rss_mb": result.get("peak_rss_mb"),
+    }
+
+
+# ---- the batch ----
+
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    outcomes: tuple[dict, ...]
+    manifest_path: str
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        """0 all good; 1 a job failed, hung or crashed; 3 a gate failed (and nothing else)."""
+        statuses = {o["status"] for o in self.outcomes}
+        if statuses - {STATUS_OK, STATUS_GATE}:
+            return 1
+        return pipeline.EXIT_GATE if STATUS_GATE in statuses else 0
+
+
+def _payload(spec: JobSpec, out: str, threads: int) -> dict:
+    return {"name": spec.name, "out": spec.out, "log": os.path.join(out, "logs", f"{spec.name}.log"),
+            "timeout": spec.timeout, "max_memory_mb": spec.max_memory_mb, "threads": threads,
+            "job": spec.job.to_dict()}
+
+
+def _write_manifest(out: str, spec: BatchSpec, outcomes: dict, started: str, seconds: float,
+                    backend: str, workers: int) -> str:
+    from tflq.fileio import write_atomic
+
+    manifest = {
+        "schema_version": 1, "spec": os.path.abspath(spec.path), "started_utc": started,
+        "seconds": seconds, "backend": backend, "workers": workers, "versions": versions(),
+        "jobs": [outcomes[s.name] for s in spec.jobs if s.name in outcomes],
+    }
+    path = os.path.join(out, "manifest.json")
+    write_atomic(path, report.to_json(manifest))
+    return path
+
+
+def run_batch(spec: BatchSpec, out: str, workers: int = 1, backend: str = "local",
+              ray_address: str | None = None, force: bool = False,
+              progress: Callable | None = None) -> BatchResult:
+    """Runs every job of a checked spec; returns the outcomes and writes manifest.json.
+
+    Args:
+      spec: from :func:`load_spec`.
+      out: the batch output folder.
+      workers: jobs run at once (local processes or Ray tasks).
+      backend: ``local`` or ``ray``.
+      ray_address: for Ray: ``auto``, ``HOST:PORT``, or None to start a local Ray.
+      force: rebuild jobs whose cache record matches.
+      progress: wraps an iterator of finished outcomes (e.g. a tqdm factory).
+    """
+    import datetime
+
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1. Received: workers={workers}")
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}. Available: {list(BACKENDS)}")
+    pipeline.check_output_dir(out)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    start = time.perf_counter()
+    os.makedirs(os.path.join(out, ".tflq-cache"), exist_ok=True)
+    outcomes, todo, keys = {}, [], {}
+    for job in spec.jobs:
+        keys[job.name] = cache_key(job)
+        cached = None if force else _cached_outcome(out, job, keys[job.name])
+        if cached is not None:
+            outcomes[job.name] = cached
+        else:
+            todo.append(job)
+    threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo) or 1)))
+    payloads = [_payload(job, out, threads) for job in todo]
+    finished = _run_local(payloads, workers) if backend == "local" else _run_ray(
+        payloads, workers, ray_address)
+    if progress is not None:
+        finished = progress(finished, total=len(payloads))
+    for outcome in finished:
+        name = outcome["name"]
+        outcome["cache_key"] = keys[name]
+        outcomes[name] = outcome
+        if outcome["status"] in (STATUS_OK, STATUS_GATE):
+            from tflq.fileio import write_atomic
+
+            write_atomic(_cache_path(out, name), report.to_json(outcome))
+        # Written after every job: an interrupted batch leaves an accurate manifest.
+        _write_manifest(out, spec, outcomes, started, time.perf_counter() - start, backend,
+                        workers)
+    seconds = time.perf_counter() - start
+    path = _write_manifest(out, spec, outcomes, started, seconds, backend, workers)
+    return BatchResult(outcomes=tuple(outcomes[j.name] for j in spec.jobs), manifest_path=path,
+                       seconds=seconds)
+
+
+def _run_local(payloads: list[dict], workers: int):
+    if not payloads:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(execute_job, p) for p in payloads]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+
+
+def _run_ray(payloads: list[dict], workers: int, address: str | None):
+    if not payloads:
+        return
+    try:
+        import ray
+    except ImportError as e:
+        raise ValueError("The ray backend needs Ray: pip install 'ray[default]'.") from e
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(execute_job)
+        pending = [remote.remote(p) for p in payloads]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def format_summary(result: BatchResult) -> str:
+    """A table of every job: status, seconds, int8/first-mode accuracy, error."""
+    lines = ["| job | status | seconds | modes | accuracy | Δ pp | error |", "|" + "---|" * 7]
+    for o in result.outcomes:
+        modes = o.get("metrics", {}).get("modes", {})
+        first = next(iter(modes.values()), {})
+        status = o["status"] + (" (cached)" if o.get("cached") else "")
+        accuracy = first.get("accuracy")
+        drop = first.get("accuracy_drop_pp")
+        lines.append(
+            f"| {o['name']} | {status} | {o['seconds']:.1f} | {','.join(modes) or '–'} | "
+            f"{'–' if accuracy is None else f'{100 * accuracy:.2f}'} | "
+            f"{'–' if drop is None else f'{drop:+.2f}'} | {(o.get('error') or '')[:120]} |")
+    return "\n".join(lines)
