@@ -296,3 +296,30 @@ def test_benchmark_batch_spec_has_eight_jobs(tmp_path):
     spec = batch.load_spec(str(spec_path), str(tmp_path / "out"))
     assert len(spec.jobs) == 8
     assert {j.job.modes for j in spec.jobs} == {("int8",), ("dynamic",)}
+
+
+def test_timeout_flag_applies_to_jobs_without_their_own(capsys, workdir):
+    spec = write_spec(workdir, '\n[[jobs]]\nname = "hang"\nmodel = "batch_factories:hang"\n')
+    code, _, err = run_cli(capsys, spec=spec, out=str(workdir / "out"), timeout=3.0)
+    assert code == 1 and "hang: timeout: timed out after 3 s" in err
+
+
+def test_ray_address_is_passed_to_ray_init(capsys, workdir, monkeypatch):
+    # No Ray cluster exists here: check the address reaches ray.init, then stop.
+    import ray
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        raise Stop()
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    spec = write_spec(workdir, '\n[[jobs]]\nmodel = "tiny.keras"\nmodes = ["float16"]\n')
+    with pytest.raises(Stop):
+        run_cli(capsys, spec=spec, out=str(workdir / "out"), backend="ray",
+                ray_address="127.0.0.1:6379")
+    assert seen["address"] == "127.0.0.1:6379"

@@ -572,7 +572,9 @@ def _run_ray(payloads: list[dict], workers: int, address: str | None):
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            # A private Ray on this machine, bound to loopback only.
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(execute_job)
         pending = [remote.remote(p) for p in payloads]
