@@ -1,0 +1,191 @@
+"""Named QAT schemes: which quantizer goes on which layer, by layer type or name pattern.
+
+A scheme maps every layer of a model to one table-driven
+:class:`tflq.qat.LayerQuantizeConfig`:
+
+* layers with weights (Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D, Dense)
+  get the scheme's weight quantizer on each kernel (per output channel for convolutions,
+  per tensor for Dense, whose per-channel FakeQuant the converter rejects) and the
+  activation quantizer on their fused activation;
+* layers that only move values (Flatten, Reshape, Permute, pooling by max, Dropout, …)
+  are left alone: TFLite keeps their input's scale;
+* every other layer (BatchNormalization not after a conv, ReLU, PReLU, Add, Multiply,
+  Concatenate, Rescaling, Normalization, LayerNormalization, UpSampling2D, average pooling,
+  TFOpLambda ops, unknown layers) gets its output quantized.
+
+Activations always use TFLite's own int8 activation format (asymmetric per tensor, moving
+average ranges, a FakeQuant op the converter reads), so what differs between schemes is
+the weights:
+
+| scheme | weights | runs exactly on TFLite int8 kernels |
+|---|---|---|
+| ``default_int8`` | symmetric int8, zero point 0 (the TFLite spec) | yes |
+| ``pow2`` | 4-bit powers of two (sign + exponent) | yes (codes ±64…±1, 0) |
+| ``asymmetric`` | asymmetric 8-bit with a zero point | no: re-quantized to symmetric |
+| ``log_companding`` | 8-bit logarithmic companding | no: re-quantized to linear |
+| ``linear`` | min-max linear (``weight_bits``, default 4) | no: re-quantized |
+
+Overrides change the weight quantizer or its bits for layers matched by type name or a
+regular expression on the layer name, e.g. ``{"match": "^conv2d$", "weight_bits": 8}`` or
+``{"type": "Dense", "scheme": "default_int8"}``. An override that matches no layer is an
+error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+
+from tflq import quantizers
+from tflq.quantizers import tfmot
+
+_KERNELS = {
+    "Conv2D": ("kernel",), "Conv1D": ("kernel",), "Conv2DTranspose": ("kernel",),
+    "DepthwiseConv2D": ("depthwise_kernel",),
+    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
+    "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
+    "Dense": ("kernel",),
+}
+_PER_TENSOR_WEIGHTS = {"Dense"}
+# Layers that only rearrange or select values keep their input's quantization.
+_PASS_THROUGH = {
+    "InputLayer", "Flatten", "Reshape", "Permute", "MaxPooling1D", "MaxPooling2D",
+    "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Dropout", "SpatialDropout2D",
+    "Cropping2D", "ZeroPadding2D", "Activation:linear",
+}
+
+
+def activation_quantizer():
+    """TFLite's int8 activation format: asymmetric per tensor, moving-average ranges."""
+    return tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+        num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+
+
+def _default_int8_weights(per_axis: bool, bits: int):
+    if bits != 8:
+        return quantizers.SymmetricQuantizer(num_bits=bits, per_axis=per_axis)
+    return tfmot.quantization.keras.quantizers.LastValueQuantizer(
+        num_bits=8, per_axis=per_axis, symmetric=True, narrow_range=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    """A named weight-quantization scheme.
+
+    Attributes:
+      name: registry key.
+      make_weights: (per_axis, num_bits) → weight quantizer.
+      weight_bits: default bits for weights.
+      exact: whether models under this scheme run exactly on TFLite int8 kernels.
+    """
+
+    name: str
+    make_weights: Callable
+    weight_bits: int
+    exact: bool
+
+    def weight_quantizer(self, per_axis: bool, bits: int | None = None):
+        return self.make_weights(per_axis, bits or self.weight_bits)
+
+
+SCHEMES = {
+    "default_int8": Scheme("default_int8", _default_int8_weights, 8, True),
+    "pow2": Scheme("pow2", lambda per_axis, bits: quantizers.Pow2Quantizer(bits, per_axis), 4,
+                   True),
+    "asymmetric": Scheme("asymmetric",
+                         lambda per_axis, bits: quantizers.AsymmetricQuantizer(bits, per_axis), 8,
+                         False),
+    "log_companding": Scheme(
+        "log_companding", lambda per_axis, bits: quantizers.LogCompandingQuantizer(bits, per_axis),
+        8, False),
+    "linear": Scheme("linear", lambda per_axis, bits: quantizers.LinearQuantizer(bits, per_axis), 4,
+                     False),
+}
+
+
+def get_scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise ValueError(f"Unknown scheme {name!r}. Available: {sorted(SCHEMES)}")
+    return SCHEMES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """Changes the weights of matching layers.
+
+    Attributes:
+      match: regular expression on the layer name (``re.search``), or None.
+      type: layer class name, or None. At least one of match/type.
+      scheme: another scheme's weights for these layers, or None.
+      weight_bits: bits for these layers' weights, or None.
+    """
+
+    match: str | None = None
+    type: str | None = None
+    scheme: str | None = None
+    weight_bits: int | None = None
+
+    def __post_init__(self):
+        if self.match is None and self.type is None:
+            raise ValueError("An override needs 'match' (layer-name regex) or 'type'.")
+        if self.match is not None:
+            try:
+                re.compile(self.match)
+            except re.error as e:
+                raise ValueError(f"Override match {self.match!r} is not a valid regex: {e}") from e
+        if self.scheme is not None:
+            get_scheme(self.scheme)
+        if self.weight_bits is not None and not 2 <= self.weight_bits <= 8:
+            raise ValueError(f"Override weight_bits must be in [2, 8]. "
+                             f"Received: weight_bits={self.weight_bits}")
+
+    def matches(self, layer) -> bool:
+        if self.type is not None and type(layer).__name__ != self.type:
+            return False
+        return self.match is None or re.search(self.match, layer.name) is not None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Override:
+        unknown = set(data) - {"match", "type", "scheme", "weight_bits"}
+        if unknown:
+            raise ValueError(f"Unknown override key(s) {sorted(unknown)}. "
+                             "Known: ['match', 'scheme', 'type', 'weight_bits']")
+        return cls(**data)
+
+
+def _activation_name(layer) -> str | None:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) if activation is not None else None
+
+
+def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = ()):
+    """The LayerQuantizeConfig for one layer under a scheme (None: leave the layer alone)."""
+    from tflq.qat import LayerQuantizeConfig
+
+    kind = type(layer).__name__
+    if kind in _PASS_THROUGH or f"{kind}:{_activation_name(layer)}" in _PASS_THROUGH:
+        return None
+    if kind in _KERNELS:
+        chosen, bits = scheme, None
+        for override in overrides:
+            if override.matches(layer):
+                chosen = get_scheme(override.scheme) if override.scheme else chosen
+                bits = override.weight_bits or bits
+        per_axis = kind not in _PER_TENSOR_WEIGHTS
+        weights = {attr: chosen.weight_quantizer(per_axis, bits) for attr in _KERNELS[kind]}
+        activation = _activation_name(layer)
+        activations = {"activation": activation_quantizer()} if activation not in (
+            None, "linear") else {}
+        output = activation_quantizer() if not activations else None
+        return LayerQuantizeConfig(weights=weights, activations=activations, output=output)
+    return LayerQuantizeConfig(output=activation_quantizer())
+
+
+def check_overrides(layers: Sequence, overrides: Sequence[Override]) -> None:
+    """Refuses overrides that match no layer (a typo would silently do nothing)."""
+    for override in overrides:
+        if not any(override.matches(layer) for layer in layers):
+            names = [layer.name for layer in layers]
+            raise ValueError(f"Override {dataclasses.asdict(override)} matches no layer. "
+                             f"Layers: {names}")
