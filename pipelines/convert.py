@@ -29,8 +29,8 @@ _MODEL = define(
 _DATA = flags.DEFINE_string(
     "data", None, "Calibration data: .npz/.npy, IDX images file, image folder, or "
     "package.module:function. Required with --model.")
-_EVAL_DATA = flags.DEFINE_string(
-    "eval_data", None, "Evaluation data (same kinds as --data). Default: the samples of "
+_EVAL_DATA = define(
+    "string", "eval_data", None, "Evaluation data (same kinds as --data). Default: the samples of "
     "--data not drawn for calibration (the bundled evaluation slice for the example).")
 _MODES = flags.DEFINE_string("modes", ",".join(ALL_MODES), "Comma list of converter modes: "
                              + ", ".join(ALL_MODES) + ".")
@@ -42,7 +42,7 @@ _NUM_EVAL_SAMPLES = flags.DEFINE_integer(
     "num_eval_samples", None, "Evaluate on at most this many samples (default: all).")
 _SEED = define("integer", "seed", 0, "Seed for drawing calibration samples.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
+_BATCH_SIZE = define("integer", "batch_size", None, "Evaluation batch size (default: 256).")
 _LATENCY_RUNS = define("integer", "latency_runs", None, "Timed batch-1 runs per mode (default: 50).")
 _INTEGER_IO = flags.DEFINE_bool(
     "integer_io", False, "int8/int16x8 models take and return integers instead of float32.")
@@ -92,7 +92,7 @@ def build_job():
         modes=tuple(m.value for m in tflq.parse_modes(_MODES.value)),
         num_calibration_samples=_default(_NUM_CALIBRATION_SAMPLES.value, 500),
         num_eval_samples=_NUM_EVAL_SAMPLES.value, seed=_SEED.value,
-        num_threads=_NUM_THREADS.value, batch_size=_BATCH_SIZE.value,
+        num_threads=_NUM_THREADS.value, batch_size=_default(_BATCH_SIZE.value, 256),
         latency_runs=_default(_LATENCY_RUNS.value, 50),
         convert_options=tflq.ConvertOptions(
             integer_io=_INTEGER_IO.value, per_channel=not _PER_TENSOR.value,

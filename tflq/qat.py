@@ -251,3 +251,330 @@ def fold_batch_norms(model):
         elif action != "folded":
             target.set_weights(layer.get_weights())
     return folded
+
+
+# ---------------------------------------------------------------------------------------
+# training strategies
+# ---------------------------------------------------------------------------------------
+
+STRATEGIES = ("gradient", "statistics", "distill")
+
+
+def quantization_error(model):
+    """Σ over wrapped layers and quantized weights of mean((w − Q(w))²): how far the float
+    weights sit from their quantization grid (a loss term pulling them onto it)."""
+    from tflq.keras_compat import tf
+
+    total = tf.constant(0.0)
+    for layer in model.layers:
+        for weight, quantizer, quantizer_vars in getattr(layer, "_weight_vars", []):
+            quantized = quantizer(weight, training=False, weights=quantizer_vars)
+            total += tf.reduce_mean(tf.square(weight - tf.stop_gradient(quantized)))
+    return total
+
+
+def make_trainer(student, teacher=None, quant_error_weight: float = 0.0,
+                 temperature: float = 4.0, alpha: float = 0.5):
+    """A Keras model that trains ``student`` through ``fit`` with tflq's losses.
+
+    loss = α·CE(y, s) + (1 − α)·T²·KL(softmax(t/T) ‖ softmax(s/T)) [with a teacher]
+           + λ·quantization_error(student)                          [λ = quant_error_weight]
+    (α is 1 without a teacher.)
+    """
+    from tflq.keras_compat import tf, tf_keras
+
+    if quant_error_weight < 0:
+        raise ValueError(f"quant_error_weight must be >= 0. Received: {quant_error_weight}")
+    if not temperature > 0 or not 0 <= alpha <= 1:
+        raise ValueError(f"temperature must be > 0 and alpha in [0, 1]. Received: "
+                         f"temperature={temperature}, alpha={alpha}")
+
+    class Trainer(tf_keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.student, self.teacher = student, teacher
+            # Per-example losses averaged explicitly: correct under tf.distribute strategies.
+            self.ce = tf_keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction=tf_keras.losses.Reduction.NONE)
+            self.kl = tf_keras.losses.KLDivergence(reduction=tf_keras.losses.Reduction.NONE)
+            self.loss_tracker = tf_keras.metrics.Mean(name="loss")
+            self.accuracy = tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+        def call(self, inputs, training=False):
+            return self.student(inputs, training=training)
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker, self.accuracy]
+
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                logits = self.student(x, training=True)
+                per_example = self.ce(y, logits)
+                if self.teacher is not None:
+                    t = tf.stop_gradient(self.teacher(x, training=False))
+                    kd = self.kl(tf.nn.softmax(t / temperature), tf.nn.softmax(logits / temperature))
+                    per_example = alpha * per_example + (1 - alpha) * temperature**2 * kd
+                loss = tf.nn.compute_average_loss(per_example)
+                if quant_error_weight:
+                    loss += quant_error_weight * quantization_error(self.student)
+            variables = self.student.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+            self.loss_tracker.update_state(loss)
+            self.accuracy.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+        def test_step(self, data):
+            x, y = data
+            logits = self.student(x, training=False)
+            self.loss_tracker.update_state(tf.reduce_mean(self.ce(y, logits)))
+            self.accuracy.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+    return Trainer()
+
+
+def check_teacher(teacher, student) -> None:
+    """Refuses a teacher whose outputs cannot supervise the student."""
+    t_shape, s_shape = tuple(teacher.output_shape), tuple(student.output_shape)
+    if t_shape[1:] != s_shape[1:]:
+        raise ValueError(f"Teacher outputs {t_shape} do not match the student's {s_shape}.")
+    t_in = [tuple(s[1:]) for s in (teacher.input_shape if isinstance(teacher.input_shape, list)
+                                   else [teacher.input_shape])]
+    s_in = [tuple(s[1:]) for s in (student.input_shape if isinstance(student.input_shape, list)
+                                   else [student.input_shape])]
+    if t_in != s_in:
+        raise ValueError(f"Teacher inputs {t_in} do not match the student's {s_in}.")
+
+
+def convert_qat(model, workdir: str, integer_io: bool = True) -> bytes:
+    """Converts a QAT model with the ranges it learned (its FakeQuant ops); no calibration."""
+    import warnings
+
+    from tflq.keras_compat import tf, wrap_model
+
+    converter = wrap_model(model, "qat").make_converter(workdir)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if integer_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
+
+
+# ---------------------------------------------------------------------------------------
+# the QAT job: train → convert → validate (float model, QAT Keras model, .tflite) → report
+# ---------------------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
+# QAT Keras outputs and int8 TFLite outputs are compared in units of the output's
+# quantization step, read from the interpreter; float rounding may add a hair on top.
+LSB_SLACK = 1.001
+
+
+@dataclasses.dataclass(frozen=True)
+class QATJob:
+    """Everything one QAT run needs; checked on creation."""
+
+    model: str
+    train_data: str
+    eval_data: str
+    out: str
+    scheme: str = "default_int8"
+    strategy: str = "gradient"
+    teacher: str | None = None
+    epochs: int = 2
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    quant_error_weight: float = 0.0
+    temperature: float = 4.0
+    alpha: float = 0.5
+    overrides: tuple = ()
+    distribution: str = "default"
+    num_train_samples: int | None = None
+    seed: int = 0
+    num_threads: int = 1
+    latency_runs: int = 50
+    verbose: int = 2
+
+    def __post_init__(self):
+        from tflq import schemes
+
+        schemes.get_scheme(self.scheme)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy {self.strategy!r}. Available: {list(STRATEGIES)}")
+        if self.strategy == "distill" and not self.teacher:
+            raise ValueError("The distill strategy needs a teacher (--teacher).")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"Unknown distribution {self.distribution!r}. "
+                             f"Available: {list(DISTRIBUTIONS)}")
+        for name in ("epochs", "batch_size", "num_threads", "latency_runs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive. Received: {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
+        for override in self.overrides:
+            schemes.Override.from_dict(dict(override))
+
+
+def _distribution(name: str):
+    from tflq.keras_compat import tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _load_arrays(source_spec, specs, limit, seed, what):
+    from tflq import calibration
+
+    source = calibration.open_data(source_spec, specs)
+    indices = calibration.sample_indices(len(source), limit, seed) if limit else None
+    xs, ys = [], []
+    for batch, labels in calibration.iter_batches(source, specs, 1024, indices):
+        if labels is None:
+            raise ValueError(f"{what} {source_spec!r} has no labels; QAT needs labelled data.")
+        xs.append(batch)
+        ys.append(labels)
+    x = {name: np.concatenate([b[name] for b in xs]) for name in xs[0]}
+    return x, np.concatenate(ys)
+
+
+def run_qat_job(job: QATJob, progress=None) -> dict:
+    """Runs a QAT job and writes the QAT model, the int8 .tflite and the reports.
+
+    Returns the report dict. Raises ValueError on bad input before anything is written.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from tflq import convert, interpreter, metrics, pipeline, report, schemes
+    from tflq.fileio import write_atomic
+    from tflq.keras_compat import load_model, tf_keras
+
+    pipeline.check_output_dir(job.out)
+    distribution = _distribution(job.distribution)
+    with distribution.scope():  # every variable the trainer touches is created in the scope
+        float_model = load_model(job.model)
+        teacher_model = load_model(job.teacher) if job.teacher else None
+    if float_model.flavor != "tf_keras":
+        raise ValueError(f"QAT needs a tf_keras model; {job.model!r} is {float_model.flavor}.")
+    teacher = None
+    if teacher_model is not None:
+        if teacher_model.flavor != "tf_keras":
+            raise ValueError(f"The teacher must be a tf_keras model; {job.teacher!r} is "
+                             f"{teacher_model.flavor}.")
+        teacher = teacher_model.keras_model
+        check_teacher(teacher, float_model.keras_model)
+    names = float_model.input_names
+    x_train, y_train = _load_arrays(job.train_data, float_model.inputs, job.num_train_samples,
+                                    job.seed, "Training data")
+    x_eval, y_eval = _load_arrays(job.eval_data, float_model.inputs, None, job.seed,
+                                  "Evaluation data")
+    feed = (lambda x: x[names[0]]) if len(names) == 1 else (lambda x: [x[n] for n in names])
+    tf_keras.utils.set_random_seed(job.seed)
+    scratch = tempfile.mkdtemp(prefix="tflq-qat-")
+    try:
+        with distribution.scope():
+            student = quantize_model(float_model.keras_model, job.scheme, job.overrides)
+            trainer = make_trainer(
+                student, teacher if job.strategy == "distill" else None,
+                job.quant_error_weight if job.strategy == "gradient" else 0.0,
+                job.temperature, job.alpha)
+            # statistics: ranges from moving averages of batch min/max, weights left as they are.
+            rate = 0.0 if job.strategy == "statistics" else job.learning_rate
+            trainer.compile(optimizer=tf_keras.optimizers.Adam(rate) if rate else
+                            tf_keras.optimizers.SGD(0.0))
+            trainer(feed({n: v[:1] for n, v in x_train.items()}))  # build: BackupAndRestore needs it
+        # Checkpoint every epoch; an interrupted run resumes from the last one.
+        callbacks = [tf_keras.callbacks.BackupAndRestore(os.path.join(job.out, ".qat_backup"))]
+        history = trainer.fit(feed(x_train), y_train, epochs=job.epochs,
+                              batch_size=job.batch_size, verbose=job.verbose,
+                              callbacks=callbacks)
+        content = convert_qat(student, scratch, integer_io=True)
+        float32 = convert.convert_model(float_model, "float32", scratch).content
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    float_ops = convert.find_float_ops(content)
+    runner = interpreter.TfliteModel(content, num_threads=job.num_threads)
+    out_name = runner.output_names[0]
+    step = runner.output_scale(out_name)
+    float_cmp, qat_cmp = metrics.Comparison(), metrics.Comparison()
+    float_accuracy, qat_keras_accuracy = metrics.Comparison(), metrics.Comparison()
+    within, total = 0, 0
+    for start in range(0, len(y_eval), 256):  # one pass: float, QAT Keras and int8 side by side
+        batch = {n: v[start:start + 256] for n, v in x_eval.items()}
+        labels = y_eval[start:start + 256]
+        reference = float_model.predict(batch)
+        qat_out = [np.asarray(student(feed(batch), training=False), np.float32)]
+        deployed = runner.run(batch)
+        float_cmp.update(reference, deployed, labels)
+        qat_cmp.update(qat_out, deployed, labels)
+        float_accuracy.update(reference, reference, labels)
+        qat_keras_accuracy.update(qat_out, qat_out, labels)
+        diff = np.abs(qat_out[0] - deployed[0])
+        within += int(np.sum(diff <= step * LSB_SLACK))
+        total += diff.size
+    float_result, qat_result = float_cmp.result(), qat_cmp.result()
+    base = float_accuracy.result()["accuracy"]
+    latency = interpreter.measure_latency(
+        {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
+         "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)
+    chosen = schemes.get_scheme(job.scheme)
+    notes = [f"QAT ({job.scheme}, {job.strategy}); ranges from training, no calibration"]
+    if not chosen.exact:
+        notes.append(f"{job.scheme} weights do not fit TFLite's int8 weight format: the converter "
+                     "re-quantized them; the parity figures show what that cost")
+    stem = float_model.stem
+    row = {
+        "mode": "int8", "path": f"{stem}_qat_int8.tflite", "size_bytes": len(content),
+        "size_ratio": len(content) / len(float32), "float_ops": float_ops,
+        "accuracy": float_result["accuracy"],
+        "accuracy_drop_pp": 100 * (base - float_result["accuracy"]),
+        "top1_agreement": float_result["top1_agreement"], "sqnr_db": float_result["sqnr_db"],
+        "cosine": float_result["cosine"], "max_abs_error": float_result["max_abs_error"],
+        "latency_ms": latency["int8"], "conversion_seconds": None, "notes": notes,
+    }
+    full = {
+        "schema_version": report.SCHEMA_VERSION, "versions": pipeline.versions(),
+        "machine": pipeline.machine_description(),
+        "model": {"source": job.model, "flavor": float_model.flavor,
+                  "sha256": float_model.fingerprint(),
+                  "inputs": [s.to_dict() for s in float_model.inputs],
+                  "outputs": list(float_model.output_names)},
+        "settings": {**dataclasses.asdict(job), "num_threads": job.num_threads,
+                     "latency_runs": job.latency_runs},
+        "data": {"calibration": {"source": job.train_data, "num_samples": int(len(y_train))},
+                 "evaluation": {"source": job.eval_data, "num_samples": int(len(y_eval)),
+                                "has_labels": True}},
+        "float": {"accuracy": base, "float32_tflite_bytes": len(float32),
+                  "latency_ms": latency["float32"]},
+        "modes": [row],
+        "qat": {
+            "scheme": job.scheme, "strategy": job.strategy, "deploys_exactly": chosen.exact,
+            "keras_qat_accuracy": qat_keras_accuracy.result()["accuracy"],
+            "parity": {"top1_agreement": qat_result["top1_agreement"],
+                       "within_1_lsb": within / total, "output_step": step,
+                       "sqnr_db": qat_result["sqnr_db"]},
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        },
+        "gates": {"max_accuracy_drop": None, "min_agreement": None, "passed": True,
+                  "failures": []},
+    }
+    os.makedirs(job.out, exist_ok=True)
+    write_atomic(os.path.join(job.out, row["path"]), content)
+    h5 = os.path.join(job.out, f"{stem}_qat.h5")
+    student.save(h5 + ".part.h5")
+    os.replace(h5 + ".part.h5", h5)
+    write_atomic(os.path.join(job.out, "report.json"), report.to_json(full))
+    write_atomic(os.path.join(job.out, "report.md"), report.to_markdown(full).encode())
+    write_atomic(os.path.join(job.out, "report.png"), report.to_png(full))
+    shutil.rmtree(os.path.join(job.out, ".qat_backup"), ignore_errors=True)
+    return full

@@ -155,6 +155,16 @@ def to_markdown(report: dict) -> str:
     else:
         lines.append("FAILED:")
         lines += [f"- {f}" for f in gates["failures"]]
+    if "qat" in report:
+        q = report["qat"]
+        p = q["parity"]
+        lines += ["", "## Quantization-aware training", "",
+                  f"- Scheme `{q['scheme']}`, strategy `{q['strategy']}`; runs exactly on "
+                  f"TFLite int8 kernels: {'yes' if q['deploys_exactly'] else 'no'}",
+                  f"- Keras QAT model accuracy: {_fmt(_pct(q['keras_qat_accuracy']), '.2f')}%",
+                  f"- Parity, Keras QAT model vs TFLite int8: top-1 agreement "
+                  f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
+                  f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"]
     if "device" in report:
         lines += ["", "## On device", "", format_device_table(report["device"])]
     return "\n".join(lines) + "\n"

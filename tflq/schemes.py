@@ -47,7 +47,10 @@ _KERNELS = {
     "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
     "Dense": ("kernel",),
 }
-_PER_TENSOR_WEIGHTS = {"Dense"}
+# Per-channel FakeQuant runs over the last kernel axis: the output channels for Conv2D and
+# DepthwiseConv2D, but not for Conv2DTranspose (h, w, out, in); the converter also rejects
+# per-channel FakeQuant on Dense.
+_PER_TENSOR_WEIGHTS = {"Dense", "Conv2DTranspose"}
 # Layers that only rearrange or select values keep their input's quantization.
 _PASS_THROUGH = {
     "InputLayer", "Flatten", "Reshape", "Permute", "MaxPooling1D", "MaxPooling2D",
@@ -159,9 +162,40 @@ def _activation_name(layer) -> str | None:
     return getattr(activation, "__name__", None) if activation is not None else None
 
 
+_RELU_LIKE = {"relu", "relu6"}
+
+
+def _is_relu(layer) -> bool:
+    kind = type(layer).__name__
+    if kind == "ReLU":
+        return True
+    return kind == "Activation" and _activation_name(layer) in _RELU_LIKE
+
+
+def _consumers(layer) -> list:
+    return [node.outbound_layer for node in layer._outbound_nodes]
+
+
+def feeds_only_relu(layer) -> bool:
+    """True when the layer's output reaches only a ReLU (possibly through pass-through
+    layers such as a folded BatchNormalization). TFLite fuses the ReLU into the op and
+    quantizes once, with the ReLU's range; quantizing here too would round twice."""
+    consumers = _consumers(layer)
+    while len(consumers) == 1:
+        consumer = consumers[0]
+        if _is_relu(consumer):
+            return True
+        if f"{type(consumer).__name__}:{_activation_name(consumer)}" != "Activation:linear":
+            return False
+        consumers = _consumers(consumer)
+    return False
+
+
 def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = ()):
     """The LayerQuantizeConfig for one layer under a scheme (None: leave the layer alone)."""
     from tflq.qat import LayerQuantizeConfig
+
+    fused_relu_follows = feeds_only_relu(layer)
 
     kind = type(layer).__name__
     if kind in _PASS_THROUGH or f"{kind}:{_activation_name(layer)}" in _PASS_THROUGH:
@@ -177,8 +211,10 @@ def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = ()):
         activation = _activation_name(layer)
         activations = {"activation": activation_quantizer()} if activation not in (
             None, "linear") else {}
-        output = activation_quantizer() if not activations else None
+        output = activation_quantizer() if not activations and not fused_relu_follows else None
         return LayerQuantizeConfig(weights=weights, activations=activations, output=output)
+    if fused_relu_follows:
+        return LayerQuantizeConfig()
     return LayerQuantizeConfig(output=activation_quantizer())
 
 
