@@ -76,12 +76,29 @@ def custom_objects() -> dict:
     """Everything needed to deserialize a tflq QAT model (``quantize_scope``/load_model)."""
     objects = {cls.__name__: cls for cls in quantizers._REGISTRY.values()}
     objects["LayerQuantizeConfig"] = LayerQuantizeConfig
+    objects["InputQuantize"] = InputQuantize
     return objects
 
 
 def quantize_scope():
     """``with quantize_scope():`` to load or apply tflq QAT models."""
     return tfmot.quantization.keras.quantize_scope(custom_objects())
+
+
+from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: E402
+    quantize_layer as _tfmot_quantize_layer,
+)
+
+
+class InputQuantize(_tfmot_quantize_layer.QuantizeLayer):
+    """tfmot's QuantizeLayer, built once: loading a ``.keras`` file calls ``build`` again,
+    which made tfmot's layer create its range variables twice and fail to load."""
+
+    def build(self, input_shape):
+        if self.built:
+            return
+        super().build(input_shape)
+        self.built = True  # tfmot's build never sets it
 
 
 class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
@@ -158,7 +175,16 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
     annotated = tf_keras.models.clone_model(model, clone_function=clone)
     annotated.set_weights(model.get_weights())
     with quantize_scope():
-        return tfmot.quantization.keras.quantize_apply(annotated, scheme=_KeepLayoutScheme())
+        applied = tfmot.quantization.keras.quantize_apply(annotated, scheme=_KeepLayoutScheme())
+
+        def swap_input_layer(layer):  # quantize_apply rebuilds QuantizeLayer as tfmot's own
+            if type(layer) is _tfmot_quantize_layer.QuantizeLayer:
+                return InputQuantize.from_config(layer.get_config())
+            return layer.__class__.from_config(layer.get_config())
+
+        result = tf_keras.models.clone_model(applied, clone_function=swap_input_layer)
+    result.set_weights(applied.get_weights())
+    return result
 
 
 _FOLDABLE = {"Conv2D", "DepthwiseConv2D", "Dense", "Conv2DTranspose"}

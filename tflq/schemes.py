@@ -11,7 +11,8 @@ A scheme maps every layer of a model to one table-driven
   are left alone: TFLite keeps their input's scale;
 * every other layer (BatchNormalization not after a conv, ReLU, PReLU, Add, Multiply,
   Concatenate, Rescaling, Normalization, LayerNormalization, UpSampling2D, average pooling,
-  TFOpLambda ops, unknown layers) gets its output quantized.
+  unknown layers) gets its output quantized. TFOpLambda ops (``x + 3`` in a functional
+  graph) cannot be wrapped by tfmot and stay as they are.
 
 Activations always use TFLite's own int8 activation format (asymmetric per tensor, moving
 average ranges, a FakeQuant op the converter reads), so what differs between schemes is
@@ -57,6 +58,9 @@ _PASS_THROUGH = {
     "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Dropout", "SpatialDropout2D",
     "Cropping2D", "ZeroPadding2D", "Activation:linear",
 }
+# tfmot's QuantizeWrapper cannot call these (their extra positional constants are lost):
+# they stay unwrapped, and the converter lists any op left in float because of it.
+_NOT_WRAPPABLE = {"TFOpLambda", "SlicingOpLambda"}
 
 
 def activation_quantizer():
@@ -199,6 +203,8 @@ def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = ()):
 
     kind = type(layer).__name__
     if kind in _PASS_THROUGH or f"{kind}:{_activation_name(layer)}" in _PASS_THROUGH:
+        return None
+    if kind in _NOT_WRAPPABLE:
         return None
     if kind in _KERNELS:
         chosen, bits = scheme, None
