@@ -131,3 +131,32 @@ def test_unlabelled_training_data_is_refused(capsys, files):
     np.savez(files / "nolabels.npz", x=x)
     code, _, err = run_cli(capsys, **base(files, train_data=str(files / "nolabels.npz")))
     assert code == 2 and "has no labels" in err
+
+
+def test_mirrored_strategy_over_two_logical_cpus(files):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = f"""
+import json
+from tflq.keras_compat import tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+from tflq import qat
+print("replicas", tf.distribute.MirroredStrategy().num_replicas_in_sync)
+job = qat.QATJob(model={str(files / 'tiny.keras')!r}, train_data={str(files / 'train.npz')!r},
+                 eval_data={str(files / 'eval.npz')!r}, out={str(files / 'out')!r}, epochs=2,
+                 batch_size=16, distribution="mirrored", verbose=0)
+report = qat.run_qat_job(job)
+print("history", json.dumps(report["qat"]["history"]["loss"]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2" in result.stdout
+    losses = json.loads(result.stdout.split("history ")[1])
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert os.path.exists(files / "out" / "tiny_qat_int8.tflite")

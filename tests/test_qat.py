@@ -13,6 +13,9 @@ from tflq import calibration, convert, interpreter, qat, schemes
 from tflq.keras_compat import tf_keras, wrap_model
 
 L = tf_keras.layers
+# default_int8 weights: the converter recomputes max/127 in float32; codes agree, values
+# differ by float rounding of the scale times at most 127.
+FLOAT32_SCALE_ROUNDING = 1e-6
 # Folding rescales kernels in float32: outputs agree to float rounding, relative to their size.
 FOLD_RTOL = 1e-4
 
@@ -167,3 +170,23 @@ def test_scheme_table_declares_deployment_truth():
 def test_tiny_data_helper_is_learnable():
     x, y = tiny_data(30)
     assert x.shape == (30, 8, 8, 1) and set(np.unique(y)) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("scheme, exact", [("default_int8", True), ("pow2", True),
+                                           ("asymmetric", False), ("log_companding", False)])
+def test_weights_in_the_tflite_against_the_qat_weights(fashion, tmp_path, scheme, exact):
+    model, x, y = fashion
+    q = qat.quantize_model(model, scheme)
+    q.compile(tf_keras.optimizers.Adam(1e-5),
+              tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    q.fit(x[:100], y[:100], epochs=1, batch_size=50, verbose=0)
+    rows = qat.weight_requantization(q, qat.convert_qat(q, str(tmp_path)))
+    assert [r["layer"] for r in rows] == ["conv2d", "conv2d_1", "conv2d_2", "dense", "logits"]
+    assert all(r["found"] for r in rows)
+    assert all(r["exact"] for r in rows) is exact
+    if scheme == "pow2":  # power-of-two codes times power-of-two steps: no rounding at all
+        assert max(r["max_abs_error"] for r in rows) == 0.0
+    elif exact:  # tfmot's symmetric scale is recomputed in float32 by the converter
+        assert max(r["max_abs_error"] for r in rows) < FLOAT32_SCALE_ROUNDING
+    else:
+        assert all(r["max_abs_error"] > 0 and r["sqnr_db"] > 20 for r in rows)

@@ -7,6 +7,7 @@ the layer's output is quantized. Schemes build these tables per layer type.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -529,6 +530,7 @@ def run_qat_job(job: QATJob, progress=None) -> dict:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     float_ops = convert.find_float_ops(content)
+    requantization = weight_requantization(student, content)
     runner = interpreter.TfliteModel(content, num_threads=job.num_threads)
     out_name = runner.output_names[0]
     step = runner.output_scale(out_name)
@@ -589,6 +591,7 @@ def run_qat_job(job: QATJob, progress=None) -> dict:
             "parity": {"top1_agreement": qat_result["top1_agreement"],
                        "within_1_lsb": within / total, "output_step": step,
                        "sqnr_db": qat_result["sqnr_db"]},
+            "weights": requantization,
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         },
         "gates": {"max_accuracy_drop": None, "min_agreement": None, "passed": True,
@@ -604,3 +607,64 @@ def run_qat_job(job: QATJob, progress=None) -> dict:
     write_atomic(os.path.join(job.out, "report.png"), report.to_png(full))
     shutil.rmtree(os.path.join(job.out, ".qat_backup"), ignore_errors=True)
     return full
+
+
+def _to_tflite_layout(kind: str, kernel: np.ndarray) -> np.ndarray:
+    if kind in ("Conv2D",):
+        return kernel.transpose(3, 0, 1, 2)
+    if kind == "Conv2DTranspose":
+        return kernel.transpose(2, 0, 1, 3)
+    if kind == "DepthwiseConv2D":
+        h, w, cin, mult = kernel.shape
+        return kernel.reshape(1, h, w, cin * mult)
+    if kind == "Dense":
+        return kernel.T
+    return kernel
+
+
+def weight_requantization(model, content: bytes) -> list[dict]:
+    """Per quantized kernel: the QAT model's fake-quantized weights against the int8 weights
+    the .tflite actually holds (dequantized). ``max_abs_error`` 0 means the scheme deployed
+    exactly; otherwise this is what the converter's re-quantization cost."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tflq import metrics
+
+    interp = Interpreter(model_content=content)
+    tensors = [t for t in interp.get_tensor_details() if np.dtype(t["dtype"]) == np.int8]
+    rows = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is None:
+            continue
+        for weight, quantizer, quantizer_vars in getattr(layer, "_weight_vars", []):
+            kind = type(inner).__name__
+            fake = np.asarray(quantizer(weight, training=False, weights=quantizer_vars))
+            expected = _to_tflite_layout(kind, fake)
+            tokens = lambda name: set(re.split(r"[/;:]", name))  # noqa: E731
+            found = [t for t in tensors if layer.name in tokens(t["name"])
+                     and tuple(t["shape"]) == expected.shape]
+            row = {"layer": inner.name, "type": kind, "weight": weight.name.split("/")[-1],
+                   "shape": list(expected.shape)}
+            if len(found) != 1:
+                row.update(found=False)
+                rows.append(row)
+                continue
+            detail = found[0]
+            params = detail["quantization_parameters"]
+            codes = interp.get_tensor(detail["index"]).astype(np.float64)
+            axis = params["quantized_dimension"]
+            shape = [1] * codes.ndim
+            shape[axis] = -1
+            scales = np.asarray(params["scales"], np.float64)
+            zeros = np.asarray(params["zero_points"], np.float64)
+            if scales.size > 1:
+                scales, zeros = scales.reshape(shape), zeros.reshape(shape)
+            deployed = (codes - zeros) * scales
+            error = np.abs(deployed - expected)
+            row.update(found=True, max_abs_error=float(error.max()),
+                       sqnr_db=metrics.sqnr_db(expected[None], deployed[None]),
+                       exact=bool(np.allclose(deployed, expected, rtol=0, atol=1e-7 * max(
+                           1.0, float(np.abs(expected).max())))))
+            rows.append(row)
+    return rows

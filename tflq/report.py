@@ -165,6 +165,19 @@ def to_markdown(report: dict) -> str:
                   f"- Parity, Keras QAT model vs TFLite int8: top-1 agreement "
                   f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
                   f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"]
+        weights = q.get("weights") or []
+        if weights:
+            lines += ["", "Weights in the .tflite against the QAT model's quantized weights "
+                      "(0 = deployed exactly; otherwise the converter re-quantized them):", "",
+                      "| layer | weight | shape | max abs error | SQNR dB | exact |",
+                      "|---|---|---|---|---|---|"]
+            for w in weights:
+                if not w.get("found"):
+                    lines.append(f"| {w['layer']} | {w['weight']} | {w['shape']} | not found | – | – |")
+                    continue
+                lines.append(f"| {w['layer']} | {w['weight']} | {w['shape']} | "
+                             f"{w['max_abs_error']:.3g} | {_fmt(w['sqnr_db'], '.1f')} | "
+                             f"{'yes' if w['exact'] else 'no'} |")
     if "device" in report:
         lines += ["", "## On device", "", format_device_table(report["device"])]
     return "\n".join(lines) + "\n"
