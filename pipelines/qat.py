@@ -40,7 +40,7 @@ _OVERRIDES = flags.DEFINE_string("overrides", None, "JSON list of per-layer over
 _DISTRIBUTION = flags.DEFINE_enum("distribution", "default",
                                   ["default", "mirrored", "multi_worker"],
                                   "tf.distribute strategy (multi_worker reads TF_CONFIG).")
-_NUM_TRAIN_SAMPLES = flags.DEFINE_integer("num_train_samples", None,
+_NUM_TRAIN_SAMPLES = define("integer", "num_train_samples", None,
                                           "Train on at most this many samples (seeded draw).")
 _OUT = define("string", "out", None, "Output folder (default: tflq_qat).")
 _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")

@@ -16,3 +16,14 @@ def test_identical_definition_is_shared_and_conflict_is_refused():
         common.define("integer", "tflq_test_shared", 4, "other default")
     with pytest.raises(ValueError, match="defined twice"):
         common.define("string", "tflq_test_shared", 3, "other kind")
+
+
+def test_every_pipeline_script_imports_into_one_process():
+    import importlib
+    import os
+
+    folder = os.path.dirname(common.__file__)
+    names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py")
+    for name in names:
+        importlib.import_module(f"pipelines.{name}")
+    assert {"convert", "batch", "qat", "device_benchmark"} <= set(names)
