@@ -45,7 +45,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 
 from tflq import calibration, options, pipeline, report
 
@@ -314,16 +313,8 @@ def _hash_file(digest, path: str) -> None:
 
 
 def versions() -> dict:
-    def version_of(dist):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    from tflq import __version__
-
-    return {"tflq": __version__, "tensorflow": version_of("tensorflow"),
-            "litert": version_of("ai-edge-litert")}
+    """Versions that invalidate the cache: tflq, TensorFlow, LiteRT, tfmot, numpy."""
+    return pipeline.versions()
 
 
 def cache_key(spec: JobSpec) -> str:

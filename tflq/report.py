@@ -124,7 +124,8 @@ def to_markdown(report: dict) -> str:
         f"- Model: `{report['model']['source']}` ({report['model']['flavor']}), inputs "
         + ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i['dtype']}"
                     for i in report["model"]["inputs"]),
-        f"- Calibration: {data['calibration']['num_samples']} samples of "
+        f"- {'Training' if 'qat' in report else 'Calibration'}: "
+        f"{data['calibration']['num_samples']} samples of "
         f"`{data['calibration']['source']}` (seed {s['seed']})",
         f"- Evaluation: {data['evaluation']['num_samples']} samples of "
         f"`{data['evaluation']['source']}`"
