@@ -40,6 +40,7 @@ def _coverage_model():
     h = L.Rescaling(1 / 255.0)(i)
     h = L.Conv2D(8, 3, padding="same")(h)
     h = L.PReLU(shared_axes=[1, 2])(h)
+    h = L.SeparableConv2D(8, 3, padding="same", activation="relu")(h)
     b = L.DepthwiseConv2D(3, padding="same")(h)
     b = L.BatchNormalization()(b)            # folds into the depthwise conv
     h = L.Add()([h, b])
@@ -103,6 +104,7 @@ def test_every_layer_type_is_wrapped_and_float_ops_are_listed(tmp_path):
     _train_a_step(model, x, targets)
     q = qat.quantize_model(model, "default_int8")
     wrapped = {type(layer.layer).__name__ for layer in q.layers if hasattr(layer, "layer")}
+    assert "SeparableConv2D" not in wrapped  # split into depthwise + 1x1 conv
     assert {"Rescaling", "Conv2D", "PReLU", "DepthwiseConv2D", "Add", "Multiply",
             "Conv2DTranspose", "UpSampling2D", "Concatenate", "AveragePooling2D",
             "Dense"} <= wrapped

@@ -103,9 +103,10 @@ class InputQuantize(_tfmot_quantize_layer.QuantizeLayer):
 
 
 class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
-    """Applies every layer's own config; the only layout rewrite is quantizing the model's
-    inputs. tfmot's other rewrites fail on many real models (BatchNormalization not after a
-    conv, TFOpLambda); tflq folds BatchNormalization itself (:func:`fold_batch_norms`)."""
+    """Applies every layer's own config; the only layout rewrites are quantizing the model's
+    inputs and splitting separable convolutions into depthwise + 1×1 convolutions. tfmot's
+    other rewrites fail on many real models (BatchNormalization not after a conv,
+    TFOpLambda); tflq folds BatchNormalization itself (:func:`fold_batch_norms`)."""
 
     class _InputsOnly:
         def apply(self, model, layer_quantize_map):
@@ -117,7 +118,9 @@ class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
             )
 
             return model_transformer.ModelTransformer(
-                model, [default_8bit_transforms.InputLayerQuantize()],
+                model, [default_8bit_transforms.InputLayerQuantize(),
+                        default_8bit_transforms.SeparableConvQuantize(),
+                        default_8bit_transforms.SeparableConv1DQuantize()],
                 set(layer_quantize_map), layer_quantize_map).transform()
 
     def get_layout_transformer(self):
@@ -170,6 +173,8 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
 
     def clone(layer):
         copy = layer.__class__.from_config(layer.get_config())
+        if type(layer).__name__ in schemes.SPLIT_BY_TFMOT:
+            return annotate(copy)  # tfmot splits it into depthwise + 1x1 conv (int8 weights)
         config = schemes.config_for(layer, chosen, overrides)
         return copy if config is None else annotate(copy, config)
 

@@ -3,7 +3,9 @@
 A scheme maps every layer of a model to one table-driven
 :class:`tflq.qat.LayerQuantizeConfig`:
 
-* layers with weights (Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D, Dense)
+* SeparableConv2D is split into DepthwiseConv2D + a 1×1 Conv2D with int8 weights (TFLite
+  has no separable convolution);
+* layers with weights (Conv2D, Conv2DTranspose, DepthwiseConv2D, Dense)
   get the scheme's weight quantizer on each kernel (per output channel for convolutions,
   per tensor for Dense, whose per-channel FakeQuant the converter rejects) and the
   activation quantizer on their fused activation;
@@ -61,6 +63,9 @@ _PASS_THROUGH = {
 # tfmot's QuantizeWrapper cannot call these (their extra positional constants are lost):
 # they stay unwrapped, and the converter lists any op left in float because of it.
 _NOT_WRAPPABLE = {"TFOpLambda", "SlicingOpLambda"}
+# TFLite has no separable convolution: tfmot splits these into a depthwise and a 1x1 conv
+# with a quantized tensor between them, using its default int8 weights in every scheme.
+SPLIT_BY_TFMOT = {"SeparableConv2D", "SeparableConv1D"}
 
 
 def activation_quantizer():
