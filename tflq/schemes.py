@@ -201,16 +201,18 @@ def feeds_only_relu(layer) -> bool:
 
 
 def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = ()):
-    """The LayerQuantizeConfig for one layer under a scheme (None: leave the layer alone)."""
+    """The LayerQuantizeConfig for one layer under a scheme (None: leave the layer unwrapped)."""
     from tflq.qat import LayerQuantizeConfig
 
     fused_relu_follows = feeds_only_relu(layer)
 
     kind = type(layer).__name__
+    if kind == "InputLayer" or kind in _NOT_WRAPPABLE:
+        return None
     if kind in _PASS_THROUGH or f"{kind}:{_activation_name(layer)}" in _PASS_THROUGH:
-        return None
-    if kind in _NOT_WRAPPABLE:
-        return None
+        # Wrapped with no quantizer: it keeps its input's scale, and a model input feeding
+        # it (ZeroPadding2D first, as in ResNet50) still gets quantized by quantize_apply.
+        return LayerQuantizeConfig()
     if kind in _KERNELS:
         chosen, bits = scheme, None
         for override in overrides:
