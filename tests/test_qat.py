@@ -76,7 +76,9 @@ def test_fold_standalone_and_depthwise_batch_norms():
     _train_a_step(model, x, np.random.default_rng(1).normal(size=(32, 5)))
     folded = qat.fold_batch_norms(model)
     kinds = [type(layer).__name__ for layer in folded.layers]
-    assert "BatchNormalization" not in kinds and kinds.count("DepthwiseConv2D") == 2
+    # depthwise+BN folded; standalone BN and Rescaling became 1x1 depthwise convs
+    assert "BatchNormalization" not in kinds and "Rescaling" not in kinds
+    assert kinds.count("DepthwiseConv2D") == 3
     ref = model.predict(x, verbose=0)
     np.testing.assert_allclose(folded.predict(x, verbose=0), ref,
                                atol=FOLD_RTOL * np.abs(ref).max())
@@ -105,7 +107,7 @@ def test_every_layer_type_is_wrapped_and_float_ops_are_listed(tmp_path):
     q = qat.quantize_model(model, "default_int8")
     wrapped = {type(layer.layer).__name__ for layer in q.layers if hasattr(layer, "layer")}
     assert "SeparableConv2D" not in wrapped  # split into depthwise + 1x1 conv
-    assert {"Rescaling", "Conv2D", "PReLU", "DepthwiseConv2D", "Add", "Multiply",
+    assert {"Conv2D", "PReLU", "DepthwiseConv2D", "Add", "Multiply",
             "Conv2DTranspose", "UpSampling2D", "Concatenate", "AveragePooling2D",
             "Dense"} <= wrapped
     _train_a_step(q, x, targets)
@@ -192,3 +194,20 @@ def test_weights_in_the_tflite_against_the_qat_weights(fashion, tmp_path, scheme
         assert max(r["max_abs_error"] for r in rows) < FLOAT32_SCALE_ROUNDING
     else:
         assert all(r["max_abs_error"] > 0 and r["sqnr_db"] > 20 for r in rows)
+
+
+def test_scalar_op_lambdas_become_wrappable_layers(tmp_path):
+    tf_keras.utils.set_random_seed(0)
+    i = tf_keras.Input((8, 8, 3), name="img")
+    h = L.Conv2D(4, 3)(i)
+    h = L.ReLU(6.0)(h + 3.0) * (1.0 / 6.0)  # MobileNetV3's hard sigmoid: two TFOpLambda
+    model = tf_keras.Model(i, L.Dense(2)(L.Flatten()(h)))
+    assert [type(x).__name__ for x in model.layers].count("TFOpLambda") == 2
+    replaced = qat.replace_scalar_op_lambdas(model)
+    assert [type(x).__name__ for x in replaced.layers].count("ScalarOp") == 2
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(replaced.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)
+    q = qat.quantize_model(model)
+    _train_a_step(q, x, np.zeros((16, 2)))
+    assert convert.find_float_ops(_qat_tflite(q, tmp_path)) == []

@@ -78,6 +78,7 @@ def custom_objects() -> dict:
     objects = {cls.__name__: cls for cls in quantizers._REGISTRY.values()}
     objects["LayerQuantizeConfig"] = LayerQuantizeConfig
     objects["InputQuantize"] = InputQuantize
+    objects["ScalarOp"] = ScalarOp
     return objects
 
 
@@ -168,7 +169,7 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
         raise ValueError(f"Models nested inside models are not wrapped yet: {nested}. "
                          "Flatten them into one Functional model first.")
     schemes.check_overrides(model.layers, overrides)
-    model = fold_batch_norms(model)
+    model = fold_batch_norms(replace_scalar_op_lambdas(model))
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
     def clone(layer):
@@ -218,15 +219,19 @@ def fold_batch_norms(model):
     ``Conv2D``/``DepthwiseConv2D``/``Conv2DTranspose``/``Dense`` followed only by a
     BatchNormalization (last axis) absorb its scale and shift into kernel and bias; the BN
     becomes a linear ``Activation`` (a pass-through). A BatchNormalization on a 4-D tensor
-    after anything else becomes a 1×1 ``DepthwiseConv2D`` with the same per-channel affine
-    map, so it quantizes like any other weight layer. Float outputs are unchanged up to
-    float rounding.
+    after anything else, and a ``Rescaling`` of a 4-D tensor, become a 1×1
+    ``DepthwiseConv2D`` with the same per-channel affine map, so they quantize like any
+    other weight layer (their float constants would otherwise stay in float). Float outputs
+    are unchanged up to float rounding.
     """
     from tflq.keras_compat import tf_keras
 
     layers = tf_keras.layers
     plan = {}  # layer name -> ("fold_into", bn) | ("folded", producer) | ("depthwise", bn)
     for layer in model.layers:
+        if type(layer).__name__ == "Rescaling" and len(layer.input_shape) == 4:
+            plan[layer.name] = ("depthwise", layer)  # x·scale + offset: a per-channel affine
+            continue
         if type(layer).__name__ != "BatchNormalization":
             continue
         axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
@@ -278,8 +283,13 @@ def fold_batch_norms(model):
                 kernel = kernel * scale
             target.set_weights([kernel, bias * scale + shift])
         elif action == "depthwise":
-            scale, shift = _bn_scale_shift(layer)
-            target.set_weights([scale.reshape(1, 1, -1, 1), shift])
+            if type(layer).__name__ == "Rescaling":
+                channels = layer.input_shape[-1]
+                scale = np.broadcast_to(np.asarray(layer.scale, np.float32), (channels,))
+                shift = np.broadcast_to(np.asarray(layer.offset, np.float32), (channels,))
+            else:
+                scale, shift = _bn_scale_shift(layer)
+            target.set_weights([np.reshape(scale, (1, 1, -1, 1)), np.asarray(shift)])
         elif action != "folded":
             target.set_weights(layer.get_weights())
     return folded
@@ -673,3 +683,63 @@ def weight_requantization(model, content: bytes) -> list[dict]:
                            1.0, float(np.abs(expected).max())))))
             rows.append(row)
     return rows
+
+
+_SCALAR_OPS = {"__operators__.add": "add", "math.add": "add", "math.multiply": "multiply",
+               "math.subtract": "subtract", "__operators__.sub": "subtract",
+               "math.truediv": "divide", "__operators__.truediv": "divide"}
+
+
+def _make_scalar_op_class():
+    from tflq.keras_compat import tf, tf_keras
+
+    class ScalarOp(tf_keras.layers.Layer):
+        """``x (op) constant`` as a Keras layer: what a TFOpLambda such as MobileNetV3's
+        ``x + 3.0`` computes, in a form tfmot's QuantizeWrapper can call."""
+
+        def __init__(self, op: str, constant: float, **kwargs):
+            super().__init__(**kwargs)
+            self.op, self.constant = op, float(constant)
+
+        def call(self, inputs, *args, **kwargs):  # the original call's constant is ignored
+            c = tf.cast(self.constant, inputs.dtype)
+            return {"add": lambda: inputs + c, "multiply": lambda: inputs * c,
+                    "subtract": lambda: inputs - c, "divide": lambda: inputs / c}[self.op]()
+
+        def get_config(self):
+            return {**super().get_config(), "op": self.op, "constant": self.constant}
+
+    return ScalarOp
+
+
+ScalarOp = _make_scalar_op_class()
+
+
+def _scalar_op_for(layer):
+    if type(layer).__name__ != "TFOpLambda" or len(layer._inbound_nodes) != 1:
+        return None
+    op = _SCALAR_OPS.get(layer.get_config().get("function"))
+    node = layer._inbound_nodes[0]
+    args = list(node.call_args)
+    constant = args[1] if len(args) == 2 else node.call_kwargs.get("y")
+    if op is None or not isinstance(constant, (int, float)) or isinstance(constant, bool):
+        return None
+    return ScalarOp(op, constant, name=layer.name)
+
+
+def replace_scalar_op_lambdas(model):
+    """Replaces TFOpLambda layers of the form ``x (+ − × ÷) constant`` with :class:`ScalarOp`
+    layers (same function, wrappable for QAT). Other TFOpLambda layers stay as they are."""
+    from tflq.keras_compat import tf_keras
+
+    if not any(_scalar_op_for(layer) is not None for layer in model.layers):
+        return model
+
+    def clone(layer):
+        replacement = _scalar_op_for(layer)
+        return replacement if replacement is not None else layer.__class__.from_config(
+            layer.get_config())
+
+    replaced = tf_keras.models.clone_model(model, clone_function=clone)
+    replaced.set_weights(model.get_weights())
+    return replaced
