@@ -11,10 +11,13 @@ A scheme maps every layer of a model to one table-driven
   activation quantizer on their fused activation;
 * layers that only move values (Flatten, Reshape, Permute, pooling by max, Dropout, …)
   are left alone: TFLite keeps their input's scale;
-* every other layer (BatchNormalization not after a conv, ReLU, PReLU, Add, Multiply,
-  Concatenate, Rescaling, Normalization, LayerNormalization, UpSampling2D, average pooling,
-  unknown layers) gets its output quantized. TFOpLambda ops (``x + 3`` in a functional
-  graph) cannot be wrapped by tfmot and stay as they are.
+* every other layer (ReLU, PReLU, Add, Multiply, Concatenate, Normalization,
+  UpSampling2D, average pooling, unknown layers) gets its output quantized, except an output
+  that only feeds a ReLU (TFLite fuses the ReLU and quantizes once).
+
+Before wrapping, :func:`tflq.qat.quantize_model` folds BatchNormalization (and Rescaling)
+into weight layers and turns scalar TFOpLambda ops (``x + 3.0``) into wrappable layers;
+other TFOpLambda ops cannot be wrapped by tfmot and stay as they are.
 
 Activations always use TFLite's own int8 activation format (asymmetric per tensor, moving
 average ranges, a FakeQuant op the converter reads), so what differs between schemes is
