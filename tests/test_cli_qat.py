@@ -160,3 +160,24 @@ print("history", json.dumps(report["qat"]["history"]["loss"]))
     losses = json.loads(result.stdout.split("history ")[1])
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert os.path.exists(files / "out" / "tiny_qat_int8.tflite")
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch(files):
+    class Interrupt(Exception):
+        pass
+
+    class StopAfterFirstEpoch(tf_keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                raise Interrupt()
+
+    job = qat.QATJob(model=str(files / "tiny.keras"), train_data=str(files / "train.npz"),
+                     eval_data=str(files / "eval.npz"), out=str(files / "out"), epochs=3,
+                     batch_size=16, verbose=0)
+    with pytest.raises(Interrupt):
+        qat.run_qat_job(job, callbacks=[StopAfterFirstEpoch()])
+    assert os.path.isdir(files / "out" / ".qat_backup")
+    assert not os.path.exists(files / "out" / "report.json")
+    report = qat.run_qat_job(job)
+    assert len(report["qat"]["history"]["loss"]) == 2  # epochs 2 and 3 only: resumed
+    assert not os.path.exists(files / "out" / ".qat_backup")

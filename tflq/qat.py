@@ -488,10 +488,16 @@ def _load_arrays(source_spec, specs, limit, seed, what):
     return x, np.concatenate(ys)
 
 
-def run_qat_job(job: QATJob, progress=None) -> dict:
+def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> dict:
     """Runs a QAT job and writes the QAT model, the int8 .tflite and the reports.
 
-    Returns the report dict. Raises ValueError on bad input before anything is written.
+    Args:
+      job: the settings.
+      callbacks: extra Keras callbacks for ``fit`` (after the per-epoch checkpoint).
+
+    Returns the report dict. Raises ValueError on bad input before anything is written. An
+    interrupted run leaves its checkpoint in ``out/.qat_backup``; running the same job again
+    resumes from the last finished epoch.
     """
     import os
     import shutil
@@ -536,10 +542,10 @@ def run_qat_job(job: QATJob, progress=None) -> dict:
                             tf_keras.optimizers.SGD(0.0))
             trainer(feed({n: v[:1] for n, v in x_train.items()}))  # build: BackupAndRestore needs it
         # Checkpoint every epoch; an interrupted run resumes from the last one.
-        callbacks = [tf_keras.callbacks.BackupAndRestore(os.path.join(job.out, ".qat_backup"))]
+        backup = tf_keras.callbacks.BackupAndRestore(os.path.join(job.out, ".qat_backup"))
         history = trainer.fit(feed(x_train), y_train, epochs=job.epochs,
                               batch_size=job.batch_size, verbose=job.verbose,
-                              callbacks=callbacks)
+                              callbacks=[backup, *callbacks])
         content = convert_qat(student, scratch, integer_io=True)
         float32 = convert.convert_model(float_model, "float32", scratch).content
     finally:
