@@ -37,6 +37,11 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 4.0, "Distillation temperature.
 _ALPHA = flags.DEFINE_float("alpha", 0.5, "Weight of the label loss against distillation.")
 _OVERRIDES = flags.DEFINE_string("overrides", None, "JSON list of per-layer overrides, e.g. "
                                  '\'[{"match": "^conv2d$", "weight_bits": 8}]\'.')
+_ACTIVATION_RANGES = flags.DEFINE_enum(
+    "activation_ranges", "default", ["default", "minmax", "meanstd"],
+    "Activation ranges: moving averages of batch min/max (default: tfmot's quantizer; minmax: "
+    "tflq's) or of mean ± k·σ (meanstd, clipped to min/max).")
+_RANGE_K = flags.DEFINE_float("range_k", 3.0, "k for --activation_ranges=meanstd.")
 _DISTRIBUTION = flags.DEFINE_enum("distribution", "default",
                                   ["default", "mirrored", "multi_worker"],
                                   "tf.distribute strategy (multi_worker reads TF_CONFIG).")
@@ -67,6 +72,8 @@ def main(argv) -> int:
             teacher=_TEACHER.value, epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value or 64,
             learning_rate=_LEARNING_RATE.value, quant_error_weight=_QUANT_ERROR_WEIGHT.value,
             temperature=_TEMPERATURE.value, alpha=_ALPHA.value, overrides=overrides,
+            activation_ranges=None if _ACTIVATION_RANGES.value == "default"
+            else _ACTIVATION_RANGES.value, range_k=_RANGE_K.value,
             distribution=_DISTRIBUTION.value, num_train_samples=_NUM_TRAIN_SAMPLES.value,
             seed=_SEED.value)
         result = qat.run_qat_job(job)

@@ -82,6 +82,16 @@ def test_statistics_strategy_leaves_weights_alone(capsys, files, tiny_model):
         np.testing.assert_array_equal(got, want)
 
 
+def test_meanstd_activation_ranges(capsys, files):
+    code, _, err = run_cli(capsys, **base(files, activation_ranges="meanstd", range_k=2.5))
+    assert code == 0, err
+    report = json.load(open(files / "out" / "report.json"))
+    assert report["settings"]["activation_ranges"] == "meanstd"
+    assert report["settings"]["range_k"] == 2.5
+    assert report["modes"][0]["float_ops"] == []
+    assert report["qat"]["parity"]["top1_agreement"] >= 0.9
+
+
 def test_distill_strategy(capsys, files):
     code, _, err = run_cli(capsys, **base(files, strategy="distill",
                                           teacher=str(files / "tiny.keras"), temperature=2.0,

@@ -199,3 +199,23 @@ def test_pow2_weights_deploy_bit_exactly(tmp_path):
     deployed = codes * scales[:, None, None, None]  # TFLite layout: (out, h, w, in)
     np.testing.assert_array_equal(deployed.transpose(1, 2, 3, 0).astype(np.float32),
                                   expected.astype(np.float32))
+
+
+def test_activation_quantizer_meanstd_ranges():
+    x = np.concatenate([np.linspace(-1, 1, 999), [50.0]]).astype(np.float32)  # one outlier
+    layer = tf_keras.layers.Layer()
+    for estimator, expected in [
+            ("minmax", (-1.0, 50.0)),
+            ("meanstd", (max(-1.0, x.mean() - 2 * x.std()), min(50.0, x.mean() + 2 * x.std())))]:
+        q = quantizers.ActivationQuantizer(ema_decay=0.0, estimator=estimator, k=2.0)
+        weights = q.build(tf.TensorShape(x.shape), f"a_{estimator}", layer)
+        y = q(tf.constant(x), True, weights)
+        got = (float(weights["min_var"].numpy()), float(weights["max_var"].numpy()))
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        # The forward pass is TFLite's activation format on that range (nudged zero point).
+        ref = tf.quantization.fake_quant_with_min_max_vars(x, min(got[0], 0), got[1], 8)
+        np.testing.assert_array_equal(y.numpy(), ref.numpy())
+    with pytest.raises(ValueError, match="Unknown estimator 'median'"):
+        quantizers.ActivationQuantizer(estimator="median")
+    with pytest.raises(ValueError, match="int8 per-tensor format"):
+        quantizers.ActivationQuantizer(num_bits=4)

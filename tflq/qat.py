@@ -135,13 +135,16 @@ class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
         return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
 
 
-def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()):
+def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = (),
+                   activation_ranges: str | None = None, range_k: float = 3.0):
     """Wraps every layer of a tf_keras Sequential or Functional model for QAT.
 
     Args:
       model: a built tf_keras Sequential or Functional model.
       scheme: a name from :data:`tflq.schemes.SCHEMES`.
       overrides: :class:`tflq.schemes.Override` objects or dicts.
+      activation_ranges: None (tfmot's moving min/max), ``minmax`` or ``meanstd``
+        (moving averages of mean ± ``range_k``·σ), see :class:`tflq.quantizers.ActivationQuantizer`.
 
     Returns:
       The QAT model (float weights copied from ``model``).
@@ -169,6 +172,11 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
         raise ValueError(f"Models nested inside models are not wrapped yet: {nested}. "
                          "Flatten them into one Functional model first.")
     schemes.check_overrides(model.layers, overrides)
+    schemes.activation_quantizer(activation_ranges, range_k)  # checks the arguments
+
+    def make_activation():
+        return schemes.activation_quantizer(activation_ranges, range_k)
+
     model = fold_batch_norms(replace_scalar_op_lambdas(model))
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
@@ -176,7 +184,7 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
         copy = layer.__class__.from_config(layer.get_config())
         if type(layer).__name__ in schemes.SPLIT_BY_TFMOT:
             return annotate(copy)  # tfmot splits it into depthwise + 1x1 conv (int8 weights)
-        config = schemes.config_for(layer, chosen, overrides)
+        config = schemes.config_for(layer, chosen, overrides, make_activation)
         return copy if config is None else annotate(copy, config)
 
     annotated = tf_keras.models.clone_model(model, clone_function=clone)
@@ -436,6 +444,8 @@ class QATJob:
     temperature: float = 4.0
     alpha: float = 0.5
     overrides: tuple = ()
+    activation_ranges: str | None = None
+    range_k: float = 3.0
     distribution: str = "default"
     num_train_samples: int | None = None
     seed: int = 0
@@ -461,6 +471,7 @@ class QATJob:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
         for override in self.overrides:
             schemes.Override.from_dict(dict(override))
+        schemes.activation_quantizer(self.activation_ranges, self.range_k)
 
 
 def _distribution(name: str):
@@ -531,7 +542,8 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> dict:
     scratch = tempfile.mkdtemp(prefix="tflq-qat-")
     try:
         with distribution.scope():
-            student = quantize_model(float_model.keras_model, job.scheme, job.overrides)
+            student = quantize_model(float_model.keras_model, job.scheme, job.overrides,
+                                     job.activation_ranges, job.range_k)
             trainer = make_trainer(
                 student, teacher if job.strategy == "distill" else None,
                 job.quant_error_weight if job.strategy == "gradient" else 0.0,

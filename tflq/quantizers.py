@@ -445,3 +445,56 @@ class Pow2Quantizer(TflqQuantizer):
 
     def deploys_exactly(self, role="weights"):
         return role == "weights" and self.num_bits <= 4
+
+
+ACTIVATION_ESTIMATORS = ("minmax", "meanstd")
+
+
+@register("activation_int8")
+class ActivationQuantizer(TflqQuantizer):
+    """TFLite's int8 activation format: asymmetric per tensor, through TensorFlow's FakeQuant
+    op (which the converter reads), with ranges from moving averages of either the batch
+    min/max (``minmax``) or mean ± k·σ clipped to the batch min/max (``meanstd``: ignores
+    rare outliers; Jacob et al. 2018 use min/max).
+
+    Args:
+      ema_decay: moving-average decay (0 keeps the last batch only).
+      estimator: ``minmax`` or ``meanstd``.
+      k: standard deviations for ``meanstd``.
+    """
+
+    def __init__(self, num_bits=8, per_axis=False, ema_decay=0.999, estimator="minmax", k=3.0):
+        if ema_decay is None:
+            raise ValueError("ActivationQuantizer needs an ema_decay (activation ranges are "
+                             "learned during training).")
+        super().__init__(num_bits, per_axis, ema_decay)
+        if num_bits != 8 or per_axis:
+            raise ValueError("ActivationQuantizer is TFLite's int8 per-tensor format: "
+                             f"num_bits=8, per_axis=False. Received: num_bits={num_bits}, "
+                             f"per_axis={per_axis}")
+        if estimator not in ACTIVATION_ESTIMATORS:
+            raise ValueError(f"Unknown estimator {estimator!r}. Available: "
+                             f"{list(ACTIVATION_ESTIMATORS)}")
+        if not k > 0:
+            raise ValueError(f"k must be > 0. Received: k={k!r}")
+        self.estimator, self.k = estimator, float(k)
+
+    def _batch_range(self, inputs):
+        low, high = tf.reduce_min(inputs), tf.reduce_max(inputs)
+        if self.estimator == "meanstd":
+            mean, std = tf.reduce_mean(inputs), tf.math.reduce_std(inputs)
+            low = tf.maximum(low, mean - self.k * std)
+            high = tf.minimum(high, mean + self.k * std)
+        return low, high
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        low, high = self._range(inputs, training, weights)
+        low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)  # zero must be representable
+        return tf.quantization.fake_quant_with_min_max_vars(inputs, low, high, num_bits=8,
+                                                            narrow_range=False)
+
+    def get_config(self):
+        return {**super().get_config(), "estimator": self.estimator, "k": self.k}
+
+    def deploys_exactly(self, role="activations"):
+        return role == "activations"

@@ -71,10 +71,16 @@ _NOT_WRAPPABLE = {"TFOpLambda", "SlicingOpLambda"}
 SPLIT_BY_TFMOT = {"SeparableConv2D", "SeparableConv1D"}
 
 
-def activation_quantizer():
-    """TFLite's int8 activation format: asymmetric per tensor, moving-average ranges."""
-    return tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
-        num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+def activation_quantizer(estimator: str | None = None, k: float = 3.0):
+    """TFLite's int8 activation format: asymmetric per tensor, moving-average ranges.
+
+    None uses tfmot's MovingAverageQuantizer (min/max); ``minmax``/``meanstd`` use
+    :class:`tflq.quantizers.ActivationQuantizer` with that range estimator.
+    """
+    if estimator is None:
+        return tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+    return quantizers.ActivationQuantizer(estimator=estimator, k=k)
 
 
 def _default_int8_weights(per_axis: bool, bits: int):
@@ -203,9 +209,15 @@ def feeds_only_relu(layer) -> bool:
     return False
 
 
-def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = ()):
-    """The LayerQuantizeConfig for one layer under a scheme (None: leave the layer unwrapped)."""
+def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = (),
+               activations: Callable = activation_quantizer):
+    """The LayerQuantizeConfig for one layer under a scheme (None: leave the layer unwrapped).
+
+    ``activations`` makes each activation quantizer (see :func:`activation_quantizer`).
+    """
     from tflq.qat import LayerQuantizeConfig
+
+    activation_quantizer = activations  # noqa: F811 (the factory chosen for this model)
 
     fused_relu_follows = feeds_only_relu(layer)
 
