@@ -219,3 +219,39 @@ def test_activation_quantizer_meanstd_ranges():
         quantizers.ActivationQuantizer(estimator="median")
     with pytest.raises(ValueError, match="int8 per-tensor format"):
         quantizers.ActivationQuantizer(num_bits=4)
+
+
+def test_learned_step_forward_and_gradients():
+    x = tf.constant([[-1.0, -0.26, 0.0, 0.24, 0.9]])
+    s = tf.Variable(0.1)
+    with tf.GradientTape() as tape:
+        y = quantizers.fake_quant_learned_step(x, s, 4)  # Q = 7: range ±0.7
+        loss = tf.reduce_sum(y)
+    ds = tape.gradient(loss, s)
+    np.testing.assert_allclose(y.numpy(), [[-0.7, -0.3, 0.0, 0.2, 0.7]], atol=1e-6)
+    ratio = x.numpy() / 0.1
+    q = np.clip(np.round(ratio), -7, 7)
+    expected = np.where(ratio > 7, 7, np.where(ratio < -7, -7, q - ratio)).sum() / np.sqrt(5 * 7)
+    np.testing.assert_allclose(ds.numpy(), expected, rtol=1e-5)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = quantizers.fake_quant_learned_step(x, s, 4)
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [[0, 1, 1, 1, 0]])
+
+
+def test_lsq_scheme_trains_its_step_and_deploys_exactly(tmp_path):
+    from tflq import schemes
+
+    assert schemes.get_scheme("lsq").exact
+    x, y = tiny_data(64)
+    model = tf_keras.Sequential([tf_keras.Input((8, 8, 1), name="img"),
+                                 tf_keras.layers.Conv2D(4, 3), tf_keras.layers.Flatten(),
+                                 tf_keras.layers.Dense(3)])
+    q = qat.quantize_model(model, "lsq")
+    q.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    q.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    q.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    steps = [w for w in q.trainable_weights if "step" in w.name]
+    assert len(steps) == 2 and all(np.all(w.numpy() > 0) for w in steps)
+    rows = qat.weight_requantization(q, qat.convert_qat(q, str(tmp_path)))
+    assert all(r["found"] and r["exact"] for r in rows)

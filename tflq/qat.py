@@ -198,7 +198,13 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
             return layer.__class__.from_config(layer.get_config())
 
         result = tf_keras.models.clone_model(applied, clone_function=swap_input_layer)
-    result.set_weights(applied.get_weights())
+    for layer in result.layers:  # by name: trainable quantizer variables change the order
+        source = {w.name.split("/")[-1]: w for w in applied.get_layer(layer.name).weights}
+        for variable in layer.weights:
+            key = variable.name.split("/")[-1]
+            if key not in source:
+                raise RuntimeError(f"QAT clone lost variable {variable.name!r}.")
+            variable.assign(source[key])
     return result
 
 

@@ -498,3 +498,74 @@ class ActivationQuantizer(TflqQuantizer):
 
     def deploys_exactly(self, role="activations"):
         return role == "activations"
+
+
+def fake_quant_learned_step(x, step, num_bits: int):
+    """Learned step size quantization (Esser et al. 2020, LSQ), symmetric narrow range:
+    x̂ = clamp(round(x/s), −Q, Q)·s with Q = 2^(b−1) − 1. Gradients: straight through for x
+    inside the range (0 outside); for s, (round(x/s) − x/s) inside and ±Q outside, scaled by
+    1/√(N·Q) as in the paper.
+    """
+    _check_bits(num_bits, 2, 8)
+    top = float(2 ** (num_bits - 1) - 1)
+    x = tf.convert_to_tensor(x, tf.float32)
+
+    @tf.custom_gradient
+    def op(inputs, s):
+        s_safe = tf.maximum(s, 1e-12)
+        ratio = inputs / s_safe
+        q = tf.clip_by_value(tf.round(ratio), -top, top)
+
+        def grad(dy):
+            inside = tf.cast(tf.abs(ratio) <= top, dy.dtype)
+            d_step = tf.where(ratio > top, top, tf.where(ratio < -top, -top, q - ratio))
+            scale = 1.0 / tf.sqrt(tf.cast(tf.size(inputs), tf.float32) * top)
+            reduce_axes = list(range(inputs.shape.rank - len(s.shape))) if s.shape.rank else None
+            d_s = tf.reduce_sum(dy * d_step, axis=reduce_axes) * scale
+            return dy * inside, tf.reshape(d_s, tf.shape(s))
+
+        return q * s_safe, grad
+
+    return op(x, tf.convert_to_tensor(step, tf.float32))
+
+
+@register("lsq")
+class LearnedStepQuantizer(TflqQuantizer):
+    """Weights with a trainable step size per channel (see :func:`fake_quant_learned_step`),
+    initialized to 2·mean|w|/√Q. The values q·s with |q| ≤ 2^(b−1) − 1 are TFLite int8 codes
+    with scale s, and a final FakeQuant op with range ±127·s hands that scale to the
+    converter: it deploys exactly for every b ≤ 8.
+    """
+
+    max_bits = 8
+
+    def __init__(self, num_bits=4, per_axis=True, ema_decay=None):
+        super().__init__(num_bits, per_axis, None)
+
+    def build(self, tensor_shape, name, layer):
+        shape = (tensor_shape[-1],) if self.per_axis else ()
+        return {"step": layer.add_weight(f"{name}_step", shape=shape, initializer="zeros",
+                                         trainable=True)}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        step = weights["step"]
+        axes = list(range(inputs.shape.rank - 1)) if self.per_axis else None
+        top = float(2 ** (self.num_bits - 1) - 1)
+        initial = 2.0 * tf.reduce_mean(tf.abs(inputs), axis=axes) / math.sqrt(top)
+        initial = tf.maximum(initial, 1e-8)
+        if isinstance(training, bool) and not training:
+            # Inference (and conversion): no assignment, so the converter can fold the range.
+            step_value = tf.where(step > 0, step, initial)
+        else:  # first training call: initialize the step from the weights (it starts at zero)
+            step_value = tf.cond(tf.reduce_all(tf.equal(step, 0.0)),
+                                 lambda: step.assign(initial), lambda: tf.identity(step))
+        values = fake_quant_learned_step(inputs, step_value, self.num_bits)
+        bound = tf.stop_gradient(step_value) * 127.0
+        if self.per_axis:
+            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                values, -bound, bound, num_bits=8, narrow_range=True)
+        return tf.quantization.fake_quant_with_min_max_vars(values, -bound, bound, num_bits=8,
+                                                            narrow_range=True)
+
+    def deploys_exactly(self, role="weights"):
+        return role == "weights"

@@ -30,6 +30,7 @@ the weights:
 | ``asymmetric`` | asymmetric 8-bit with a zero point | no: re-quantized to symmetric |
 | ``log_companding`` | 8-bit logarithmic companding | no: re-quantized to linear |
 | ``linear`` | min-max linear (``weight_bits``, default 4) | no: re-quantized |
+| ``lsq`` | learned step size per channel (4-bit by default; the step trains) | yes |
 
 Overrides change the weight quantizer or its bits for layers matched by type name or a
 regular expression on the layer name, e.g. ``{"match": "^conv2d$", "weight_bits": 8}`` or
@@ -122,6 +123,8 @@ SCHEMES = {
         8, False),
     "linear": Scheme("linear", lambda per_axis, bits: quantizers.LinearQuantizer(bits, per_axis), 4,
                      False),
+    "lsq": Scheme("lsq", lambda per_axis, bits: quantizers.LearnedStepQuantizer(bits, per_axis), 4,
+                  True),
 }
 
 
