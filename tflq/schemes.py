@@ -12,7 +12,7 @@ A scheme maps every layer of a model to one table-driven
 * layers that only move values (Flatten, Reshape, Permute, pooling by max, Dropout, …)
   are left alone: TFLite keeps their input's scale;
 * every other layer (ReLU, PReLU, Add, Multiply, Concatenate, Normalization,
-  UpSampling2D, average pooling, unknown layers) gets its output quantized, except an output
+  UpSampling2D, global average pooling, unknown layers) gets its output quantized, except an output
   that only feeds a ReLU (TFLite fuses the ReLU and quantizes once).
 
 Before wrapping, :func:`tflq.qat.quantize_model` folds BatchNormalization (and Rescaling)
@@ -63,6 +63,8 @@ _PASS_THROUGH = {
     "InputLayer", "Flatten", "Reshape", "Permute", "MaxPooling1D", "MaxPooling2D",
     "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Dropout", "SpatialDropout2D",
     "Cropping2D", "ZeroPadding2D", "Activation:linear",
+    # TFLite's int8 AVERAGE_POOL_2D requires the same scale in and out.
+    "AveragePooling1D", "AveragePooling2D",
 }
 # tfmot's QuantizeWrapper cannot call these (their extra positional constants are lost):
 # they stay unwrapped, and the converter lists any op left in float because of it.
