@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tflq import calibration, options, pipeline, report
+from tflq.factories import FACTORY_RE
 
 STATUS_OK = "ok"
 STATUS_GATE = "gate_failed"
@@ -56,7 +57,6 @@ STATUS_CRASHED = "crashed"
 BACKENDS = ("local", "ray")
 DEFAULT_TIMEOUT = 3600.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 # Settings a job (or [defaults]) may hold, with the JSON types accepted.
 SETTING_TYPES: dict[str, tuple[type, ...]] = {
@@ -174,7 +174,7 @@ def _check_types(path, lines, table: dict, where: str, start: int = 0):
 
 
 def _resolve_path(base: str, value: str) -> str:
-    if _FACTORY_RE.match(value) and not os.path.exists(os.path.join(base, value)):
+    if FACTORY_RE.match(value) and not os.path.exists(os.path.join(base, value)):
         return value
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
@@ -247,10 +247,10 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
             if settings.get(key):
                 settings[key] = _resolve_path(base, settings[key])
                 value = settings[key]
-                if not _FACTORY_RE.match(value) and not os.path.exists(value):
+                if not FACTORY_RE.match(value) and not os.path.exists(value):
                     raise ValueError(f"{path}: {at}{where}: {key} not found: {value!r}")
         model = settings["model"]
-        name = entry.get("name") or (model.split(":")[-1] if _FACTORY_RE.match(model)
+        name = entry.get("name") or (model.split(":")[-1] if FACTORY_RE.match(model)
                                      else os.path.splitext(os.path.basename(model.rstrip("/")))[0])
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(f"{path}: {at}{where}: job name {name!r} may hold only letters, "
@@ -295,7 +295,7 @@ def _hash_path(digest, path: str) -> None:
                 _hash_file(digest, full)
     elif os.path.isfile(path):
         _hash_file(digest, path)
-    elif _FACTORY_RE.match(path):
+    elif FACTORY_RE.match(path):
         digest.update(path.encode())
         module = path.split(":")[0]
         try:

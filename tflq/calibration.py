@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import importlib
 import os
-import sys
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from tflq.factories import import_callable
 from tflq.signature import TensorSpec
 
 NORMALIZATIONS = ("0_1", "-1_1", "none")
@@ -358,18 +357,8 @@ class GeneratorSource(DataSource):
     """
 
     def __init__(self, spec: str, input_specs: Sequence[TensorSpec]):
-        module_name, func_name = spec.split(":")
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ValueError(f"Data generator {spec!r}: cannot import {module_name!r}: {e}") from e
-        func = getattr(module, func_name, None)
-        if not callable(func):
-            raise ValueError(f"Data generator {spec!r}: {module_name} has no {func_name!r}.")
         self.description = spec
-        self._func: Callable = func
+        self._func: Callable = import_callable(spec, "Data generator")
         self._names = [s.name for s in input_specs]
         self._length = None
         first = next(iter(self._items()), None)

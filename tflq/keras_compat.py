@@ -13,11 +13,8 @@ signature, runs the float reference and builds a TFLite converter.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
-import re
-import sys
 import zipfile
 from collections.abc import Mapping
 
@@ -28,13 +25,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from tflq.factories import import_callable, is_factory  # noqa: E402
 from tflq.signature import TensorSpec  # noqa: E402
 
 FLAVOR_TF_KERAS = "tf_keras"
 FLAVOR_KERAS3 = "keras3"
 FLAVOR_SAVED_MODEL = "saved_model"
 
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _KERAS_SUFFIXES = (".keras",)
 _H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -74,7 +71,7 @@ class LoadedModel:
     def stem(self) -> str:
         """A short name for output files."""
         base = self.source.rstrip("/\\")
-        if _FACTORY_RE.match(base) and not os.path.exists(base):
+        if is_factory(base):
             return base.split(":")[-1]
         return os.path.splitext(os.path.basename(base))[0] or "model"
 
@@ -284,17 +281,7 @@ def _load_saved_model_dir(path: str) -> LoadedModel:
 
 
 def _load_factory(spec: str) -> LoadedModel:
-    module_name, func_name = spec.split(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"Model factory {spec!r}: cannot import {module_name!r}: {e}") from e
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise ValueError(f"Model factory {spec!r}: {module_name} has no function {func_name!r}.")
-    return wrap_model(func(), source=spec)
+    return wrap_model(import_callable(spec, "Model factory")(), source=spec)
 
 
 def load_model(spec: str) -> LoadedModel:
@@ -311,7 +298,7 @@ def load_model(spec: str) -> LoadedModel:
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"Expected a model path or 'module:function'. Received: model={spec!r}")
-    if _FACTORY_RE.match(spec) and not os.path.exists(spec):
+    if is_factory(spec):
         return _load_factory(spec)
     if not os.path.exists(spec):
         raise ValueError(f"Model path not found: {spec!r}")
