@@ -120,6 +120,7 @@ BAD = {
     "bits out of range": ({"overrides": '[{"match": "conv", "weight_bits": 1}]'},
                           r"weight_bits must be in \[2, 8\]"),
     "zero epochs": ({"epochs": 0}, "epochs must be positive"),
+    "training diverges": ({"learning_rate": 1e38}, "QAT training diverged"),
     "missing model": ({"model": "/no/model.keras"}, "Model path not found"),
     "no train data": ({"train_data": None}, "--train_data is required"),
 }

@@ -79,6 +79,9 @@ def custom_objects() -> dict:
     objects["LayerQuantizeConfig"] = LayerQuantizeConfig
     objects["InputQuantize"] = InputQuantize
     objects["ScalarOp"] = ScalarOp
+    from tflq.graph import LayerNormStep
+
+    objects["LayerNormStep"] = LayerNormStep
     return objects
 
 
@@ -150,8 +153,8 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
       The QAT model (float weights copied from ``model``).
 
     Raises:
-      ValueError: unknown scheme, an override that matches nothing, a subclassed, Keras 3 or
-        nested model.
+      ValueError: unknown scheme, an override that matches nothing, a subclassed or Keras 3
+        model (also nested inside the model).
     """
     from tflq import schemes
     from tflq.keras_compat import _is_keras3, tf_keras
@@ -167,10 +170,10 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
         raise ValueError(f"QAT needs a Sequential or Functional tf_keras model. Received: "
                          f"{type(model).__name__} (subclassed models have no layer graph to "
                          "wrap: rebuild it with the Functional API).")
-    nested = [layer.name for layer in model.layers if isinstance(layer, tf_keras.Model)]
-    if nested:
-        raise ValueError(f"Models nested inside models are not wrapped yet: {nested}. "
-                         "Flatten them into one Functional model first.")
+    from tflq import graph
+
+    if graph.needs_rebuild(model):  # nested models, unfusable activations, LayerNormalization
+        model = graph.rebuild(model)
     schemes.check_overrides(model.layers, overrides)
     schemes.activation_quantizer(activation_ranges, range_k)  # checks the arguments
 
@@ -525,6 +528,7 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> dict:
     from tflq.keras_compat import load_model, tf_keras
 
     pipeline.check_output_dir(job.out)
+    out_existed = os.path.isdir(job.out)
     distribution = _distribution(job.distribution)
     with distribution.scope():  # every variable the trainer touches is created in the scope
         float_model = load_model(job.model)
@@ -563,7 +567,16 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> dict:
         backup = tf_keras.callbacks.BackupAndRestore(os.path.join(job.out, ".qat_backup"))
         history = trainer.fit(feed(x_train), y_train, epochs=job.epochs,
                               batch_size=job.batch_size, verbose=job.verbose,
-                              callbacks=[backup, *callbacks])
+                              callbacks=[backup, tf_keras.callbacks.TerminateOnNaN(),
+                                         *callbacks])
+        losses = history.history.get("loss", [])
+        if not all(np.isfinite(losses)):
+            shutil.rmtree(os.path.join(job.out, ".qat_backup"), ignore_errors=True)
+            if not out_existed and not os.listdir(job.out):
+                os.rmdir(job.out)
+            raise ValueError(f"QAT training diverged (loss {losses[-1]} in epoch {len(losses)}); "
+                             "nothing was written. Lower --learning_rate or use --strategy "
+                             "statistics.")
         content = convert_qat(student, scratch, integer_io=True)
         float32 = convert.convert_model(float_model, "float32", scratch).content
     finally:

@@ -66,6 +66,10 @@ _PASS_THROUGH = {
     # TFLite's int8 AVERAGE_POOL_2D requires the same scale in and out.
     "AveragePooling1D", "AveragePooling2D",
 }
+# TFLite's int8 LOGISTIC, SOFTMAX and TANH have a fixed output scale (1/256, 1/256, 1/128):
+# their input is quantized by the layer before, their output by the kernel itself.
+_FIXED_OUTPUT_SCALE = {"Activation:sigmoid", "Activation:softmax", "Activation:tanh",
+                       "Softmax:None"}
 # tfmot's QuantizeWrapper cannot call these (their extra positional constants are lost):
 # they stay unwrapped, and the converter lists any op left in float because of it.
 _NOT_WRAPPABLE = {"TFOpLambda", "SlicingOpLambda"}
@@ -246,7 +250,7 @@ def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = (),
             None, "linear") else {}
         output = activation_quantizer() if not activations and not fused_relu_follows else None
         return LayerQuantizeConfig(weights=weights, activations=activations, output=output)
-    if fused_relu_follows:
+    if fused_relu_follows or f"{kind}:{_activation_name(layer)}" in _FIXED_OUTPUT_SCALE:
         return LayerQuantizeConfig()
     return LayerQuantizeConfig(output=activation_quantizer())
 

@@ -1,0 +1,215 @@
+"""Rebuilding a tf_keras Functional graph layer by layer, before QAT wrapping.
+
+``tf_keras.models.clone_model`` maps one layer to one layer. Some models need more than
+that before tfmot can wrap them:
+
+* models nested inside models (ConvNeXt's stem and downsampling blocks) are inlined, so
+  every inner layer is wrapped like any other;
+* a fused activation that TFLite does not fuse (``swish``, ``elu``, ``relu6`` outside
+  tfmot's list, …) is split off its Conv/Dense into an ``Activation`` layer, so both the
+  pre-activation and the activation output get quantized (TFLite runs ``x·sigmoid(x)`` as
+  LOGISTIC + MUL, each needing int8 inputs);
+* ``LayerNormalization`` over the last axis is decomposed into quantizable steps
+  (mean, centre, variance, rsqrt, scale and shift), the same ops TFLite runs.
+
+:func:`rebuild` copies every layer (fresh layers from their configs; a layer shared by
+several calls stays shared) and its weights; float outputs are unchanged up to float
+rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# tfmot's QuantizeAwareActivation handles these fused activations itself (TFLite fuses
+# ReLU, and gives sigmoid/softmax/tanh outputs a fixed scale); any other is split off.
+KEEP_FUSED = {"linear", "relu", "sigmoid", "softmax", "tanh", "gelu"}
+_WEIGHT_LAYERS = {"Conv1D", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "Dense",
+                  "SeparableConv1D", "SeparableConv2D"}
+
+
+def _activation_name(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
+
+
+def needs_split(layer) -> bool:
+    """A weight layer whose fused activation tfmot cannot quantize on both sides."""
+    return type(layer).__name__ in _WEIGHT_LAYERS and _activation_name(layer) not in KEEP_FUSED
+
+
+def decomposable_layer_norm(layer) -> bool:
+    if type(layer).__name__ != "LayerNormalization":
+        return False
+    rank = len(layer.input_shape)
+    return list(layer.axis) in ([-1], [rank - 1])
+
+
+def nested_models(model) -> list[str]:
+    from tflq.keras_compat import tf_keras
+
+    return [layer.name for layer in model.layers if isinstance(layer, tf_keras.Model)]
+
+
+def needs_rebuild(model) -> bool:
+    return bool(nested_models(model)) or any(
+        needs_split(layer) or decomposable_layer_norm(layer) for layer in model.layers)
+
+
+def _make_layer_norm_step():
+    from tflq.keras_compat import tf, tf_keras
+
+    class LayerNormStep(tf_keras.layers.Layer):
+        """One step of a decomposed LayerNormalization over the last axis.
+
+        ``mean``: mean over the last axis (keepdims); ``sub``: x − mean; ``square``: x·x;
+        ``rsqrt``: 1/sqrt(max(x, floor)); ``mul``: x·r. Epsilon is added by a ScalarOp before
+        rsqrt and is also rsqrt's floor: in float the floor never acts (x ≥ epsilon), in
+        QAT it keeps a variance that rounds to 0 from making inf. Each step is its own layer so QAT
+        quantizes every intermediate, as TFLite's int8 kernels need; γ and β become a 1×1
+        depthwise convolution (int8 weights).
+        """
+
+        def __init__(self, step: str, floor: float = 0.0, **kwargs):
+            super().__init__(**kwargs)
+            if step not in ("mean", "sub", "square", "rsqrt", "mul"):
+                raise ValueError(f"Unknown LayerNormStep step {step!r}.")
+            self.step, self.floor = step, float(floor)
+
+        def call(self, inputs):
+            if self.step == "mean":
+                return tf.reduce_mean(inputs, axis=-1, keepdims=True)
+            if self.step == "sub":
+                return inputs[0] - inputs[1]
+            if self.step == "square":
+                return inputs * inputs
+            if self.step == "rsqrt":
+                return tf.math.rsqrt(tf.maximum(inputs, self.floor))
+            return inputs[0] * inputs[1]
+
+        def get_config(self):
+            return {**super().get_config(), "step": self.step, "floor": self.floor}
+
+    return LayerNormStep
+
+
+LayerNormStep = _make_layer_norm_step()
+
+
+def _map_node(node, values: dict):
+    """The node's call arguments with every Keras tensor replaced by its rebuilt value."""
+    import tensorflow as tf
+
+    flat = list(node._flat_arguments)
+    for kt_id, index in node._keras_inputs_ids_and_indices:
+        flat[index] = values[kt_id]
+    args, kwargs = tf.nest.pack_sequence_as((node.call_args, node.call_kwargs.values()), flat)
+    return args, dict(zip(node.call_kwargs.keys(), kwargs, strict=True))
+
+
+def rebuild(model):
+    """A copy of a Functional/Sequential tf_keras model with nested models inlined, non-fusable
+    fused activations split off, and LayerNormalization decomposed (see module docstring).
+
+    Raises:
+      ValueError: a nested subclassed model, or two inlined layers with the same name.
+    """
+    from tflq.keras_compat import tf, tf_keras
+
+    layers = tf_keras.layers
+    copies = {}  # id(original layer) -> (callable, [(new layer, original weights)])
+    weight_plan = []  # (new layer, weights) set after building
+    names = set()
+
+    def claim(name: str) -> str:
+        if name in names:
+            raise ValueError(f"Two layers are named {name!r} after inlining nested models; "
+                             "rename one before QAT.")
+        names.add(name)
+        return name
+
+    def copy_of(layer):
+        key = id(layer)
+        if key in copies:
+            return copies[key]
+        if needs_split(layer):
+            config = layer.get_config()
+            activation = config["activation"]
+            config["activation"] = "linear"
+            base = layer.__class__.from_config({**config, "name": claim(layer.name)})
+            act = layers.Activation(activation, name=claim(f"{layer.name}_activation"))
+            weight_plan.append((base, layer.get_weights()))
+
+            def run(*args, **kwargs):
+                return act(base(*args, **kwargs))
+        elif decomposable_layer_norm(layer):
+            n, eps = layer.name, float(layer.epsilon)
+            steps = {s: LayerNormStep(s, floor=eps if s == "rsqrt" else 0.0,
+                                      name=claim(f"{n}_{s}"))
+                     for s in ("mean", "sub", "square", "rsqrt", "mul")}
+            variance = LayerNormStep("mean", name=claim(f"{n}_variance"))
+            from tflq.qat import ScalarOp
+
+            add_eps = ScalarOp("add", eps, name=claim(f"{n}_epsilon"))
+            shape = tuple(layer.input_shape[1:])
+            channels = shape[-1]
+            affine = layers.DepthwiseConv2D(1, use_bias=True, name=claim(f"{n}_affine"))
+            to_4d = (layers.Reshape((int(np.prod(shape[:-1])), 1, channels),
+                                    name=claim(f"{n}_to_4d")) if len(shape) != 3 else None)
+            back = layers.Reshape(shape, name=claim(f"{n}_back")) if to_4d else None
+            gamma = layer.gamma.numpy() if layer.scale else np.ones(channels, np.float32)
+            beta = layer.beta.numpy() if layer.center else np.zeros(channels, np.float32)
+            weight_plan.append((affine, [gamma.reshape(1, 1, channels, 1), beta]))
+
+            def run(x, *args, **kwargs):
+                centred = steps["sub"]([x, steps["mean"](x)])
+                var = variance(steps["square"](centred))
+                normed = steps["mul"]([centred, steps["rsqrt"](add_eps(var))])
+                return back(affine(to_4d(normed))) if to_4d else affine(normed)
+        else:
+            copy = layer.__class__.from_config({**layer.get_config(), "name": claim(layer.name)})
+            weight_plan.append((copy, layer.get_weights()))
+            run = copy
+        copies[key] = run
+        return run
+
+    def trace(graph, inputs: list):
+        """Runs ``graph``'s nodes on ``inputs`` (new tensors); returns its new outputs."""
+        values = {str(id(t)): v for t, v in zip(graph.inputs, inputs, strict=True)}
+        for depth in sorted(graph._nodes_by_depth, reverse=True):
+            for node in graph._nodes_by_depth[depth]:
+                if node.is_input:
+                    continue
+                args, kwargs = _map_node(node, values)
+                layer = node.layer
+                if isinstance(layer, tf_keras.Model):
+                    if not (isinstance(layer, tf_keras.Sequential) or layer._is_graph_network):
+                        raise ValueError(f"Nested model {layer.name!r} is subclassed; rebuild "
+                                         "it with the Functional API.")
+                    outputs = trace(layer, tf.nest.flatten(args)[:len(layer.inputs)])
+                    outputs = outputs[0] if len(outputs) == 1 else outputs
+                else:
+                    outputs = copy_of(layer)(*args, **kwargs)
+                for kt_id, value in zip(node.flat_output_ids, tf.nest.flatten(outputs),
+                                        strict=True):
+                    values[kt_id] = value
+        return [values[str(id(t))] for t in graph.outputs]
+
+    new_inputs = []
+    for tensor, input_layer in zip(model.inputs, model._input_layers, strict=True):
+        new_inputs.append(layers.Input(type_spec=tensor.type_spec,
+                                       name=claim(input_layer.name)))
+    outputs = trace(model, new_inputs)
+    rebuilt = tf_keras.Model(new_inputs, outputs[0] if len(outputs) == 1 else outputs,
+                             name=model.name)
+    for layer, weights in weight_plan:
+        if weights:
+            layer.set_weights(weights)
+    return rebuilt
+
+
+def max_relative_difference(a, b) -> float:
+    """max |a − b| / max(|a|, tiny) over flattened outputs (for float-equality checks)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12))
+
