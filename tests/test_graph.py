@@ -54,6 +54,24 @@ def _se_block_model():
     return tf_keras.Model(inp, L.Dense(5)(L.GlobalAveragePooling2D()(x)))
 
 
+def _convnext_block_model():
+    """ConvNeXt's ingredients: Rescaling + Normalization preprocessing, depthwise conv,
+    LayerNormalization, Dense on a feature map (gelu), LayerScale, ``inputs + x``."""
+    from tf_keras.src.applications.convnext import LayerScale
+
+    inp = L.Input((8, 8, 3), name="img")
+    x = L.Rescaling(1 / 255.0)(inp)
+    x = L.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.05, 0.06, 0.07])(x)
+    x = L.Conv2D(8, 1, name="stem")(x)
+    y = L.DepthwiseConv2D(3, padding="same")(x)
+    y = L.LayerNormalization(epsilon=1e-6)(y)
+    y = L.Dense(16, activation="gelu", name="pw1")(y)
+    y = L.Dense(8, name="pw2")(y)
+    y = LayerScale(0.5, 8, name="scale")(y)
+    x = x + L.Activation("linear")(y)
+    return tf_keras.Model(inp, L.Dense(5)(L.GlobalAveragePooling2D()(x)))
+
+
 def _x(n=32, shape=(8, 8, 3), seed=0):
     return np.random.default_rng(seed).uniform(0, 1, (n, *shape)).astype(np.float32)
 
@@ -131,8 +149,23 @@ def test_rebuild_refuses_nested_subclassed_and_name_clashes():
         graph.rebuild(clash)
 
 
+def test_convnext_ingredients_become_wrappable_layers():
+    model = _convnext_block_model()
+    rebuilt = graph.rebuild(model)
+    x = _x() * 255.0
+    assert _rel(model.predict(x, verbose=0), rebuilt.predict(x, verbose=0)) < REBUILD_RTOL
+    kinds = {layer.name: type(layer).__name__ for layer in rebuilt.layers}
+    assert kinds["pw1"] == "Conv2D" and kinds["pw2"] == "Conv2D"   # Dense on a feature map
+    assert kinds["scale_affine"] == "DepthwiseConv2D"               # LayerScale
+    assert "TFOpLambda" not in kinds.values() and "Add" in kinds.values()
+    folded = qat.fold_batch_norms(rebuilt)                          # Normalization → 1x1 conv
+    assert not any(type(layer).__name__ == "Normalization" for layer in folded.layers)
+    assert _rel(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < REBUILD_RTOL
+
+
 @pytest.mark.parametrize("build, shape", [(_nested_ln_model, (8, 8, 3)),
-                                          (_se_block_model, (16, 16, 3))])
+                                          (_se_block_model, (16, 16, 3)),
+                                          (_convnext_block_model, (8, 8, 3))])
 def test_rebuilt_models_quantize_fully_integer(build, shape, tmp_path):
     tf_keras.utils.set_random_seed(0)
     model = build()

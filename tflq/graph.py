@@ -10,7 +10,11 @@ that before tfmot can wrap them:
   pre-activation and the activation output get quantized (TFLite runs ``x·sigmoid(x)`` as
   LOGISTIC + MUL, each needing int8 inputs);
 * ``LayerNormalization`` over the last axis is decomposed into quantizable steps
-  (mean, centre, variance, rsqrt, scale and shift), the same ops TFLite runs.
+  (mean, centre, variance, rsqrt, scale and shift), the same ops TFLite runs;
+* a Dense layer on a 4-D tensor becomes the equivalent 1×1 Conv2D;
+* ConvNeXt's ``LayerScale`` (x·γ per channel) becomes a 1×1 depthwise convolution, and a
+  TFOpLambda adding, multiplying or subtracting two Keras tensors becomes an
+  Add/Multiply/Subtract layer (tfmot cannot wrap TFOpLambda).
 
 :func:`rebuild` copies every layer (fresh layers from their configs; a layer shared by
 several calls stays shared) and its weights; float outputs are unchanged up to float
@@ -45,6 +49,45 @@ def decomposable_layer_norm(layer) -> bool:
     return list(layer.axis) in ([-1], [rank - 1])
 
 
+_BINARY_OPS = {"__operators__.add": "Add", "math.add": "Add", "math.multiply": "Multiply",
+               "__operators__.sub": "Subtract", "math.subtract": "Subtract"}
+
+
+def binary_merge(layer, node=None) -> str | None:
+    """The Keras merge layer (Add/Multiply/Subtract) for a TFOpLambda that combines two
+    Keras tensors (``inputs + x`` in ConvNeXt), which tfmot cannot wrap; None otherwise."""
+    if type(layer).__name__ != "TFOpLambda":
+        return None
+    kind = _BINARY_OPS.get(layer.get_config().get("function"))
+    nodes = [node] if node is not None else layer._inbound_nodes
+    if kind is None or not nodes:
+        return None
+    for n in nodes:
+        if len(n._keras_inputs_ids_and_indices) != 2 or len(_operands(n.call_args,
+                                                                       n.call_kwargs)) != 2:
+            return None
+    return kind
+
+
+def _operands(args, kwargs) -> list:
+    return list(args) + [v for k, v in kwargs.items() if k != "name"]
+
+
+def dense_on_feature_map(layer) -> bool:
+    """A Dense layer applied to a 4-D tensor (ConvNeXt's pointwise layers): it becomes a 1×1
+    Conv2D with the same weights, which TFLite runs as one int8 CONV_2D (a Dense there
+    leaves its reshape and bias add in float)."""
+    if type(layer).__name__ != "Dense" or len(layer._inbound_nodes) < 1:
+        return False
+    shape = layer.input_shape
+    return isinstance(shape, tuple) and len(shape) == 4
+
+
+def is_layer_scale(layer) -> bool:
+    """ConvNeXt's LayerScale: ``x · γ`` with one γ per channel."""
+    return type(layer).__name__ == "LayerScale" and getattr(layer, "gamma", None) is not None
+
+
 def nested_models(model) -> list[str]:
     from tflq.keras_compat import tf_keras
 
@@ -53,7 +96,9 @@ def nested_models(model) -> list[str]:
 
 def needs_rebuild(model) -> bool:
     return bool(nested_models(model)) or any(
-        needs_split(layer) or decomposable_layer_norm(layer) for layer in model.layers)
+        needs_split(layer) or decomposable_layer_norm(layer) or is_layer_scale(layer)
+        or dense_on_feature_map(layer)
+        or binary_merge(layer) for layer in model.layers)
 
 
 def _make_layer_norm_step():
@@ -94,6 +139,24 @@ def _make_layer_norm_step():
 
 
 LayerNormStep = _make_layer_norm_step()
+
+
+def _per_channel(name, input_shape, scale, shift, claim, weight_plan):
+    """x·scale (+ shift) per channel as a 1×1 DepthwiseConv2D (int8 weights under QAT),
+    reshaping inputs that are not 4-D to (N, everything else, 1, C) and back."""
+    from tflq.keras_compat import tf_keras
+
+    layers = tf_keras.layers
+    shape = tuple(input_shape[1:])
+    channels = shape[-1]
+    conv = layers.DepthwiseConv2D(1, use_bias=shift is not None, name=claim(f"{name}_affine"))
+    kernel = np.asarray(scale, np.float32).reshape(1, 1, channels, 1)
+    weight_plan.append((conv, [kernel] if shift is None else [kernel, np.asarray(shift)]))
+    if len(shape) == 3:
+        return conv
+    to_4d = layers.Reshape((int(np.prod(shape[:-1])), 1, channels), name=claim(f"{name}_to_4d"))
+    back = layers.Reshape(shape, name=claim(f"{name}_back"))
+    return lambda x, *args, **kwargs: back(conv(to_4d(x)))
 
 
 def _map_node(node, values: dict):
@@ -144,28 +207,42 @@ def rebuild(model):
                 return act(base(*args, **kwargs))
         elif decomposable_layer_norm(layer):
             n, eps = layer.name, float(layer.epsilon)
+            from tflq.qat import ScalarOp
+
             steps = {s: LayerNormStep(s, floor=eps if s == "rsqrt" else 0.0,
                                       name=claim(f"{n}_{s}"))
                      for s in ("mean", "sub", "square", "rsqrt", "mul")}
             variance = LayerNormStep("mean", name=claim(f"{n}_variance"))
-            from tflq.qat import ScalarOp
-
             add_eps = ScalarOp("add", eps, name=claim(f"{n}_epsilon"))
-            shape = tuple(layer.input_shape[1:])
-            channels = shape[-1]
-            affine = layers.DepthwiseConv2D(1, use_bias=True, name=claim(f"{n}_affine"))
-            to_4d = (layers.Reshape((int(np.prod(shape[:-1])), 1, channels),
-                                    name=claim(f"{n}_to_4d")) if len(shape) != 3 else None)
-            back = layers.Reshape(shape, name=claim(f"{n}_back")) if to_4d else None
+            channels = layer.input_shape[-1]
             gamma = layer.gamma.numpy() if layer.scale else np.ones(channels, np.float32)
             beta = layer.beta.numpy() if layer.center else np.zeros(channels, np.float32)
-            weight_plan.append((affine, [gamma.reshape(1, 1, channels, 1), beta]))
+            affine = _per_channel(n, layer.input_shape, gamma, beta, claim, weight_plan)
 
             def run(x, *args, **kwargs):
                 centred = steps["sub"]([x, steps["mean"](x)])
                 var = variance(steps["square"](centred))
-                normed = steps["mul"]([centred, steps["rsqrt"](add_eps(var))])
-                return back(affine(to_4d(normed))) if to_4d else affine(normed)
+                return affine(steps["mul"]([centred, steps["rsqrt"](add_eps(var))]))
+        elif dense_on_feature_map(layer):
+            config = layer.get_config()
+            conv = layers.Conv2D(config["units"], 1, activation=config["activation"],
+                                 use_bias=config["use_bias"], name=claim(layer.name))
+            kernel = layer.kernel.numpy()
+            weights = [kernel.reshape(1, 1, *kernel.shape)] + (
+                [layer.bias.numpy()] if config["use_bias"] else [])
+            weight_plan.append((conv, weights))
+            if needs_split(layer):
+                conv.activation = tf_keras.activations.get("linear")
+                act = layers.Activation(config["activation"],
+                                        name=claim(f"{layer.name}_activation"))
+
+                def run(*args, **kwargs):
+                    return act(conv(*args, **kwargs))
+            else:
+                run = conv
+        elif is_layer_scale(layer):
+            gamma = layer.gamma.numpy()
+            run = _per_channel(layer.name, layer.input_shape, gamma, None, claim, weight_plan)
         else:
             copy = layer.__class__.from_config({**layer.get_config(), "name": claim(layer.name)})
             weight_plan.append((copy, layer.get_weights()))
@@ -188,6 +265,9 @@ def rebuild(model):
                                          "it with the Functional API.")
                     outputs = trace(layer, tf.nest.flatten(args)[:len(layer.inputs)])
                     outputs = outputs[0] if len(outputs) == 1 else outputs
+                elif binary_merge(layer, node):
+                    merge = getattr(layers, binary_merge(layer, node))(name=claim(layer.name))
+                    outputs = merge(_operands(args, kwargs))
                 else:
                     outputs = copy_of(layer)(*args, **kwargs)
                 for kt_id, value in zip(node.flat_output_ids, tf.nest.flatten(outputs),

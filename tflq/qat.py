@@ -230,13 +230,30 @@ def _producer(layer):
         inbound[0] if len(inbound) == 1 else None)
 
 
+def _normalization_affine(layer):
+    """(scale, shift) per channel of a Keras ``Normalization`` layer over the last axis of a
+    4-D tensor (x·scale + shift = (x − mean)/max(√var, ε)); None for any other layer."""
+    if type(layer).__name__ != "Normalization" or len(layer.input_shape) != 4:
+        return None
+    axis = tuple(a % 4 for a in layer.axis)
+    if axis != (3,) or getattr(layer, "invert", False):
+        return None
+    from tflq.keras_compat import tf_keras
+
+    channels = layer.input_shape[-1]
+    mean = np.broadcast_to(np.asarray(layer.mean, np.float32).reshape(-1), (channels,))
+    variance = np.broadcast_to(np.asarray(layer.variance, np.float32).reshape(-1), (channels,))
+    scale = 1.0 / np.maximum(np.sqrt(variance), tf_keras.backend.epsilon())
+    return scale.astype(np.float32), (-mean * scale).astype(np.float32)
+
+
 def fold_batch_norms(model):
     """Folds inference-mode BatchNormalization into the layer before it.
 
     ``Conv2D``/``DepthwiseConv2D``/``Conv2DTranspose``/``Dense`` followed only by a
     BatchNormalization (last axis) absorb its scale and shift into kernel and bias; the BN
     becomes a linear ``Activation`` (a pass-through). A BatchNormalization on a 4-D tensor
-    after anything else, and a ``Rescaling`` of a 4-D tensor, become a 1×1
+    after anything else, and a ``Rescaling`` or ``Normalization`` of a 4-D tensor, become a 1×1
     ``DepthwiseConv2D`` with the same per-channel affine map, so they quantize like any
     other weight layer (their float constants would otherwise stay in float). Float outputs
     are unchanged up to float rounding.
@@ -248,6 +265,9 @@ def fold_batch_norms(model):
     for layer in model.layers:
         if type(layer).__name__ == "Rescaling" and len(layer.input_shape) == 4:
             plan[layer.name] = ("depthwise", layer)  # x·scale + offset: a per-channel affine
+            continue
+        if _normalization_affine(layer) is not None:
+            plan[layer.name] = ("depthwise", layer)  # (x − mean)/std: a per-channel affine
             continue
         if type(layer).__name__ != "BatchNormalization":
             continue
@@ -300,7 +320,9 @@ def fold_batch_norms(model):
                 kernel = kernel * scale
             target.set_weights([kernel, bias * scale + shift])
         elif action == "depthwise":
-            if type(layer).__name__ == "Rescaling":
+            if _normalization_affine(layer) is not None:
+                scale, shift = _normalization_affine(layer)
+            elif type(layer).__name__ == "Rescaling":
                 channels = layer.input_shape[-1]
                 scale = np.broadcast_to(np.asarray(layer.scale, np.float32), (channels,))
                 shift = np.broadcast_to(np.asarray(layer.offset, np.float32), (channels,))
