@@ -19,18 +19,18 @@ from pipelines.common import define
 
 _MODEL = define("string", "model", None, "Float tf_keras model to train (.keras/.h5/SavedModel/"
                 "module:function).")
-_TRAIN_DATA = flags.DEFINE_string("train_data", None, "Labelled training data (same kinds as "
-                                  "pipelines.convert --data).")
+_TRAIN_DATA = define("string", "train_data", None, "Labelled training data (same kinds as "
+                     "pipelines.convert --data).")
 _EVAL_DATA = define("string", "eval_data", None, "Labelled evaluation data.")
-_SCHEME = flags.DEFINE_string("scheme", "default_int8",
-                              "default_int8, pow2, asymmetric, log_companding or linear.")
+_SCHEME = define("string", "scheme", "default_int8",
+                 "QAT weight scheme: default_int8, pow2, asymmetric, log_companding, linear or lsq.")
 _STRATEGY = flags.DEFINE_enum("strategy", "gradient", ["gradient", "statistics", "distill"],
                               "gradient (STE, optional quantization-error loss), statistics "
                               "(moving-average ranges, weights frozen), distill (teacher).")
 _TEACHER = flags.DEFINE_string("teacher", None, "Float teacher for --strategy=distill.")
 _EPOCHS = define("integer", "epochs", 10, "Training epochs.")
 _BATCH_SIZE = define("integer", "batch_size", None, "Batch size (default: 64).")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.")
+_LEARNING_RATE = define("float", "learning_rate", 1e-4, "Adam learning rate.")
 _QUANT_ERROR_WEIGHT = flags.DEFINE_float("quant_error_weight", 0.0,
                                          "λ of the quantization-error loss (gradient strategy).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 4.0, "Distillation temperature.")

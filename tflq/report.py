@@ -179,9 +179,30 @@ def to_markdown(report: dict) -> str:
                 lines.append(f"| {w['layer']} | {w['weight']} | {w['shape']} | "
                              f"{w['max_abs_error']:.3g} | {_fmt(w['sqnr_db'], '.1f')} | "
                              f"{'yes' if w['exact'] else 'no'} |")
+    if "compression" in report:
+        lines += ["", "## Compression", "", format_compression(report["compression"])]
     if "device" in report:
         lines += ["", "## On device", "", format_device_table(report["device"])]
     return "\n".join(lines) + "\n"
+
+
+def format_compression(c: dict) -> str:
+    """Markdown: the stages, the size accounting and the per-layer weights of the .tflite."""
+    sparse = c["sparse_encoding"]
+    lines = [f"- Stages: {' → '.join(c['stages'])}",
+             f"- Compressed layers: {', '.join(c['layers']) or 'none'}",
+             f"- Size: {c['size_bytes']:,} B raw, {c['gzip_bytes']:,} B gzip -9 "
+             f"(float32 .tflite gzip: {c['float32_gzip_bytes']:,} B)",
+             f"- Weight sparsity in the .tflite: {100 * c['weight_sparsity']:.1f}%",
+             f"- TFLite sparse tensor encoding: {sparse['size_bytes']:,} B raw, "
+             f"{sparse['gzip_bytes']:,} B gzip, {sparse['sparse_tensors']} tensor(s) encoded",
+             "", "| op | weight shape | sparsity | unique int8 values | max unique per channel "
+             "| 2:4 |", "|---|---|---|---|---|---|"]
+    for w in c["weights"]:
+        two_four = {True: "yes", False: "no"}.get(w.get("two_four_compliant"), "–")
+        lines.append(f"| {w['op']} | {w['shape']} | {100 * w['sparsity']:.1f}% | "
+                     f"{w['unique_values']} | {w['max_unique_per_channel']} | {two_four} |")
+    return "\n".join(lines)
 
 
 def format_device_table(device: dict) -> str:
