@@ -18,14 +18,14 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, logging
 
 from pipelines.common import define
 
 _OUT = define("string", "out", None, "Output folder (default: bench_qat).")
 _DATA_DIR = define("string", "data_dir", "/usr/share/datasets/fashion-mnist",
                    "Fashion-MNIST IDX folder (apt-get install dataset-fashion-mnist).")
-_QAT_EPOCHS = flags.DEFINE_integer("qat_epochs", 2, "QAT epochs per variant.")
+_QAT_EPOCHS = define("integer", "qat_epochs", None, "QAT epochs per variant (default: 2).")
 _NUM_TRAIN_SAMPLES = define("integer", "num_train_samples", None,
                             "Train on at most this many samples (default: all 60,000).")
 
@@ -73,7 +73,7 @@ def main(argv) -> int:
         job = qat.QATJob(model=MODEL, train_data=train, eval_data=test,
                          out=os.path.join(out, name), scheme=scheme, strategy=strategy,
                          teacher=MODEL if strategy == "distill" else None,
-                         epochs=1 if strategy == "statistics" else _QAT_EPOCHS.value,
+                         epochs=1 if strategy == "statistics" else (_QAT_EPOCHS.value or 2),
                          batch_size=128, learning_rate=rate, overrides=overrides,
                          num_train_samples=_NUM_TRAIN_SAMPLES.value, latency_runs=20, verbose=2)
         report = qat.run_qat_job(job)
@@ -100,7 +100,7 @@ def main(argv) -> int:
     }
     summary = {"benchmark": "qat", "machine": pipeline.machine_description(),
                "versions": pipeline.versions(), "model": MODEL, "evaluation_samples": 10000,
-               "qat_epochs": _QAT_EPOCHS.value, "results": results, "targets": TARGETS,
+               "qat_epochs": (_QAT_EPOCHS.value or 2), "results": results, "targets": TARGETS,
                "checks": checks}
     path = os.path.join(out, "benchmark_qat.json")
     write_atomic(path, to_json(summary))

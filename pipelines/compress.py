@@ -9,8 +9,8 @@
 
 Writes ``<model>_compressed_int8.tflite`` and report.json / report.md: accuracy against
 the float model, raw and gzip size, per-layer sparsity and unique int8 values read from
-the .tflite, 2:4 compliance, and the size with TFLite's sparse tensor encoding. Each stage
-(prune, cluster, QAT) trains ``--epochs`` epochs; progress per epoch.
+the .tflite, 2:4 compliance, and the size with TFLite's sparse tensor encoding. The prune
+and cluster stages train ``--epochs`` epochs, QAT ``--qat_epochs``; progress per epoch.
 Exit codes: 0 success; 2 bad input (nothing written).
 """
 
@@ -29,6 +29,8 @@ _TRAIN_DATA = define("string", "train_data", None, "Labelled training data (same
 _EVAL_DATA = define("string", "eval_data", None, "Labelled evaluation data.")
 _OUT = define("string", "out", None, "Output folder (default: tflq_compress).")
 _EPOCHS = define("integer", "epochs", 10, "Training epochs.")
+_QAT_EPOCHS = define("integer", "qat_epochs", None, "QAT epochs (default: --epochs, which "
+                     "counts the prune and cluster stages).")
 _BATCH_SIZE = define("integer", "batch_size", None, "Batch size (default: 64).")
 _LEARNING_RATE = define("float", "learning_rate", 1e-4, "Adam learning rate.")
 _QAT_LEARNING_RATE = flags.DEFINE_float("qat_learning_rate", None,
@@ -74,6 +76,7 @@ def main(argv) -> int:
             schedule=_SCHEDULE.value, structure=_STRUCTURE.value, clusters=_CLUSTERS.value,
             layers=_LAYERS.value, layer_types=tuple(_LAYER_TYPES.value),
             quantization=_QUANTIZATION.value, scheme=_SCHEME.value, epochs=_EPOCHS.value,
+            qat_epochs=_QAT_EPOCHS.value,
             batch_size=_BATCH_SIZE.value or 64, learning_rate=_LEARNING_RATE.value,
             qat_learning_rate=_QAT_LEARNING_RATE.value,
             num_train_samples=_NUM_TRAIN_SAMPLES.value,

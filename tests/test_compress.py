@@ -3,6 +3,7 @@ reading the int8 weights through the interpreter with numpy), size accounting, t
 bad input refused with nothing written."""
 
 import gzip
+import json
 import os
 import re
 
@@ -166,6 +167,7 @@ BAD_JOBS = {
     "unknown layer type": ({"layer_types": ("LSTM",)}, "each must be one of"),
     "zero epochs": ({"epochs": 0}, "epochs must be positive"),
     "bad learning rate": ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+    "zero qat epochs": ({"qat_epochs": 0}, "qat_epochs must be positive"),
 }
 
 
@@ -223,13 +225,15 @@ def test_cli_runs_the_chain_and_prints_the_accounting(capsys, files, tmp_path):
     code, out, err = run_cli(capsys, **base(
         files, tmp_path / "out", sparsity=0.5, schedule="polynomial", clusters=4,
         layers="^(second|logits)$", layer_types=["Conv2D", "Dense"], quantization="qat",
-        scheme="default_int8", learning_rate=1e-3, qat_learning_rate=1e-4,
+        scheme="default_int8", learning_rate=1e-3, qat_learning_rate=1e-4, qat_epochs=2,
         num_train_samples=96, num_calibration_samples=50, seed=1))
     assert code == 0, err
     assert "prune 50% (polynomial) → cluster k=4 → QAT (default_int8, structure preserved)" in out
     assert re.search(r"size [\d,]+ B, gzip [\d,]+ B", out)
     report = (tmp_path / "out" / "report.json").read_text()
     assert '"num_train_samples": 96' in report and '"seed": 1' in report
+    history = json.loads(report)["compression"]["history"]
+    assert [len(history[k]["loss"]) for k in ("prune", "cluster", "qat")] == [1, 1, 2]
     weights = tflite_weights(_only_tflite(tmp_path / "out"))
     for name, codes in weights.items():
         if codes.shape[-1] == 1:

@@ -54,7 +54,8 @@ class CompressJob:
       layer_types: layer class names to prune/cluster.
       quantization: ``qat`` (structure-preserving QAT) or ``ptq`` (the converter).
       scheme: QAT weight scheme (:data:`tflq.schemes.SCHEMES`); ``ptq`` uses TFLite's int8.
-      epochs: fine-tuning epochs of each stage (prune, cluster, QAT).
+      epochs: fine-tuning epochs of the prune and cluster stages.
+      qat_epochs: QAT epochs (None: ``epochs``).
     """
 
     model: str
@@ -70,6 +71,7 @@ class CompressJob:
     quantization: str = "qat"
     scheme: str = "default_int8"
     epochs: int = 2
+    qat_epochs: int | None = None
     batch_size: int = 64
     learning_rate: float = 1e-4
     qat_learning_rate: float | None = None
@@ -116,6 +118,8 @@ class CompressJob:
                 re.compile(self.layers)
             except re.error as e:
                 raise ValueError(f"layers {self.layers!r} is not a valid regex: {e}") from e
+        if self.qat_epochs is not None and self.qat_epochs < 1:
+            raise ValueError(f"qat_epochs must be positive. Received: {self.qat_epochs}")
         for name in ("epochs", "batch_size", "num_threads", "latency_runs",
                      "num_calibration_samples"):
             if getattr(self, name) < 1:
@@ -173,13 +177,13 @@ def select_layers(model, job: CompressJob) -> list:
 # stages
 # ---------------------------------------------------------------------------------------
 
-def _fit(model, x, y, job: CompressJob, callbacks, learning_rate):
+def _fit(model, x, y, job: CompressJob, callbacks, learning_rate, epochs=None):
     from tflq import qat
     from tflq.keras_compat import tf_keras
 
     trainer = qat.make_trainer(model)
     trainer.compile(optimizer=tf_keras.optimizers.Adam(learning_rate))
-    history = trainer.fit(x, y, epochs=job.epochs, batch_size=job.batch_size,
+    history = trainer.fit(x, y, epochs=epochs or job.epochs, batch_size=job.batch_size,
                           verbose=job.verbose,
                           callbacks=[tf_keras.callbacks.TerminateOnNaN(), *callbacks])
     losses = history.history.get("loss", [])
@@ -417,7 +421,8 @@ def run_compress_job(job: CompressJob) -> dict:
             keep = PreserveStructure(student, chosen if stages else set(), job.clusters_weights)
             keep.apply()  # BatchNorm folding rescaled channels; start exactly on the structure
             histories["qat"] = _fit(student, feed(x_train), y_train, job, [keep],
-                                    job.qat_learning_rate or job.learning_rate)
+                                    job.qat_learning_rate or job.learning_rate,
+                                    job.qat_epochs or job.epochs)
             content = qat.convert_qat(student, scratch)
 
             def make_converter():
