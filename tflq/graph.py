@@ -170,9 +170,11 @@ def _map_node(node, values: dict):
     return args, dict(zip(node.call_kwargs.keys(), kwargs, strict=True))
 
 
-def rebuild(model):
+def rebuild(model, split_also=frozenset()):
     """A copy of a Functional/Sequential tf_keras model with nested models inlined, non-fusable
     fused activations split off, and LayerNormalization decomposed (see module docstring).
+    ``split_also`` names more fused activations to split off (``{"sigmoid", "softmax"}``
+    gives their pre-activation tensors their own layer output, for calibration).
 
     Raises:
       ValueError: a nested subclassed model, or two inlined layers with the same name.
@@ -195,7 +197,8 @@ def rebuild(model):
         key = id(layer)
         if key in copies:
             return copies[key]
-        if needs_split(layer):
+        if needs_split(layer) or (type(layer).__name__ in _WEIGHT_LAYERS
+                                  and _activation_name(layer) in split_also):
             config = layer.get_config()
             activation = config["activation"]
             config["activation"] = "linear"

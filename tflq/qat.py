@@ -170,17 +170,13 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
         raise ValueError(f"QAT needs a Sequential or Functional tf_keras model. Received: "
                          f"{type(model).__name__} (subclassed models have no layer graph to "
                          "wrap: rebuild it with the Functional API).")
-    from tflq import graph
-
-    if graph.needs_rebuild(model):  # nested models, unfusable activations, LayerNormalization
-        model = graph.rebuild(model)
+    model = prepare(model)
     schemes.check_overrides(model.layers, overrides)
     schemes.activation_quantizer(activation_ranges, range_k)  # checks the arguments
 
     def make_activation():
         return schemes.activation_quantizer(activation_ranges, range_k)
 
-    model = fold_batch_norms(replace_scalar_op_lambdas(model))
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
     def clone(layer):
@@ -209,6 +205,16 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
                 raise RuntimeError(f"QAT clone lost variable {variable.name!r}.")
             variable.assign(source[key])
     return result
+
+
+def prepare(model):
+    """The float graph :func:`quantize_model` wraps, layer for layer (same names): rebuilt
+    (:func:`tflq.graph.rebuild`), scalar TFOpLambda ops replaced, BatchNorm folded."""
+    from tflq import graph
+
+    if graph.needs_rebuild(model):  # nested models, unfusable activations, LayerNormalization
+        model = graph.rebuild(model)
+    return fold_batch_norms(replace_scalar_op_lambdas(model))
 
 
 _FOLDABLE = {"Conv2D", "DepthwiseConv2D", "Dense", "Conv2DTranspose"}
