@@ -1,0 +1,130 @@
+"""Cross-layer equalization keeps the float function and evens out channel ranges; bias
+correction removes the mean output shift weight quantization causes; TFLite's own int8
+weights are the reference for the weight quantizer."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from tflq import equalize
+from tflq.keras_compat import tf_keras
+
+L = tf_keras.layers
+RTOL = 1e-4  # the issue's float-equality bound for equalization
+
+
+def _block(relu6=False):
+    tf_keras.utils.set_random_seed(0)
+    relu = (lambda: L.ReLU(6.0)) if relu6 else L.ReLU
+    inp = L.Input((16, 16, 3))
+    x = L.Conv2D(16, 3, use_bias=False, name="c1")(inp)
+    x = relu()(L.BatchNormalization()(x))
+    x = L.DepthwiseConv2D(3, use_bias=False, name="dw")(x)
+    x = relu()(L.BatchNormalization()(x))
+    x = L.BatchNormalization()(L.Conv2D(8, 1, use_bias=False, name="c2")(x))
+    x = L.Conv2D(8, 1, activation="relu", name="c3")(x)
+    model = tf_keras.Model(inp, L.Dense(4)(L.GlobalAveragePooling2D()(x)))
+    rng = np.random.default_rng(0)
+    for w in model.weights:  # BatchNorms with very different channel scales
+        if "gamma" in w.name:
+            w.assign(rng.uniform(0.05, 5.0, w.shape))
+        elif "moving_variance" in w.name:
+            w.assign(rng.uniform(0.1, 3.0, w.shape))
+    return model
+
+
+def _x(n=32):
+    return np.random.default_rng(1).normal(size=(n, 16, 16, 3)).astype(np.float32)
+
+
+def _with_quantized_weights(model):
+    copy = tf_keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for layer in copy.layers:
+        if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D"):
+            w = layer.get_weights()
+            layer.set_weights([equalize.quantize_weights(w[0], type(layer).__name__, False),
+                               *w[1:]])
+    return copy
+
+
+def _spread(layer):
+    r = equalize._out_ranges(layer)
+    return r.min() / r.max()
+
+
+def test_equalization_keeps_the_float_function_and_evens_ranges():
+    model = _block()
+    folded = equalize.equalize(model, iterations=0)[0]
+    equalized, pairs = equalize.equalize(model)
+    assert pairs == [("c1", "dw"), ("dw", "c2"), ("c2", "c3")]
+    x = _x()
+    a, b = model.predict(x, verbose=0), equalized.predict(x, verbose=0)
+    assert np.abs(a - b).max() <= RTOL * np.abs(a).max()
+    assert _spread(equalized.get_layer("c1")) > 2 * _spread(folded.get_layer("c1"))
+    # what it is for: per-tensor int8 weights hurt the equalized model much less
+    error = {name: np.mean((_with_quantized_weights(m).predict(x, verbose=0) - a) ** 2)
+             for name, m in (("folded", folded), ("equalized", equalized))}
+    assert error["equalized"] < 0.5 * error["folded"]
+    # after equalization each pair's channel ranges match: r1_i == r2_i
+    r1 = equalize._out_ranges(equalized.get_layer("c1"))
+    r2 = equalize._in_ranges(equalized.get_layer("dw"))
+    np.testing.assert_allclose(r1, r2, rtol=1e-2)
+
+
+def test_relu6_pairs_are_left_alone_unless_replaced_by_relu():
+    model = _block(relu6=True)
+    _, pairs = equalize.equalize(model)
+    assert pairs == [("c2", "c3")]  # the only pair without a ReLU6 between
+    replaced, pairs = equalize.equalize(model, relu6_as_relu=True)
+    assert len(pairs) == 3
+    assert not any(layer.get_config().get("max_value") == 6 for layer in replaced.layers)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_weight_quantizer_matches_the_converters_int8_weights(per_channel, tmp_path):
+    tf_keras.utils.set_random_seed(2)
+    inp = L.Input((6, 6, 3))
+    conv = L.Conv2D(5, 3)
+    model = tf_keras.Model(inp, conv(inp))
+    kernel = np.random.default_rng(3).normal(size=(3, 3, 3, 5)).astype(np.float32)
+    kernel[..., 0] *= 20.0  # one wide channel: per-tensor differs from per-channel
+    conv.set_weights([kernel, np.zeros(5, np.float32)])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    x = np.random.default_rng(4).normal(size=(20, 6, 6, 3)).astype(np.float32)
+    converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(20))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter._experimental_disable_per_channel = not per_channel
+    interp = Interpreter(model_content=converter.convert())
+    op = next(o for o in interp._get_ops_details() if o["op_name"] == "CONV_2D")
+    detail = interp.get_tensor_details()[int(op["inputs"][1])]
+    codes = interp.get_tensor(detail["index"]).astype(np.float64)
+    scales = np.asarray(detail["quantization_parameters"]["scales"])
+    deployed = codes * (scales.reshape(-1, 1, 1, 1) if scales.size > 1 else scales[0])
+    ours = equalize.quantize_weights(kernel, "Conv2D", per_channel).transpose(3, 0, 1, 2)
+    np.testing.assert_allclose(ours, deployed, rtol=1e-5, atol=1e-6)
+
+
+def test_bias_correction_removes_the_mean_shift_of_quantized_weights():
+    tf_keras.utils.set_random_seed(5)
+    inp = L.Input((8, 8, 4))
+    conv = L.Conv2D(6, 3, name="c")
+    model = tf_keras.Model(inp, conv(inp))
+    kernel = np.random.default_rng(6).normal(size=(3, 3, 4, 6)).astype(np.float32)
+    kernel[..., 0] *= 30.0
+    conv.set_weights([kernel, np.zeros(6, np.float32)])
+    x = np.random.default_rng(7).normal(1.0, 1.0, (64, 8, 8, 4)).astype(np.float32)
+    float_out = model.predict(x, verbose=0)
+
+    def quantized_output(bias):
+        q = tf_keras.Model(inp, L.Conv2D(6, 3)(inp))
+        q.layers[1].set_weights([equalize.quantize_weights(kernel, "Conv2D", False), bias])
+        return q.predict(x, verbose=0)
+
+    before = np.abs((quantized_output(np.zeros(6, np.float32)) - float_out).mean(axis=(0, 1, 2)))
+    shifts = equalize.bias_correct(model, lambda: iter([x[:32], x[32:]]), per_channel=False)
+    after = np.abs((quantized_output(conv.get_weights()[1]) - float_out).mean(axis=(0, 1, 2)))
+    assert set(shifts) == {"c"} and before.max() > 1e-3
+    assert after.max() < 1e-2 * before.max()
