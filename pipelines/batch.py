@@ -17,12 +17,12 @@ import sys
 
 from absl import app, flags
 
-from pipelines.common import define
+from pipelines.common import BACKEND_HELP, define
 
 _SPEC = flags.DEFINE_string("spec", None, "Job spec (.toml, or .yaml/.yml).")
 _OUT = define("string", "out", None, "Batch output folder (default: tflq_batch).")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Jobs run at once.")
-_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "ray"], "Where jobs run.")
+_BACKEND = define("string", "backend", None, BACKEND_HELP)
 _RAY_ADDRESS = flags.DEFINE_string(
     "ray_address", None, "Ray cluster: auto or HOST:PORT (default: start Ray on this machine).")
 _FORCE = flags.DEFINE_bool("force", False, "Rebuild jobs even when their cache matches.")
@@ -44,6 +44,9 @@ def main(argv) -> int:
             raise ValueError(f"--workers must be at least 1. Received: {_WORKERS.value}")
         if _TIMEOUT.value is not None and _TIMEOUT.value <= 0:
             raise ValueError(f"--timeout must be positive. Received: {_TIMEOUT.value}")
+        if (_BACKEND.value or "local") not in batch.BACKENDS:
+            raise ValueError(f"Unknown --backend {_BACKEND.value!r} for pipelines.batch. "
+                             f"Available: {list(batch.BACKENDS)}")
         from tflq.pipeline import check_output_dir
 
         check_output_dir(out)
@@ -59,7 +62,7 @@ def main(argv) -> int:
         def progress(items, total):
             return tqdm(items, total=total, desc="batch", unit="job")
 
-    result = batch.run_batch(spec, out, workers=_WORKERS.value, backend=_BACKEND.value,
+    result = batch.run_batch(spec, out, workers=_WORKERS.value, backend=_BACKEND.value or "local",
                              ray_address=_RAY_ADDRESS.value, force=_FORCE.value,
                              progress=progress)
     print(batch.format_summary(result))

@@ -26,3 +26,10 @@ def define(kind: str, name: str, default, help_text: str, **kwargs) -> flags.Fla
     holder = getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
     _DEFINED[name] = (kind, default)
     return holder
+
+
+# One --backend flag, two meanings (scripts share a process in tests): each script checks
+# its own values.
+BACKEND_HELP = ("pipelines.batch: where jobs run, local or ray (default local). "
+                "pipelines.convert: who quantizes, converter, litert (LiteRT Quantizer "
+                "--recipes) or both side by side (default converter).")

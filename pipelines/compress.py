@@ -32,7 +32,7 @@ _EPOCHS = define("integer", "epochs", 10, "Training epochs.")
 _QAT_EPOCHS = define("integer", "qat_epochs", None, "QAT epochs (default: --epochs, which "
                      "counts the prune and cluster stages).")
 _BATCH_SIZE = define("integer", "batch_size", None, "Batch size (default: 64).")
-_LEARNING_RATE = define("float", "learning_rate", 1e-4, "Adam learning rate.")
+_LEARNING_RATE = define("float", "learning_rate", 1e-4, "Adam learning rate.")  # cosine-decayed
 _QAT_LEARNING_RATE = flags.DEFINE_float("qat_learning_rate", None,
                                         "Adam learning rate of the QAT stage (default: "
                                         "--learning_rate).")

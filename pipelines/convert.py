@@ -3,6 +3,8 @@
   python -m pipelines.convert                      # the bundled Fashion-MNIST example
   python -m pipelines.convert --model m.keras --data calib.npz --eval_data eval.npz \
       --modes int8,float16 --out out/ --max_accuracy_drop 0.5
+  python -m pipelines.convert --backend both --modes int8 \
+      --recipes static_wi8_ai8,dynamic_wi4_afp32     # converter and LiteRT Quantizer side by side
 
 Exit codes: 0 success; 2 bad input (nothing written); 3 a quality gate failed (models and
 report written, the report says which gate).
@@ -15,7 +17,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pipelines.common import define
+from pipelines.common import BACKEND_HELP, define
 
 EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example")
 EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
@@ -34,6 +36,13 @@ _EVAL_DATA = define(
     "--data not drawn for calibration (the bundled evaluation slice for the example).")
 _MODES = flags.DEFINE_string("modes", ",".join(ALL_MODES), "Comma list of converter modes: "
                              + ", ".join(ALL_MODES) + ".")
+_BACKEND = define("string", "backend", None, BACKEND_HELP)
+BACKENDS = ("converter", "litert", "both")
+_RECIPES = flags.DEFINE_string(
+    "recipes", None, "Comma list of LiteRT Quantizer recipes for --backend litert/both "
+    "(default: static_wi8_ai8,dynamic_wi8_afp32,weight_only_wi8_afp32; also static_wi8_ai16, "
+    "dynamic_wi4_afp32, weight_only_wi4_afp32).")
+DEFAULT_RECIPES = "static_wi8_ai8,dynamic_wi8_afp32,weight_only_wi8_afp32"
 _OUT = define("string", "out", None, "Output folder for .tflite files and reports (default: tflq_out).")
 _NUM_CALIBRATION_SAMPLES = define(
     "integer", "num_calibration_samples", None,
@@ -87,9 +96,22 @@ def build_job():
             eval_data = eval_data or EXAMPLE_EVALUATION
     elif data is None:
         raise ValueError("--data is required when --model is given (calibration data).")
+    backend = _BACKEND.value or "converter"
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown --backend {backend!r} for pipelines.convert. "
+                         f"Available: {list(BACKENDS)}")
+    if backend == "converter" and _RECIPES.value:
+        raise ValueError("--recipes needs --backend litert or --backend both.")
+    if backend == "litert" and not flags.FLAGS["modes"].using_default_value:
+        raise ValueError("--modes picks converter modes; with --backend litert use --recipes "
+                         "(or --backend both for converter and LiteRT side by side).")
+    modes = ("float32",) if backend == "litert" else tuple(
+        m.value for m in tflq.parse_modes(_MODES.value))
+    recipes = () if backend == "converter" else tuple(
+        r.strip() for r in (_RECIPES.value or DEFAULT_RECIPES).split(",") if r.strip())
     return tflq.ConvertJob(
         model=model, data=data, eval_data=eval_data, out=_OUT.value or "tflq_out",
-        modes=tuple(m.value for m in tflq.parse_modes(_MODES.value)),
+        modes=modes, recipes=recipes,
         num_calibration_samples=_default(_NUM_CALIBRATION_SAMPLES.value, 500),
         num_eval_samples=_NUM_EVAL_SAMPLES.value, seed=_SEED.value,
         num_threads=_NUM_THREADS.value, batch_size=_default(_BATCH_SIZE.value, 256),

@@ -117,6 +117,17 @@ def test_bad_specs_exit_2_before_any_job(capsys, workdir, case):
     assert snapshot(workdir) == before and not os.path.exists(workdir / "out")
 
 
+def test_cli_refuses_an_unknown_backend(capsys, workdir):
+    spec = write_spec(workdir, '\n[[jobs]]\nmodel = "tiny.keras"\n')
+    before = snapshot(workdir)
+    with flagsaver.flagsaver(spec=spec, out=str(workdir / "out"), quiet=True,
+                             backend="litert"):
+        code = cli.main(["batch"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Unknown --backend 'litert' for pipelines.batch" in err
+    assert snapshot(workdir) == before and not os.path.exists(workdir / "out")
+
+
 def test_malformed_yaml_names_the_line(workdir):
     path = workdir / "jobs.yml"
     path.write_text("jobs:\n  - model: tiny.keras\n    modes: [int8\n")

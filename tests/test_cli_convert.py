@@ -258,6 +258,13 @@ BAD_CASES = {
     "zero threads": ({"num_threads": 0}, "num_threads must be a positive integer"),
     "zero calibration samples": ({"num_calibration_samples": 0}, "num_calibration_samples"),
     "negative gate": ({"max_accuracy_drop": -1.0}, "max_accuracy_drop must be >= 0"),
+    "unknown recipe": ({"backend": "litert", "modes": None, "recipes": "static_wi3"},
+                       "Unknown LiteRT recipe 'static_wi3'"),
+    "recipe twice": ({"backend": "both", "recipes": "static_wi8_ai8,static_wi8_ai8"},
+                     "lists a recipe twice"),
+    "recipes without litert": ({"recipes": "static_wi8_ai8"}, "--recipes needs --backend"),
+    "batch backend in convert": ({"backend": "ray"}, "Unknown --backend 'ray' for pipelines.convert"),
+    "modes with litert only": ({"backend": "litert"}, "with --backend litert use --recipes"),
 }
 
 
@@ -271,12 +278,48 @@ def test_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, tiny_keras_path,
               "modes": "int8"}
     flags_.update({k: v.format(tmp=tmp_path) if isinstance(v, str) else v
                    for k, v in overrides.items()})
+    flags_ = {k: v for k, v in flags_.items() if v is not None or k != "modes"}
     code, stdout, err = run_cli(capsys, **flags_)
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert re.search(message, err), err
     assert snapshot(tmp_path) == before_tree  # nothing written, nothing overwritten
     assert stdout == ""
+
+
+def test_litert_backend_beside_the_converter(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, stdout, err = run_cli(capsys, **tiny_files, out=out, backend="both", modes="int8",
+                                recipes="static_wi8_ai8,dynamic_wi4_afp32",
+                                num_calibration_samples=20)
+    assert code == 0, err
+    r = load_report(out)
+    assert [m["mode"] for m in r["modes"]] == ["int8", "litert:static_wi8_ai8",
+                                               "litert:dynamic_wi4_afp32"]
+    assert r["settings"]["litert_recipes"] == ["static_wi8_ai8", "dynamic_wi4_afp32"]
+    assert "| litert:static_wi8_ai8 |" in stdout
+    static = r["modes"][1]
+    assert static["float_ops"] == [] and "LiteRT Quantizer recipe" in static["notes"][0]
+    # the written file is what was validated: rerun it through the interpreter here
+    x = np.load(tiny_files["eval_data"])["x"]
+    labels = np.load(tiny_files["eval_data"])["y"]
+    interp = Interpreter(model_path=os.path.join(out, static["path"]))
+    runner = interp.get_signature_runner()
+    (in_scale, in_zero), (out_scale, out_zero) = (
+        runner.get_input_details()["img"]["quantization"],
+        runner.get_output_details()["logits"]["quantization"])
+    codes = np.clip(np.round(x / in_scale) + in_zero, -128, 127).astype(np.int8)
+    logits = (runner(img=codes)["logits"].astype(np.float32) - out_zero) * out_scale
+    assert static["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+
+
+def test_litert_backend_alone_uses_the_default_recipes(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, backend="litert",
+                           num_calibration_samples=20)
+    assert code == 0, err
+    assert [m["mode"] for m in load_report(out)["modes"]] == [
+        "float32", "litert:static_wi8_ai8", "litert:dynamic_wi8_afp32", "litert:weight_only_wi8_afp32"]
 
 
 def test_stray_arguments_are_a_usage_error():

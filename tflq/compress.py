@@ -181,9 +181,14 @@ def _fit(model, x, y, job: CompressJob, callbacks, learning_rate, epochs=None):
     from tflq import qat
     from tflq.keras_compat import tf_keras
 
+    epochs = epochs or job.epochs
     trainer = qat.make_trainer(model)
-    trainer.compile(optimizer=tf_keras.optimizers.Adam(learning_rate))
-    history = trainer.fit(x, y, epochs=epochs or job.epochs, batch_size=job.batch_size,
+    # Cosine decay to 0 over the stage: a trained model is disturbed at the start (pruning
+    # steps, clustering) and settles at a small learning rate by the end.
+    steps = epochs * -(-len(y) // job.batch_size)
+    schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+    trainer.compile(optimizer=tf_keras.optimizers.Adam(schedule))
+    history = trainer.fit(x, y, epochs=epochs, batch_size=job.batch_size,
                           verbose=job.verbose,
                           callbacks=[tf_keras.callbacks.TerminateOnNaN(), *callbacks])
     losses = history.history.get("loss", [])

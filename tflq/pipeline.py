@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from importlib import metadata
 
 from tflq import calibration, metrics, options, report
@@ -46,6 +47,8 @@ class ConvertJob:
       data_options: normalization/resizing of image data.
       gates: quality gates.
       progress: show progress bars on stderr.
+      recipes: LiteRT Quantizer recipes (:data:`tflq.litert_backend.RECIPES`) applied to
+        the float32 .tflite, reported beside the converter modes as ``litert:<recipe>``.
     """
 
     model: str
@@ -63,9 +66,16 @@ class ConvertJob:
     data_options: calibration.DataOptions = calibration.DataOptions()
     gates: report.Gates = report.Gates()
     progress: bool = True
+    recipes: tuple[str, ...] = ()
 
     def __post_init__(self):
         options.parse_modes(list(self.modes))
+        from tflq import litert_backend
+
+        for recipe in self.recipes:
+            litert_backend.check_recipe(recipe)
+        if len(set(self.recipes)) != len(self.recipes):
+            raise ValueError(f"recipes lists a recipe twice: {list(self.recipes)}")
         for name in ("num_calibration_samples", "num_threads", "batch_size", "latency_runs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -85,6 +95,7 @@ class ConvertJob:
     def from_dict(cls, data: dict) -> ConvertJob:
         data = dict(data)
         data["modes"] = tuple(data["modes"])
+        data["recipes"] = tuple(data.get("recipes", ()))
         data["convert_options"] = options.ConvertOptions(**data["convert_options"])
         image_size = data["data_options"].get("image_size")
         data["data_options"] = calibration.DataOptions(
@@ -96,6 +107,7 @@ class ConvertJob:
     def settings(self) -> dict:
         return {
             "modes": list(self.modes),
+            "litert_recipes": list(self.recipes),
             "num_calibration_samples": self.num_calibration_samples,
             "num_eval_samples": self.num_eval_samples,
             "seed": self.seed,
@@ -197,6 +209,14 @@ def _prepare_data(job: ConvertJob, model):
     return calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats
 
 
+@dataclasses.dataclass(frozen=True)
+class _RecipeMode:
+    """A LiteRT recipe in the place of a converter :class:`tflq.options.Mode`."""
+
+    value: str
+    needs_calibration: bool = False
+
+
 def run_job(job: ConvertJob) -> JobResult:
     """Runs one conversion job end to end and writes its outputs.
 
@@ -226,6 +246,17 @@ def run_job(job: ConvertJob) -> JobResult:
                 model, mode, scratch,
                 representative=representative if mode.needs_calibration else None,
                 options=job.convert_options)
+        float_content = conversions[options.Mode.FLOAT32].content
+        for recipe in job.recipes:  # LiteRT Quantizer on the float .tflite
+            from tflq import litert_backend
+
+            start = time.perf_counter()
+            content = litert_backend.quantize(float_content, recipe, representative)
+            mode = _RecipeMode(f"litert:{recipe}")
+            conversions[mode] = converter.Conversion(
+                mode=mode, content=content, float_ops=tuple(converter.find_float_ops(content)),
+                seconds=time.perf_counter() - start)
+            modes = [*modes, mode]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     float_size = len(conversions[options.Mode.FLOAT32].content)
@@ -247,9 +278,13 @@ def run_job(job: ConvertJob) -> JobResult:
         if result["accuracy"] is not None and float_result["accuracy"] is not None:
             drop = 100.0 * (float_result["accuracy"] - result["accuracy"])
         notes = [report.MODE_NOTES[mode.value]] if mode.value in report.MODE_NOTES else []
+        if mode.value.startswith("litert:"):
+            from tflq.litert_backend import RECIPES
+
+            notes = [f"LiteRT Quantizer recipe: {RECIPES[mode.value[len('litert:'):]][1]}"]
         mode_rows.append({
             "mode": mode.value,
-            "path": f"{stem}_{mode.value}.tflite",
+            "path": f"{stem}_{mode.value.replace(':', '_')}.tflite",
             "size_bytes": len(conv.content),
             "size_ratio": len(conv.content) / float_size,
             "float_ops": list(conv.float_ops),
@@ -290,7 +325,8 @@ def run_job(job: ConvertJob) -> JobResult:
         "gates": {**job.gates.to_dict(), "passed": not failures, "failures": failures},
     }
     files = _write_outputs(job.out, full_report, {
-        row["path"]: conversions[options.Mode(row["mode"])].content for row in mode_rows})
+        row["path"]: conv.content for row, conv in zip(
+            mode_rows, (conversions[m] for m in modes), strict=True)})
     return JobResult(report=full_report, files=tuple(files),
                      exit_code=EXIT_GATE if failures else EXIT_OK,
                      gate_failures=tuple(failures))
