@@ -36,6 +36,8 @@ _LEARNING_RATE = define("float", "learning_rate", 1e-4, "Adam learning rate.")  
 _QAT_LEARNING_RATE = flags.DEFINE_float("qat_learning_rate", None,
                                         "Adam learning rate of the QAT stage (default: "
                                         "--learning_rate).")
+_DISTILL = flags.DEFINE_bool("distill", False, "QAT stage also learns from the original float "
+                             "model as teacher (distillation).")
 _SPARSITY = flags.DEFINE_float("sparsity", 0.0, "Target fraction of zero weights in [0, 1) "
                                "(0: no pruning).")
 _SCHEDULE = flags.DEFINE_string("schedule", "constant", "Pruning schedule: constant or "
@@ -78,7 +80,7 @@ def main(argv) -> int:
             quantization=_QUANTIZATION.value, scheme=_SCHEME.value, epochs=_EPOCHS.value,
             qat_epochs=_QAT_EPOCHS.value,
             batch_size=_BATCH_SIZE.value or 64, learning_rate=_LEARNING_RATE.value,
-            qat_learning_rate=_QAT_LEARNING_RATE.value,
+            qat_learning_rate=_QAT_LEARNING_RATE.value, distill=_DISTILL.value,
             num_train_samples=_NUM_TRAIN_SAMPLES.value,
             num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value)
         result = compress.run_compress_job(job)

@@ -226,14 +226,17 @@ def test_cli_runs_the_chain_and_prints_the_accounting(capsys, files, tmp_path):
         files, tmp_path / "out", sparsity=0.5, schedule="polynomial", clusters=4,
         layers="^(second|logits)$", layer_types=["Conv2D", "Dense"], quantization="qat",
         scheme="default_int8", learning_rate=1e-3, qat_learning_rate=1e-4, qat_epochs=2,
+        distill=True,
         num_train_samples=96, num_calibration_samples=50, seed=1))
     assert code == 0, err
-    assert "prune 50% (polynomial) → cluster k=4 → QAT (default_int8, structure preserved)" in out
+    assert ("prune 50% (polynomial) → cluster k=4 → QAT (default_int8, structure preserved, "
+            "distilled from the float model)") in out
     assert re.search(r"size [\d,]+ B, gzip [\d,]+ B", out)
     report = (tmp_path / "out" / "report.json").read_text()
     assert '"num_train_samples": 96' in report and '"seed": 1' in report
     history = json.loads(report)["compression"]["history"]
     assert [len(history[k]["loss"]) for k in ("prune", "cluster", "qat")] == [1, 1, 2]
+    assert json.loads(report)["settings"]["distill"] is True
     weights = tflite_weights(_only_tflite(tmp_path / "out"))
     for name, codes in weights.items():
         if codes.shape[-1] == 1:

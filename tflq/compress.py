@@ -56,6 +56,8 @@ class CompressJob:
       scheme: QAT weight scheme (:data:`tflq.schemes.SCHEMES`); ``ptq`` uses TFLite's int8.
       epochs: fine-tuning epochs of the prune and cluster stages.
       qat_epochs: QAT epochs (None: ``epochs``).
+      distill: QAT learns from the original float model as teacher too
+        (:func:`tflq.qat.make_trainer`: α·CE + (1 − α)·T²·KL, α 0.5, T 4).
     """
 
     model: str
@@ -75,6 +77,7 @@ class CompressJob:
     batch_size: int = 64
     learning_rate: float = 1e-4
     qat_learning_rate: float | None = None
+    distill: bool = False
     num_train_samples: int | None = None
     num_calibration_samples: int = 500
     seed: int = 0
@@ -177,12 +180,12 @@ def select_layers(model, job: CompressJob) -> list:
 # stages
 # ---------------------------------------------------------------------------------------
 
-def _fit(model, x, y, job: CompressJob, callbacks, learning_rate, epochs=None):
+def _fit(model, x, y, job: CompressJob, callbacks, learning_rate, epochs=None, teacher=None):
     from tflq import qat
     from tflq.keras_compat import tf_keras
 
     epochs = epochs or job.epochs
-    trainer = qat.make_trainer(model)
+    trainer = qat.make_trainer(model, teacher)
     # Cosine decay to 0 over the stage: a trained model is disturbed at the start (pruning
     # steps, clustering) and settles at a small learning rate by the end.
     steps = epochs * -(-len(y) // job.batch_size)
@@ -427,13 +430,15 @@ def run_compress_job(job: CompressJob) -> dict:
             keep.apply()  # BatchNorm folding rescaled channels; start exactly on the structure
             histories["qat"] = _fit(student, feed(x_train), y_train, job, [keep],
                                     job.qat_learning_rate or job.learning_rate,
-                                    job.qat_epochs or job.epochs)
+                                    job.qat_epochs or job.epochs,
+                                    float_model.keras_model if job.distill else None)
             content = qat.convert_qat(student, scratch)
 
             def make_converter():
                 return wrap_model(student, "qat").make_converter(scratch)
 
-            stages.append(f"QAT ({job.scheme}, structure preserved)")
+            stages.append(f"QAT ({job.scheme}, structure preserved"
+                          f"{', distilled from the float model' if job.distill else ''})")
         else:
             order = np.random.default_rng(job.seed).permutation(len(y_train))
             order = order[:job.num_calibration_samples]
