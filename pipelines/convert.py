@@ -28,8 +28,8 @@ ALL_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 _MODEL = define(
     "string", "model", None, "Model: .keras (Keras 3 or tf_keras), .h5, SavedModel folder, or "
     "package.module:function. Default: the bundled Fashion-MNIST CNN.")
-_DATA = flags.DEFINE_string(
-    "data", None, "Calibration data: .npz/.npy, IDX images file, image folder, or "
+_DATA = define(
+    "string", "data", None, "Calibration data: .npz/.npy, IDX images file, image folder, or "
     "package.module:function. Required with --model.")
 _EVAL_DATA = define(
     "string", "eval_data", None, "Evaluation data (same kinds as --data). Default: the samples of "

@@ -47,6 +47,8 @@ def test_bundled_example_matches_independent_evaluation(capsys, tmp_path):
     assert [m["mode"] for m in r["modes"]] == ["float32", "float16", "dynamic", "int8", "int16x8"]
     for key in ("tensorflow", "litert"):
         assert r["versions"][key]
+    assert r["preflight"] == []  # the bundled CNN quantizes well: nothing to warn about
+    assert "## Preflight\n\nNo findings" in open(os.path.join(out, "report.md")).read()
     # Independent reference: Keras on the raw IDX bytes, the interpreter on the written file.
     images = _read_idx(EXAMPLE_EVAL, 16).reshape(-1, 28, 28)[:300].astype(np.float32) / 255.0
     labels = _read_idx(EXAMPLE_EVAL.replace("images-idx3", "labels-idx1"), 8)[:300]

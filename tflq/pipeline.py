@@ -227,7 +227,7 @@ def run_job(job: ConvertJob) -> JobResult:
       ValueError: bad input of any kind; nothing has been written.
     """
     from tflq import convert as converter
-    from tflq import interpreter
+    from tflq import interpreter, preflight
     from tflq.keras_compat import load_model
 
     modes = options.parse_modes(list(job.modes))
@@ -323,6 +323,7 @@ def run_job(job: ConvertJob) -> JobResult:
         "float": {"accuracy": float_result["accuracy"], "float32_tflite_bytes": float_size},
         "modes": mode_rows,
         "gates": {**job.gates.to_dict(), "passed": not failures, "failures": failures},
+        "preflight": [f.to_dict() for f in preflight.static_findings(model)],
     }
     files = _write_outputs(job.out, full_report, {
         row["path"]: conv.content for row, conv in zip(

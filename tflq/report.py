@@ -179,6 +179,10 @@ def to_markdown(report: dict) -> str:
                 lines.append(f"| {w['layer']} | {w['weight']} | {w['shape']} | "
                              f"{w['max_abs_error']:.3g} | {_fmt(w['sqnr_db'], '.1f')} | "
                              f"{'yes' if w['exact'] else 'no'} |")
+    if "preflight" in report:
+        from tflq.preflight import format_findings
+
+        lines += ["", "## Preflight", "", format_findings(report["preflight"])]
     if "compression" in report:
         lines += ["", "## Compression", "", format_compression(report["compression"])]
     if "device" in report:

@@ -1,0 +1,84 @@
+"""Preflight: what in a model will hurt int8 quantization, before converting.
+
+  python -m pipelines.preflight --model m.keras                       # weights, ops
+  python -m pipelines.preflight --model m.keras --data calib.npz \\
+      --eval_data eval.npz --out preflight/                           # + activations, inputs
+
+Prints one row per finding (check, where, what, suggested fix); with --out also writes
+preflight.json and preflight.md. Exit codes: 0 (findings are advice, not failures);
+2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, logging
+
+from pipelines.common import define
+
+_MODEL = define("string", "model", None, "Model to check (.keras/.h5/SavedModel/"
+                "module:function).")
+_DATA = define("string", "data", None, "Calibration data: .npz/.npy, IDX images file, image "
+               "folder, or package.module:function. Required with --model.")
+_EVAL_DATA = define("string", "eval_data", None, "Labelled evaluation data.")
+_NUM_CALIBRATION_SAMPLES = define(
+    "integer", "num_calibration_samples", None,
+    "Calibration samples drawn from --data with --seed (default: 500).")
+_SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
+_OUT = define("string", "out", None, "Output folder for preflight.json/md (default: print "
+              "only).")
+
+
+def _arrays(spec, loaded, limit, seed):
+    import numpy as np
+
+    from tflq import calibration
+
+    source = calibration.open_data(spec, loaded.inputs)
+    indices = calibration.sample_indices(len(source), limit, seed)
+    parts = [batch for batch, _ in calibration.iter_batches(source, loaded.inputs, 256, indices)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    logging.set_verbosity(logging.WARNING)
+    from tflq import pipeline, preflight
+    from tflq.fileio import write_atomic
+    from tflq.keras_compat import load_model
+    from tflq.report import to_json
+
+    try:
+        if not _MODEL.value:
+            raise ValueError("--model is required.")
+        if _EVAL_DATA.value and not _DATA.value:
+            raise ValueError("--eval_data needs --data (the calibration data to compare with).")
+        if _OUT.value:
+            pipeline.check_output_dir(_OUT.value)
+        loaded = load_model(_MODEL.value)
+        limit = _NUM_CALIBRATION_SAMPLES.value or 500
+        calib = _arrays(_DATA.value, loaded, limit, _SEED.value) if _DATA.value else None
+        evaluation = (_arrays(_EVAL_DATA.value, loaded, None, _SEED.value)
+                      if _EVAL_DATA.value else None)
+        result = preflight.run(loaded, calib, evaluation)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = preflight.format_findings(result["findings"])
+    print(table)
+    if _OUT.value:
+        os.makedirs(_OUT.value, exist_ok=True)
+        report = {"model": _MODEL.value, "data": _DATA.value, "eval_data": _EVAL_DATA.value,
+                  **result}
+        write_atomic(os.path.join(_OUT.value, "preflight.json"), to_json(report))
+        write_atomic(os.path.join(_OUT.value, "preflight.md"),
+                     f"# tflq preflight: {_MODEL.value}\n\n{table}\n".encode())
+        print(f"\nwrote preflight.json and preflight.md to {os.path.abspath(_OUT.value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
