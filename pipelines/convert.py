@@ -59,6 +59,14 @@ _PER_TENSOR = flags.DEFINE_bool(
     "per_tensor", False, "int8 weights per tensor instead of per channel.")
 _ALLOW_FLOAT_OPS = flags.DEFINE_bool(
     "allow_float_ops", False, "Let int8/int16x8 keep ops without integer kernels in float.")
+_RANGE_ESTIMATOR = flags.DEFINE_enum(
+    "range_estimator", None, ["minmax", "percentile", "mse", "kl"],
+    "int8 activation ranges from tflq's estimators instead of the converter's min/max "
+    "(tf_keras models).")
+_PERCENTILE = flags.DEFINE_float("percentile", 99.99, "Percentile for "
+                                 "--range_estimator=percentile.")
+_EQUALIZE = flags.DEFINE_bool("equalize", False, "int8 after cross-layer equalization and bias "
+                              "correction (tf_keras models).")
 _NORMALIZE = flags.DEFINE_enum(
     "normalize", "0_1", ["0_1", "-1_1", "none"],
     "How IDX and image-folder pixels are scaled: x/255, x/127.5-1, or raw 0..255.")
@@ -118,7 +126,8 @@ def build_job():
         latency_runs=_default(_LATENCY_RUNS.value, 50),
         convert_options=tflq.ConvertOptions(
             integer_io=_INTEGER_IO.value, per_channel=not _PER_TENSOR.value,
-            allow_float_ops=_ALLOW_FLOAT_OPS.value),
+            allow_float_ops=_ALLOW_FLOAT_OPS.value, range_estimator=_RANGE_ESTIMATOR.value,
+            percentile=_PERCENTILE.value, equalize=_EQUALIZE.value),
         data_options=tflq.DataOptions(normalize=_NORMALIZE.value,
                                       image_size=parse_image_size(_IMAGE_SIZE.value)),
         gates=tflq.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,

@@ -238,6 +238,11 @@ def _bad_files(tmp_path, tiny_keras_path):
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8, 1), np.float32))
     np.savez(tmp_path / "unscaled.npz", x=x * 255.0)
     (tmp_path / "a_file").write_text("x")
+    import keras
+
+    k3 = keras.Sequential([keras.Input((8, 8, 1), name="img"), keras.layers.Flatten(),
+                           keras.layers.Dense(3, name="logits")])
+    k3.save(tmp_path / "k3.keras")
 
 
 BAD_CASES = {
@@ -266,6 +271,12 @@ BAD_CASES = {
                      "lists a recipe twice"),
     "recipes without litert": ({"recipes": "static_wi8_ai8"}, "--recipes needs --backend"),
     "batch backend in convert": ({"backend": "ray"}, "Unknown --backend 'ray' for pipelines.convert"),
+    "estimator with per-tensor": ({"range_estimator": "mse", "per_tensor": True},
+                                  "Range estimators calibrate through tflq's QAT graph"),
+    "bad percentile": ({"range_estimator": "percentile", "percentile": 30.0},
+                       r"percentile must be in \(50, 100\]"),
+    "estimator on a Keras 3 model": ({"model": "{tmp}/k3.keras", "range_estimator": "kl"},
+                                     "--range_estimator and --equalize need a tf_keras model"),
     "modes with litert only": ({"backend": "litert"}, "with --backend litert use --recipes"),
 }
 
@@ -287,6 +298,34 @@ def test_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, tiny_keras_path,
     assert re.search(message, err), err
     assert snapshot(tmp_path) == before_tree  # nothing written, nothing overwritten
     assert stdout == ""
+
+
+@pytest.mark.parametrize("extra, note", [
+    ({"range_estimator": "percentile", "percentile": 99.9}, "activation ranges: percentile"),
+    ({"equalize": True, "per_tensor": True}, "cross-layer equalization and bias correction"),
+    ({"range_estimator": "mse", "equalize": True, "integer_io": True}, "activation ranges: mse"),
+])
+def test_tflq_calibration_flags(capsys, tmp_path, tiny_files, extra, note):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="int8",
+                           num_calibration_samples=40, **extra)
+    assert code == 0, err
+    r = load_report(out)
+    row = r["modes"][0]
+    assert any(n.startswith(note) for n in row["notes"]), row["notes"]
+    assert row["float_ops"] == [] and row["top1_agreement"] >= 0.9
+    assert r["settings"]["range_estimator"] == extra.get("range_estimator")
+    assert r["settings"]["equalize"] is bool(extra.get("equalize"))
+    # the file written is the one validated: its logits agree with the report's accuracy
+    x, labels = np.load(tiny_files["eval_data"])["x"], np.load(tiny_files["eval_data"])["y"]
+    runner = Interpreter(model_path=os.path.join(out, row["path"])).get_signature_runner()
+    detail = runner.get_input_details()["img"]
+    feed = x
+    if detail["dtype"] == np.int8:
+        scale, zero = detail["quantization"]
+        feed = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
+    logits = runner(img=feed)["logits"]
+    assert row["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
 
 
 def test_litert_backend_beside_the_converter(capsys, tmp_path, tiny_files):

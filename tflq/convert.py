@@ -88,17 +88,20 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     """
     mode = Mode(mode) if not isinstance(mode, Mode) else mode
     options = options or ConvertOptions()
-    converter = model.make_converter(workdir)
-    _configure(converter, mode, options, representative)
     start = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            # Raised inside the converter's own calibrator, not actionable for our users.
-            for message in _CONVERTER_NOISE:
-                warnings.filterwarnings("ignore", message=message)
-            content = converter.convert()
-    except Exception as e:  # ConverterError, and ValueError from a failing generator
-        raise ValueError(_conversion_error(mode, e, options)) from e
+    if mode == Mode.INT8 and (options.range_estimator or options.equalize):
+        content = _convert_calibrated(model, options, representative, workdir)
+    else:
+        converter = model.make_converter(workdir)
+        _configure(converter, mode, options, representative)
+        try:
+            with warnings.catch_warnings():
+                # Raised inside the converter's own calibrator, not actionable for our users.
+                for message in _CONVERTER_NOISE:
+                    warnings.filterwarnings("ignore", message=message)
+                content = converter.convert()
+        except Exception as e:  # ConverterError, and ValueError from a failing generator
+            raise ValueError(_conversion_error(mode, e, options)) from e
     seconds = time.perf_counter() - start
     float_ops = tuple(find_float_ops(content))
     if mode.integer_only and float_ops and not options.allow_float_ops:
@@ -108,6 +111,52 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
             "Pass allow_float_ops (--allow_float_ops) to accept them."
         )
     return Conversion(mode=mode, content=content, float_ops=float_ops, seconds=seconds)
+
+
+def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representative,
+                        workdir: str) -> bytes:
+    """int8 with tflq's calibration: cross-layer equalization + bias correction and/or a
+    range estimator (ranges set in tflq's QAT graph, converted from its FakeQuant ops)."""
+    import numpy as np
+
+    from tflq import equalize, qat, ranges
+    from tflq.keras_compat import tf_keras, wrap_model
+
+    keras = model.keras_model
+    if model.flavor != "tf_keras" or not isinstance(keras, tf_keras.Model):
+        raise ValueError(f"--range_estimator and --equalize need a tf_keras model; "
+                         f"{model.source!r} is {model.flavor}.")
+    if representative is None:
+        raise ValueError("int8 needs calibration data.")
+    samples = list(representative())
+    names = model.input_names
+    stacked = [{n: np.concatenate([s[n] for s in samples[i:i + 64]]) for n in names}
+               for i in range(0, len(samples), 64)]
+
+    def batches():
+        return iter([b if len(names) > 1 else b[names[0]] for b in stacked])
+
+    if options.equalize:
+        keras, _ = equalize.equalize(keras)
+        equalize.bias_correct(keras, batches, per_channel=options.per_channel)
+    if options.range_estimator:
+        calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
+                                                options.percentile)
+        # Wrapped layers are named quant_<name>: an identity per output restores the
+        # model's own output names in the .tflite signature.
+        renamed = tf_keras.Model(calibrated.inputs, [
+            tf_keras.layers.Activation("linear", name=name)(tensor)
+            for tensor, name in zip(calibrated.outputs, keras.output_names, strict=True)])
+        return qat.convert_qat(renamed, workdir, integer_io=options.integer_io)
+    converter = wrap_model(keras, model.source).make_converter(workdir)
+    _configure(converter, Mode.INT8, options, representative)
+    try:
+        with warnings.catch_warnings():
+            for message in _CONVERTER_NOISE:
+                warnings.filterwarnings("ignore", message=message)
+            return converter.convert()
+    except Exception as e:
+        raise ValueError(_conversion_error(Mode.INT8, e, options)) from e
 
 
 def _conversion_error(mode: Mode, error: Exception, options: ConvertOptions) -> str:

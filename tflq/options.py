@@ -52,11 +52,33 @@ class ConvertOptions:
       integer_io: int8 (int16 for ``int16x8``) model input/output instead of float32.
       per_channel: per-channel weight scales for ``int8`` (the TFLite default).
       allow_float_ops: let ``int8``/``int16x8`` keep ops without integer kernels in float.
+      range_estimator: ``int8`` activation ranges from :mod:`tflq.ranges` (``minmax``,
+        ``percentile``, ``mse``, ``kl``) instead of the converter's min/max; None: the
+        converter's own calibration.
+      percentile: for ``range_estimator="percentile"``.
+      equalize: ``int8`` after cross-layer equalization and bias correction
+        (:mod:`tflq.equalize`).
     """
 
     integer_io: bool = False
     per_channel: bool = True
     allow_float_ops: bool = False
+    range_estimator: str | None = None
+    percentile: float = 99.99
+    equalize: bool = False
+
+    def __post_init__(self):
+        if self.range_estimator is not None:
+            from tflq.ranges import ESTIMATORS
+
+            if self.range_estimator not in ESTIMATORS:
+                raise ValueError(f"Unknown range estimator {self.range_estimator!r}. "
+                                 f"Available: {list(ESTIMATORS)}")
+            if not self.per_channel:
+                raise ValueError("Range estimators calibrate through tflq's QAT graph, which "
+                                 "has per-channel weights: drop --per_tensor or the estimator.")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100]. Received: {self.percentile}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -278,6 +278,11 @@ def run_job(job: ConvertJob) -> JobResult:
         if result["accuracy"] is not None and float_result["accuracy"] is not None:
             drop = 100.0 * (float_result["accuracy"] - result["accuracy"])
         notes = [report.MODE_NOTES[mode.value]] if mode.value in report.MODE_NOTES else []
+        if mode.value == "int8" and job.convert_options.equalize:
+            notes.append("cross-layer equalization and bias correction before quantizing")
+        if mode.value == "int8" and job.convert_options.range_estimator:
+            notes.append(f"activation ranges: {job.convert_options.range_estimator} estimator "
+                         "(tflq.ranges), converted through tflq's QAT graph")
         if mode.value.startswith("litert:"):
             from tflq.litert_backend import RECIPES
 

@@ -12,7 +12,9 @@ Estimators work on a histogram of one tensor's values over the representative da
 * ``kl``: TensorRT's entropy calibration: the threshold whose 8-bit quantized distribution
   is closest in KL divergence to the observed one (on |x|; on x for non-negative tensors).
 
-Every range contains 0 (TFLite's int8 spec needs a zero point inside the range).
+Every range contains 0 (TFLite's int8 spec needs a zero point inside the range). Model
+inputs and outputs always keep their min/max range (:func:`calibrated_model`): clipping
+them changes what the model sees or says, not just its resolution.
 
 The ranges reach the .tflite through tflq's QAT graph (:func:`calibrated_model`): the
 model is wrapped with :func:`tflq.qat.quantize_model`, every activation quantizer's
@@ -135,13 +137,16 @@ def _kl(hist: Histogram) -> tuple[float, float]:
     lo, hi = hist.observed
     if lo >= 0:  # non-negative (ReLU outputs): all 256 levels on [0, T]
         start = int(round(-hist.lo / (hist.hi - hist.lo) * hist.counts.size))
-        counts = hist.counts[start:]
+        counts = hist.counts[start:].copy()
+        counts[0] = 0.0  # exact zeros (ReLU) are represented exactly; their spike would
+        # otherwise dominate the divergence and clip the range far too tightly
         return 0.0, _kl_threshold(counts, hist.hi, min(_LEVELS, counts.size))
     # signed: a symmetric threshold on |x| with 128 levels per side
     centers = hist.centers
     magnitude = max(-hist.lo, hist.hi)
     folded, _ = np.histogram(np.abs(centers), bins=hist.counts.size // 2, range=(0, magnitude),
                              weights=hist.counts)
+    folded[0] = 0.0
     threshold = _kl_threshold(folded, magnitude, min(_LEVELS // 2, folded.size))
     return max(lo, -threshold), min(hi, threshold)
 
@@ -256,7 +261,11 @@ def calibrated_model(model, batches, estimator: str, percentile: float = 99.99,
             tensor = f"{base}_activation" if f"{base}_activation" in layer_names else base
         targets.append((low, high, tensor))
     hists = collect(float_graph, batches, sorted({t for _, _, t in targets}), bins)
-    ranges = {name: estimate(h, estimator, percentile) for name, h in hists.items()}
+    # Model inputs and outputs keep their full observed range: clipping the input or the
+    # logits changes what the model sees or says, not just its resolution.
+    edges = {n for n in hists if n.startswith("input:")} | set(float_graph.output_names)
+    ranges = {name: estimate(h, "minmax" if name in edges else estimator, percentile)
+              for name, h in hists.items()}
     for low, high, tensor in targets:
         lo, hi = ranges[tensor]
         low.assign(np.full(low.shape, lo, np.float32))
