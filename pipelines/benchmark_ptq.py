@@ -30,7 +30,7 @@ _OUT = define("string", "out", None, "Output folder for JSON, models and reports
 _DATA_DIR = define("string", "data_dir", "/usr/share/datasets/fashion-mnist",
                                 "Fashion-MNIST IDX folder (apt-get install dataset-fashion-mnist).")
 _EPOCHS = define("integer", "epochs", 10, "Training epochs for the benchmark CNN.")
-_RETRAIN = flags.DEFINE_bool("retrain", False, "Retrain even if a cached model exists.")
+_RETRAIN = define("bool", "retrain", False, "Retrain even if a cached model exists.")
 _NUM_CALIBRATION_SAMPLES = define("integer", "num_calibration_samples", None,
                                   "Calibration samples for the mode comparison (default: 1000).")
 _LATENCY_RUNS = define("integer", "latency_runs", None, "Timed runs per mode (default: 200).")
