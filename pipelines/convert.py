@@ -67,6 +67,10 @@ _PERCENTILE = flags.DEFINE_float("percentile", 99.99, "Percentile for "
                                  "--range_estimator=percentile.")
 _EQUALIZE = flags.DEFINE_bool("equalize", False, "int8 after cross-layer equalization and bias "
                               "correction (tf_keras models).")
+_SELECTIVE = flags.DEFINE_bool(
+    "selective", False, "int8 keeps the fewest most sensitive ops in float (TFLite's "
+    "QuantizationDebugger RMSE/scale) that bring the accuracy drop within --max_accuracy_drop; "
+    "if even all-float misses it, the best model is written and the gate exits 3.")
 _NORMALIZE = flags.DEFINE_enum(
     "normalize", "0_1", ["0_1", "-1_1", "none"],
     "How IDX and image-folder pixels are scaled: x/255, x/127.5-1, or raw 0..255.")
@@ -127,7 +131,8 @@ def build_job():
         convert_options=tflq.ConvertOptions(
             integer_io=_INTEGER_IO.value, per_channel=not _PER_TENSOR.value,
             allow_float_ops=_ALLOW_FLOAT_OPS.value, range_estimator=_RANGE_ESTIMATOR.value,
-            percentile=_PERCENTILE.value, equalize=_EQUALIZE.value),
+            percentile=_PERCENTILE.value, equalize=_EQUALIZE.value,
+            selective=_SELECTIVE.value),
         data_options=tflq.DataOptions(normalize=_NORMALIZE.value,
                                       image_size=parse_image_size(_IMAGE_SIZE.value)),
         gates=tflq.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,

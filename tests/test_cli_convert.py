@@ -275,6 +275,11 @@ BAD_CASES = {
                                   "Range estimators calibrate through tflq's QAT graph"),
     "bad percentile": ({"range_estimator": "percentile", "percentile": 30.0},
                        r"percentile must be in \(50, 100\]"),
+    "selective without a budget": ({"selective": True}, "--selective needs --max_accuracy_drop"),
+    "selective with integer io": ({"selective": True, "integer_io": True,
+                                   "max_accuracy_drop": 1.0}, "--selective works on"),
+    "selective without int8": ({"selective": True, "modes": "float16", "max_accuracy_drop": 1.0},
+                               "--selective needs the int8 mode"),
     "estimator on a Keras 3 model": ({"model": "{tmp}/k3.keras", "range_estimator": "kl"},
                                      "--range_estimator and --equalize need a tf_keras model"),
     "modes with litert only": ({"backend": "litert"}, "with --backend litert use --recipes"),
@@ -378,3 +383,48 @@ def test_module_runs_as_a_script(tmp_path):
     assert "error: Model path not found" in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_selective_quantization_keeps_the_fewest_ops_in_float(capsys, tmp_path):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, out=out, modes="int8", selective=True, max_accuracy_drop=0.0,
+                           num_calibration_samples=100, num_eval_samples=300)
+    assert code == 0, err
+    r = load_report(out)
+    sel, row = r["selective"], r["modes"][0]
+    assert sel["met"] and row["accuracy_drop_pp"] <= 0.0
+    k = len(sel["kept_float"])
+    assert len(row["float_ops"]) == k  # exactly the ops kept in float run in float
+    tried = {t["k"]: t["drop_pp"] for t in sel["trials"]}
+    assert tried[k] <= 0.0 and all(tried[j] > 0.0 for j in tried if j < k)  # fewest
+    ranked = [s["rmse_per_scale"] for s in sel["ranked"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert "## Selective quantization" in open(os.path.join(out, "report.md")).read()
+    # the written file is the selective model: rerun it and recompute the accuracy
+    images = _read_idx(EXAMPLE_EVAL, 16).reshape(-1, 28, 28)[:300].astype(np.float32) / 255.0
+    labels = _read_idx(EXAMPLE_EVAL.replace("images-idx3", "labels-idx1"), 8)[:300]
+    logits = Interpreter(model_path=os.path.join(out, row["path"])).get_signature_runner()(
+        image=images[..., None])["logits"]
+    assert row["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+
+
+def test_selective_search_reports_an_unreachable_budget():
+    from tflq import selective
+
+    ranked = [selective.Sensitivity("CONV_2D", f"t{i}", 10.0 - i) for i in range(5)]
+    drops = {0: 3.0, 1: 2.0, 2: 1.5, 4: 1.2, 5: 1.4}
+
+    class FakeDebugger:
+        pass
+
+    import tflq.selective as module
+
+    original = module.model_with_float
+    module.model_with_float = lambda debugger, tensors: bytes([len(tensors)])
+    try:
+        found = selective.search(FakeDebugger(), ranked, lambda content: drops[content[0]], 1.0)
+        assert not found["met"] and found["kept_float"] == ["t0", "t1", "t2", "t3"]  # best: 1.2
+        found = selective.search(FakeDebugger(), ranked, lambda content: drops[content[0]], 1.6)
+        assert found["met"] and found["kept_float"] == ["t0", "t1"]  # k=2: fewest under 1.6
+    finally:
+        module.model_with_float = original

@@ -58,6 +58,8 @@ class ConvertOptions:
       percentile: for ``range_estimator="percentile"``.
       equalize: ``int8`` after cross-layer equalization and bias correction
         (:mod:`tflq.equalize`).
+      selective: keep the fewest most sensitive ``int8`` ops in float that bring the
+        accuracy drop within the ``max_accuracy_drop`` gate (:mod:`tflq.selective`).
     """
 
     integer_io: bool = False
@@ -66,6 +68,7 @@ class ConvertOptions:
     range_estimator: str | None = None
     percentile: float = 99.99
     equalize: bool = False
+    selective: bool = False
 
     def __post_init__(self):
         if self.range_estimator is not None:
@@ -77,6 +80,9 @@ class ConvertOptions:
             if not self.per_channel:
                 raise ValueError("Range estimators calibrate through tflq's QAT graph, which "
                                  "has per-channel weights: drop --per_tensor or the estimator.")
+        if self.selective and (self.integer_io or self.range_estimator or self.equalize):
+            raise ValueError("--selective works on the converter's own int8 with float I/O: "
+                             "drop --integer_io, --range_estimator and --equalize.")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100]. Received: {self.percentile}")
 

@@ -259,6 +259,10 @@ def run_job(job: ConvertJob) -> JobResult:
             modes = [*modes, mode]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    selective = None
+    if job.convert_options.selective:
+        selective = _selective(job, model, conversions, representative, evaluation,
+                               eval_indices)
     float_size = len(conversions[options.Mode.FLOAT32].content)
     runners = {
         mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
@@ -283,6 +287,9 @@ def run_job(job: ConvertJob) -> JobResult:
         if mode.value == "int8" and job.convert_options.range_estimator:
             notes.append(f"activation ranges: {job.convert_options.range_estimator} estimator "
                          "(tflq.ranges), converted through tflq's QAT graph")
+        if mode.value == "int8" and selective is not None:
+            notes.append(f"selective: {len(selective['kept_float'])} most sensitive op(s) kept "
+                         f"in float ({'budget met' if selective['met'] else 'budget NOT met'})")
         if mode.value.startswith("litert:"):
             from tflq.litert_backend import RECIPES
 
@@ -330,12 +337,66 @@ def run_job(job: ConvertJob) -> JobResult:
         "gates": {**job.gates.to_dict(), "passed": not failures, "failures": failures},
         "preflight": [f.to_dict() for f in preflight.static_findings(model)],
     }
+    if selective is not None:
+        full_report["selective"] = {k: v for k, v in selective.items() if k != "content"}
     files = _write_outputs(job.out, full_report, {
         row["path"]: conv.content for row, conv in zip(
             mode_rows, (conversions[m] for m in modes), strict=True)})
     return JobResult(report=full_report, files=tuple(files),
                      exit_code=EXIT_GATE if failures else EXIT_OK,
                      gate_failures=tuple(failures))
+
+
+def _selective(job, model, conversions, representative, evaluation, eval_indices) -> dict:
+    """Replaces the int8 conversion with the selectively quantized model (see
+    :mod:`tflq.selective`); returns the search record."""
+    import dataclasses as dc
+
+    from tflq import convert as converter
+    from tflq import interpreter, selective
+
+    if options.Mode.INT8 not in conversions:
+        raise ValueError("--selective needs the int8 mode.")
+    budget = job.gates.max_accuracy_drop
+    if budget is None:
+        raise ValueError("--selective needs --max_accuracy_drop (the accuracy budget).")
+    scratch = tempfile.mkdtemp(prefix="tflq-selective-")
+    try:
+        conv = model.make_converter(scratch)
+        converter._configure(conv, options.Mode.INT8,
+                             dc.replace(job.convert_options, allow_float_ops=True,
+                                        selective=False), representative)
+        names = model.input_names
+
+        def debug_samples():
+            for i, sample in enumerate(representative()):
+                if i >= 64:
+                    break
+                yield [sample[n] for n in names]
+
+        debugger, ranked = selective.sensitivities(conv, debug_samples)
+
+        def drop_of(content: bytes) -> float:
+            runner = interpreter.TfliteModel(content, model.output_names,
+                                             num_threads=job.num_threads)
+            quiet = dc.replace(job, progress=False)
+            float_result, comparisons, _ = _evaluate(quiet, model, evaluation, eval_indices,
+                                                     {"candidate": runner})
+            accuracy = comparisons["candidate"].result()["accuracy"]
+            if accuracy is None or float_result["accuracy"] is None:
+                raise ValueError("--selective needs labelled evaluation data.")
+            return 100.0 * (float_result["accuracy"] - accuracy)
+
+        found = selective.search(debugger, ranked, drop_of, budget)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    content = found["content"]
+    conversions[options.Mode.INT8] = converter.Conversion(
+        mode=options.Mode.INT8, content=content,
+        float_ops=tuple(converter.find_float_ops(content)),
+        seconds=conversions[options.Mode.INT8].seconds)
+    found["ranked"] = [dc.asdict(s) for s in ranked]
+    return found
 
 
 def _evaluate(job, model, evaluation, eval_indices, runners):

@@ -183,6 +183,18 @@ def to_markdown(report: dict) -> str:
         from tflq.preflight import format_findings
 
         lines += ["", "## Preflight", "", format_findings(report["preflight"])]
+    if "selective" in report:
+        sel = report["selective"]
+        verdict = "met" if sel["met"] else ("NOT met, even with every ranked op in float; the "
+                                            "most accurate model tried is written")
+        lines += ["", "## Selective quantization", "",
+                  f"- Budget (max_accuracy_drop): {report['gates']['max_accuracy_drop']} pp: "
+                  f"{verdict}",
+                  f"- Kept in float ({len(sel['kept_float'])}): "
+                  + (", ".join(f"`{t}`" for t in sel["kept_float"]) or "none"),
+                  "", "| ops in float | accuracy drop pp | size bytes |", "|---|---|---|"]
+        lines += [f"| {t['k']} | {t['drop_pp']:+.2f} | {t['size_bytes']:,} |"
+                  for t in sel["trials"]]
     if "compression" in report:
         lines += ["", "## Compression", "", format_compression(report["compression"])]
     if "device" in report:
