@@ -400,6 +400,11 @@ def test_selective_quantization_keeps_the_fewest_ops_in_float(capsys, tmp_path):
     ranked = [s["rmse_per_scale"] for s in sel["ranked"]]
     assert ranked == sorted(ranked, reverse=True)
     assert "## Selective quantization" in open(os.path.join(out, "report.md")).read()
+    cost = sel["cost"]
+    assert cost["selective_bytes"] == row["size_bytes"]
+    sizes = {t["k"]: t["size_bytes"] for t in sel["trials"]}
+    assert cost["all_int8_bytes"] == sizes[0]
+    assert cost["all_int8_latency_ms"] > 0 and cost["selective_latency_ms"] > 0
     # the written file is the selective model: rerun it and recompute the accuracy
     images = _read_idx(EXAMPLE_EVAL, 16).reshape(-1, 28, 28)[:300].astype(np.float32) / 255.0
     labels = _read_idx(EXAMPLE_EVAL.replace("images-idx3", "labels-idx1"), 8)[:300]

@@ -391,6 +391,18 @@ def _selective(job, model, conversions, representative, evaluation, eval_indices
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     content = found["content"]
+    # What keeping ops in float costs: size and latency against the all-int8 model.
+    first = next(calibration.iter_batches(evaluation, model.inputs, 1, eval_indices[:1]))[0]
+    all_int8 = found.pop("all_int8_content")
+    latency = interpreter.measure_latency(
+        {"all_int8": interpreter.TfliteModel(all_int8, model.output_names,
+                                             num_threads=job.num_threads),
+         "selective": interpreter.TfliteModel(content, model.output_names,
+                                              num_threads=job.num_threads)},
+        first, runs=job.latency_runs)
+    found["cost"] = {"all_int8_bytes": len(all_int8), "selective_bytes": len(content),
+                     "all_int8_latency_ms": latency["all_int8"]["median"],
+                     "selective_latency_ms": latency["selective"]["median"]}
     conversions[options.Mode.INT8] = converter.Conversion(
         mode=options.Mode.INT8, content=content,
         float_ops=tuple(converter.find_float_ops(content)),

@@ -195,6 +195,12 @@ def to_markdown(report: dict) -> str:
                   "", "| ops in float | accuracy drop pp | size bytes |", "|---|---|---|"]
         lines += [f"| {t['k']} | {t['drop_pp']:+.2f} | {t['size_bytes']:,} |"
                   for t in sel["trials"]]
+        cost = sel.get("cost")
+        if cost:
+            lines += ["", f"Cost of the ops kept in float: {cost['selective_bytes']:,} B against "
+                      f"{cost['all_int8_bytes']:,} B all-int8; median batch-1 latency "
+                      f"{cost['selective_latency_ms']:.3f} ms against "
+                      f"{cost['all_int8_latency_ms']:.3f} ms (measured side by side)."]
     if "compression" in report:
         lines += ["", "## Compression", "", format_compression(report["compression"])]
     if "device" in report:

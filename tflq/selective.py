@@ -64,7 +64,8 @@ def search(debugger, ranked: list[Sensitivity], drop_of: Callable[[bytes], float
            budget: float) -> dict:
     """Fewest most-sensitive ops in float with ``drop_of(model) <= budget``.
 
-    Returns {"met", "kept_float": [tensor names], "content", "trials": [{k, drop}]}; when
+    Returns {"met", "kept_float": [tensor names], "content", "all_int8_content" (k = 0),
+    "trials": [{k, drop_pp, size_bytes}]}; when
     the budget cannot be met even with every ranked op in float, ``met`` is False and the
     most accurate model tried is returned.
     """
@@ -89,7 +90,7 @@ def search(debugger, ranked: list[Sensitivity], drop_of: Callable[[bytes], float
     if passing is None:
         best = min(cache, key=lambda j: cache[j][0])
         return {"met": False, "kept_float": [s.tensor for s in ranked[:best]],
-                "content": cache[best][1], "trials": trials}
+                "content": cache[best][1], "all_int8_content": cache[0][1], "trials": trials}
     low = max(0, passing // 2)  # the last failing k was passing // 2 (or 0)
     high = passing
     while high - low > 1:
@@ -101,4 +102,4 @@ def search(debugger, ranked: list[Sensitivity], drop_of: Callable[[bytes], float
     if low == 0 and trial(0) <= budget:
         high = 0
     return {"met": True, "kept_float": [s.tensor for s in ranked[:high]],
-            "content": cache[high][1], "trials": trials}
+            "content": cache[high][1], "all_int8_content": cache[0][1], "trials": trials}
