@@ -289,10 +289,3 @@ def rebuild(model, split_also=frozenset()):
         if weights:
             layer.set_weights(weights)
     return rebuilt
-
-
-def max_relative_difference(a, b) -> float:
-    """max |a − b| / max(|a|, tiny) over flattened outputs (for float-equality checks)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12))
-
