@@ -245,3 +245,27 @@ def test_cli_runs_the_chain_and_prints_the_accounting(capsys, files, tmp_path):
         per_channel = codes.reshape(codes.shape[0], -1)
         # sparsity-preserving clustering: zero plus at most 4 centroids per channel
         assert max(np.unique(row).size for row in per_channel) <= 5, name
+
+
+def test_preserve_structure_keeps_layer_wide_clusters_through_folding_scales():
+    inp = tf_keras.Input((3,))
+    model = tf_keras.Model(inp, L.Dense(2, name="d")(inp))
+    centroids = np.array([[0.5, -1.0], [-1.0, 0.0], [0.5, 0.5]], np.float32)  # 3 clusters
+    gain = np.array([2.0, 0.5], np.float32)          # a folded BatchNorm scale per channel
+    model.get_layer("d").set_weights([centroids * gain, np.zeros(2, np.float32)])
+    q = qat.quantize_model(model)
+    keep = compress.PreserveStructure(q, {"d"}, clusters=True, reference={"d": centroids})
+    variable = compress._kernel_variable(q.get_layer("quant_d"))
+    noise = np.array([[0.2, 0.1], [0.0, 0.3], [-0.2, 0.05]], np.float32)
+    variable.assign(centroids * gain + noise)
+    keep.apply()
+    unit = variable.numpy() / gain
+    # numpy reference: per cluster, the mean of (perturbed weight / its channel scale)
+    perturbed = (centroids * gain + noise) / gain
+    expected = centroids.copy()
+    for value in (0.5, -1.0):
+        members = (centroids == value)
+        expected[members] = perturbed[members].mean()
+    expected[centroids == 0] = 0.0  # the zero weight is pruned structure and stays 0
+    np.testing.assert_allclose(unit, expected, rtol=1e-5, atol=1e-6)
+    assert np.unique(np.round(unit, 6)).size <= 3  # layer-wide: one set for both channels

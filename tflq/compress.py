@@ -10,9 +10,9 @@ The chain (:func:`run_compress_job`):
    kept when the model was pruned), fine-tuned, stripped;
 3. **quantize**: ``ptq`` — the plain TFLite converter with calibration data; ``qat`` — tflq's
    QAT (:func:`tflq.qat.quantize_model`, any scheme) with the structure *preserved*: after
-   every training step pruned weights are set back to 0 and every clustered weight to the
-   mean of its cluster in its output channel (PQAT/CQAT; BatchNorm folding rescales each
-   output channel, so clusters are kept per channel);
+   every training step pruned weights are set back to 0 and every clustered weight to its
+   layer-wide cluster mean, measured in units of the weight's BatchNorm folding scale
+   (PQAT/CQAT);
 4. **validate and report**: accuracy of the int8 .tflite against the float model, and the
    size accounting of :func:`weight_stats` — raw and gzip size, per-layer sparsity and
    unique int8 values read from the .tflite itself, 2:4 compliance, and the size with
@@ -272,45 +272,55 @@ def _make_preserve_callback():
 
     class PreserveStructure(tf_keras.callbacks.Callback):
         """After every training step: pruned weights back to 0, clustered weights to the
-        mean of their cluster within their output channel (PQAT / CQAT).
+        mean of their cluster (PQAT / CQAT).
 
-        Structure is read from the kernels when the callback is made: zeros are the pruned
-        weights; with ``clusters``, the distinct values of each output channel are its
-        clusters.
+        Structure is read when the callback is made: zeros are the pruned weights. With
+        ``clusters`` and the layer's clustered kernel *before* BatchNorm folding in
+        ``reference``, clusters are layer-wide: each weight is the shared centroid times
+        its fixed folding scale (kernel / reference), so every channel keeps the same
+        centroids, as after tfmot's clustering. Without a reference, the distinct values
+        of each output channel are its clusters.
         """
 
-        def __init__(self, qat_model, names: set, clusters: bool):
+        def __init__(self, qat_model, names: set, clusters: bool, reference: dict | None = None):
             super().__init__()
             self.entries = []
+            reference = reference or {}
             for layer in qat_model.layers:
                 inner = getattr(layer, "layer", None)
                 variable = _kernel_variable(layer) if inner is not None else None
                 if variable is None or inner.name not in names:
                     continue
-                kernel = variable.numpy()
-                flat = kernel.reshape(-1, kernel.shape[-1])  # (weights per channel, channels)
-                mask = flat != 0
-                groups = None
-                if clusters:
+                kernel = variable.numpy().astype(np.float64)
+                mask = kernel != 0
+                ids, scale = None, np.ones_like(kernel)
+                if clusters and inner.name in reference and \
+                        reference[inner.name].shape == kernel.shape:
+                    base = reference[inner.name].astype(np.float64)
+                    scale = np.where(base != 0, kernel / np.where(base != 0, base, 1.0), 1.0)
+                    _, ids = np.unique(base, return_inverse=True)
+                    ids = ids.reshape(kernel.shape)
+                elif clusters:
+                    flat = kernel.reshape(-1, kernel.shape[-1])
                     groups = np.zeros(flat.shape, np.int64)
                     for c in range(flat.shape[1]):
                         _, groups[:, c] = np.unique(flat[:, c], return_inverse=True)
-                    groups = groups + np.arange(flat.shape[1]) * flat.shape[0]  # unique ids
-                self.entries.append((variable, kernel.shape, mask, groups))
+                    ids = (groups + np.arange(flat.shape[1]) * flat.shape[0]).reshape(kernel.shape)
+                self.entries.append((variable, mask, ids, scale))
 
         def on_train_batch_end(self, batch, logs=None):
             self.apply()
 
         def apply(self):
-            for variable, shape, mask, groups in self.entries:
-                flat = variable.numpy().reshape(-1, shape[-1])
-                if groups is not None:
-                    ids = groups.ravel()
-                    sums = np.bincount(ids, weights=flat.ravel().astype(np.float64),
-                                       minlength=flat.size)
-                    counts = np.bincount(ids, minlength=flat.size)
-                    flat = (sums / np.maximum(counts, 1))[groups].astype(flat.dtype)
-                variable.assign((flat * mask).reshape(shape))
+            for variable, mask, ids, scale in self.entries:
+                kernel = variable.numpy().astype(np.float64)
+                if ids is not None:
+                    unit = (kernel / scale).ravel()
+                    flat_ids = ids.ravel()
+                    sums = np.bincount(flat_ids, weights=unit, minlength=flat_ids.max() + 1)
+                    counts = np.bincount(flat_ids, minlength=flat_ids.max() + 1)
+                    kernel = (sums / np.maximum(counts, 1))[ids] * scale
+                variable.assign((kernel * mask).astype(np.float32))
 
     return PreserveStructure
 
@@ -426,7 +436,10 @@ def run_compress_job(job: CompressJob) -> dict:
     try:
         if job.quantization == "qat":
             student = qat.quantize_model(model, job.scheme)
-            keep = PreserveStructure(student, chosen if stages else set(), job.clusters_weights)
+            reference = {layer.name: layer.get_weights()[0] for layer in model.layers
+                         if layer.name in chosen and layer.get_weights()}
+            keep = PreserveStructure(student, chosen if stages else set(), job.clusters_weights,
+                                     reference)
             keep.apply()  # BatchNorm folding rescaled channels; start exactly on the structure
             histories["qat"] = _fit(student, feed(x_train), y_train, job, [keep],
                                     job.qat_learning_rate or job.learning_rate,
