@@ -23,6 +23,7 @@ import sys
 from absl import app, flags, logging
 
 from pipelines.common import define
+from pipelines.fashion_mnist import image_files
 
 _OUT = define("string", "out", None, "Output folder (default: bench_calibration).")
 _DATA_DIR = define("string", "data_dir", "/usr/share/datasets/fashion-mnist",
@@ -96,12 +97,11 @@ def main(argv) -> int:
     from tflq.report import to_json
 
     out = _OUT.value or "bench_calibration"
-    train_images = os.path.join(_DATA_DIR.value, "train-images-idx3-ubyte.gz")
-    test_images = os.path.join(_DATA_DIR.value, "t10k-images-idx3-ubyte.gz")
-    for path in (train_images, test_images):
-        if not os.path.exists(path):
-            print(f"error: Fashion-MNIST not found: {path}", file=sys.stderr)
-            return 2
+    try:
+        train_images, test_images = image_files(_DATA_DIR.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     os.makedirs(out, exist_ok=True)
     model_path = os.path.join(out, "mobilenetv2_fashion.keras")
     if _RETRAIN.value or not os.path.exists(model_path):

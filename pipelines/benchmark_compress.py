@@ -24,6 +24,7 @@ import sys
 from absl import app, flags, logging
 
 from pipelines.common import define
+from pipelines.fashion_mnist import image_files
 
 _OUT = define("string", "out", None, "Output folder (default: bench_compress).")
 _DATA_DIR = define("string", "data_dir", "/usr/share/datasets/fashion-mnist",
@@ -63,12 +64,11 @@ def main(argv) -> int:
     from tflq.report import to_json
 
     out = _OUT.value or "bench_compress"
-    train = os.path.join(_DATA_DIR.value, "train-images-idx3-ubyte.gz")
-    test = os.path.join(_DATA_DIR.value, "t10k-images-idx3-ubyte.gz")
-    for path in (train, test):
-        if not os.path.exists(path):
-            print(f"error: Fashion-MNIST not found: {path}", file=sys.stderr)
-            return 2
+    try:
+        train, test = image_files(_DATA_DIR.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     results = {}
     for name, settings in VARIANTS.items():
         job = compress.CompressJob(

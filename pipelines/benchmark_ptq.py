@@ -25,6 +25,7 @@ import time
 from absl import app, flags, logging
 
 from pipelines.common import define
+from pipelines.fashion_mnist import image_files
 
 _OUT = define("string", "out", None, "Output folder for JSON, models and reports (default: bench_ptq).")
 _DATA_DIR = define("string", "data_dir", "/usr/share/datasets/fashion-mnist",
@@ -182,14 +183,12 @@ def main(argv):
     from tflq import ConvertJob, pipeline
 
     out = _OUT.value or "bench_ptq"
+    try:
+        train_images, test_images = image_files(_DATA_DIR.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     os.makedirs(out, exist_ok=True)
-    train_images = os.path.join(_DATA_DIR.value, "train-images-idx3-ubyte.gz")
-    test_images = os.path.join(_DATA_DIR.value, "t10k-images-idx3-ubyte.gz")
-    for path in (train_images, test_images):
-        if not os.path.exists(path):
-            print(f"error: Fashion-MNIST not found: {path} "
-                  "(apt-get install -y dataset-fashion-mnist)", file=sys.stderr)
-            return 2
     model_path, model_info = _train_or_load(out, _DATA_DIR.value, _EPOCHS.value, _RETRAIN.value)
     job = ConvertJob(model=model_path, data=train_images, eval_data=test_images,
                      out=os.path.join(out, "modes"),

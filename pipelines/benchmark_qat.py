@@ -21,6 +21,7 @@ import sys
 from absl import app, logging
 
 from pipelines.common import define
+from pipelines.fashion_mnist import image_files
 
 _OUT = define("string", "out", None, "Output folder (default: bench_qat).")
 _DATA_DIR = define("string", "data_dir", "/usr/share/datasets/fashion-mnist",
@@ -52,12 +53,11 @@ def main(argv) -> int:
     from tflq.report import to_json
 
     out = _OUT.value or "bench_qat"
-    train = os.path.join(_DATA_DIR.value, "train-images-idx3-ubyte.gz")
-    test = os.path.join(_DATA_DIR.value, "t10k-images-idx3-ubyte.gz")
-    for path in (train, test):
-        if not os.path.exists(path):
-            print(f"error: Fashion-MNIST not found: {path}", file=sys.stderr)
-            return 2
+    try:
+        train, test = image_files(_DATA_DIR.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ptq = pipeline.run_job(ConvertJob(model=MODEL, data=train, eval_data=test,
                                       out=os.path.join(out, "ptq"), modes=("float32", "int8"),
                                       num_calibration_samples=1000, latency_runs=20,

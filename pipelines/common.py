@@ -28,6 +28,13 @@ def define(kind: str, name: str, default, help_text: str, **kwargs) -> flags.Fla
     return holder
 
 
+def require(**values) -> None:
+    """Raises ValueError naming the first flag (by keyword) whose value is missing."""
+    for name, value in values.items():
+        if not value:
+            raise ValueError(f"--{name} is required.")
+
+
 # One --backend flag, two meanings (scripts share a process in tests): each script checks
 # its own values.
 BACKEND_HELP = ("pipelines.batch: where jobs run, local or ray (default local). "

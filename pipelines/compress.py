@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pipelines.common import define
+from pipelines.common import define, require
 
 _MODEL = define("string", "model", None, "Float tf_keras model (.keras/.h5/SavedModel/"
                 "module:function); it must output logits.")
@@ -68,10 +68,7 @@ def main(argv) -> int:
     from tflq import compress, report
 
     try:
-        for flag, value in (("--model", _MODEL.value), ("--train_data", _TRAIN_DATA.value),
-                            ("--eval_data", _EVAL_DATA.value)):
-            if not value:
-                raise ValueError(f"{flag} is required.")
+        require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
         job = compress.CompressJob(
             model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
             out=_OUT.value or "tflq_compress", sparsity=_SPARSITY.value,

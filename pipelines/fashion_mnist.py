@@ -5,6 +5,22 @@ from __future__ import annotations
 import os
 
 
+def _missing(path: str) -> ValueError:
+    return ValueError(f"Fashion-MNIST file not found: {path!r}. "
+                      "Install it with: apt-get install -y dataset-fashion-mnist")
+
+
+def image_files(data_dir: str) -> tuple[str, str]:
+    """(train, test) images IDX paths of the Fashion-MNIST folder; raises ValueError (with
+    the install command) when either is missing. Labels are their sibling files."""
+    paths = tuple(os.path.join(data_dir, f"{split}-images-idx3-ubyte.gz")
+                  for split in ("train", "t10k"))
+    for path in paths:
+        if not os.path.exists(path):
+            raise _missing(path)
+    return paths
+
+
 def fashion_mnist(data_dir: str, split: str):
     """Returns (images uint8 (N, 28, 28), labels uint8 (N,)) for ``train`` or ``t10k``."""
     from tflq.calibration import read_idx
@@ -13,10 +29,7 @@ def fashion_mnist(data_dir: str, split: str):
     labels = os.path.join(data_dir, f"{split}-labels-idx1-ubyte.gz")
     for path in (images, labels):
         if not os.path.exists(path):
-            raise ValueError(
-                f"Fashion-MNIST file not found: {path!r}. "
-                "Install it with: apt-get install -y dataset-fashion-mnist"
-            )
+            raise _missing(path)
     return read_idx(images), read_idx(labels)
 
 

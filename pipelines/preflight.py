@@ -16,7 +16,7 @@ import sys
 
 from absl import app, logging
 
-from pipelines.common import define
+from pipelines.common import define, require
 
 _MODEL = define("string", "model", None, "Model to check (.keras/.h5/SavedModel/"
                 "module:function).")
@@ -31,37 +31,26 @@ _OUT = define("string", "out", None, "Output folder for preflight.json/md (defau
               "only).")
 
 
-def _arrays(spec, loaded, limit, seed):
-    import numpy as np
-
-    from tflq import calibration
-
-    source = calibration.open_data(spec, loaded.inputs)
-    indices = calibration.sample_indices(len(source), limit, seed)
-    parts = [batch for batch, _ in calibration.iter_batches(source, loaded.inputs, 256, indices)]
-    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
-
-
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     logging.set_verbosity(logging.WARNING)
-    from tflq import pipeline, preflight
+    from tflq import calibration, pipeline, preflight
     from tflq.fileio import write_atomic
     from tflq.keras_compat import load_model
     from tflq.report import to_json
 
     try:
-        if not _MODEL.value:
-            raise ValueError("--model is required.")
+        require(model=_MODEL.value)
         if _EVAL_DATA.value and not _DATA.value:
             raise ValueError("--eval_data needs --data (the calibration data to compare with).")
         if _OUT.value:
             pipeline.check_output_dir(_OUT.value)
         loaded = load_model(_MODEL.value)
         limit = _NUM_CALIBRATION_SAMPLES.value or 500
-        calib = _arrays(_DATA.value, loaded, limit, _SEED.value) if _DATA.value else None
-        evaluation = (_arrays(_EVAL_DATA.value, loaded, None, _SEED.value)
+        calib = (calibration.load_arrays(_DATA.value, loaded.inputs, limit, _SEED.value)[0]
+                 if _DATA.value else None)
+        evaluation = (calibration.load_arrays(_EVAL_DATA.value, loaded.inputs)[0]
                       if _EVAL_DATA.value else None)
         result = preflight.run(loaded, calib, evaluation)
     except ValueError as e:

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pipelines.common import define
+from pipelines.common import define, require
 
 _MODEL = define("string", "model", None, "Float tf_keras model to train (.keras/.h5/SavedModel/"
                 "module:function).")
@@ -58,10 +58,7 @@ def main(argv) -> int:
     from tflq import qat, report
 
     try:
-        for flag, value in (("--model", _MODEL.value), ("--train_data", _TRAIN_DATA.value),
-                            ("--eval_data", _EVAL_DATA.value)):
-            if not value:
-                raise ValueError(f"{flag} is required.")
+        require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
         try:
             overrides = tuple(json.loads(_OVERRIDES.value)) if _OVERRIDES.value else ()
         except json.JSONDecodeError as e:

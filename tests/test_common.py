@@ -1,5 +1,7 @@
 """Shared flag definitions across pipeline scripts."""
 
+import os
+
 import pytest
 from absl import flags
 
@@ -27,3 +29,21 @@ def test_every_pipeline_script_imports_into_one_process():
     for name in names:
         importlib.import_module(f"pipelines.{name}")
     assert {"convert", "batch", "qat", "device_benchmark"} <= set(names)
+
+
+def test_require_names_the_first_missing_flag():
+    common.require(model="m.keras", data="d.npz")
+    with pytest.raises(ValueError, match=r"^--train_data is required\.$"):
+        common.require(model="m.keras", train_data=None, eval_data=None)
+
+
+def test_fashion_mnist_image_files(tmp_path):
+    from conftest import fashion_file
+
+    from pipelines.fashion_mnist import image_files
+
+    train, test = image_files(os.path.dirname(fashion_file("train-images-idx3-ubyte.gz")))
+    assert train.endswith("train-images-idx3-ubyte.gz") and test.endswith(
+        "t10k-images-idx3-ubyte.gz") and os.path.exists(test)
+    with pytest.raises(ValueError, match="apt-get install -y dataset-fashion-mnist"):
+        image_files(str(tmp_path))

@@ -406,7 +406,7 @@ def run_compress_job(job: CompressJob) -> dict:
     import shutil
     import tempfile
 
-    from tflq import convert, interpreter, metrics, pipeline, qat, report
+    from tflq import calibration, convert, interpreter, metrics, pipeline, qat, report
     from tflq.fileio import write_atomic
     from tflq.keras_compat import load_model, tf, tf_keras, wrap_model
 
@@ -417,10 +417,10 @@ def run_compress_job(job: CompressJob) -> dict:
                          f"{float_model.flavor}.")
     model = float_model.keras_model
     chosen = {layer.name for layer in select_layers(model, job)}
-    x_train, y_train = qat._load_arrays(job.train_data, float_model.inputs,
-                                        job.num_train_samples, job.seed, "Training data")
-    x_eval, y_eval = qat._load_arrays(job.eval_data, float_model.inputs, None, job.seed,
-                                      "Evaluation data")
+    x_train, y_train = calibration.load_arrays(job.train_data, float_model.inputs,
+                                               job.num_train_samples, job.seed, "Training data")
+    x_eval, y_eval = calibration.load_arrays(job.eval_data, float_model.inputs, None, job.seed,
+                                             "Evaluation data")
     names = float_model.input_names
     feed = (lambda x: x[names[0]]) if len(names) == 1 else (lambda x: [x[n] for n in names])
     tf_keras.utils.set_random_seed(job.seed)
@@ -493,21 +493,12 @@ def run_compress_job(job: CompressJob) -> dict:
     weights = sum(row["weights"] for row in stats)
     zeros = sum(row["weights"] * row["sparsity"] for row in stats)
     stem = float_model.stem
-    row = {
-        "mode": "int8", "path": f"{stem}_compressed_int8.tflite", "size_bytes": len(content),
-        "size_ratio": len(content) / len(float32), "float_ops": float_ops,
-        "accuracy": result["accuracy"], "accuracy_drop_pp": 100 * (base - result["accuracy"]),
-        "top1_agreement": result["top1_agreement"], "sqnr_db": result["sqnr_db"],
-        "cosine": result["cosine"], "max_abs_error": result["max_abs_error"],
-        "latency_ms": latency["int8"], "conversion_seconds": None, "notes": stages,
-    }
+    row = report.mode_row("int8", f"{stem}_compressed_int8.tflite", content, len(float32),
+                          float_ops, result, base, latency["int8"], None, stages)
     full = {
         "schema_version": report.SCHEMA_VERSION, "versions": pipeline.versions(),
         "machine": pipeline.machine_description(),
-        "model": {"source": job.model, "flavor": float_model.flavor,
-                  "sha256": float_model.fingerprint(),
-                  "inputs": [s.to_dict() for s in float_model.inputs],
-                  "outputs": list(float_model.output_names)},
+        "model": report.model_section(float_model, job.model),
         "settings": dataclasses.asdict(job),
         "data": {"calibration": {"source": job.train_data, "num_samples": int(len(y_train))},
                  "evaluation": {"source": job.eval_data, "num_samples": int(len(y_eval)),

@@ -276,11 +276,7 @@ def run_job(job: ConvertJob) -> JobResult:
     stem = model.stem
     mode_rows = []
     for mode in modes:
-        result = comparisons[mode].result()
         conv = conversions[mode]
-        drop = None
-        if result["accuracy"] is not None and float_result["accuracy"] is not None:
-            drop = 100.0 * (float_result["accuracy"] - result["accuracy"])
         notes = [report.MODE_NOTES[mode.value]] if mode.value in report.MODE_NOTES else []
         if mode.value == "int8" and job.convert_options.equalize:
             notes.append("cross-layer equalization and bias correction before quantizing")
@@ -294,35 +290,17 @@ def run_job(job: ConvertJob) -> JobResult:
             from tflq.litert_backend import RECIPES
 
             notes = [f"LiteRT Quantizer recipe: {RECIPES[mode.value[len('litert:'):]][1]}"]
-        mode_rows.append({
-            "mode": mode.value,
-            "path": f"{stem}_{mode.value.replace(':', '_')}.tflite",
-            "size_bytes": len(conv.content),
-            "size_ratio": len(conv.content) / float_size,
-            "float_ops": list(conv.float_ops),
-            "accuracy": result["accuracy"],
-            "accuracy_drop_pp": drop,
-            "top1_agreement": result["top1_agreement"],
-            "sqnr_db": result["sqnr_db"],
-            "cosine": result["cosine"],
-            "max_abs_error": result["max_abs_error"],
-            "latency_ms": latency[mode.value],
-            "conversion_seconds": conv.seconds,
-            "notes": notes,
-        })
+        mode_rows.append(report.mode_row(
+            mode.value, f"{stem}_{mode.value.replace(':', '_')}.tflite", conv.content,
+            float_size, conv.float_ops, comparisons[mode].result(), float_result["accuracy"],
+            latency[mode.value], conv.seconds, notes))
     failures = job.gates.check(mode_rows)
     full_report = {
         "schema_version": report.SCHEMA_VERSION,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "machine": machine_description(),
-        "model": {
-            "source": job.model,
-            "flavor": model.flavor,
-            "sha256": model.fingerprint(),
-            "inputs": [s.to_dict() for s in model.inputs],
-            "outputs": list(model.output_names),
-        },
+        "model": report.model_section(model, job.model),
         "settings": job.settings(),
         "data": {
             "calibration": {"source": job.data, "num_samples": len(calib_indices),

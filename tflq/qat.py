@@ -521,21 +521,6 @@ def _distribution(name: str):
     return tf.distribute.get_strategy()
 
 
-def _load_arrays(source_spec, specs, limit, seed, what):
-    from tflq import calibration
-
-    source = calibration.open_data(source_spec, specs)
-    indices = calibration.sample_indices(len(source), limit, seed) if limit else None
-    xs, ys = [], []
-    for batch, labels in calibration.iter_batches(source, specs, 1024, indices):
-        if labels is None:
-            raise ValueError(f"{what} {source_spec!r} has no labels; QAT needs labelled data.")
-        xs.append(batch)
-        ys.append(labels)
-    x = {name: np.concatenate([b[name] for b in xs]) for name in xs[0]}
-    return x, np.concatenate(ys)
-
-
 def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> dict:
     """Runs a QAT job and writes the QAT model, the int8 .tflite and the reports.
 
@@ -551,7 +536,7 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> dict:
     import shutil
     import tempfile
 
-    from tflq import convert, interpreter, metrics, pipeline, report, schemes
+    from tflq import calibration, convert, interpreter, metrics, pipeline, report, schemes
     from tflq.fileio import write_atomic
     from tflq.keras_compat import load_model, tf_keras
 
@@ -571,10 +556,10 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> dict:
         teacher = teacher_model.keras_model
         check_teacher(teacher, float_model.keras_model)
     names = float_model.input_names
-    x_train, y_train = _load_arrays(job.train_data, float_model.inputs, job.num_train_samples,
-                                    job.seed, "Training data")
-    x_eval, y_eval = _load_arrays(job.eval_data, float_model.inputs, None, job.seed,
-                                  "Evaluation data")
+    x_train, y_train = calibration.load_arrays(job.train_data, float_model.inputs,
+                                               job.num_train_samples, job.seed, "Training data")
+    x_eval, y_eval = calibration.load_arrays(job.eval_data, float_model.inputs, None, job.seed,
+                                             "Evaluation data")
     feed = (lambda x: x[names[0]]) if len(names) == 1 else (lambda x: [x[n] for n in names])
     tf_keras.utils.set_random_seed(job.seed)
     scratch = tempfile.mkdtemp(prefix="tflq-qat-")
@@ -641,22 +626,12 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> dict:
         notes.append(f"{job.scheme} weights do not fit TFLite's int8 weight format: the converter "
                      "re-quantized them; the parity figures show what that cost")
     stem = float_model.stem
-    row = {
-        "mode": "int8", "path": f"{stem}_qat_int8.tflite", "size_bytes": len(content),
-        "size_ratio": len(content) / len(float32), "float_ops": float_ops,
-        "accuracy": float_result["accuracy"],
-        "accuracy_drop_pp": 100 * (base - float_result["accuracy"]),
-        "top1_agreement": float_result["top1_agreement"], "sqnr_db": float_result["sqnr_db"],
-        "cosine": float_result["cosine"], "max_abs_error": float_result["max_abs_error"],
-        "latency_ms": latency["int8"], "conversion_seconds": None, "notes": notes,
-    }
+    row = report.mode_row("int8", f"{stem}_qat_int8.tflite", content, len(float32), float_ops,
+                          float_result, base, latency["int8"], None, notes)
     full = {
         "schema_version": report.SCHEMA_VERSION, "versions": pipeline.versions(),
         "machine": pipeline.machine_description(),
-        "model": {"source": job.model, "flavor": float_model.flavor,
-                  "sha256": float_model.fingerprint(),
-                  "inputs": [s.to_dict() for s in float_model.inputs],
-                  "outputs": list(float_model.output_names)},
+        "model": report.model_section(float_model, job.model),
         "settings": {**dataclasses.asdict(job), "num_threads": job.num_threads,
                      "latency_runs": job.latency_runs},
         "data": {"calibration": {"source": job.train_data, "num_samples": int(len(y_train))},

@@ -63,6 +63,28 @@ class Gates:
         return failures
 
 
+def model_section(model, source: str) -> dict:
+    """report["model"]: what was converted (a :class:`tflq.keras_compat.LoadedModel`)."""
+    return {"source": source, "flavor": model.flavor, "sha256": model.fingerprint(),
+            "inputs": [s.to_dict() for s in model.inputs], "outputs": list(model.output_names)}
+
+
+def mode_row(mode: str, path: str, content: bytes, float_size: int, float_ops, result: dict,
+             float_accuracy: float | None, latency_ms: dict, seconds: float | None,
+             notes: list) -> dict:
+    """One report["modes"] row from a .tflite and its :meth:`tflq.metrics.Comparison.result`
+    against the float model (``float_accuracy`` None: no labels, no drop)."""
+    drop = None
+    if result["accuracy"] is not None and float_accuracy is not None:
+        drop = 100.0 * (float_accuracy - result["accuracy"])
+    return {"mode": mode, "path": path, "size_bytes": len(content),
+            "size_ratio": len(content) / float_size, "float_ops": list(float_ops),
+            "accuracy": result["accuracy"], "accuracy_drop_pp": drop,
+            "top1_agreement": result["top1_agreement"], "sqnr_db": result["sqnr_db"],
+            "cosine": result["cosine"], "max_abs_error": result["max_abs_error"],
+            "latency_ms": latency_ms, "conversion_seconds": seconds, "notes": notes}
+
+
 def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
