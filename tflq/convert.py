@@ -94,14 +94,7 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     else:
         converter = model.make_converter(workdir)
         _configure(converter, mode, options, representative)
-        try:
-            with warnings.catch_warnings():
-                # Raised inside the converter's own calibrator, not actionable for our users.
-                for message in _CONVERTER_NOISE:
-                    warnings.filterwarnings("ignore", message=message)
-                content = converter.convert()
-        except Exception as e:  # ConverterError, and ValueError from a failing generator
-            raise ValueError(_conversion_error(mode, e, options)) from e
+        content = _run_converter(converter, mode, options)
     seconds = time.perf_counter() - start
     float_ops = tuple(find_float_ops(content))
     if mode.integer_only and float_ops and not options.allow_float_ops:
@@ -150,13 +143,18 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         return qat.convert_qat(renamed, workdir, integer_io=options.integer_io)
     converter = wrap_model(keras, model.source).make_converter(workdir)
     _configure(converter, Mode.INT8, options, representative)
+    return _run_converter(converter, Mode.INT8, options)
+
+
+def _run_converter(converter, mode: Mode, options: ConvertOptions) -> bytes:
     try:
         with warnings.catch_warnings():
+            # Raised inside the converter's own calibrator, not actionable for our users.
             for message in _CONVERTER_NOISE:
                 warnings.filterwarnings("ignore", message=message)
             return converter.convert()
-    except Exception as e:
-        raise ValueError(_conversion_error(Mode.INT8, e, options)) from e
+    except Exception as e:  # ConverterError, and ValueError from a failing generator
+        raise ValueError(_conversion_error(mode, e, options)) from e
 
 
 def _conversion_error(mode: Mode, error: Exception, options: ConvertOptions) -> str:

@@ -99,7 +99,5 @@ def search(debugger, ranked: list[Sensitivity], drop_of: Callable[[bytes], float
             high = mid
         else:
             low = mid
-    if low == 0 and trial(0) <= budget:
-        high = 0
     return {"met": True, "kept_float": [s.tensor for s in ranked[:high]],
             "content": cache[high][1], "all_int8_content": cache[0][1], "trials": trials}
