@@ -47,7 +47,7 @@ def main(argv) -> int:
         if (_BACKEND.value or "local") not in batch.BACKENDS:
             raise ValueError(f"Unknown --backend {_BACKEND.value!r} for pipelines.batch. "
                              f"Available: {list(batch.BACKENDS)}")
-        from tflq.pipeline import check_output_dir
+        from tflq.runtime import check_output_dir
 
         check_output_dir(out)
         spec = batch.load_spec(_SPEC.value, out, default_timeout=_TIMEOUT.value or

@@ -40,3 +40,21 @@ def require(**values) -> None:
 BACKEND_HELP = ("pipelines.batch: where jobs run, local or ray (default local). "
                 "pipelines.convert: who quantizes, converter, litert (LiteRT Quantizer "
                 "--recipes) or both side by side (default converter).")
+
+
+def define_gates() -> tuple[flags.FlagHolder, flags.FlagHolder]:
+    """The two quality-gate flags every job command takes (shared when scripts share a process)."""
+    return (define("float", "max_accuracy_drop", None,
+                   "Gate: largest accuracy drop (percentage points) of any mode."),
+            define("float", "min_agreement", None,
+                   "Gate: smallest top-1 agreement (0..1) with the float model."))
+
+
+def report_gates(result) -> int:
+    """Prints one ``quality gate failed:`` line on stderr when a gate failed; returns the job's
+    exit code (0, or 3 for a failed gate)."""
+    import sys
+
+    if result.gate_failures:
+        print(f"quality gate failed: {'; '.join(result.gate_failures)}", file=sys.stderr)
+    return result.exit_code

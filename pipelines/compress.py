@@ -11,7 +11,8 @@ Writes ``<model>_compressed_int8.tflite`` and report.json / report.md: accuracy 
 the float model, raw and gzip size, per-layer sparsity and unique int8 values read from
 the .tflite, 2:4 compliance, and the size with TFLite's sparse tensor encoding. The prune
 and cluster stages train ``--epochs`` epochs, QAT ``--qat_epochs``; progress per epoch.
-Exit codes: 0 success; 2 bad input (nothing written).
+Exit codes: 0 success; 2 bad input (nothing written); 3 a gate failed (--max_accuracy_drop,
+--min_agreement; outputs written).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pipelines.common import define, require
+from pipelines.common import define, define_gates, report_gates, require
 
 _MODEL = define("string", "model", None, "Float tf_keras model (.keras/.h5/SavedModel/"
                 "module:function); it must output logits.")
@@ -59,17 +60,19 @@ _NUM_CALIBRATION_SAMPLES = define(
     "integer", "num_calibration_samples", None,
     "Calibration samples drawn from --data with --seed (default: 500).")
 _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
+_MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     logging.set_verbosity(logging.WARNING)
-    from tflq import compress, report
+    from tflq import report
+    from tflq.jobs import compress as compress_job
 
     try:
         require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
-        job = compress.CompressJob(
+        job = compress_job.CompressJob(
             model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
             out=_OUT.value or "tflq_compress", sparsity=_SPARSITY.value,
             schedule=_SCHEDULE.value, structure=_STRUCTURE.value, clusters=_CLUSTERS.value,
@@ -79,19 +82,21 @@ def main(argv) -> int:
             batch_size=_BATCH_SIZE.value or 64, learning_rate=_LEARNING_RATE.value,
             qat_learning_rate=_QAT_LEARNING_RATE.value, distill=_DISTILL.value,
             num_train_samples=_NUM_TRAIN_SAMPLES.value,
-            num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value)
-        result = compress.run_compress_job(job)
+            num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value,
+            gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
+                               min_agreement=_MIN_AGREEMENT.value))
+        result = compress_job.run_compress_job(job)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report.format_table(result))
-    c = result["compression"]
+    print(report.format_table(result.report))
+    c = result.report["compression"]
     print(f"\n{' → '.join(c['stages'])}")
     print(f"size {c['size_bytes']:,} B, gzip {c['gzip_bytes']:,} B "
           f"(float32 gzip {c['float32_gzip_bytes']:,} B); weight sparsity "
           f"{100 * c['weight_sparsity']:.1f}%; sparse encoding {c['sparse_encoding']['size_bytes']:,} B "
           f"({c['sparse_encoding']['sparse_tensors']} tensor(s) encoded)")
-    return 0
+    return report_gates(result)
 
 
 if __name__ == "__main__":

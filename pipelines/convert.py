@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pipelines.common import BACKEND_HELP, define
+from pipelines.common import BACKEND_HELP, define, define_gates, report_gates
 
 EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example")
 EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
@@ -76,10 +76,7 @@ _NORMALIZE = flags.DEFINE_enum(
     "How IDX and image-folder pixels are scaled: x/255, x/127.5-1, or raw 0..255.")
 _IMAGE_SIZE = flags.DEFINE_string(
     "image_size", None, "HxW to resize image-folder images to (default: the model's size).")
-_MAX_ACCURACY_DROP = flags.DEFINE_float(
-    "max_accuracy_drop", None, "Gate: largest accuracy drop (percentage points) of any mode.")
-_MIN_AGREEMENT = flags.DEFINE_float(
-    "min_agreement", None, "Gate: smallest top-1 agreement (0..1) with the float model.")
+_MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 _QUIET = define("bool", "quiet", False, "No progress bars.")
 
 
@@ -145,19 +142,18 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the table
-    from tflq import pipeline, report
+    from tflq import report, runtime
+    from tflq.jobs import convert as convert_job
 
     try:
         job = build_job()
-        result = pipeline.run_job(job)
+        result = convert_job.run_job(job)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return pipeline.EXIT_BAD_INPUT
+        return runtime.EXIT_BAD_INPUT
     print(report.format_table(result.report))
     print(f"\nwrote {len(result.files)} files to {os.path.abspath(job.out)}")
-    if result.gate_failures:
-        print(f"quality gate failed: {'; '.join(result.gate_failures)}", file=sys.stderr)
-    return result.exit_code
+    return report_gates(result)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ def export_assets(report_path: str, mode: str, assets: str, samples: str, num_sa
     """
     from PIL import Image
 
-    from tflq.calibration import idx_labels_path, read_idx
+    from tflq.data import idx_labels_path, read_idx
     from tflq.fileio import write_atomic
-    from tflq.pipeline import check_output_dir
+    from tflq.runtime import check_output_dir
 
     try:
         with open(report_path) as f:

@@ -85,7 +85,7 @@ def main(argv) -> int:
         android.check_binary(_BENCHMARK_BINARY.value)
         out = _OUT.value or (os.path.dirname(os.path.abspath(_REPORT.value)) if report
                              else "tflq_device")
-        from tflq.pipeline import check_output_dir
+        from tflq.runtime import check_output_dir
 
         check_output_dir(out)
         adb = android.Adb(_ADB.value, timeout=_TIMEOUT.value or 600.0)

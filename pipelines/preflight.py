@@ -35,36 +35,21 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     logging.set_verbosity(logging.WARNING)
-    from tflq import calibration, pipeline, preflight
-    from tflq.fileio import write_atomic
-    from tflq.keras_compat import load_model
-    from tflq.report import to_json
+    from tflq import report
+    from tflq.jobs import preflight as preflight_job
 
     try:
         require(model=_MODEL.value)
-        if _EVAL_DATA.value and not _DATA.value:
-            raise ValueError("--eval_data needs --data (the calibration data to compare with).")
-        if _OUT.value:
-            pipeline.check_output_dir(_OUT.value)
-        loaded = load_model(_MODEL.value)
-        limit = _NUM_CALIBRATION_SAMPLES.value or 500
-        calib = (calibration.load_arrays(_DATA.value, loaded.inputs, limit, _SEED.value)[0]
-                 if _DATA.value else None)
-        evaluation = (calibration.load_arrays(_EVAL_DATA.value, loaded.inputs)[0]
-                      if _EVAL_DATA.value else None)
-        result = preflight.run(loaded, calib, evaluation)
+        job = preflight_job.PreflightJob(
+            model=_MODEL.value, data=_DATA.value, eval_data=_EVAL_DATA.value,
+            num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value,
+            out=_OUT.value)
+        result = preflight_job.run_preflight_job(job)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    table = preflight.format_findings(result["findings"])
-    print(table)
-    if _OUT.value:
-        os.makedirs(_OUT.value, exist_ok=True)
-        report = {"model": _MODEL.value, "data": _DATA.value, "eval_data": _EVAL_DATA.value,
-                  **result}
-        write_atomic(os.path.join(_OUT.value, "preflight.json"), to_json(report))
-        write_atomic(os.path.join(_OUT.value, "preflight.md"),
-                     f"# tflq preflight: {_MODEL.value}\n\n{table}\n".encode())
+    print(report.format_findings(result.report["findings"]))
+    if result.files:
         print(f"\nwrote preflight.json and preflight.md to {os.path.abspath(_OUT.value)}")
     return 0
 

@@ -5,7 +5,8 @@
 
 Writes ``<model>_qat_int8.tflite``, the QAT Keras model (``<model>_qat.h5``), and
 report.json / report.md / report.png with the float, QAT-Keras and int8 numbers and the
-QAT→TFLite parity. Progress per epoch. Exit codes: 0 success; 2 bad input (nothing written).
+QAT→TFLite parity. Progress per epoch. Exit codes: 0 success; 2 bad input (nothing written);
+3 a gate failed (--max_accuracy_drop, --min_agreement; outputs written).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pipelines.common import define, require
+from pipelines.common import define, define_gates, report_gates, require
 
 _MODEL = define("string", "model", None, "Float tf_keras model to train (.keras/.h5/SavedModel/"
                 "module:function).")
@@ -49,13 +50,15 @@ _NUM_TRAIN_SAMPLES = define("integer", "num_train_samples", None,
                                           "Train on at most this many samples (seeded draw).")
 _OUT = define("string", "out", None, "Output folder (default: tflq_qat).")
 _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
+_MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
     logging.set_verbosity(logging.WARNING)
-    from tflq import qat, report
+    from tflq import report
+    from tflq.jobs import qat as qat_job
 
     try:
         require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
@@ -63,7 +66,7 @@ def main(argv) -> int:
             overrides = tuple(json.loads(_OVERRIDES.value)) if _OVERRIDES.value else ()
         except json.JSONDecodeError as e:
             raise ValueError(f"--overrides is not valid JSON: {e}") from e
-        job = qat.QATJob(
+        job = qat_job.QATJob(
             model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
             out=_OUT.value or "tflq_qat", scheme=_SCHEME.value, strategy=_STRATEGY.value,
             teacher=_TEACHER.value, epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value or 64,
@@ -72,16 +75,18 @@ def main(argv) -> int:
             activation_ranges=None if _ACTIVATION_RANGES.value == "default"
             else _ACTIVATION_RANGES.value, range_k=_RANGE_K.value,
             distribution=_DISTRIBUTION.value, num_train_samples=_NUM_TRAIN_SAMPLES.value,
-            seed=_SEED.value)
-        result = qat.run_qat_job(job)
+            seed=_SEED.value,
+            gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
+                               min_agreement=_MIN_AGREEMENT.value))
+        result = qat_job.run_qat_job(job)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report.format_table(result))
-    parity = result["qat"]["parity"]
+    print(report.format_table(result.report))
+    parity = result.report["qat"]["parity"]
     print(f"\nQAT Keras vs TFLite int8: top-1 agreement {100 * parity['top1_agreement']:.2f}%, "
           f"{100 * parity['within_1_lsb']:.2f}% of outputs within one LSB")
-    return 0
+    return report_gates(result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tflq.keras_compat import tf_keras  # noqa: E402
+from tflq.models import tf_keras  # noqa: E402
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,7 +15,7 @@ from conftest import EXAMPLE_DIR, REPO, snapshot
 from PIL import Image
 
 from pipelines import demo_assets
-from tflq import calibration
+from tflq.data import read_idx
 
 DEMO = os.path.join(REPO, "android_demo")
 APP = os.path.join(DEMO, "app")
@@ -78,8 +78,8 @@ def test_export_assets(tmp_path):
     assert len(written) == 5
     assert (assets / "model.tflite").read_bytes() == b"int8 model bytes"
     assert (assets / "labels.txt").read_text().splitlines()[9] == "Ankle boot"
-    labels = calibration.read_idx(EVAL.replace("images-idx3", "labels-idx1"))[:3]
-    images = calibration.read_idx(EVAL)[:3]
+    labels = read_idx(EVAL.replace("images-idx3", "labels-idx1"))[:3]
+    images = read_idx(EVAL)[:3]
     names = sorted(os.listdir(assets / "samples"))
     for i, name in enumerate(names):
         slug = demo_assets.FASHION_MNIST_LABELS[labels[i]].lower().replace("/", "_")

@@ -289,13 +289,13 @@ def test_batch_module_does_not_import_tensorflow():
 
 
 def test_worker_usage_error():
-    result = subprocess.run([sys.executable, "-m", "tflq.worker"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "tflq.batch.worker"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and "usage" in result.stderr
 
 
 def test_benchmark_batch_spec_has_eight_jobs(tmp_path):
-    from pipelines import benchmark_batch
+    from benchmarks import benchmark_batch
 
     models = []
     for name in benchmark_batch.WIDTHS:

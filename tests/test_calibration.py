@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from conftest import EXAMPLE_DIR, fashion_file
 
-from tflq import calibration
-from tflq.keras_compat import TensorSpec
+from tflq import sampling
+from tflq.data import DataOptions, open_data, read_idx, read_idx_header, write_idx
+from tflq.signature import TensorSpec
 
 # Pixels are normalized in float32; values near 0 carry float32 rounding (~6e-8).
 FLOAT32_ATOL = 1e-6
@@ -28,7 +29,7 @@ def test_npz_streams_the_same_rows_as_numpy(tmp_path, compressed):
     y = rng.integers(0, 3, size=50)
     path = tmp_path / "d.npz"
     (np.savez_compressed if compressed else np.savez)(path, x=x, y=y)
-    source = calibration.open_data(str(path), IMG)
+    source = open_data(str(path), IMG)
     assert len(source) == 50 and source.has_labels
     picked = [3, 7, 8, 49]
     for (i, inputs, label), want in zip(collect(source, picked), picked, strict=True):
@@ -42,7 +43,7 @@ def test_npz_multi_input_fed_by_name(tmp_path):
     a, b = rng.normal(size=(6, 4)), rng.normal(size=(6, 3))
     path = tmp_path / "two.npz"
     np.savez(path, b=b, a=a)  # stored in the "wrong" order on purpose
-    samples = collect(calibration.open_data(str(path), TWO))
+    samples = collect(open_data(str(path), TWO))
     np.testing.assert_array_equal(samples[2][1]["a"], a[2])
     np.testing.assert_array_equal(samples[2][1]["b"], b[2])
 
@@ -51,21 +52,21 @@ def test_npz_missing_input_named(tmp_path):
     path = tmp_path / "two.npz"
     np.savez(path, a=np.zeros((3, 4)))
     with pytest.raises(ValueError, match=r"no array for model input\(s\) \['b'\]"):
-        calibration.open_data(str(path), TWO)
+        open_data(str(path), TWO)
 
 
 def test_npz_length_mismatch(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, x=np.zeros((3, 8, 8, 1)), y=np.zeros(4))
     with pytest.raises(ValueError, match="differ in length"):
-        calibration.open_data(str(path), IMG)
+        open_data(str(path), IMG)
 
 
 def test_npy_is_memory_mapped(tmp_path):
     x = np.arange(10 * 64, dtype=np.float32).reshape(10, 8, 8, 1)
     path = tmp_path / "x.npy"
     np.save(path, x)
-    samples = collect(calibration.open_data(str(path), IMG), [9])
+    samples = collect(open_data(str(path), IMG), [9])
     np.testing.assert_array_equal(samples[0][1]["img"], x[9])
 
 
@@ -74,7 +75,7 @@ def test_npz_stream_memory_does_not_grow_with_data(tmp_path):
     x = np.zeros((2000, 32, 64), dtype=np.float32)
     path = tmp_path / "big.npz"
     np.savez(path, x=x)
-    source = calibration.open_data(str(path), (TensorSpec("x", (32, 64), "float32"),))
+    source = open_data(str(path), (TensorSpec("x", (32, 64), "float32"),))
     tracemalloc.start()
     rows = [s[1]["x"].sum() for s in source.iter_samples(list(range(0, 2000, 200)))]
     _, peak = tracemalloc.get_traced_memory()
@@ -85,9 +86,9 @@ def test_npz_stream_memory_does_not_grow_with_data(tmp_path):
 
 def test_idx_reader_on_real_fashion_mnist():
     images = fashion_file("t10k-images-idx3-ubyte.gz")
-    dtype, shape = calibration.read_idx_header(images)
+    dtype, shape = read_idx_header(images)
     assert dtype == np.uint8 and shape == (10000, 28, 28)
-    source = calibration.open_data(images, (TensorSpec("image", (28, 28, 1), "float32"),))
+    source = open_data(images, (TensorSpec("image", (28, 28, 1), "float32"),))
     assert len(source) == 10000 and source.has_labels
     (i, inputs, label), = collect(source, [9999])
     raw = gzip.open(images).read()
@@ -98,9 +99,9 @@ def test_idx_reader_on_real_fashion_mnist():
 
 
 def test_bundled_slices_are_real_and_disjoint():
-    test_images = calibration.read_idx(fashion_file("t10k-images-idx3-ubyte.gz"))
-    calib = calibration.read_idx(os.path.join(EXAMPLE_DIR, "calibration-images-idx3-ubyte.gz"))
-    evaluation = calibration.read_idx(os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz"))
+    test_images = read_idx(fashion_file("t10k-images-idx3-ubyte.gz"))
+    calib = read_idx(os.path.join(EXAMPLE_DIR, "calibration-images-idx3-ubyte.gz"))
+    evaluation = read_idx(os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz"))
     assert len(calib) + len(evaluation) <= 2000
     np.testing.assert_array_equal(calib, test_images[: len(calib)])
     np.testing.assert_array_equal(evaluation, test_images[len(calib): len(calib) + len(evaluation)])
@@ -111,28 +112,28 @@ def test_bundled_slices_are_real_and_disjoint():
 def test_idx_round_trip_and_plain_file(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, size=(7, 5, 4), dtype=np.uint8)
     path = tmp_path / "t-images-idx3-ubyte.gz"
-    calibration.write_idx(str(path), x)
-    np.testing.assert_array_equal(calibration.read_idx(str(path)), x)
+    write_idx(str(path), x)
+    np.testing.assert_array_equal(read_idx(str(path)), x)
     plain = tmp_path / "p-images-idx3-ubyte"
     plain.write_bytes(gzip.open(path).read())
-    np.testing.assert_array_equal(calibration.read_idx(str(plain)), x)
+    np.testing.assert_array_equal(read_idx(str(plain)), x)
     with pytest.raises(ValueError, match="writes uint8"):
-        calibration.write_idx(str(tmp_path / "f.gz"), x.astype(np.float32))
+        write_idx(str(tmp_path / "f.gz"), x.astype(np.float32))
 
 
 def test_idx_truncated_and_bad_magic(tmp_path):
     x = np.zeros((5, 8, 8), dtype=np.uint8)
     good = tmp_path / "g-images-idx3-ubyte.gz"
-    calibration.write_idx(str(good), x)
+    write_idx(str(good), x)
     truncated = tmp_path / "t-images-idx3-ubyte"
     truncated.write_bytes(gzip.open(good).read()[:-30])
-    source = calibration.open_data(str(truncated), IMG)
+    source = open_data(str(truncated), IMG)
     with pytest.raises(ValueError, match="truncated: sample 4 of 5"):
         collect(source)
     bad = tmp_path / "b-images-idx3-ubyte"
     bad.write_bytes(b"\x01\x02\x03\x04" + bytes(20))
     with pytest.raises(ValueError, match="not an IDX file"):
-        calibration.open_data(str(bad), IMG)
+        open_data(str(bad), IMG)
 
 
 def test_image_folder_with_class_subfolders(tmp_path):
@@ -146,7 +147,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
             arr = rng.integers(0, 256, size=(8, 8), dtype=np.uint8)
             Image.fromarray(arr).save(tmp_path / cls / f"{k}.png")
             pixels[(cls, k)] = arr
-    source = calibration.open_data(str(tmp_path), IMG, calibration.DataOptions(normalize="-1_1"))
+    source = open_data(str(tmp_path), IMG, DataOptions(normalize="-1_1"))
     samples = collect(source)
     assert [s[2] for s in samples] == [0, 0, 1, 1]
     np.testing.assert_allclose(samples[3][1]["img"][..., 0], pixels[("dog", 1)] / 127.5 - 1,
@@ -158,7 +159,7 @@ def test_image_folder_resizes_to_model_size(tmp_path):
 
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / "a.jpg")
     spec = (TensorSpec("rgb", (16, 16, 3), "float32"),)
-    (_, inputs, label), = collect(calibration.open_data(str(tmp_path), spec))
+    (_, inputs, label), = collect(open_data(str(tmp_path), spec))
     assert inputs["rgb"].shape == (16, 16, 3) and label is None
     np.testing.assert_allclose(inputs["rgb"], 200 / 255.0, atol=2 / 255)
 
@@ -166,7 +167,7 @@ def test_image_folder_resizes_to_model_size(tmp_path):
 def test_corrupt_image_named(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"broken.png.*sample 0.*cannot be decoded"):
-        collect(calibration.open_data(str(tmp_path), IMG))
+        collect(open_data(str(tmp_path), IMG))
 
 
 def gen_pairs():
@@ -179,7 +180,7 @@ def gen_plain_for_two_inputs():
 
 
 def test_generator_source_with_labels():
-    source = calibration.open_data("test_calibration:gen_pairs", IMG)
+    source = open_data("test_calibration:gen_pairs", IMG)
     assert len(source) == 5 and source.has_labels
     samples = collect(source, [1, 4])
     assert [s[0] for s in samples] == [1, 4] and samples[1][2] == 1
@@ -188,7 +189,7 @@ def test_generator_source_with_labels():
 
 def test_generator_must_yield_dicts_for_multi_input():
     with pytest.raises(ValueError, match="yield a dict keyed by input name"):
-        calibration.open_data("test_calibration:gen_plain_for_two_inputs", TWO)
+        open_data("test_calibration:gen_plain_for_two_inputs", TWO)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -197,29 +198,29 @@ def test_generator_must_yield_dicts_for_multi_input():
 ])
 def test_bad_data_specs(spec, message):
     with pytest.raises(ValueError, match=message):
-        calibration.open_data(spec, IMG)
+        open_data(spec, IMG)
 
 
 def test_unknown_format_and_empty(tmp_path):
     (tmp_path / "d.csv").write_text("1,2")
     with pytest.raises(ValueError, match="Unknown data format"):
-        calibration.open_data(str(tmp_path / "d.csv"), IMG)
+        open_data(str(tmp_path / "d.csv"), IMG)
     np.savez(tmp_path / "e.npz", x=np.zeros((0, 8, 8, 1), np.float32))
     with pytest.raises(ValueError, match="is empty"):
-        calibration.open_data(str(tmp_path / "e.npz"), IMG)
+        open_data(str(tmp_path / "e.npz"), IMG)
     os.makedirs(tmp_path / "imgs")
     with pytest.raises(ValueError, match="is empty"):
-        calibration.open_data(str(tmp_path / "imgs"), IMG)
+        open_data(str(tmp_path / "imgs"), IMG)
 
 
 def test_sample_indices_seeded_sorted_unique():
-    a = calibration.sample_indices(1000, 50, seed=7)
-    assert a == calibration.sample_indices(1000, 50, seed=7)
-    assert a != calibration.sample_indices(1000, 50, seed=8)
+    a = sampling.sample_indices(1000, 50, seed=7)
+    assert a == sampling.sample_indices(1000, 50, seed=7)
+    assert a != sampling.sample_indices(1000, 50, seed=8)
     assert a == sorted(set(a)) and len(a) == 50 and max(a) < 1000
-    assert calibration.sample_indices(10, 50, seed=0) == list(range(10))
+    assert sampling.sample_indices(10, 50, seed=0) == list(range(10))
     with pytest.raises(ValueError, match="at least 1"):
-        calibration.sample_indices(10, 0, seed=0)
+        sampling.sample_indices(10, 0, seed=0)
 
 
 @pytest.mark.parametrize("value, message", [
@@ -230,22 +231,22 @@ def test_sample_indices_seeded_sorted_unique():
 ])
 def test_conform_sample_errors_name_input_and_index(value, message):
     with pytest.raises(ValueError, match=rf"src: sample 12, input 'img': {message}"):
-        calibration.conform_sample({"img": value}, IMG, 12, "src")
+        sampling.conform_sample({"img": value}, IMG, 12, "src")
 
 
 def test_conform_sample_adds_channel_and_casts():
-    out = calibration.conform_sample({"img": np.ones((8, 8), np.float64)}, IMG, 0, "src")
+    out = sampling.conform_sample({"img": np.ones((8, 8), np.float64)}, IMG, 0, "src")
     assert out["img"].shape == (8, 8, 1) and out["img"].dtype == np.float32
     with pytest.raises(ValueError, match="missing"):
-        calibration.conform_sample({"other": np.ones((8, 8))}, IMG, 0, "src")
+        sampling.conform_sample({"other": np.ones((8, 8))}, IMG, 0, "src")
 
 
 def test_range_check_catches_unnormalized_calibration():
-    reference = calibration.RangeStats()
+    reference = sampling.RangeStats()
     reference.update({"img": np.array([0.0, 1.0], np.float32)})
-    calibration.check_range({"img": np.array([-0.5, 1.9], np.float32)}, reference, 0, "c", "ref")
+    sampling.check_range({"img": np.array([-0.5, 1.9], np.float32)}, reference, 0, "c", "ref")
     with pytest.raises(ValueError, match=r"sample 3, input 'img': values in \[0, 255\] lie far"):
-        calibration.check_range({"img": np.array([0.0, 255.0], np.float32)}, reference, 3,
+        sampling.check_range({"img": np.array([0.0, 255.0], np.float32)}, reference, 3,
                                 "c", "ref")
 
 
@@ -254,26 +255,26 @@ def test_representative_dataset_yields_batch_one_dicts(tmp_path):
     path = tmp_path / "two.npz"
     a, b = rng.normal(size=(6, 4)).astype("f4"), rng.normal(size=(6, 3)).astype("f4")
     np.savez(path, a=a, b=b)
-    gen = calibration.representative_dataset(calibration.open_data(str(path), TWO), TWO, [1, 5])
+    gen = sampling.representative_dataset(open_data(str(path), TWO), TWO, [1, 5])
     items = list(gen())
     assert len(items) == 2 and items[1]["a"].shape == (1, 4)
     np.testing.assert_array_equal(items[1]["b"][0], b[5])
 
 
 def test_iter_batches_and_scan(tiny_npz):
-    source = calibration.open_data(tiny_npz, IMG)
-    batches = list(calibration.iter_batches(source, IMG, 50))
+    source = open_data(tiny_npz, IMG)
+    batches = list(sampling.iter_batches(source, IMG, 50))
     assert [len(y) for _, y in batches] == [50, 50, 20]
     assert batches[0][0]["img"].shape == (50, 8, 8, 1)
-    stats = calibration.scan(source, IMG, None)
+    stats = sampling.scan(source, IMG, None)
     x = np.load(tiny_npz)["x"]
     assert stats.to_dict() == {"img": [float(x.min()), float(x.max())]}
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
-        list(calibration.iter_batches(source, IMG, 0))
+        list(sampling.iter_batches(source, IMG, 0))
 
 
 def test_data_options_validation():
     with pytest.raises(ValueError, match="Unknown normalization"):
-        calibration.DataOptions(normalize="zscore")
+        DataOptions(normalize="zscore")
     with pytest.raises(ValueError, match="image_size must be"):
-        calibration.DataOptions(image_size=(0, 5))
+        DataOptions(image_size=(0, 5))

@@ -15,7 +15,7 @@ from ai_edge_litert.interpreter import Interpreter
 from conftest import EXAMPLE_DIR, REPO, snapshot, tiny_data
 
 from pipelines import convert as cli
-from tflq.keras_compat import tf_keras
+from tflq.models import tf_keras
 
 EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
 EXAMPLE_EVAL = os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz")
@@ -414,7 +414,7 @@ def test_selective_quantization_keeps_the_fewest_ops_in_float(capsys, tmp_path):
 
 
 def test_selective_search_reports_an_unreachable_budget():
-    from tflq import selective
+    from tflq.ptq import selective
 
     ranked = [selective.Sensitivity("CONV_2D", f"t{i}", 10.0 - i) for i in range(5)]
     drops = {0: 3.0, 1: 2.0, 2: 1.5, 4: 1.2, 5: 1.4}
@@ -422,7 +422,7 @@ def test_selective_search_reports_an_unreachable_budget():
     class FakeDebugger:
         pass
 
-    import tflq.selective as module
+    import tflq.ptq.selective as module
 
     original = module.model_with_float
     module.model_with_float = lambda debugger, tensors: bytes([len(tensors)])

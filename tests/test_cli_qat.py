@@ -12,8 +12,9 @@ from ai_edge_litert.interpreter import Interpreter
 from conftest import snapshot, tiny_data
 
 from pipelines import qat as cli
-from tflq import qat
-from tflq.keras_compat import tf_keras
+from tflq.jobs import qat as qat_job
+from tflq.models import tf_keras
+from tflq.quant import qat
 
 
 @pytest.fixture()
@@ -66,7 +67,7 @@ def test_gradient_strategy_with_quant_error_loss_and_parity(capsys, files):
     assert parity["top1_agreement"] == pytest.approx(
         np.mean(deployed.argmax(1) == keras_out.argmax(1)))
     assert parity["within_1_lsb"] == pytest.approx(
-        np.mean(np.abs(deployed - keras_out) <= out_scale * qat.LSB_SLACK))
+        np.mean(np.abs(deployed - keras_out) <= out_scale * qat_job.LSB_SLACK))
     assert report["modes"][0]["accuracy"] == pytest.approx(
         np.mean(deployed.argmax(1) == data["y"]))
 
@@ -152,16 +153,16 @@ def test_mirrored_strategy_over_two_logical_cpus(files):
 
     script = f"""
 import json
-from tflq.keras_compat import tf
+from tflq.models import tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-from tflq import qat
+from tflq.jobs import qat
 print("replicas", tf.distribute.MirroredStrategy().num_replicas_in_sync)
 job = qat.QATJob(model={str(files / 'tiny.keras')!r}, train_data={str(files / 'train.npz')!r},
                  eval_data={str(files / 'eval.npz')!r}, out={str(files / 'out')!r}, epochs=2,
                  batch_size=16, distribution="mirrored", verbose=0)
-report = qat.run_qat_job(job)
+report = qat.run_qat_job(job).report
 print("history", json.dumps(report["qat"]["history"]["loss"]))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
@@ -182,13 +183,13 @@ def test_an_interrupted_run_resumes_from_its_last_epoch(files):
             if epoch == 0:
                 raise Interrupt()
 
-    job = qat.QATJob(model=str(files / "tiny.keras"), train_data=str(files / "train.npz"),
+    job = qat_job.QATJob(model=str(files / "tiny.keras"), train_data=str(files / "train.npz"),
                      eval_data=str(files / "eval.npz"), out=str(files / "out"), epochs=3,
                      batch_size=16, verbose=0)
     with pytest.raises(Interrupt):
-        qat.run_qat_job(job, callbacks=[StopAfterFirstEpoch()])
+        qat_job.run_qat_job(job, callbacks=[StopAfterFirstEpoch()])
     assert os.path.isdir(files / "out" / ".qat_backup")
     assert not os.path.exists(files / "out" / "report.json")
-    report = qat.run_qat_job(job)
+    report = qat_job.run_qat_job(job).report
     assert len(report["qat"]["history"]["loss"]) == 2  # epochs 2 and 3 only: resumed
     assert not os.path.exists(files / "out" / ".qat_backup")

@@ -40,7 +40,7 @@ def test_require_names_the_first_missing_flag():
 def test_fashion_mnist_image_files(tmp_path):
     from conftest import fashion_file
 
-    from pipelines.fashion_mnist import image_files
+    from benchmarks.fashion_mnist import image_files
 
     train, test = image_files(os.path.dirname(fashion_file("train-images-idx3-ubyte.gz")))
     assert train.endswith("train-images-idx3-ubyte.gz") and test.endswith(

@@ -14,8 +14,10 @@ from ai_edge_litert.interpreter import Interpreter
 from conftest import snapshot, tiny_data
 
 from pipelines import compress as cli
-from tflq import compress, qat
-from tflq.keras_compat import tf_keras
+from tflq import tflite_inspect
+from tflq.jobs import compress as compress_job
+from tflq.models import tf_keras
+from tflq.quant import compress, qat
 
 L = tf_keras.layers
 
@@ -49,7 +51,7 @@ def files(tmp_path_factory):
 
 def job(files, out, **kw):
     settings = {"epochs": 1, "batch_size": 32, "latency_runs": 2, "verbose": 0, **kw}
-    return compress.CompressJob(model=str(files / "m.keras"), train_data=str(files / "train.npz"),
+    return compress_job.CompressJob(model=str(files / "m.keras"), train_data=str(files / "train.npz"),
                                 eval_data=str(files / "eval.npz"), out=str(out), **settings)
 
 
@@ -74,8 +76,8 @@ def _only_tflite(out):
 
 @pytest.mark.parametrize("quantization", ["qat", "ptq"])
 def test_pruned_int8_weights_keep_their_sparsity(files, tmp_path, quantization):
-    report = compress.run_compress_job(job(files, tmp_path / "o", sparsity=0.5,
-                                           quantization=quantization))
+    report = compress_job.run_compress_job(job(files, tmp_path / "o", sparsity=0.5,
+                                           quantization=quantization)).report
     weights = tflite_weights(_only_tflite(tmp_path / "o"))
     assert len(weights) == 3
     # every pruned layer holds at least 50% zero codes in the shipped int8 tensor
@@ -96,8 +98,8 @@ def test_pruned_int8_weights_keep_their_sparsity(files, tmp_path, quantization):
 
 
 def test_two_four_structure_holds_in_the_tflite(files, tmp_path):
-    report = compress.run_compress_job(job(files, tmp_path / "o", structure="2:4",
-                                           layers="^(second|logits)$"))
+    report = compress_job.run_compress_job(job(files, tmp_path / "o", structure="2:4",
+                                           layers="^(second|logits)$")).report
     weights = tflite_weights(_only_tflite(tmp_path / "o"))
     compliant = 0
     for codes in weights.values():
@@ -112,7 +114,7 @@ def test_two_four_structure_holds_in_the_tflite(files, tmp_path):
 
 
 def test_cqat_keeps_at_most_k_int8_values_per_channel(files, tmp_path):
-    report = compress.run_compress_job(job(files, tmp_path / "o", clusters=4))
+    report = compress_job.run_compress_job(job(files, tmp_path / "o", clusters=4)).report
     weights = tflite_weights(_only_tflite(tmp_path / "o"))
     for codes in weights.values():
         per_channel = codes.reshape(codes.shape[0], -1)
@@ -127,7 +129,7 @@ def test_preserve_structure_projects_back_to_zeros_and_cluster_means():
     model.get_layer("d").set_weights([kernel, np.zeros(2, np.float32)])
     q = qat.quantize_model(model)
     keep = compress.PreserveStructure(q, {"d"}, clusters=True)
-    variable = compress._kernel_variable(q.get_layer("quant_d"))
+    variable = compress.kernel_variable(q.get_layer("quant_d"))
     noisy = kernel + np.array([[0.3, 0.1], [0.1, -0.1], [0.3, 0.2], [0.1, 0.4]], np.float32)
     variable.assign(noisy)
     keep.apply()
@@ -149,7 +151,7 @@ def test_select_layers_by_type_and_pattern(files):
 
 def test_gzip_size_is_gzip_minus_9():
     content = bytes(1000) + bytes(range(256))
-    assert compress.gzip_size(content) == len(gzip.compress(content, 9, mtime=0)) < len(content)
+    assert tflite_inspect.gzip_size(content) == len(gzip.compress(content, 9, mtime=0)) < len(content)
 
 
 BAD_JOBS = {
@@ -255,7 +257,7 @@ def test_preserve_structure_keeps_layer_wide_clusters_through_folding_scales():
     model.get_layer("d").set_weights([centroids * gain, np.zeros(2, np.float32)])
     q = qat.quantize_model(model)
     keep = compress.PreserveStructure(q, {"d"}, clusters=True, reference={"d": centroids})
-    variable = compress._kernel_variable(q.get_layer("quant_d"))
+    variable = compress.kernel_variable(q.get_layer("quant_d"))
     noise = np.array([[0.2, 0.1], [0.0, 0.3], [-0.2, 0.05]], np.float32)
     variable.assign(centroids * gain + noise)
     keep.apply()

@@ -7,13 +7,15 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from conftest import tiny_data
 
-from tflq import calibration, convert, keras_compat
-from tflq.keras_compat import tf_keras
+from tflq import fileio, models, options, sampling
+from tflq.data import open_data
+from tflq.models import tf_keras
+from tflq.ptq import convert
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model):
-    return keras_compat.wrap_model(tiny_model, "tiny")
+    return models.wrap_model(tiny_model, "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +46,17 @@ def _conv_weights(content):
 
 
 def test_parse_modes():
-    assert convert.parse_modes("int8, float16,int8") == [convert.Mode.INT8, convert.Mode.FLOAT16]
-    assert convert.parse_modes(["dynamic"]) == [convert.Mode.DYNAMIC]
+    assert options.parse_modes("int8, float16,int8") == [options.Mode.INT8, options.Mode.FLOAT16]
+    assert options.parse_modes(["dynamic"]) == [options.Mode.DYNAMIC]
     with pytest.raises(ValueError, match=r"Unknown mode 'int4'. Available: \["):
-        convert.parse_modes("int8,int4")
+        options.parse_modes("int8,int4")
     with pytest.raises(ValueError, match="No conversion mode given"):
-        convert.parse_modes(" , ")
+        options.parse_modes(" , ")
 
 
 def test_float32_keeps_everything_float(loaded, tmp_path):
     result = convert.convert_model(loaded, "float32", str(tmp_path))
-    assert result.mode == convert.Mode.FLOAT32
+    assert result.mode == options.Mode.FLOAT32
     assert _conv_weights(result.content)["dtype"] == np.float32
     names = {op.split("#")[0] for op in result.float_ops}
     assert {"CONV_2D", "FULLY_CONNECTED"} <= names
@@ -69,8 +71,8 @@ def test_float16_stores_half_weights(loaded, tmp_path):
 def test_dynamic_has_int8_weights_and_float_ops(tmp_path):
     # The converter leaves tensors under 1,024 elements in float: use a 32x64 kernel.
     inp = tf_keras.Input((32,), name="x")
-    loaded = keras_compat.wrap_model(tf_keras.Model(inp, tf_keras.layers.Dense(64)(inp)), "d")
-    result = convert.convert_model(loaded, convert.Mode.DYNAMIC, str(tmp_path))
+    loaded = models.wrap_model(tf_keras.Model(inp, tf_keras.layers.Dense(64)(inp)), "d")
+    result = convert.convert_model(loaded, options.Mode.DYNAMIC, str(tmp_path))
     kernels = _tensor(result.content, lambda t: sorted(t["shape"]) == [32, 64])
     assert [np.dtype(t["dtype"]).name for t in kernels] == ["int8"]
     assert [op.split("#")[0] for op in result.float_ops] == ["FULLY_CONNECTED"]
@@ -79,8 +81,8 @@ def test_dynamic_has_int8_weights_and_float_ops(tmp_path):
 @pytest.mark.parametrize("per_channel, expected_scales", [(True, 4), (False, 1)])
 def test_int8_is_fully_integer_per_channel_or_tensor(loaded, representative, tmp_path,
                                                      per_channel, expected_scales):
-    options = convert.ConvertOptions(per_channel=per_channel)
-    result = convert.convert_model(loaded, "int8", str(tmp_path), representative, options)
+    settings = options.ConvertOptions(per_channel=per_channel)
+    result = convert.convert_model(loaded, "int8", str(tmp_path), representative, settings)
     assert result.float_ops == ()
     weights = _conv_weights(result.content)
     assert weights["dtype"] == np.int8
@@ -93,8 +95,8 @@ def test_int8_is_fully_integer_per_channel_or_tensor(loaded, representative, tmp
 
 @pytest.mark.parametrize("mode, dtype", [("int8", np.int8), ("int16x8", np.int16)])
 def test_integer_io(loaded, representative, tmp_path, mode, dtype):
-    options = convert.ConvertOptions(integer_io=True)
-    result = convert.convert_model(loaded, mode, str(tmp_path), representative, options)
+    settings = options.ConvertOptions(integer_io=True)
+    result = convert.convert_model(loaded, mode, str(tmp_path), representative, settings)
     interp = Interpreter(model_content=result.content)
     assert interp.get_input_details()[0]["dtype"] == dtype
     assert interp.get_output_details()[0]["dtype"] == dtype
@@ -114,7 +116,7 @@ def _model_with_sin():
 
 
 def test_op_without_int8_kernel_is_an_error_unless_allowed(tmp_path):
-    loaded = keras_compat.wrap_model(_model_with_sin(), "cos")
+    loaded = models.wrap_model(_model_with_sin(), "cos")
     data = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
 
     def gen():
@@ -124,7 +126,7 @@ def test_op_without_int8_kernel_is_an_error_unless_allowed(tmp_path):
     with pytest.raises(ValueError, match="--allow_float_ops"):
         convert.convert_model(loaded, "int8", str(tmp_path), gen)
     allowed = convert.convert_model(loaded, "int8", str(tmp_path), gen,
-                                    convert.ConvertOptions(allow_float_ops=True))
+                                    options.ConvertOptions(allow_float_ops=True))
     assert any(op.startswith("COS#") for op in allowed.float_ops)
 
 
@@ -133,7 +135,7 @@ def test_keras3_model_converts_through_export(tmp_path):
 
     inp = keras.Input((4,), name="feat")
     model = keras.Model(inp, keras.layers.Dense(3)(inp))
-    loaded = keras_compat.wrap_model(model, "k3")
+    loaded = models.wrap_model(model, "k3")
     data = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
 
     def gen():
@@ -146,8 +148,8 @@ def test_keras3_model_converts_through_export(tmp_path):
 
 
 def test_calibration_generator_errors_surface(loaded, tmp_path):
-    source = calibration.open_data("test_convert:bad_generator", loaded.inputs)
-    gen = calibration.representative_dataset(source, loaded.inputs, [0, 1])
+    source = open_data("test_convert:bad_generator", loaded.inputs)
+    gen = sampling.representative_dataset(source, loaded.inputs, [0, 1])
     with pytest.raises(ValueError, match="sample 1, input 'img': contains NaN"):
         convert.convert_model(loaded, "int8", str(tmp_path), gen)
 
@@ -160,7 +162,7 @@ def bad_generator():
 def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(b"old")
-    convert.write_atomic(str(path), b"new content")
+    fileio.write_atomic(str(path), b"new content")
     assert path.read_bytes() == b"new content"
     assert os.listdir(tmp_path) == ["m.tflite"]
 
@@ -169,7 +171,7 @@ def test_write_atomic_failure_keeps_old_file(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(b"old")
     with pytest.raises(TypeError):
-        convert.write_atomic(str(path), "not bytes")
+        fileio.write_atomic(str(path), "not bytes")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["m.tflite"]
 
@@ -178,12 +180,12 @@ def test_write_atomic_permissions(tmp_path):
     old_umask = os.umask(0o022)
     try:
         fresh = tmp_path / "fresh.tflite"
-        convert.write_atomic(str(fresh), b"x")
+        fileio.write_atomic(str(fresh), b"x")
         assert fresh.stat().st_mode & 0o777 == 0o644
         kept = tmp_path / "kept.tflite"
         kept.write_bytes(b"old")
         kept.chmod(0o600)
-        convert.write_atomic(str(kept), b"new")
+        fileio.write_atomic(str(kept), b"new")
         assert kept.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old_umask)

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from tflq import equalize
-from tflq.keras_compat import tf_keras
+from tflq.models import tf_keras
+from tflq.ptq import equalize
 
 L = tf_keras.layers
 RTOL = 1e-4  # the float-equality bound for equalization

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import EXAMPLE_DIR, FASHION_DIR, REPO, fashion_file, tiny_data
 
-from pipelines import fashion_mnist
-from tflq import calibration
-from tflq.keras_compat import tf_keras
+from benchmarks import fashion_mnist
+from tflq.data import read_idx, write_idx
+from tflq.models import tf_keras
 
 MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
 
@@ -19,8 +19,8 @@ MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
 def test_bundled_model_is_small_and_accurate_on_its_slice():
     assert os.path.getsize(MODEL) < 1024 * 1024
     model = tf_keras.models.load_model(MODEL, compile=False)
-    images = calibration.read_idx(os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz"))
-    labels = calibration.read_idx(os.path.join(EXAMPLE_DIR, "evaluation-labels-idx1-ubyte.gz"))
+    images = read_idx(os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz"))
+    labels = read_idx(os.path.join(EXAMPLE_DIR, "evaluation-labels-idx1-ubyte.gz"))
     logits = model.predict(images[..., None].astype(np.float32) / 255.0, verbose=0)
     assert np.mean(logits.argmax(1) == labels) > 0.90
 
@@ -50,11 +50,11 @@ def test_build_cnn_shapes():
 
 
 def test_calibration_probe_reports_memory_and_time(tiny_keras_path, tmp_path):
-    from pipelines.benchmark_ptq import calibration_probe
+    from benchmarks.benchmark_ptq import calibration_probe
 
     x, _ = tiny_data(30)
     images = tmp_path / "t-images-idx3-ubyte.gz"
-    calibration.write_idx(str(images), (x[..., 0] * 255).astype(np.uint8))
+    write_idx(str(images), (x[..., 0] * 255).astype(np.uint8))
     probe = calibration_probe(tiny_keras_path, str(images), 10)
     assert probe["num_samples"] == 10 and probe["float_ops"] == 0
     assert probe["peak_rss_during_convert_mb"] >= probe["rss_before_convert_mb"] > 0
@@ -65,18 +65,18 @@ def test_calibration_probe_reports_memory_and_time(tiny_keras_path, tmp_path):
 @pytest.mark.slow
 def test_train_example_writes_model_and_slices(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.train_example", "--epochs", "1",
+        [sys.executable, "-m", "benchmarks.train_example", "--epochs", "1",
          "--out_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-2000:]
     assert os.path.getsize(tmp_path / "fashion_mnist_cnn.keras") < 1024 * 1024
-    assert calibration.read_idx(str(tmp_path / "calibration-images-idx3-ubyte.gz")).shape == (
+    assert read_idx(str(tmp_path / "calibration-images-idx3-ubyte.gz")).shape == (
         500, 28, 28)
 
 
 @pytest.mark.slow
 def test_benchmark_ptq_writes_json(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.benchmark_ptq", "--out", str(tmp_path), "--epochs", "1",
+        [sys.executable, "-m", "benchmarks.benchmark_ptq", "--out", str(tmp_path), "--epochs", "1",
          "--latency_runs", "5", "--num_calibration_samples", "100", "--skip_mobilenet"],
         cwd=REPO, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, result.stderr[-2000:]

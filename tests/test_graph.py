@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflq import convert, graph, interpreter, qat
-from tflq.keras_compat import tf_keras
+from tflq import interpreter, tflite_inspect
+from tflq.models import tf_keras
+from tflq.ptq import convert
+from tflq.quant import fold, graph, layers, qat
 
 L = tf_keras.layers
 # The rebuild only regroups float32 ops (LayerNorm's mean/variance in another order).
@@ -113,12 +115,12 @@ def test_layer_norm_decomposition_matches_numpy():
 
 
 def test_layer_norm_step_rsqrt_floor_only_acts_below_epsilon():
-    step = graph.LayerNormStep("rsqrt", floor=1e-3)
+    step = layers.LayerNormStep("rsqrt", floor=1e-3)
     out = step(tf.constant([0.0, 1e-3, 4.0])).numpy()
     np.testing.assert_allclose(out, [1 / np.sqrt(1e-3), 1 / np.sqrt(1e-3), 0.5], rtol=1e-6)
-    assert graph.LayerNormStep.from_config(step.get_config()).floor == pytest.approx(1e-3)
+    assert layers.LayerNormStep.from_config(step.get_config()).floor == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="Unknown LayerNormStep step 'cube'"):
-        graph.LayerNormStep("cube")
+        layers.LayerNormStep("cube")
 
 
 def test_models_without_anything_to_rebuild_are_left_alone():
@@ -158,7 +160,7 @@ def test_convnext_ingredients_become_wrappable_layers():
     assert kinds["pw1"] == "Conv2D" and kinds["pw2"] == "Conv2D"   # Dense on a feature map
     assert kinds["scale_affine"] == "DepthwiseConv2D"               # LayerScale
     assert "TFOpLambda" not in kinds.values() and "Add" in kinds.values()
-    folded = qat.fold_batch_norms(rebuilt)                          # Normalization → 1x1 conv
+    folded = fold.fold_batch_norms(rebuilt)                          # Normalization → 1x1 conv
     assert not any(type(layer).__name__ == "Normalization" for layer in folded.layers)
     assert _rel(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < REBUILD_RTOL
 
@@ -174,8 +176,8 @@ def test_rebuilt_models_quantize_fully_integer(build, shape, tmp_path):
     softmax_out = model.layers[-1].get_config().get("activation") == "softmax"
     q.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax_out))
     q.fit(x, np.random.default_rng(1).integers(0, 5, 64), epochs=2, batch_size=16, verbose=0)
-    content = qat.convert_qat(q, str(tmp_path))
-    assert convert.find_float_ops(content) == []
+    content = convert.convert_qat(q, str(tmp_path))
+    assert tflite_inspect.find_float_ops(content) == []
     deployed = interpreter.TfliteModel(content).run({"img": x})[0]
     keras_out = q.predict(x, verbose=0)
     assert np.mean(deployed.argmax(1) == keras_out.argmax(1)) >= 0.9

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import tiny_data
 
-from tflq import convert, interpreter, keras_compat
+from tflq import interpreter, models, options
+from tflq.ptq import convert
 
 # A float32 .tflite computes the same graph as Keras; only op order differs.
 FLOAT_TFLITE_ATOL = 1e-5
@@ -12,7 +13,7 @@ FLOAT_TFLITE_ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model, tmp_path_factory):
-    loaded = keras_compat.wrap_model(tiny_model, "tiny")
+    loaded = models.wrap_model(tiny_model, "tiny")
     work = str(tmp_path_factory.mktemp("conv"))
     x, _ = tiny_data(32, seed=9)
 
@@ -21,7 +22,7 @@ def tiny(tiny_model, tmp_path_factory):
             yield {"img": row[None]}
 
     def build(mode, **kw):
-        return convert.convert_model(loaded, mode, work, gen, convert.ConvertOptions(**kw)).content
+        return convert.convert_model(loaded, mode, work, gen, options.ConvertOptions(**kw)).content
 
     return loaded, build
 

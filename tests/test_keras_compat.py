@@ -8,8 +8,8 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from conftest import build_tiny_cnn, tiny_data
 
-from tflq import keras_compat
-from tflq.keras_compat import tf_keras
+from tflq import models
+from tflq.models import tf_keras
 
 # Reloaded models run the same float graph; differences come from op ordering only.
 FLOAT_RTOL = 1e-5
@@ -20,7 +20,7 @@ def _expected(model, x):
 
 
 def test_legacy_keras_is_active():
-    assert keras_compat.legacy_keras_active()
+    assert models.legacy_keras_active()
     assert os.environ["TF_USE_LEGACY_KERAS"] == "1"
 
 
@@ -28,8 +28,8 @@ def test_legacy_keras_is_active():
 def test_tf_keras_files_load_and_predict(tiny_model, tmp_path, suffix):
     path = str(tmp_path / f"m{suffix}")
     tiny_model.save(path)
-    loaded = keras_compat.load_model(path)
-    assert loaded.flavor == keras_compat.FLAVOR_TF_KERAS
+    loaded = models.load_model(path)
+    assert loaded.flavor == models.FLAVOR_TF_KERAS
     assert loaded.input_names == ("img",)
     assert loaded.inputs[0].shape == (8, 8, 1)
     assert loaded.inputs[0].dtype == "float32"
@@ -41,8 +41,8 @@ def test_tf_keras_files_load_and_predict(tiny_model, tmp_path, suffix):
 def test_tf_keras_saved_model_folder(tiny_model, tmp_path):
     path = str(tmp_path / "sm")
     tiny_model.save(path, save_format="tf")
-    loaded = keras_compat.load_model(path)
-    assert loaded.flavor == keras_compat.FLAVOR_TF_KERAS
+    loaded = models.load_model(path)
+    assert loaded.flavor == models.FLAVOR_TF_KERAS
     x, _ = tiny_data(4)
     np.testing.assert_allclose(loaded.predict({"img": x})[0], _expected(tiny_model, x),
                                rtol=FLOAT_RTOL, atol=1e-6)
@@ -60,8 +60,8 @@ def test_keras3_file_loads_as_keras3(tmp_path):
     model = _keras3_two_input_model()
     path = str(tmp_path / "k3.keras")
     model.save(path)
-    loaded = keras_compat.load_model(path)
-    assert loaded.flavor == keras_compat.FLAVOR_KERAS3
+    loaded = models.load_model(path)
+    assert loaded.flavor == models.FLAVOR_KERAS3
     assert loaded.input_names == ("a", "b")
     rng = np.random.default_rng(0)
     feed = {"a": rng.normal(size=(3, 4)).astype("float32"),
@@ -74,8 +74,8 @@ def test_plain_saved_model_folder_uses_signature(tmp_path):
     model = _keras3_two_input_model()
     path = str(tmp_path / "export")
     model.export(path, verbose=False)
-    loaded = keras_compat.load_model(path)
-    assert loaded.flavor == keras_compat.FLAVOR_SAVED_MODEL
+    loaded = models.load_model(path)
+    assert loaded.flavor == models.FLAVOR_SAVED_MODEL
     assert set(loaded.input_names) == {"a", "b"}
     feed = {"a": np.ones((2, 4), "float32"), "b": np.full((2, 3), 2.0, "float32")}
     expected = np.asarray(model([feed["a"], feed["b"]]))
@@ -91,8 +91,8 @@ def make_not_a_model():
 
 
 def test_factory_spec_loads():
-    loaded = keras_compat.load_model("test_keras_compat:make_factory_model")
-    assert loaded.flavor == keras_compat.FLAVOR_TF_KERAS
+    loaded = models.load_model("test_keras_compat:make_factory_model")
+    assert loaded.flavor == models.FLAVOR_TF_KERAS
     assert loaded.stem == "make_factory_model"
 
 
@@ -102,17 +102,17 @@ def test_wrap_model_refuses_subclassed_model():
             return x
 
     with pytest.raises(ValueError, match="subclassed tf_keras model"):
-        keras_compat.wrap_model(Net())
+        models.wrap_model(Net())
 
 
 def test_fingerprint_changes_with_bytes(tiny_keras_path, tmp_path):
     other = tmp_path / "copy.keras"
     other.write_bytes(open(tiny_keras_path, "rb").read())
-    a = keras_compat.load_model(tiny_keras_path).fingerprint()
-    assert a == keras_compat.load_model(str(other)).fingerprint()
+    a = models.load_model(tiny_keras_path).fingerprint()
+    assert a == models.load_model(str(other)).fingerprint()
     with open(other, "ab") as f:
         f.write(b"x")
-    assert keras_compat.load_model(str(other)).fingerprint() != a
+    assert models.load_model(str(other)).fingerprint() != a
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -124,7 +124,7 @@ def test_fingerprint_changes_with_bytes(tiny_keras_path, tmp_path):
 ])
 def test_bad_model_specs(spec, message):
     with pytest.raises(ValueError, match=message):
-        keras_compat.load_model(spec)
+        models.load_model(spec)
 
 
 def test_damaged_model_files(tiny_keras_path, tiny_model, tmp_path):
@@ -143,17 +143,17 @@ def test_damaged_model_files(tiny_keras_path, tiny_model, tmp_path):
         path = tmp_path / name
         path.write_bytes(content)
         with pytest.raises(ValueError, match=message):
-            keras_compat.load_model(str(path))
+            models.load_model(str(path))
 
 
 def test_folder_without_saved_model(tmp_path):
     with pytest.raises(ValueError, match="not a SavedModel"):
-        keras_compat.load_model(str(tmp_path))
+        models.load_model(str(tmp_path))
 
 
 def test_make_converter_for_each_flavor(tiny_keras_path, tmp_path):
-    for loaded in (keras_compat.load_model(tiny_keras_path),
-                   keras_compat.wrap_model(_keras3_two_input_model(), "k3")):
+    for loaded in (models.load_model(tiny_keras_path),
+                   models.wrap_model(_keras3_two_input_model(), "k3")):
         content = loaded.make_converter(str(tmp_path)).convert()
         signature = Interpreter(model_content=content).get_signature_list()["serving_default"]
         assert sorted(signature["inputs"]) == sorted(loaded.input_names)

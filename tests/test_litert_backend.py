@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from conftest import tiny_data
 
-from tflq import convert, interpreter, litert_backend
-from tflq.keras_compat import tf_keras, wrap_model
+from tflq import interpreter, tflite_inspect
+from tflq.models import tf_keras, wrap_model
+from tflq.ptq import convert, litert_backend
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_every_recipe_runs_and_agrees_with_the_float_model(float_tflite, recipe)
     out = interpreter.TfliteModel(quantized).run({"img": x})[0]
     assert np.mean(out.argmax(1) == reference.argmax(1)) >= 0.9
     if recipe == "static_wi8_ai8":
-        assert convert.find_float_ops(quantized) == []
+        assert tflite_inspect.find_float_ops(quantized) == []
     assert len(quantized) < 0.45 * len(content)  # 8- or 4-bit weights instead of 32
 
 

@@ -12,8 +12,9 @@ from absl.testing import flagsaver
 from conftest import EXAMPLE_DIR, snapshot
 
 from pipelines import preflight as cli
-from tflq import preflight
-from tflq.keras_compat import tf_keras, wrap_model
+from tflq import report
+from tflq.models import tf_keras, wrap_model
+from tflq.ptq import preflight
 
 L = tf_keras.layers
 
@@ -65,7 +66,7 @@ def test_a_model_that_quantizes_well_has_no_findings():
     x = np.random.default_rng(2).uniform(0, 1, (32, 28, 28, 1)).astype(np.float32)
     result = preflight.run(wrap_model(model), {"image": x})
     assert result["findings"] == [] and result["float_ops"] == []
-    assert preflight.format_findings([]).startswith("No findings")
+    assert report.format_findings([]).startswith("No findings")
 
 
 def test_without_data_only_static_checks_and_ops_run():

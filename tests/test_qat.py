@@ -9,8 +9,11 @@ import pytest
 import tensorflow as tf
 from conftest import EXAMPLE_DIR, tiny_data
 
-from tflq import calibration, convert, interpreter, qat, schemes
-from tflq.keras_compat import tf_keras, wrap_model
+from tflq import interpreter, tflite_inspect
+from tflq.data import read_idx
+from tflq.models import tf_keras, wrap_model
+from tflq.ptq import convert
+from tflq.quant import fold, qat, schemes
 
 L = tf_keras.layers
 # default_int8 weights: the converter recomputes max/127 in float32; codes agree, values
@@ -24,8 +27,8 @@ FOLD_RTOL = 1e-4
 def fashion():
     model = tf_keras.models.load_model(os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras"),
                                        compile=False)
-    x = calibration.read_idx(os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz"))
-    y = calibration.read_idx(os.path.join(EXAMPLE_DIR, "evaluation-labels-idx1-ubyte.gz"))
+    x = read_idx(os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz"))
+    y = read_idx(os.path.join(EXAMPLE_DIR, "evaluation-labels-idx1-ubyte.gz"))
     return model, (x[:400, ..., None] / 255.0).astype(np.float32), y[:400].astype(np.int64)
 
 
@@ -62,7 +65,7 @@ def _train_a_step(model, x, targets):
 
 def test_fold_batch_norms_keeps_the_float_function(fashion):
     model, x, _ = fashion
-    folded = qat.fold_batch_norms(model)
+    folded = fold.fold_batch_norms(model)
     assert not any(type(layer).__name__ == "BatchNormalization" for layer in folded.layers)
     ref = model.predict(x, verbose=0)
     np.testing.assert_allclose(folded.predict(x, verbose=0), ref,
@@ -74,7 +77,7 @@ def test_fold_standalone_and_depthwise_batch_norms():
     model = _coverage_model()
     x = np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3)).astype(np.float32)
     _train_a_step(model, x, np.random.default_rng(1).normal(size=(32, 5)))
-    folded = qat.fold_batch_norms(model)
+    folded = fold.fold_batch_norms(model)
     kinds = [type(layer).__name__ for layer in folded.layers]
     # depthwise+BN folded; standalone BN and Rescaling became 1x1 depthwise convs
     assert "BatchNormalization" not in kinds and "Rescaling" not in kinds
@@ -92,7 +95,7 @@ def test_qat_bundled_cnn_converts_fully_integer_with_parity(fashion, tmp_path, s
               tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     q.fit(x, y, epochs=1, batch_size=50, verbose=0)
     content = _qat_tflite(q, tmp_path)
-    assert convert.find_float_ops(content) == []
+    assert tflite_inspect.find_float_ops(content) == []
     tflite = interpreter.TfliteModel(content).run({"image": x})[0]
     keras_out = q.predict(x, verbose=0)
     assert np.mean(tflite.argmax(1) == keras_out.argmax(1)) >= 0.99
@@ -111,7 +114,7 @@ def test_every_layer_type_is_wrapped_and_float_ops_are_listed(tmp_path):
             "Conv2DTranspose", "UpSampling2D", "Concatenate", "AveragePooling2D",
             "Dense"} <= wrapped
     _train_a_step(q, x, targets)
-    assert convert.find_float_ops(_qat_tflite(q, tmp_path)) == []
+    assert tflite_inspect.find_float_ops(_qat_tflite(q, tmp_path)) == []
 
 
 def test_qat_model_save_and_reload(fashion, tmp_path):
@@ -193,7 +196,7 @@ def test_weights_in_the_tflite_against_the_qat_weights(fashion, tmp_path, scheme
     q.compile(tf_keras.optimizers.Adam(1e-5),
               tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     q.fit(x[:100], y[:100], epochs=1, batch_size=50, verbose=0)
-    rows = qat.weight_requantization(q, qat.convert_qat(q, str(tmp_path)))
+    rows = tflite_inspect.weight_requantization(q, convert.convert_qat(q, str(tmp_path)))
     assert [r["layer"] for r in rows] == ["conv2d", "conv2d_1", "conv2d_2", "dense", "logits"]
     assert all(r["found"] for r in rows)
     assert all(r["exact"] for r in rows) is exact
@@ -212,11 +215,11 @@ def test_scalar_op_lambdas_become_wrappable_layers(tmp_path):
     h = L.ReLU(6.0)(h + 3.0) * (1.0 / 6.0)  # MobileNetV3's hard sigmoid: two TFOpLambda
     model = tf_keras.Model(i, L.Dense(2)(L.Flatten()(h)))
     assert [type(x).__name__ for x in model.layers].count("TFOpLambda") == 2
-    replaced = qat.replace_scalar_op_lambdas(model)
+    replaced = fold.replace_scalar_op_lambdas(model)
     assert [type(x).__name__ for x in replaced.layers].count("ScalarOp") == 2
     x = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(replaced.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-6, atol=1e-6)
     q = qat.quantize_model(model)
     _train_a_step(q, x, np.zeros((16, 2)))
-    assert convert.find_float_ops(_qat_tflite(q, tmp_path)) == []
+    assert tflite_inspect.find_float_ops(_qat_tflite(q, tmp_path)) == []

@@ -9,8 +9,10 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from conftest import tiny_data
 
-from tflq import convert, keras_compat, qat, quantizers
-from tflq.keras_compat import tf_keras
+from tflq import models, tflite_inspect
+from tflq.models import tf_keras
+from tflq.ptq import convert
+from tflq.quant import functions, qat, quantizers, schemes
 
 # TF computes in float32, the references in float64.
 F32_RTOL = 1e-6
@@ -19,10 +21,10 @@ F32_ATOL = 1e-6
 
 def test_linear_codes_edges():
     x = np.array([-1.0, 0.0, 0.5, 1.0, 3.0, 4.0, 9.0])
-    q, deq = quantizers.linear_codes(x, x_min=0.0, x_max=3.0, num_bits=2)
+    q, deq = functions.linear_codes(x, x_min=0.0, x_max=3.0, num_bits=2)
     np.testing.assert_array_equal(q, [0, 0, 0, 1, 3, 3, 3])  # 0.5 → round(0.5)=0 (half-even)
     np.testing.assert_allclose(deq, [0, 0, 0, 1, 3, 3, 3])
-    q, deq = quantizers.linear_codes(np.array([2.0, 2.0]), 2.0, 2.0, 8)  # constant tensor
+    q, deq = functions.linear_codes(np.array([2.0, 2.0]), 2.0, 2.0, 8)  # constant tensor
     np.testing.assert_array_equal(q, [0, 0])
     np.testing.assert_allclose(deq, [2.0, 2.0])
 
@@ -30,46 +32,46 @@ def test_linear_codes_edges():
 def test_symmetric_codes_edges():
     # scale = 1.27 / 127 = 0.01
     x = np.array([0.0, 1.27, -1.27, 5.0, -5.0, 0.005, 0.015, 1e-9])
-    q, deq = quantizers.symmetric_codes(x, 1.27, 8)
+    q, deq = functions.symmetric_codes(x, 1.27, 8)
     np.testing.assert_array_equal(q, [0, 127, -127, 127, -127, 0, 2, 0])
     np.testing.assert_allclose(deq, q * 0.01)
-    q, _ = quantizers.symmetric_codes(np.array([-5.0]), 1.27, 8, narrow_range=False)
+    q, _ = functions.symmetric_codes(np.array([-5.0]), 1.27, 8, narrow_range=False)
     assert q[0] == -128
-    q, deq = quantizers.symmetric_codes(np.zeros(3), 0.0, 4)
+    q, deq = functions.symmetric_codes(np.zeros(3), 0.0, 4)
     np.testing.assert_array_equal(q, 0) and np.testing.assert_array_equal(deq, 0)
 
 
 def test_asymmetric_codes_keep_zero_exact():
-    q, deq = quantizers.asymmetric_codes(np.array([0.0, -1.0, 2.0, 3.0]), -1.0, 2.0, 8)
+    q, deq = functions.asymmetric_codes(np.array([0.0, -1.0, 2.0, 3.0]), -1.0, 2.0, 8)
     scale = 3.0 / 255
     zero_point = round(1.0 / scale)  # 85
     np.testing.assert_array_equal(q, [85, 0, 255, 255])
     assert deq[0] == 0.0
     np.testing.assert_allclose(deq, (q - zero_point) * scale)
     # An all-positive range is widened to include zero: zero point 0.
-    q, deq = quantizers.asymmetric_codes(np.array([0.0, 2.0, 4.0]), 1.0, 4.0, 2)
+    q, deq = functions.asymmetric_codes(np.array([0.0, 2.0, 4.0]), 1.0, 4.0, 2)
     np.testing.assert_array_equal(q, [0, 2, 3])
     np.testing.assert_allclose(deq, [0.0, 8 / 3, 4.0])
 
 
 def test_log_companding_codes():
     x = np.array([0.0, 1.0, -1.0, 0.5, 1e-9, 2.0])
-    q, deq = quantizers.log_companding_codes(x, max_abs=1.0, num_bits=4, companding=1.0)
+    q, deq = functions.log_companding_codes(x, max_abs=1.0, num_bits=4, companding=1.0)
     levels = 7
     expected_half = round(math.log1p(0.5 * levels) / math.log1p(levels) * levels)  # 5
     np.testing.assert_array_equal(q, [0, 7, -7, expected_half, 0, 7])
     assert deq[1] == pytest.approx(1.0) and deq[2] == pytest.approx(-1.0)
     assert deq[3] == pytest.approx((8 ** (5 / 7) - 1) / 7)
-    fine = quantizers.log_companding_codes(np.linspace(0, 1, 1001), 1.0, 6, 0.1)[0]
+    fine = functions.log_companding_codes(np.linspace(0, 1, 1001), 1.0, 6, 0.1)[0]
     assert np.all(np.diff(fine) >= 0)  # monotonic
-    q, deq = quantizers.log_companding_codes(np.ones(2), 0.0, 4)  # constant zero range
+    q, deq = functions.log_companding_codes(np.ones(2), 0.0, 4)  # constant zero range
     np.testing.assert_array_equal(q, 0)
 
 
 def test_pow2_codes():
     s = 2.0
     x = np.array([2.0, -1.0, 0.5, 2.0 / 64, 2.0 / 128, 0.0, 0.7, -3.0, 1.5])
-    q, deq = quantizers.pow2_codes(x, s, num_bits=4)  # E = 7 exponents: 2^0 … 2^-6
+    q, deq = functions.pow2_codes(x, s, num_bits=4)  # E = 7 exponents: 2^0 … 2^-6
     # 0.7/2 = 0.35 → log2 = -1.51 → e = -2; 1.5/2 = 0.75 → -0.415 → e = 0; 2/128 → e = -7: zero
     np.testing.assert_array_equal(q, [7, -6, 5, 1, 0, 0, 5, -7, 7])
     np.testing.assert_allclose(deq, [2.0, -1.0, 0.5, 2.0 / 64, 0, 0, 0.5, -2.0, 2.0])
@@ -78,7 +80,7 @@ def test_pow2_codes():
 @pytest.mark.parametrize("bad", [1, 17, 2.5, "8"])
 def test_bits_out_of_range(bad):
     with pytest.raises(ValueError, match="num_bits must be an integer"):
-        quantizers.linear_codes(np.zeros(2), 0, 1, bad)
+        functions.linear_codes(np.zeros(2), 0, 1, bad)
 
 
 @pytest.mark.parametrize("name", ["linear", "symmetric", "asymmetric", "log_companding", "pow2"])
@@ -91,16 +93,16 @@ def test_tf_twins_match_numpy(name, per_channel):
     max_abs = np.maximum(np.abs(lo), np.abs(hi))
     bits = 4
     cases = {
-        "linear": (quantizers.linear_codes(x, lo, hi, bits),
-                   quantizers.fake_quant_linear(x, lo, hi, bits)),
-        "symmetric": (quantizers.symmetric_codes(x, max_abs, bits),
-                      quantizers.fake_quant_symmetric(x, max_abs, bits)),
-        "asymmetric": (quantizers.asymmetric_codes(x, lo, hi, bits),
-                       quantizers.fake_quant_asymmetric(x, lo, hi, bits)),
-        "log_companding": (quantizers.log_companding_codes(x, max_abs, bits, 0.5),
-                           quantizers.fake_quant_log_companding(x, max_abs, bits, 0.5)),
-        "pow2": (quantizers.pow2_codes(x, max_abs, bits),
-                 quantizers.fake_quant_pow2(x, max_abs, bits)),
+        "linear": (functions.linear_codes(x, lo, hi, bits),
+                   functions.fake_quant_linear(x, lo, hi, bits)),
+        "symmetric": (functions.symmetric_codes(x, max_abs, bits),
+                      functions.fake_quant_symmetric(x, max_abs, bits)),
+        "asymmetric": (functions.asymmetric_codes(x, lo, hi, bits),
+                       functions.fake_quant_asymmetric(x, lo, hi, bits)),
+        "log_companding": (functions.log_companding_codes(x, max_abs, bits, 0.5),
+                           functions.fake_quant_log_companding(x, max_abs, bits, 0.5)),
+        "pow2": (functions.pow2_codes(x, max_abs, bits),
+                 functions.fake_quant_pow2(x, max_abs, bits)),
     }
     (_, expected), got = cases[name]
     np.testing.assert_allclose(got.numpy(), expected, rtol=F32_RTOL, atol=F32_ATOL)
@@ -110,11 +112,11 @@ def test_straight_through_gradient_is_clipped():
     x = tf.constant([-2.0, -0.5, 0.0, 0.5, 2.0])
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = quantizers.fake_quant_linear(x, -1.0, 1.0, 4)
+        y = functions.fake_quant_linear(x, -1.0, 1.0, 4)
     np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0, 1, 1, 1, 0])
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = quantizers.fake_quant_pow2(x, 1.0, 4) * 3.0
+        y = functions.fake_quant_pow2(x, 1.0, 4) * 3.0
     np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0, 3, 3, 3, 0])
 
 
@@ -151,7 +153,7 @@ def _pow2_conv_model():
     tfmot_keras = quantizers.tfmot.quantization.keras
     activation = tfmot_keras.quantizers.MovingAverageQuantizer(
         num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
-    config = qat.LayerQuantizeConfig(weights={"kernel": quantizers.Pow2Quantizer(4)},
+    config = schemes.LayerQuantizeConfig(weights={"kernel": quantizers.Pow2Quantizer(4)},
                                      activations={"activation": activation})
     annotate = tfmot_keras.quantize_annotate_layer
     return tf_keras.Sequential([
@@ -163,12 +165,12 @@ def _pow2_conv_model():
 
 
 def test_layer_quantize_config_round_trip():
-    config = qat.LayerQuantizeConfig(
+    config = schemes.LayerQuantizeConfig(
         weights={"kernel": "pow2"},
         activations={"activation": quantizers.tfmot.quantization.keras.quantizers
                      .MovingAverageQuantizer(8, False, False, False)},
         output=quantizers.AsymmetricQuantizer(ema_decay=0.9))
-    again = qat.LayerQuantizeConfig.from_config(config.get_config())
+    again = schemes.LayerQuantizeConfig.from_config(config.get_config())
     assert again.get_config() == config.get_config()
     assert again.weights["kernel"] == quantizers.Pow2Quantizer()
 
@@ -183,13 +185,13 @@ def test_pow2_weights_deploy_bit_exactly(tmp_path):
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     conv = next(layer for layer in model.layers if "conv2d" in layer.name)
     kernel = next(w for w in conv.weights if w.name.endswith("kernel:0")).numpy()
-    _, expected = quantizers.pow2_codes(kernel, np.abs(kernel).max(axis=(0, 1, 2)), 4)
+    _, expected = functions.pow2_codes(kernel, np.abs(kernel).max(axis=(0, 1, 2)), 4)
 
     # A QAT model carries its own ranges (FakeQuant ops): convert without calibration.
-    converter = keras_compat.wrap_model(model, "qat").make_converter(str(tmp_path))
+    converter = models.wrap_model(model, "qat").make_converter(str(tmp_path))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     content = converter.convert()
-    assert convert.find_float_ops(content) == []
+    assert tflite_inspect.find_float_ops(content) == []
     interp = Interpreter(model_content=content)
     weights = [t for t in interp.get_tensor_details() if list(t["shape"]) == [4, 3, 3, 1]]
     assert len(weights) == 1 and weights[0]["dtype"] == np.int8
@@ -225,7 +227,7 @@ def test_learned_step_forward_and_gradients():
     x = tf.constant([[-1.0, -0.26, 0.0, 0.24, 0.9]])
     s = tf.Variable(0.1)
     with tf.GradientTape() as tape:
-        y = quantizers.fake_quant_learned_step(x, s, 4)  # Q = 7: range ±0.7
+        y = functions.fake_quant_learned_step(x, s, 4)  # Q = 7: range ±0.7
         loss = tf.reduce_sum(y)
     ds = tape.gradient(loss, s)
     np.testing.assert_allclose(y.numpy(), [[-0.7, -0.3, 0.0, 0.2, 0.7]], atol=1e-6)
@@ -235,12 +237,12 @@ def test_learned_step_forward_and_gradients():
     np.testing.assert_allclose(ds.numpy(), expected, rtol=1e-5)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = quantizers.fake_quant_learned_step(x, s, 4)
+        y = functions.fake_quant_learned_step(x, s, 4)
     np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [[0, 1, 1, 1, 0]])
 
 
 def test_lsq_scheme_trains_its_step_and_deploys_exactly(tmp_path):
-    from tflq import schemes
+    from tflq.quant import schemes
 
     assert schemes.get_scheme("lsq").exact
     x, y = tiny_data(64)
@@ -253,5 +255,5 @@ def test_lsq_scheme_trains_its_step_and_deploys_exactly(tmp_path):
     q.fit(x, y, epochs=1, batch_size=16, verbose=0)
     steps = [w for w in q.trainable_weights if "step" in w.name]
     assert len(steps) == 2 and all(np.all(w.numpy() > 0) for w in steps)
-    rows = qat.weight_requantization(q, qat.convert_qat(q, str(tmp_path)))
+    rows = tflite_inspect.weight_requantization(q, convert.convert_qat(q, str(tmp_path)))
     assert all(r["found"] and r["exact"] for r in rows)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from tflq import qat, ranges
-from tflq.keras_compat import tf_keras
+from tflq.models import tf_keras
+from tflq.ptq import convert, ranges
 
 L = tf_keras.layers
 
@@ -111,7 +111,7 @@ def test_estimated_ranges_are_the_scales_in_the_tflite(estimator, tmp_path):
     c1 = tf_keras.Model(model.inputs, model.get_layer("c1").output).predict(data, verbose=0)
     hist = ranges.Histogram.of(c1)
     assert chosen["c1"] == pytest.approx(ranges.estimate(hist, estimator), rel=1e-3, abs=1e-3)
-    interp = Interpreter(model_content=qat.convert_qat(q, str(tmp_path)))
+    interp = Interpreter(model_content=convert.convert_qat(q, str(tmp_path)))
     scales = {t["name"]: t["quantization_parameters"]["scales"]
               for t in interp.get_tensor_details() if t["dtype"] == np.int8}
     for layer, marker in (("c1", "quant_c1/Relu"), ("c2", "quant_c2/MovingAvgQuantize")):

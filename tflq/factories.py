@@ -12,6 +12,8 @@ import re
 import sys
 from collections.abc import Callable
 
+__all__ = ["FACTORY_RE", "is_factory", "import_callable"]
+
 FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 

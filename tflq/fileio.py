@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import tempfile
+
+__all__ = ["write_atomic", "update_digest", "sha256_of"]
 
 
 def _new_file_mode(path: str) -> int:
@@ -36,3 +39,26 @@ def write_atomic(path: str, content: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def update_digest(digest, path: str) -> None:
+    """Feeds a file's bytes, or a folder's files (relative names and bytes, in sorted order),
+    into a hashlib digest, reading 1 MB at a time."""
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                digest.update(os.path.relpath(full, path).encode())
+                update_digest(digest, full)
+        return
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+
+
+def sha256_of(path: str) -> str:
+    """sha256 hex digest of a file or a folder (see :func:`update_digest`)."""
+    digest = hashlib.sha256()
+    update_digest(digest, path)
+    return digest.hexdigest()

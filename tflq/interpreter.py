@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+__all__ = ["quantize", "dequantize", "TfliteModel", "measure_latency"]
+
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
     """q = clamp(round(x / scale) + zero_point, dtype.min, dtype.max)."""

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+__all__ = ["sqnr_db", "cosine_similarity", "top1", "accuracy", "top1_agreement", "Comparison"]
+
 
 def _check_pair(reference: np.ndarray, test: np.ndarray):
     reference = np.asarray(reference, dtype=np.float64)

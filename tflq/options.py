@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+__all__ = ["Mode", "ALL_MODES", "RANGE_ESTIMATORS", "parse_modes", "ConvertOptions"]
+
 
 class Mode(str, enum.Enum):
     FLOAT32 = "float32"
@@ -27,6 +29,8 @@ class Mode(str, enum.Enum):
 
 
 ALL_MODES = tuple(m.value for m in Mode)
+# Activation range estimators of :mod:`tflq.ptq.ranges` (named here: options are a leaf).
+RANGE_ESTIMATORS = ("minmax", "percentile", "mse", "kl")
 
 
 def parse_modes(text: str | list[str]) -> list[Mode]:
@@ -52,14 +56,14 @@ class ConvertOptions:
       integer_io: int8 (int16 for ``int16x8``) model input/output instead of float32.
       per_channel: per-channel weight scales for ``int8`` (the TFLite default).
       allow_float_ops: let ``int8``/``int16x8`` keep ops without integer kernels in float.
-      range_estimator: ``int8`` activation ranges from :mod:`tflq.ranges` (``minmax``,
+      range_estimator: ``int8`` activation ranges from :mod:`tflq.ptq.ranges` (``minmax``,
         ``percentile``, ``mse``, ``kl``) instead of the converter's min/max; None: the
         converter's own calibration.
       percentile: for ``range_estimator="percentile"``.
       equalize: ``int8`` after cross-layer equalization and bias correction
-        (:mod:`tflq.equalize`).
+        (:mod:`tflq.ptq.equalize`).
       selective: keep the fewest most sensitive ``int8`` ops in float that bring the
-        accuracy drop within the ``max_accuracy_drop`` gate (:mod:`tflq.selective`).
+        accuracy drop within the ``max_accuracy_drop`` gate (:mod:`tflq.ptq.selective`).
     """
 
     integer_io: bool = False
@@ -72,11 +76,9 @@ class ConvertOptions:
 
     def __post_init__(self):
         if self.range_estimator is not None:
-            from tflq.ranges import ESTIMATORS
-
-            if self.range_estimator not in ESTIMATORS:
+            if self.range_estimator not in RANGE_ESTIMATORS:
                 raise ValueError(f"Unknown range estimator {self.range_estimator!r}. "
-                                 f"Available: {list(ESTIMATORS)}")
+                                 f"Available: {list(RANGE_ESTIMATORS)}")
             if not self.per_channel:
                 raise ValueError("Range estimators calibrate through tflq's QAT graph, which "
                                  "has per-channel weights: drop --per_tensor or the estimator.")

@@ -8,6 +8,10 @@ import io
 import json
 import math
 
+__all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
+    "format_table", "to_markdown", "format_compression", "format_device_table", "to_png",
+    "format_findings"]
+
 SCHEMA_VERSION = 1
 
 MODE_NOTES = {
@@ -64,7 +68,7 @@ class Gates:
 
 
 def model_section(model, source: str) -> dict:
-    """report["model"]: what was converted (a :class:`tflq.keras_compat.LoadedModel`)."""
+    """report["model"]: what was converted (a :class:`tflq.models.LoadedModel`)."""
     return {"source": source, "flavor": model.flavor, "sha256": model.fingerprint(),
             "inputs": [s.to_dict() for s in model.inputs], "outputs": list(model.output_names)}
 
@@ -202,7 +206,7 @@ def to_markdown(report: dict) -> str:
                              f"{w['max_abs_error']:.3g} | {_fmt(w['sqnr_db'], '.1f')} | "
                              f"{'yes' if w['exact'] else 'no'} |")
     if "preflight" in report:
-        from tflq.preflight import format_findings
+        from tflq.report import format_findings
 
         lines += ["", "## Preflight", "", format_findings(report["preflight"])]
     if "selective" in report:
@@ -298,3 +302,15 @@ def to_png(report: dict) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def format_findings(findings: list[dict]) -> str:
+    """Markdown table of findings (or a line saying there are none)."""
+    if not findings:
+        return "No findings: nothing in this model is known to hurt int8 quantization."
+    lines = ["| check | where | what | suggested fix |", "|---|---|---|---|"]
+    for f in findings:
+        lines.append(f"| {f['kind']} | {f['layer']} | {f['detail']} | {f['fix']} |")
+    return "\n".join(lines)
+
+

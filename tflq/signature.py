@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+__all__ = ["TensorSpec"]
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:

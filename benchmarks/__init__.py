@@ -1,0 +1,1 @@
+"""Benchmark scripts and their helpers (not packaged); results/ holds their JSON."""

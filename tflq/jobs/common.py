@@ -1,0 +1,163 @@
+"""What every job kind shares: the result type, progress bars, data preparation, the
+streaming evaluation pass, the report skeleton, gates and atomic output writing."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+
+from tflq import metrics, report, runtime, sampling
+from tflq.data import open_data
+from tflq.fileio import write_atomic
+
+__all__ = ["JobResult", "progress", "prepare_data", "evaluate", "array_batches", "load_training_data",
+           "base_report", "finish", "write_outputs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    """What a run produced: the report, the files written, and the exit code to use."""
+
+    report: dict
+    files: tuple[str, ...]
+    exit_code: int
+    gate_failures: tuple[str, ...]
+
+
+def progress(enabled: bool, desc: str, total: int | None, unit: str = "sample"):
+    """A function wrapping an iterable in a tqdm bar, or None when ``enabled`` is false."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda items: tqdm(items, desc=desc, total=total, unit=unit, leave=False)
+
+
+def prepare_data(job, model):
+    """Opens, samples and checks calibration and evaluation data (nothing written)."""
+    specs = model.inputs
+    calib = open_data(job.data, specs, job.data_options)
+    calib_indices = sampling.sample_indices(len(calib), job.num_calibration_samples, job.seed)
+    if job.eval_data:
+        evaluation = open_data(job.eval_data, specs, job.data_options)
+        eval_indices = list(range(len(evaluation)))
+    else:
+        evaluation = calib
+        taken = set(calib_indices)
+        eval_indices = [i for i in range(len(calib)) if i not in taken]
+        if not eval_indices:
+            raise ValueError(
+                f"No evaluation data: all {len(calib)} samples of {job.data!r} are used for "
+                "calibration. Pass eval_data (--eval_data) or fewer calibration samples."
+            )
+    if job.num_eval_samples is not None:
+        eval_indices = eval_indices[: job.num_eval_samples]
+    eval_stats = sampling.scan(
+        evaluation, specs, eval_indices,
+        progress=progress(job.progress, "check eval data", len(eval_indices)))
+    calib_stats = sampling.scan(
+        calib, specs, calib_indices, reference=eval_stats,
+        reference_name=f"the evaluation data {evaluation.description!r}",
+        progress=progress(job.progress, "check calibration data", len(calib_indices)))
+    return calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats
+
+
+def evaluate(model, batches, runners: dict, progress_bar=None, observers=()):
+    """One streaming pass: the float model and every runner on the same batches.
+
+    Args:
+      model: the float :class:`tflq.models.LoadedModel` (the reference).
+      batches: iterable of ``({input name: array}, labels or None)``.
+      runners: ``{key: object with run(batch) -> list of outputs}`` (e.g. .tflite models).
+      progress_bar: wraps ``batches`` (see :func:`progress`), or None.
+      observers: callables ``(batch, labels, reference, outputs)`` for job-specific
+        comparisons; ``outputs`` maps each runner key to its outputs on the batch.
+
+    Returns:
+      ``(float result, {key: metrics.Comparison}, first batch)``; the float result's
+      ``accuracy`` is None without labels.
+    """
+    comparisons = {key: metrics.Comparison() for key in runners}
+    labels_seen = metrics.Comparison()  # float model vs labels (reference = itself)
+    first_batch = None
+    for batch, labels in (progress_bar(batches) if progress_bar else batches):
+        if first_batch is None:
+            first_batch = batch
+        reference = model.predict(batch)
+        labels_seen.update(reference, reference, labels)
+        outputs = {key: runner.run(batch) for key, runner in runners.items()}
+        for key, out in outputs.items():
+            comparisons[key].update(reference, out, labels)
+        for observe in observers:
+            observe(batch, labels, reference, outputs)
+    return labels_seen.result(), comparisons, first_batch
+
+
+def array_batches(x: dict, y, batch_size: int):
+    """``({name: array[i:i + batch_size]}, labels[i:i + batch_size] or None)`` over arrays."""
+    total = len(next(iter(x.values())))
+    for start in range(0, total, batch_size):
+        yield ({n: v[start:start + batch_size] for n, v in x.items()},
+               None if y is None else y[start:start + batch_size])
+
+
+def load_training_data(job, model, labelled: bool = True):
+    """Train and evaluation arrays of a training job (``train_data``, ``eval_data``,
+    ``num_train_samples``, ``seed``) and ``feed``, which turns ``{name: array}`` into what the
+    Keras model takes (one array, or a list in input order)."""
+    names = model.input_names
+    x_train, y_train = sampling.load_arrays(job.train_data, model.inputs, job.num_train_samples,
+                                            job.seed, "Training data" if labelled else None)
+    x_eval, y_eval = sampling.load_arrays(job.eval_data, model.inputs, None, job.seed,
+                                          "Evaluation data" if labelled else None)
+
+    def feed(x):
+        return x[names[0]] if len(names) == 1 else [x[n] for n in names]
+
+    return x_train, y_train, x_eval, y_eval, feed
+
+
+def base_report(*, model, source: str, settings: dict, data: dict, float_section: dict,
+                modes: list[dict], gates: report.Gates, **sections) -> dict:
+    """The report every job kind writes: schema, time, versions, machine, model, settings,
+    data, float model, mode rows, gates computed over the rows, then the job's own sections."""
+    failures = gates.check(modes)
+    return {
+        "schema_version": report.SCHEMA_VERSION,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": runtime.versions(),
+        "machine": runtime.machine_description(),
+        "model": report.model_section(model, source),
+        "settings": settings,
+        "data": data,
+        "float": float_section,
+        "modes": modes,
+        "gates": {**gates.to_dict(), "passed": not failures, "failures": failures},
+        **sections,
+    }
+
+
+def finish(out: str, full_report: dict, files: dict[str, bytes]) -> JobResult:
+    """Writes the artifacts and report.json/md/png atomically; the exit code follows the gates."""
+    written = write_outputs(out, full_report, files)
+    failures = tuple(full_report["gates"]["failures"])
+    return JobResult(report=full_report, files=tuple(written),
+                     exit_code=runtime.EXIT_GATE if failures else runtime.EXIT_OK,
+                     gate_failures=failures)
+
+
+def write_outputs(out: str, full_report: dict, files: dict[str, bytes]) -> list[str]:
+    """Writes each file, then report.json, report.md and report.png, each atomically."""
+    os.makedirs(out, exist_ok=True)
+    written = []
+    items = list(files.items()) + [
+        ("report.json", report.to_json(full_report)),
+        ("report.md", report.to_markdown(full_report).encode()),
+        ("report.png", report.to_png(full_report)),
+    ]
+    for name, content in items:
+        path = os.path.join(out, name)
+        write_atomic(path, content)
+        written.append(path)
+    return written

@@ -1,0 +1,276 @@
+"""Quantization combined with pruning and clustering, with honest size accounting.
+
+The chain (:func:`run_compress_job`):
+
+1. **prune** (``sparsity`` > 0 or ``structure="2:4"``): tfmot's magnitude pruning with a
+   constant or polynomial-decay schedule, or 2:4 structured sparsity (2 zeros in every 4
+   consecutive input-channel weights), on the layers chosen by type and name pattern;
+   fine-tuned for ``epochs``, then stripped;
+2. **cluster** (``clusters`` ≥ 2): tfmot's weight clustering (k-means++ centroids, sparsity
+   kept when the model was pruned), fine-tuned, stripped;
+3. **quantize**: ``ptq`` — the plain TFLite converter with calibration data; ``qat`` — tflq's
+   QAT (:func:`tflq.quant.qat.quantize_model`, any scheme) with the structure *preserved*: after
+   every training step pruned weights are set back to 0 and every clustered weight to its
+   layer-wide cluster mean, measured in units of the weight's BatchNorm folding scale
+   (PQAT/CQAT);
+4. **validate and report**: accuracy of the int8 .tflite against the float model, and the
+   size accounting of :func:`weight_stats` — raw and gzip size, per-layer sparsity and
+   unique int8 values read from the .tflite itself, 2:4 compliance, and the size with
+   TFLite's sparse tensor encoding.
+
+Models must output logits (as :func:`tflq.quant.qat.make_trainer` expects).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+from tflq import options, report, runtime
+from tflq.jobs.common import JobResult, array_batches, base_report, evaluate, finish, load_training_data
+from tflq.quant.compress import (
+    COMPRESSIBLE,
+    QUANTIZATIONS,
+    SCHEDULES,
+    STRUCTURED_TYPES,
+    STRUCTURES,
+    PreserveStructure,
+    cluster,
+    fine_tune,
+    prune,
+    select_layers,
+)
+from tflq.tflite_inspect import gzip_size, weight_stats
+
+__all__ = ["CompressJob", "sparse_encoded_size", "run_compress_job"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressJob:
+    """Everything one compression run needs; checked on creation.
+
+    Attributes:
+      sparsity: target fraction of zero weights in [0, 1) (0: no pruning; 2:4 means 0.5).
+      schedule: ``constant`` or ``polynomial`` (0 → sparsity over the first 3/4 of training).
+      structure: ``unstructured`` or ``2:4``.
+      clusters: centroids per layer (0: no clustering; otherwise ≥ 2).
+      layers: regular expression on layer names choosing what to prune/cluster (None: all
+        layers of ``layer_types``).
+      layer_types: layer class names to prune/cluster.
+      quantization: ``qat`` (structure-preserving QAT) or ``ptq`` (the converter).
+      scheme: QAT weight scheme (:data:`tflq.quant.schemes.SCHEMES`); ``ptq`` uses TFLite's int8.
+      epochs: fine-tuning epochs of the prune and cluster stages.
+      qat_epochs: QAT epochs (None: ``epochs``).
+      distill: QAT learns from the original float model as teacher too
+        (:func:`tflq.quant.qat.make_trainer`: α·CE + (1 − α)·T²·KL, α 0.5, T 4).
+    """
+
+    model: str
+    train_data: str
+    eval_data: str
+    out: str
+    sparsity: float = 0.0
+    schedule: str = "constant"
+    structure: str = "unstructured"
+    clusters: int = 0
+    layers: str | None = None
+    layer_types: tuple = ("Conv2D", "Dense")
+    quantization: str = "qat"
+    scheme: str = "default_int8"
+    epochs: int = 2
+    qat_epochs: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    qat_learning_rate: float | None = None
+    distill: bool = False
+    num_train_samples: int | None = None
+    num_calibration_samples: int = 500
+    seed: int = 0
+    num_threads: int = 1
+    latency_runs: int = 50
+    verbose: int = 2
+    gates: report.Gates = report.Gates()
+
+    def __post_init__(self):
+        from tflq.quant import schemes
+
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1). Received: sparsity={self.sparsity}")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"Unknown structure {self.structure!r}. Available: {list(STRUCTURES)}")
+        if self.structure == "2:4" and self.sparsity not in (0.0, 0.5):
+            raise ValueError(f"2:4 structure means 50% sparsity; sparsity={self.sparsity} "
+                             "contradicts it (leave it at 0 or 0.5).")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Unknown schedule {self.schedule!r}. Available: {list(SCHEDULES)}")
+        if self.clusters == 1 or self.clusters < 0:
+            raise ValueError(f"clusters must be at least 2 (or 0 for no clustering). "
+                             f"Received: clusters={self.clusters}")
+        if self.clusters > 256:
+            raise ValueError(f"clusters must be at most 256 (int8 holds 256 values). "
+                             f"Received: clusters={self.clusters}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"Unknown quantization {self.quantization!r}. "
+                             f"Available: {list(QUANTIZATIONS)}")
+        schemes.get_scheme(self.scheme)
+        unknown = [t for t in self.layer_types if t not in COMPRESSIBLE]
+        if unknown or not self.layer_types:
+            raise ValueError(f"layer_types {list(self.layer_types)}: each must be one of "
+                             f"{list(COMPRESSIBLE)}.")
+        if self.structure == "2:4":
+            unsupported = [t for t in self.layer_types if t not in STRUCTURED_TYPES]
+            if unsupported:
+                raise ValueError(f"2:4 sparsity is supported for {list(STRUCTURED_TYPES)}, not "
+                                 f"{unsupported}; drop them from layer_types.")
+        if self.layers is not None:
+            try:
+                re.compile(self.layers)
+            except re.error as e:
+                raise ValueError(f"layers {self.layers!r} is not a valid regex: {e}") from e
+        if self.qat_epochs is not None and self.qat_epochs < 1:
+            raise ValueError(f"qat_epochs must be positive. Received: {self.qat_epochs}")
+        for name in ("epochs", "batch_size", "num_threads", "latency_runs",
+                     "num_calibration_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive. Received: {getattr(self, name)}")
+        for name in ("learning_rate", "qat_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0. Received: {value}")
+
+    @property
+    def prunes(self) -> bool:
+        return self.sparsity > 0 or self.structure == "2:4"
+
+    @property
+    def clusters_weights(self) -> bool:
+        return self.clusters >= 2
+
+
+def sparse_encoded_size(make_converter) -> dict:
+    """Converts again with TFLite's sparse tensor encoding (``EXPERIMENTAL_SPARSITY``) and
+    says how many tensors it actually encoded; the encoding only pays for (block-)sparse
+    weights of the ops that have sparse kernels."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tflq.models import tf
+
+    converter = make_converter()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    content = converter.convert()
+    encoded = [t["name"] for t in Interpreter(model_content=content).get_tensor_details()
+               if t.get("sparsity_parameters")]
+    return {"size_bytes": len(content), "gzip_bytes": gzip_size(content),
+            "sparse_tensors": len(encoded)}
+
+
+def run_compress_job(job: CompressJob) -> JobResult:
+    """Prunes and/or clusters, quantizes (QAT or PTQ), validates and writes the .tflite and
+    report.json/md/png.
+
+    Returns:
+      A :class:`tflq.jobs.common.JobResult`; ``exit_code`` is 3 when a gate failed.
+
+    Raises:
+      ValueError: bad input, before anything is written.
+    """
+    import shutil
+    import tempfile
+
+    from tflq import interpreter, tflite_inspect
+    from tflq.models import load_model, tf_keras, wrap_model
+    from tflq.ptq import convert
+    from tflq.quant import qat
+
+    runtime.check_output_dir(job.out)
+    float_model = load_model(job.model)
+    if float_model.flavor != "tf_keras":
+        raise ValueError(f"Compression needs a tf_keras model; {job.model!r} is "
+                         f"{float_model.flavor}.")
+    model = float_model.keras_model
+    chosen = {layer.name for layer in select_layers(model, job)}
+    x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model)
+    names = float_model.input_names
+    tf_keras.utils.set_random_seed(job.seed)
+    histories, stages = {}, []
+    if job.prunes:
+        model, histories["prune"] = prune(model, feed(x_train), y_train, job, chosen)
+        stages.append(f"prune {'2:4' if job.structure == '2:4' else f'{job.sparsity:.0%}'} "
+                      f"({job.schedule})")
+    if job.clusters_weights:
+        model, histories["cluster"] = cluster(model, feed(x_train), y_train, job, chosen)
+        stages.append(f"cluster k={job.clusters}")
+    scratch = tempfile.mkdtemp(prefix="tflq-compress-")
+    try:
+        if job.quantization == "qat":
+            student = qat.quantize_model(model, job.scheme)
+            reference = {layer.name: layer.get_weights()[0] for layer in model.layers
+                         if layer.name in chosen and layer.get_weights()}
+            keep = PreserveStructure(student, chosen if stages else set(), job.clusters_weights,
+                                     reference)
+            keep.apply()  # BatchNorm folding rescaled channels; start exactly on the structure
+            histories["qat"] = fine_tune(student, feed(x_train), y_train, job, [keep],
+                                         job.qat_learning_rate or job.learning_rate,
+                                         job.qat_epochs or job.epochs,
+                                         float_model.keras_model if job.distill else None)
+            content = convert.convert_qat(student, scratch)
+
+            def make_converter():
+                return wrap_model(student, "qat").make_converter(scratch)
+
+            stages.append(f"QAT ({job.scheme}, structure preserved"
+                          f"{', distilled from the float model' if job.distill else ''})")
+        else:
+            order = np.random.default_rng(job.seed).permutation(len(y_train))
+            order = order[:job.num_calibration_samples]
+
+            def representative():
+                for i in order:
+                    yield {n: x_train[n][i:i + 1] for n in names}
+
+            loaded = wrap_model(model, job.model)
+            content = convert.convert_model(loaded, "int8", scratch, representative).content
+
+            def make_converter():
+                converter = loaded.make_converter(scratch)
+                convert.configure(converter, options.Mode.INT8,
+                                  options.ConvertOptions(integer_io=True), representative)
+                return converter
+
+            stages.append("PTQ int8 (TFLite converter)")
+        sparse = sparse_encoded_size(make_converter)
+        float32 = convert.convert_model(float_model, "float32", scratch).content
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    stats = weight_stats(content)
+    runner = interpreter.TfliteModel(content, num_threads=job.num_threads)
+    float_result, compared, _ = evaluate(float_model, array_batches(x_eval, y_eval, job.batch_size),
+                                         {"int8": runner})
+    base = float_result["accuracy"]
+    latency = interpreter.measure_latency(
+        {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
+         "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)
+    weights = sum(row["weights"] for row in stats)
+    zeros = sum(row["weights"] * row["sparsity"] for row in stats)
+    stem = float_model.stem
+    row = report.mode_row("int8", f"{stem}_compressed_int8.tflite", content, len(float32),
+                          tflite_inspect.find_float_ops(content), compared["int8"].result(), base,
+                          latency["int8"], None, stages)
+    full = base_report(
+        model=float_model, source=job.model, settings=dataclasses.asdict(job),
+        data={"calibration": {"source": job.train_data, "num_samples": int(len(y_train))},
+              "evaluation": {"source": job.eval_data, "num_samples": int(len(y_eval)),
+                             "has_labels": base is not None}},
+        float_section={"accuracy": base, "float32_tflite_bytes": len(float32),
+                       "latency_ms": latency["float32"]},
+        modes=[row], gates=job.gates,
+        compression={
+            "stages": stages, "layers": sorted(chosen),
+            "size_bytes": len(content), "gzip_bytes": gzip_size(content),
+            "float32_gzip_bytes": gzip_size(float32),
+            "weight_sparsity": zeros / weights if weights else 0.0,
+            "sparse_encoding": sparse, "weights": stats, "history": histories,
+        })
+    return finish(job.out, full, {row["path"]: content})

@@ -1,0 +1,295 @@
+"""The conversion job: load → calibrate → convert every mode → validate → report → gates.
+
+Importing this module does not import TensorFlow (only running a job does), so job specs
+can be built and checked cheaply, e.g. by the batch runner.
+
+Everything is checked and computed in memory before the first byte is written, so a bad
+input leaves the output folder exactly as it was. Outputs are then written one file at a
+time, each atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+
+from tflq import options, report, sampling
+from tflq.data import DataOptions
+from tflq.jobs.common import JobResult, base_report, evaluate, finish, prepare_data, progress
+from tflq.runtime import check_output_dir
+
+__all__ = ["ConvertJob", "run_job"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertJob:
+    """Everything one conversion run needs; checked on creation.
+
+    Attributes:
+      model: model path or ``module:function``.
+      data: calibration data (see :func:`tflq.data.open_data`).
+      eval_data: evaluation data; None evaluates on the samples of ``data`` not drawn for
+        calibration.
+      modes: converter modes, in order.
+      out: output folder.
+      num_calibration_samples: how many calibration samples to draw (with ``seed``).
+      num_eval_samples: cap on evaluation samples (None: all).
+      seed: sampling seed.
+      num_threads: interpreter threads for validation and latency.
+      batch_size: evaluation batch size.
+      latency_runs: timed batch-1 runs per mode after warm-up.
+      convert_options: converter settings.
+      data_options: normalization/resizing of image data.
+      gates: quality gates.
+      progress: show progress bars on stderr.
+      recipes: LiteRT Quantizer recipes (:data:`tflq.ptq.litert_backend.RECIPES`) applied to
+        the float32 .tflite, reported beside the converter modes as ``litert:<recipe>``.
+    """
+
+    model: str
+    data: str
+    out: str
+    eval_data: str | None = None
+    modes: tuple[str, ...] = options.ALL_MODES
+    num_calibration_samples: int = 500
+    num_eval_samples: int | None = None
+    seed: int = 0
+    num_threads: int = 1
+    batch_size: int = 256
+    latency_runs: int = 50
+    convert_options: options.ConvertOptions = options.ConvertOptions()
+    data_options: DataOptions = DataOptions()
+    gates: report.Gates = report.Gates()
+    progress: bool = True
+    recipes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        options.parse_modes(list(self.modes))
+        from tflq.ptq import litert_backend
+
+        for recipe in self.recipes:
+            litert_backend.check_recipe(recipe)
+        if len(set(self.recipes)) != len(self.recipes):
+            raise ValueError(f"recipes lists a recipe twice: {list(self.recipes)}")
+        for name in ("num_calibration_samples", "num_threads", "batch_size", "latency_runs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        if self.num_eval_samples is not None and self.num_eval_samples < 1:
+            raise ValueError(
+                f"num_eval_samples must be positive. Received: num_eval_samples={self.num_eval_samples}"
+            )
+        if not self.out:
+            raise ValueError("out must name an output folder. Received: out=''")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict; :meth:`from_dict` rebuilds an equal job."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConvertJob:
+        data = dict(data)
+        data["modes"] = tuple(data["modes"])
+        data["recipes"] = tuple(data.get("recipes", ()))
+        data["convert_options"] = options.ConvertOptions(**data["convert_options"])
+        image_size = data["data_options"].get("image_size")
+        data["data_options"] = DataOptions(
+            normalize=data["data_options"]["normalize"],
+            image_size=tuple(image_size) if image_size else None)
+        data["gates"] = report.Gates(**data["gates"])
+        return cls(**data)
+
+    def settings(self) -> dict:
+        return {
+            "modes": list(self.modes),
+            "litert_recipes": list(self.recipes),
+            "num_calibration_samples": self.num_calibration_samples,
+            "num_eval_samples": self.num_eval_samples,
+            "seed": self.seed,
+            "num_threads": self.num_threads,
+            "batch_size": self.batch_size,
+            "latency_runs": self.latency_runs,
+            **self.convert_options.to_dict(),
+            "normalize": self.data_options.normalize,
+            "image_size": list(self.data_options.image_size) if self.data_options.image_size else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _RecipeMode:
+    """A LiteRT recipe in the place of a converter :class:`tflq.options.Mode`."""
+
+    value: str
+    needs_calibration: bool = False
+
+
+def run_job(job: ConvertJob) -> JobResult:
+    """Runs one conversion job end to end and writes its outputs.
+
+    Returns:
+      A :class:`JobResult`; ``exit_code`` is 3 when a gate failed (outputs still written).
+
+    Raises:
+      ValueError: bad input of any kind; nothing has been written.
+    """
+    from tflq import interpreter, tflite_inspect
+    from tflq.models import load_model
+    from tflq.ptq import convert as converter
+    from tflq.ptq import preflight
+
+    modes = options.parse_modes(list(job.modes))
+    check_output_dir(job.out)
+    model = load_model(job.model)
+    calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats = prepare_data(
+        job, model)
+    scratch = tempfile.mkdtemp(prefix="tflq-")
+    try:
+        representative = sampling.representative_dataset(calib, model.inputs, calib_indices)
+        conversions = {}
+        wanted = list(modes) if options.Mode.FLOAT32 in modes else [options.Mode.FLOAT32, *modes]
+        bar = progress(job.progress, "convert", len(wanted), unit="mode")
+        for mode in (bar(wanted) if bar else wanted):
+            conversions[mode] = converter.convert_model(
+                model, mode, scratch,
+                representative=representative if mode.needs_calibration else None,
+                options=job.convert_options)
+        float_content = conversions[options.Mode.FLOAT32].content
+        for recipe in job.recipes:  # LiteRT Quantizer on the float .tflite
+            from tflq.ptq import litert_backend
+
+            start = time.perf_counter()
+            content = litert_backend.quantize(float_content, recipe, representative)
+            mode = _RecipeMode(f"litert:{recipe}")
+            conversions[mode] = converter.Conversion(
+                mode=mode, content=content, float_ops=tuple(tflite_inspect.find_float_ops(content)),
+                seconds=time.perf_counter() - start)
+            modes = [*modes, mode]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    selective = None
+    if job.convert_options.selective:
+        selective = _selective(job, model, conversions, representative, evaluation,
+                               eval_indices)
+    float_size = len(conversions[options.Mode.FLOAT32].content)
+    runners = {
+        mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
+                                      num_threads=job.num_threads)
+        for mode in modes
+    }
+    float_cmp, comparisons, first_batch = _evaluate(job, model, evaluation, eval_indices, runners)
+    latency = interpreter.measure_latency(
+        {m.value: r for m, r in runners.items()}, first_batch, runs=job.latency_runs)
+    float_result = float_cmp
+    stem = model.stem
+    mode_rows = []
+    for mode in modes:
+        conv = conversions[mode]
+        notes = [report.MODE_NOTES[mode.value]] if mode.value in report.MODE_NOTES else []
+        if mode.value == "int8" and job.convert_options.equalize:
+            notes.append("cross-layer equalization and bias correction before quantizing")
+        if mode.value == "int8" and job.convert_options.range_estimator:
+            notes.append(f"activation ranges: {job.convert_options.range_estimator} estimator "
+                         "(tflq.ptq.ranges), converted through tflq's QAT graph")
+        if mode.value == "int8" and selective is not None:
+            notes.append(f"selective: {len(selective['kept_float'])} most sensitive op(s) kept "
+                         f"in float ({'budget met' if selective['met'] else 'budget NOT met'})")
+        if mode.value.startswith("litert:"):
+            from tflq.ptq.litert_backend import RECIPES
+
+            notes = [f"LiteRT Quantizer recipe: {RECIPES[mode.value[len('litert:'):]][1]}"]
+        mode_rows.append(report.mode_row(
+            mode.value, f"{stem}_{mode.value.replace(':', '_')}.tflite", conv.content,
+            float_size, conv.float_ops, comparisons[mode].result(), float_result["accuracy"],
+            latency[mode.value], conv.seconds, notes))
+    full_report = base_report(
+        model=model, source=job.model, settings=job.settings(),
+        data={
+            "calibration": {"source": job.data, "num_samples": len(calib_indices),
+                            "range": calib_stats.to_dict()},
+            "evaluation": {"source": job.eval_data or f"{job.data} (samples not calibrated on)",
+                           "num_samples": len(eval_indices),
+                           "has_labels": float_result["accuracy"] is not None,
+                           "range": eval_stats.to_dict()},
+        },
+        float_section={"accuracy": float_result["accuracy"], "float32_tflite_bytes": float_size},
+        modes=mode_rows, gates=job.gates,
+        preflight=[f.to_dict() for f in preflight.static_findings(model)])
+    if selective is not None:
+        full_report["selective"] = {k: v for k, v in selective.items() if k != "content"}
+    return finish(job.out, full_report, {
+        row["path"]: conv.content for row, conv in zip(
+            mode_rows, (conversions[m] for m in modes), strict=True)})
+
+
+def _selective(job, model, conversions, representative, evaluation, eval_indices) -> dict:
+    """Replaces the int8 conversion with the selectively quantized model (see
+    :mod:`tflq.ptq.selective`); returns the search record."""
+    import dataclasses as dc
+
+    from tflq import interpreter, tflite_inspect
+    from tflq.ptq import convert as converter
+    from tflq.ptq import selective
+
+    if options.Mode.INT8 not in conversions:
+        raise ValueError("--selective needs the int8 mode.")
+    budget = job.gates.max_accuracy_drop
+    if budget is None:
+        raise ValueError("--selective needs --max_accuracy_drop (the accuracy budget).")
+    scratch = tempfile.mkdtemp(prefix="tflq-selective-")
+    try:
+        conv = model.make_converter(scratch)
+        converter.configure(conv, options.Mode.INT8,
+                             dc.replace(job.convert_options, allow_float_ops=True,
+                                        selective=False), representative)
+        names = model.input_names
+
+        def debug_samples():
+            for i, sample in enumerate(representative()):
+                if i >= 64:
+                    break
+                yield [sample[n] for n in names]
+
+        debugger, ranked = selective.sensitivities(conv, debug_samples)
+
+        def drop_of(content: bytes) -> float:
+            runner = interpreter.TfliteModel(content, model.output_names,
+                                             num_threads=job.num_threads)
+            quiet = dc.replace(job, progress=False)
+            float_result, comparisons, _ = _evaluate(quiet, model, evaluation, eval_indices,
+                                                      {"candidate": runner})
+            accuracy = comparisons["candidate"].result()["accuracy"]
+            if accuracy is None or float_result["accuracy"] is None:
+                raise ValueError("--selective needs labelled evaluation data.")
+            return 100.0 * (float_result["accuracy"] - accuracy)
+
+        found = selective.search(debugger, ranked, drop_of, budget)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    content = found["content"]
+    # What keeping ops in float costs: size and latency against the all-int8 model.
+    first = next(sampling.iter_batches(evaluation, model.inputs, 1, eval_indices[:1]))[0]
+    all_int8 = found.pop("all_int8_content")
+    latency = interpreter.measure_latency(
+        {"all_int8": interpreter.TfliteModel(all_int8, model.output_names,
+                                             num_threads=job.num_threads),
+         "selective": interpreter.TfliteModel(content, model.output_names,
+                                              num_threads=job.num_threads)},
+        first, runs=job.latency_runs)
+    found["cost"] = {"all_int8_bytes": len(all_int8), "selective_bytes": len(content),
+                     "all_int8_latency_ms": latency["all_int8"]["median"],
+                     "selective_latency_ms": latency["selective"]["median"]}
+    conversions[options.Mode.INT8] = converter.Conversion(
+        mode=options.Mode.INT8, content=content,
+        float_ops=tuple(tflite_inspect.find_float_ops(content)),
+        seconds=conversions[options.Mode.INT8].seconds)
+    found["ranked"] = [dc.asdict(s) for s in ranked]
+    return found
+
+
+def _evaluate(job: ConvertJob, model, evaluation, eval_indices, runners):
+    """:func:`tflq.jobs.common.evaluate` over the job's evaluation samples, in its batches."""
+    batches = sampling.iter_batches(evaluation, model.inputs, job.batch_size, eval_indices)
+    bar = progress(job.progress, "validate", -(-len(eval_indices) // job.batch_size), "batch")
+    return evaluate(model, batches, runners, bar)

@@ -1,0 +1,76 @@
+"""The preflight job: what in a model will hurt int8 quantization, before converting
+(:mod:`tflq.ptq.preflight` over the model and, when given, calibration and evaluation data)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from tflq import report, runtime, sampling
+from tflq.fileio import write_atomic
+from tflq.jobs.common import JobResult
+
+__all__ = ["PreflightJob", "run_preflight_job"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreflightJob:
+    """Everything one preflight run needs; checked on creation.
+
+    Attributes:
+      model: model path or ``module:function``.
+      data: calibration data (None: only the checks that need no data).
+      eval_data: evaluation data to compare with the calibration data (needs ``data``).
+      num_calibration_samples: calibration samples drawn with ``seed``.
+      seed: sampling seed.
+      out: folder for preflight.json and preflight.md (None: nothing written).
+    """
+
+    model: str
+    data: str | None = None
+    eval_data: str | None = None
+    num_calibration_samples: int = 500
+    seed: int = 0
+    out: str | None = None
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("model is required (--model).")
+        if self.eval_data and not self.data:
+            raise ValueError("--eval_data needs --data (the calibration data to compare with).")
+        if not isinstance(self.num_calibration_samples, int) or self.num_calibration_samples < 1:
+            raise ValueError(f"num_calibration_samples must be a positive integer. Received: "
+                             f"num_calibration_samples={self.num_calibration_samples!r}")
+
+
+def run_preflight_job(job: PreflightJob) -> JobResult:
+    """Runs the checks; writes preflight.json and preflight.md to ``job.out`` when set.
+
+    Returns:
+      A :class:`tflq.jobs.common.JobResult` whose report holds ``findings`` (advice: the
+      exit code is 0 with findings).
+
+    Raises:
+      ValueError: bad input; nothing written.
+    """
+    from tflq.models import load_model
+    from tflq.ptq import preflight
+
+    if job.out:
+        runtime.check_output_dir(job.out)
+    loaded = load_model(job.model)
+    calib = (sampling.load_arrays(job.data, loaded.inputs, job.num_calibration_samples,
+                                  job.seed)[0] if job.data else None)
+    evaluation = sampling.load_arrays(job.eval_data, loaded.inputs)[0] if job.eval_data else None
+    full = {"model": job.model, "data": job.data, "eval_data": job.eval_data,
+            **preflight.run(loaded, calib, evaluation)}
+    files = []
+    if job.out:
+        os.makedirs(job.out, exist_ok=True)
+        table = report.format_findings(full["findings"])
+        for name, content in (("preflight.json", report.to_json(full)),
+                              ("preflight.md", f"# tflq preflight: {job.model}\n\n{table}\n".encode())):
+            path = os.path.join(job.out, name)
+            write_atomic(path, content)
+            files.append(path)
+    return JobResult(report=full, files=tuple(files), exit_code=runtime.EXIT_OK, gate_failures=())

@@ -1,0 +1,323 @@
+"""The one place that picks tf_keras (Keras 2) or Keras 3 and loads models.
+
+tfmot works only with tf_keras, and TensorFlow 2.21's default ``tf.keras`` is Keras 3.
+``TF_USE_LEGACY_KERAS=1`` must therefore be set before TensorFlow is first imported;
+importing this module does that (unless the user already chose otherwise). Keras 3 models
+are still accepted: Keras 3 and tf_keras import side by side, and a Keras 3 model is
+converted through ``model.export(dir)`` and ``TFLiteConverter.from_saved_model(dir)``.
+
+Every model a user can bring is wrapped in a :class:`LoadedModel`, which knows its input
+signature, runs the float reference and builds a TFLite converter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Mapping
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+from tflq.factories import import_callable, is_factory  # noqa: E402
+from tflq.fileio import sha256_of  # noqa: E402
+from tflq.signature import TensorSpec  # noqa: E402
+
+FLAVOR_TF_KERAS = "tf_keras"
+FLAVOR_KERAS3 = "keras3"
+FLAVOR_SAVED_MODEL = "saved_model"
+
+_KERAS_SUFFIXES = (".keras",)
+_H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def legacy_keras_active() -> bool:
+    """Returns True when ``tf.keras`` is tf_keras (needed by tfmot)."""
+    return tf.keras.__name__.startswith("tf_keras")
+
+
+class LoadedModel:
+    """A float model of any supported flavor, with one interface for the pipeline.
+
+    Attributes:
+      source: what the user passed (path or ``module:function``).
+      flavor: ``tf_keras``, ``keras3`` or ``saved_model``.
+      inputs: input specs, in the model's own input order; data is always fed by name.
+      output_names: output names as the converted .tflite's signature reports them.
+      keras_model: the Keras object (None for a plain SavedModel).
+    """
+
+    def __init__(self, source, flavor, inputs, output_names, keras_model=None, signature=None,
+                 saved_model_dir=None):
+        self.source = source
+        self.flavor = flavor
+        self.inputs = tuple(inputs)
+        self.output_names = tuple(output_names)
+        self.keras_model = keras_model
+        self._signature = signature
+        self._saved_model_dir = saved_model_dir
+        self._predict_fn = None
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.inputs)
+
+    @property
+    def stem(self) -> str:
+        """A short name for output files."""
+        base = self.source.rstrip("/\\")
+        if is_factory(base):
+            return base.split(":")[-1]
+        return os.path.splitext(os.path.basename(base))[0] or "model"
+
+    def fingerprint(self) -> str:
+        """sha256 of the model's bytes (files under a folder in sorted order)."""
+        if os.path.exists(self.source):
+            return sha256_of(self.source)
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    def predict(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Runs the float model on one batch given by input name.
+
+        Returns:
+          The outputs as float numpy arrays, in ``output_names`` order.
+        """
+        if self._predict_fn is None:
+            self._predict_fn = self._build_predict()
+        outs = self._predict_fn({k: tf.convert_to_tensor(v) for k, v in batch.items()})
+        return [np.asarray(o, dtype=np.float32) for o in outs]
+
+    def _build_predict(self):
+        if self.flavor == FLAVOR_SAVED_MODEL:
+            sig = self._signature
+
+            def run(feed):
+                result = sig(**feed)
+                return [result[name].numpy() for name in self.output_names]
+
+            return run
+        model = self.keras_model
+        names = self.input_names
+
+        @tf.function(reduce_retracing=True)
+        def call(feed):
+            args = [feed[n] for n in names]
+            out = model(args if len(args) > 1 else args[0], training=False)
+            return out if isinstance(out, (list, tuple)) else [out]
+
+        def run(feed):
+            return [o.numpy() for o in call(feed)]
+
+        return run
+
+    def make_converter(self, workdir: str) -> tf.lite.TFLiteConverter:
+        """Returns a fresh TFLite converter for this model.
+
+        Args:
+          workdir: a scratch folder; Keras 3 models are exported there once.
+        """
+        if self.flavor == FLAVOR_TF_KERAS:
+            return tf.lite.TFLiteConverter.from_keras_model(self.keras_model)
+        if self.flavor == FLAVOR_KERAS3 and self._saved_model_dir is None:
+            export_dir = os.path.join(workdir, "keras3_export")
+            self.keras_model.export(export_dir, verbose=False)
+            self._saved_model_dir = export_dir
+        return tf.lite.TFLiteConverter.from_saved_model(self._saved_model_dir)
+
+
+def _spec_from_shape(name, shape, dtype) -> TensorSpec:
+    dims = tuple(None if d is None else int(d) for d in list(shape)[1:])
+    return TensorSpec(name=str(name), shape=dims, dtype=np.dtype(dtype).name)
+
+
+def is_keras3(obj) -> bool:
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - keras ships with tensorflow 2.21
+        return False
+    return isinstance(obj, keras.Model) and not isinstance(obj, tf_keras.Model)
+
+
+def wrap_model(model, source: str = "<in-memory model>") -> LoadedModel:
+    """Wraps an in-memory tf_keras or Keras 3 model.
+
+    Raises:
+      ValueError: for objects that are not Keras models, or subclassed models whose inputs
+        are unknown.
+    """
+    if isinstance(model, tf_keras.Model):
+        if not model.inputs:
+            raise ValueError(
+                f"Model {source!r} is a subclassed tf_keras model with unknown inputs. "
+                "Build it as a Sequential or Functional model (or call it once on data) "
+                "before converting."
+            )
+        inputs = [
+            _spec_from_shape(n, t.shape, t.dtype.as_numpy_dtype)
+            for n, t in zip(model.input_names, model.inputs, strict=True)
+        ]
+        return LoadedModel(source, FLAVOR_TF_KERAS, inputs, list(model.output_names),
+                           keras_model=model)
+    if is_keras3(model):
+        try:
+            model_inputs = list(model.inputs)
+        except (AttributeError, ValueError):
+            model_inputs = []
+        if not model_inputs:
+            raise ValueError(
+                f"Model {source!r} is a subclassed Keras 3 model with unknown inputs. "
+                "Build it as a Sequential or Functional model before converting."
+            )
+        inputs = [_spec_from_shape(t.name, t.shape, t.dtype) for t in model_inputs]
+        outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
+        output_names = [f"output_{i}" for i in range(len(outputs))]
+        return LoadedModel(source, FLAVOR_KERAS3, inputs, output_names, keras_model=model)
+    raise ValueError(
+        f"Expected a tf_keras or Keras 3 model from {source!r}. "
+        f"Received: {type(model).__module__}.{type(model).__name__}"
+    )
+
+
+def _keras_version_of(path: str) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "config.json" not in names:
+                raise ValueError(
+                    f"Model file {path!r} is a zip archive but not a Keras model "
+                    "(no config.json inside)."
+                )
+            bad = archive.testzip()
+            if bad is not None:
+                raise ValueError(f"Model file {path!r} is corrupt (member {bad!r} fails CRC).")
+            meta = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"Model file {path!r} is corrupt or truncated: {e}.") from e
+    return str(meta.get("keras_version", "2"))
+
+
+def _load_keras_file(path: str):
+    version = _keras_version_of(path)
+    try:
+        if int(version.split(".")[0]) >= 3:
+            import keras
+
+            return keras.saving.load_model(path, compile=False)
+        return tf_keras.models.load_model(path, compile=False)
+    except Exception as e:  # the loaders raise many types for damaged files
+        raise ValueError(
+            f"Model file {path!r} (Keras {version}) could not be loaded: "
+            f"{type(e).__name__}: {_first_line(e)}"
+        ) from e
+
+
+def _load_h5(path: str):
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"Model file {path!r} is not a valid HDF5 file (corrupt or truncated).")
+    try:
+        return tf_keras.models.load_model(path, compile=False)
+    except Exception as e:
+        raise ValueError(
+            f"Model file {path!r} could not be loaded as a tf_keras .h5 model: "
+            f"{type(e).__name__}: {_first_line(e)}"
+        ) from e
+
+
+def _load_saved_model_dir(path: str) -> LoadedModel:
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ValueError(
+            f"Model folder {path!r} is not a SavedModel (no saved_model.pb inside)."
+        )
+    if os.path.isfile(os.path.join(path, "keras_metadata.pb")):
+        try:
+            return wrap_model(tf_keras.models.load_model(path, compile=False), source=path)
+        except ValueError:
+            raise
+        except Exception:  # fall back to the plain SavedModel signature below
+            pass
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as e:
+        raise ValueError(
+            f"SavedModel {path!r} could not be loaded: {type(e).__name__}: {_first_line(e)}"
+        ) from e
+    signatures = getattr(loaded, "signatures", {})
+    if "serving_default" not in signatures:
+        raise ValueError(
+            f"SavedModel {path!r} has no 'serving_default' signature. "
+            f"Received signatures: {sorted(signatures)}"
+        )
+    sig = signatures["serving_default"]
+    _, kwargs = sig.structured_input_signature
+    inputs = [
+        TensorSpec(name, tuple(None if d is None else int(d) for d in spec.shape[1:]),
+                   spec.dtype.as_numpy_dtype.__name__)
+        for name, spec in sorted(kwargs.items())
+    ]
+    output_names = sorted(sig.structured_outputs)
+    model = LoadedModel(path, FLAVOR_SAVED_MODEL, inputs, output_names, signature=sig,
+                        saved_model_dir=path)
+    model._loaded = loaded  # keep the trackable alive while the signature is used
+    return model
+
+
+def _load_factory(spec: str) -> LoadedModel:
+    return wrap_model(import_callable(spec, "Model factory")(), source=spec)
+
+
+def load_model(spec: str) -> LoadedModel:
+    """Loads a model from a path or a ``package.module:function`` factory.
+
+    Supported: ``.keras`` files written by Keras 3 or by tf_keras (told apart by the
+    ``keras_version`` in the archive's metadata), tf_keras ``.h5`` files, SavedModel folders
+    (Keras or plain TF with a ``serving_default`` signature), and factories returning a
+    model.
+
+    Raises:
+      ValueError: the path is missing, of an unknown kind, corrupt or truncated, or the
+        factory cannot be imported or returns something that is not a model.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"Expected a model path or 'module:function'. Received: model={spec!r}")
+    if is_factory(spec):
+        return _load_factory(spec)
+    if not os.path.exists(spec):
+        raise ValueError(f"Model path not found: {spec!r}")
+    if os.path.isdir(spec):
+        return _load_saved_model_dir(spec)
+    if os.path.getsize(spec) == 0:
+        raise ValueError(f"Model file {spec!r} is empty.")
+    lower = spec.lower()
+    if lower.endswith(_KERAS_SUFFIXES):
+        return wrap_model(_load_keras_file(spec), source=spec)
+    if lower.endswith(_H5_SUFFIXES):
+        return wrap_model(_load_h5(spec), source=spec)
+    raise ValueError(
+        f"Unknown model format for {spec!r}. Expected a .keras or .h5 file, a SavedModel "
+        "folder, or 'package.module:function'."
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else ""
+
+
+__all__ = [
+    "FLAVOR_KERAS3",
+    "FLAVOR_SAVED_MODEL",
+    "FLAVOR_TF_KERAS",
+    "LoadedModel",
+    "TensorSpec",
+    "legacy_keras_active",
+    "load_model",
+    "wrap_model",
+]

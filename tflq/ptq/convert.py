@@ -1,0 +1,189 @@
+"""Converter modes → .tflite bytes, the list of ops left in float, atomic writes.
+
+Modes:
+  ``float32``: no optimization.
+  ``float16``: float16 weights, float32 compute.
+  ``dynamic``: int8 weights, float activations (dynamic range quantization).
+  ``int8``: full integer; per-channel weights by default, per-tensor on request; float or
+    int8 input/output. Strict ``TFLITE_BUILTINS_INT8`` unless float ops are allowed.
+  ``int16x8``: int16 activations, int8 weights. Runs on reference kernels: slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from tflq.fileio import write_atomic  # noqa: F401 (re-exported)
+from tflq.models import LoadedModel, tf
+from tflq.options import ALL_MODES, ConvertOptions, Mode, parse_modes  # noqa: F401 (re-exported)
+from tflq.tflite_inspect import find_float_ops
+
+__all__ = ["configure", "Conversion", "convert_model", "convert_qat"]
+
+_CONVERTER_NOISE = (r"\s*Warning: tf.lite.Interpreter is deprecated",
+                    r"Statistics for quantized inputs were expected")
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """The result of one conversion."""
+
+    mode: Mode
+    content: bytes
+    float_ops: tuple[str, ...]
+    seconds: float
+
+
+def configure(converter, mode: Mode, options: ConvertOptions, representative):
+    """Sets a ``TFLiteConverter`` up for ``mode``: optimizations, supported types and ops,
+    calibration generator, per-tensor weights and integer I/O as ``options`` ask.
+
+    Raises:
+      ValueError: ``int8``/``int16x8`` without a representative dataset.
+    """
+    if mode == Mode.FLOAT32:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == Mode.FLOAT16:
+        converter.target_spec.supported_types = [tf.float16]
+        return
+    if mode == Mode.DYNAMIC:
+        return
+    if representative is None:
+        raise ValueError(f"Mode {mode.value!r} needs calibration data (a representative dataset).")
+    converter.representative_dataset = representative
+    if mode == Mode.INT8:
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = tf.int8
+        if not options.per_channel:
+            converter._experimental_disable_per_channel = True
+    else:
+        ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        io_type = tf.int16
+    if options.allow_float_ops:
+        ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
+    converter.target_spec.supported_ops = ops
+    if options.integer_io:
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+
+
+def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
+            representative: Callable | None = None,
+            options: ConvertOptions | None = None) -> Conversion:
+    """Converts a float model to .tflite bytes in one mode.
+
+    Args:
+      model: the loaded float model.
+      mode: a :class:`Mode` or its name.
+      workdir: scratch folder (Keras 3 models are exported there).
+      representative: the calibration generator (``int8`` and ``int16x8``).
+      options: converter settings.
+
+    Returns:
+      A :class:`Conversion` with the bytes and the ops left in float.
+
+    Raises:
+      ValueError: unknown mode, missing calibration data, a conversion the converter
+        refuses, or float ops left in an integer-only mode without ``allow_float_ops``.
+    """
+    mode = Mode(mode) if not isinstance(mode, Mode) else mode
+    options = options or ConvertOptions()
+    start = time.perf_counter()
+    if mode == Mode.INT8 and (options.range_estimator or options.equalize):
+        content = _convert_calibrated(model, options, representative, workdir)
+    else:
+        converter = model.make_converter(workdir)
+        configure(converter, mode, options, representative)
+        content = _run_converter(converter, mode, options)
+    seconds = time.perf_counter() - start
+    float_ops = tuple(find_float_ops(content))
+    if mode.integer_only and float_ops and not options.allow_float_ops:
+        raise ValueError(
+            f"Mode {mode.value!r} left {len(float_ops)} op(s) in float: "
+            f"{', '.join(float_ops[:8])}{' …' if len(float_ops) > 8 else ''}. "
+            "Pass allow_float_ops (--allow_float_ops) to accept them."
+        )
+    return Conversion(mode=mode, content=content, float_ops=float_ops, seconds=seconds)
+
+
+def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representative,
+                        workdir: str) -> bytes:
+    """int8 with tflq's calibration: cross-layer equalization + bias correction and/or a
+    range estimator (ranges set in tflq's QAT graph, converted from its FakeQuant ops)."""
+
+    from tflq.models import tf_keras, wrap_model
+    from tflq.ptq import convert, equalize, ranges
+
+    keras = model.keras_model
+    if model.flavor != "tf_keras" or not isinstance(keras, tf_keras.Model):
+        raise ValueError(f"--range_estimator and --equalize need a tf_keras model; "
+                         f"{model.source!r} is {model.flavor}.")
+    if representative is None:
+        raise ValueError("int8 needs calibration data.")
+    samples = list(representative())
+    names = model.input_names
+    stacked = [{n: np.concatenate([s[n] for s in samples[i:i + 64]]) for n in names}
+               for i in range(0, len(samples), 64)]
+
+    def batches():
+        return iter([b if len(names) > 1 else b[names[0]] for b in stacked])
+
+    if options.equalize:
+        keras, _ = equalize.equalize(keras)
+        equalize.bias_correct(keras, batches, per_channel=options.per_channel)
+    if options.range_estimator:
+        calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
+                                                options.percentile)
+        # Wrapped layers are named quant_<name>: an identity per output restores the
+        # model's own output names in the .tflite signature.
+        renamed = tf_keras.Model(calibrated.inputs, [
+            tf_keras.layers.Activation("linear", name=name)(tensor)
+            for tensor, name in zip(calibrated.outputs, keras.output_names, strict=True)])
+        return convert.convert_qat(renamed, workdir, integer_io=options.integer_io)
+    converter = wrap_model(keras, model.source).make_converter(workdir)
+    configure(converter, Mode.INT8, options, representative)
+    return _run_converter(converter, Mode.INT8, options)
+
+
+def _run_converter(converter, mode: Mode, options: ConvertOptions) -> bytes:
+    try:
+        with warnings.catch_warnings():
+            # Raised inside the converter's own calibrator, not actionable for our users.
+            for message in _CONVERTER_NOISE:
+                warnings.filterwarnings("ignore", message=message)
+            return converter.convert()
+    except Exception as e:  # ConverterError, and ValueError from a failing generator
+        raise ValueError(_conversion_error(mode, e, options)) from e
+
+
+def _conversion_error(mode: Mode, error: Exception, options: ConvertOptions) -> str:
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+    hint = ""
+    if mode.integer_only and not options.allow_float_ops:
+        hint = " Some ops may lack integer kernels: retry with --allow_float_ops to keep them in float."
+    return f"Conversion to {mode.value} failed: {type(error).__name__}: {detail[:300]}.{hint}"
+
+
+def convert_qat(model, workdir: str, integer_io: bool = True) -> bytes:
+    """Converts a QAT model with the ranges it learned (its FakeQuant ops); no calibration."""
+    import warnings
+
+    from tflq.models import tf, wrap_model
+
+    converter = wrap_model(model, "qat").make_converter(workdir)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if integer_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
+
+

@@ -1,0 +1,201 @@
+"""Cross-layer equalization and bias correction (Nagel et al. 2019, "Data-Free Quantization
+Through Weight Equalization and Bias Correction").
+
+**Equalization.** For two weight layers joined by a ReLU (or nothing), output channel i
+of the first and input channel i of the second can be rescaled by s_i without changing the
+function, since relu(x / s) = relu(x) / s for s > 0:
+
+    W1[..., i] /= s_i,  b1[i] /= s_i,  W2[..., i, :] *= s_i,
+    s_i = sqrt(r1_i / r2_i)   (r1_i, r2_i: the channel's max |w| in each layer)
+
+which makes both channel ranges sqrt(r1_i · r2_i): per-tensor int8 scales then fit every
+channel. Pairs are Conv2D/DepthwiseConv2D → Conv2D/DepthwiseConv2D on the
+BatchNorm-folded graph (:func:`tflq.quant.qat.fold_batch_norms`), with ReLU fused or as a layer
+(folded BatchNorms, now linear Activations, may sit between). ReLU6 clips at 6, which
+rescaling would move: with ``relu6_as_relu=True`` (as Nagel et al. do for MobileNetV2)
+ReLU6 layers are replaced by ReLU first, which changes the function where activations
+exceed 6; otherwise pairs through ReLU6 are left alone.
+
+**Bias correction** (empirical variant): quantizing weights shifts each output channel's
+mean by E[conv(x, Q(W) − W)]; with calibration data that expectation is measured layer by
+layer and subtracted from the bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["find_pairs", "equalize", "quantize_weights", "bias_correct"]
+
+_WEIGHT = {"Conv2D", "DepthwiseConv2D"}
+
+
+def _act(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
+
+
+def _consumers(layer):
+    return [node.outbound_layer for node in layer._outbound_nodes]
+
+
+def _relu_kind(layer) -> str | None:
+    kind = type(layer).__name__
+    if kind == "ReLU":
+        cfg = layer.get_config()
+        if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
+            return None
+        return "relu6" if cfg.get("max_value") == 6 else ("relu" if cfg.get("max_value") is None
+                                                            else None)
+    if kind == "Activation" and _act(layer) in ("relu", "relu6", "linear"):
+        return _act(layer)
+    return None
+
+
+def find_pairs(model, relu6: bool = False) -> list[tuple[str, str]]:
+    """(first, second) layer names that can be equalized (see module docstring)."""
+    pairs = []
+    for layer in model.layers:
+        if type(layer).__name__ not in _WEIGHT or _act(layer) not in ("linear", "relu") + (
+                ("relu6",) if relu6 else ()):
+            continue
+        current = layer
+        while True:
+            consumers = _consumers(current)
+            if len(consumers) != 1:
+                break
+            nxt = consumers[0]
+            kind = _relu_kind(nxt)
+            if type(nxt).__name__ in _WEIGHT:
+                pairs.append((layer.name, nxt.name))
+                break
+            if kind is None or (kind == "relu6" and not relu6):
+                break
+            current = nxt
+    return pairs
+
+
+def _out_ranges(layer) -> np.ndarray:
+    kernel = layer.get_weights()[0]
+    if type(layer).__name__ == "DepthwiseConv2D":
+        h, w, c, m = kernel.shape
+        return np.abs(kernel.reshape(h, w, c * m)).max(axis=(0, 1))
+    return np.abs(kernel).max(axis=(0, 1, 2))
+
+
+def _in_ranges(layer) -> np.ndarray:
+    kernel = layer.get_weights()[0]
+    if type(layer).__name__ == "DepthwiseConv2D":
+        return np.abs(kernel).max(axis=(0, 1, 3))
+    return np.abs(kernel).max(axis=(0, 1, 3))
+
+
+def _scale_out(layer, s):
+    weights = layer.get_weights()
+    kernel = weights[0]
+    if type(layer).__name__ == "DepthwiseConv2D":
+        h, w, c, m = kernel.shape
+        kernel = (kernel.reshape(h, w, c * m) / s).reshape(h, w, c, m)
+    else:
+        kernel = kernel / s
+    rest = [weights[1] / s] if len(weights) > 1 else []
+    layer.set_weights([kernel, *rest])
+
+
+def _scale_in(layer, s):
+    weights = layer.get_weights()
+    kernel = weights[0] * s.reshape(1, 1, -1, 1)
+    layer.set_weights([kernel, *weights[1:]])
+
+
+def equalize(model, iterations: int = 20, relu6_as_relu: bool = False):
+    """A BatchNorm-folded copy of ``model`` with every equalizable pair equalized.
+
+    Returns (model, pairs). The float function is unchanged (up to float rounding) unless
+    ``relu6_as_relu`` replaced a ReLU6 whose input exceeded 6.
+    """
+    from tflq.models import tf_keras
+    from tflq.quant import fold
+
+    folded = fold.fold_batch_norms(model)
+    if folded is model:
+        folded = tf_keras.models.clone_model(model)
+        folded.set_weights(model.get_weights())
+    if relu6_as_relu:
+        folded = _relu6_to_relu(folded)
+    pairs = find_pairs(folded)
+    for _ in range(iterations):
+        for first, second in pairs:
+            a, b = folded.get_layer(first), folded.get_layer(second)
+            if type(b).__name__ == "DepthwiseConv2D" and b.get_weights()[0].shape[3] != 1:
+                continue  # channel multiplier > 1: one input channel feeds several outputs
+            r1, r2 = _out_ranges(a), _in_ranges(b)
+            ok = (r1 > 0) & (r2 > 0)
+            s = np.ones_like(r1)
+            s[ok] = np.sqrt(r1[ok] / r2[ok])
+            _scale_out(a, s)
+            _scale_in(b, s)
+    return folded, pairs
+
+
+def _relu6_to_relu(model):
+    from tflq.models import tf_keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if type(layer).__name__ == "ReLU" and config.get("max_value") == 6:
+            config["max_value"] = None
+        elif _act(layer) == "relu6":
+            config["activation"] = "relu"
+        return layer.__class__.from_config(config)
+
+    copy = tf_keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def quantize_weights(kernel: np.ndarray, kind: str, per_channel: bool) -> np.ndarray:
+    """TFLite's int8 weights, dequantized: symmetric, narrow range [−127, 127], per output
+    channel (last axis; depthwise: channel × multiplier) or per tensor."""
+    if kind == "DepthwiseConv2D":
+        h, w, c, m = kernel.shape
+        flat = kernel.reshape(h, w, c * m)
+    else:
+        flat = kernel
+    axes = tuple(range(flat.ndim - 1)) if per_channel else None
+    top = np.abs(flat).max(axis=axes, keepdims=per_channel)
+    scale = np.where(top > 0, top / 127.0, 1.0)
+    q = np.clip(np.round(flat / scale), -127, 127) * scale
+    return q.reshape(kernel.shape).astype(kernel.dtype)
+
+
+def bias_correct(model, batches, per_channel: bool = True):
+    """Empirical bias correction of every Conv2D/DepthwiseConv2D/Dense in place, in graph
+    order: bias −= mean over the data of layer(x; Q(W) − W). Returns {layer: |shift| max}."""
+    from tflq.models import tf_keras
+
+    shifts = {}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in _WEIGHT | {"Dense"} or not layer.use_bias:
+            continue
+        probe = tf_keras.Model(model.inputs, layer.input)
+        weights = layer.get_weights()
+        delta = quantize_weights(weights[0], kind, per_channel) - weights[0]
+        config = {**layer.get_config(), "activation": "linear", "use_bias": False,
+                  "name": f"{layer.name}_delta"}
+        twin = layer.__class__.from_config(config)
+        total, count = 0.0, 0
+        for batch in batches():
+            x = probe(batch, training=False)
+            if not twin.built:
+                twin(x)
+                twin.set_weights([delta])
+            out = np.asarray(twin(x))
+            total = total + out.reshape(-1, out.shape[-1]).sum(axis=0)
+            count += int(np.prod(out.shape[:-1]))
+        if count:
+            shift = total / count
+            layer.set_weights([weights[0], weights[1] - shift.astype(weights[1].dtype)])
+            shifts[layer.name] = float(np.abs(shift).max())
+    return shifts

@@ -1,0 +1,248 @@
+"""Quantization-aware training over Keras models with tflq's quantizers.
+
+One table-driven :class:`LayerQuantizeConfig` serves every layer: it names the weight
+attributes to quantize (each with its quantizer), the activation attributes, and whether
+the layer's output is quantized. Schemes build these tables per layer type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tflq.quant import quantizers
+from tflq.quant.graph import prepare
+from tflq.quant.layers import ScalarOp
+from tflq.quant.quantizers import tfmot
+from tflq.quant.schemes import LayerQuantizeConfig
+
+__all__ = ["custom_objects", "quantize_scope", "InputQuantize", "quantize_model", "STRATEGIES",
+    "quantization_error", "make_trainer", "check_teacher"]
+
+
+def custom_objects() -> dict:
+    """Everything needed to deserialize a tflq QAT model (``quantize_scope``/load_model)."""
+    objects = {cls.__name__: cls for cls in quantizers.registered().values()}
+    objects["LayerQuantizeConfig"] = LayerQuantizeConfig
+    objects["InputQuantize"] = InputQuantize
+    objects["ScalarOp"] = ScalarOp
+    from tflq.quant.layers import LayerNormStep
+
+    objects["LayerNormStep"] = LayerNormStep
+    return objects
+
+
+def quantize_scope():
+    """``with quantize_scope():`` to load or apply tflq QAT models."""
+    return tfmot.quantization.keras.quantize_scope(custom_objects())
+
+
+from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: E402
+    quantize_layer as _tfmot_quantize_layer,
+)
+
+
+class InputQuantize(_tfmot_quantize_layer.QuantizeLayer):
+    """tfmot's QuantizeLayer, built once: loading a ``.keras`` file calls ``build`` again,
+    which made tfmot's layer create its range variables twice and fail to load."""
+
+    def build(self, input_shape):
+        if self.built:
+            return
+        super().build(input_shape)
+        self.built = True  # tfmot's build never sets it
+
+
+class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
+    """Applies every layer's own config; the only layout rewrites are quantizing the model's
+    inputs and splitting separable convolutions into depthwise + 1×1 convolutions. tfmot's
+    other rewrites fail on many real models (BatchNormalization not after a conv,
+    TFOpLambda); tflq folds BatchNormalization itself (:func:`fold_batch_norms`)."""
+
+    class _InputsOnly:
+        def apply(self, model, layer_quantize_map):
+            from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+                default_8bit_transforms,
+            )
+            from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: E501
+                model_transformer,
+            )
+
+            return model_transformer.ModelTransformer(
+                model, [default_8bit_transforms.InputLayerQuantize(),
+                        default_8bit_transforms.SeparableConvQuantize(),
+                        default_8bit_transforms.SeparableConv1DQuantize()],
+                set(layer_quantize_map), layer_quantize_map).transform()
+
+    def get_layout_transformer(self):
+        return self._InputsOnly()
+
+    def get_quantize_registry(self):
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_registry,
+        )
+
+        return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+
+def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = (),
+                   activation_ranges: str | None = None, range_k: float = 3.0):
+    """Wraps every layer of a tf_keras Sequential or Functional model for QAT.
+
+    Args:
+      model: a built tf_keras Sequential or Functional model.
+      scheme: a name from :data:`tflq.quant.schemes.SCHEMES`.
+      overrides: :class:`tflq.quant.schemes.Override` objects or dicts.
+      activation_ranges: None (tfmot's moving min/max), ``minmax`` or ``meanstd``
+        (moving averages of mean ± ``range_k``·σ), see :class:`tflq.quant.quantizers.ActivationQuantizer`.
+
+    Returns:
+      The QAT model (float weights copied from ``model``).
+
+    Raises:
+      ValueError: unknown scheme, an override that matches nothing, a subclassed or Keras 3
+        model (also nested inside the model).
+    """
+    from tflq.models import is_keras3, tf_keras
+    from tflq.quant import schemes
+
+    chosen = schemes.get_scheme(scheme) if isinstance(scheme, str) else scheme
+    overrides = [o if isinstance(o, schemes.Override) else schemes.Override.from_dict(o)
+                 for o in overrides]
+    if is_keras3(model):
+        raise ValueError("QAT needs a tf_keras model; this is a Keras 3 model. Rebuild it with "
+                         "tf_keras (same layers) or convert it without QAT (PTQ works).")
+    if not isinstance(model, tf_keras.Model) or not (
+            isinstance(model, tf_keras.Sequential) or model._is_graph_network):
+        raise ValueError(f"QAT needs a Sequential or Functional tf_keras model. Received: "
+                         f"{type(model).__name__} (subclassed models have no layer graph to "
+                         "wrap: rebuild it with the Functional API).")
+    model = prepare(model)
+    schemes.check_overrides(model.layers, overrides)
+    schemes.activation_quantizer(activation_ranges, range_k)  # checks the arguments
+
+    def make_activation():
+        return schemes.activation_quantizer(activation_ranges, range_k)
+
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+
+    def clone(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        if type(layer).__name__ in schemes.SPLIT_BY_TFMOT:
+            return annotate(copy)  # tfmot splits it into depthwise + 1x1 conv (int8 weights)
+        config = schemes.config_for(layer, chosen, overrides, make_activation)
+        return copy if config is None else annotate(copy, config)
+
+    annotated = tf_keras.models.clone_model(model, clone_function=clone)
+    annotated.set_weights(model.get_weights())
+    with quantize_scope():
+        applied = tfmot.quantization.keras.quantize_apply(annotated, scheme=_KeepLayoutScheme())
+
+        def swap_input_layer(layer):  # quantize_apply rebuilds QuantizeLayer as tfmot's own
+            if type(layer) is _tfmot_quantize_layer.QuantizeLayer:
+                return InputQuantize.from_config(layer.get_config())
+            return layer.__class__.from_config(layer.get_config())
+
+        result = tf_keras.models.clone_model(applied, clone_function=swap_input_layer)
+    for layer in result.layers:  # by name: trainable quantizer variables change the order
+        source = {w.name.split("/")[-1]: w for w in applied.get_layer(layer.name).weights}
+        for variable in layer.weights:
+            key = variable.name.split("/")[-1]
+            if key not in source:
+                raise RuntimeError(f"QAT clone lost variable {variable.name!r}.")
+            variable.assign(source[key])
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# training strategies
+# ---------------------------------------------------------------------------------------
+
+STRATEGIES = ("gradient", "statistics", "distill")
+
+
+def quantization_error(model):
+    """Σ over wrapped layers and quantized weights of mean((w − Q(w))²): how far the float
+    weights sit from their quantization grid (a loss term pulling them onto it)."""
+    from tflq.models import tf
+
+    total = tf.constant(0.0)
+    for layer in model.layers:
+        for weight, quantizer, quantizer_vars in getattr(layer, "_weight_vars", []):
+            quantized = quantizer(weight, training=False, weights=quantizer_vars)
+            total += tf.reduce_mean(tf.square(weight - tf.stop_gradient(quantized)))
+    return total
+
+
+def make_trainer(student, teacher=None, quant_error_weight: float = 0.0,
+                 temperature: float = 4.0, alpha: float = 0.5):
+    """A Keras model that trains ``student`` through ``fit`` with tflq's losses.
+
+    loss = α·CE(y, s) + (1 − α)·T²·KL(softmax(t/T) ‖ softmax(s/T)) [with a teacher]
+           + λ·quantization_error(student)                          [λ = quant_error_weight]
+    (α is 1 without a teacher.)
+    """
+    from tflq.models import tf, tf_keras
+
+    if quant_error_weight < 0:
+        raise ValueError(f"quant_error_weight must be >= 0. Received: {quant_error_weight}")
+    if not temperature > 0 or not 0 <= alpha <= 1:
+        raise ValueError(f"temperature must be > 0 and alpha in [0, 1]. Received: "
+                         f"temperature={temperature}, alpha={alpha}")
+
+    class Trainer(tf_keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.student, self.teacher = student, teacher
+            # Per-example losses averaged explicitly: correct under tf.distribute strategies.
+            self.ce = tf_keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction=tf_keras.losses.Reduction.NONE)
+            self.kl = tf_keras.losses.KLDivergence(reduction=tf_keras.losses.Reduction.NONE)
+            self.loss_tracker = tf_keras.metrics.Mean(name="loss")
+            self.accuracy = tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+        def call(self, inputs, training=False):
+            return self.student(inputs, training=training)
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker, self.accuracy]
+
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                logits = self.student(x, training=True)
+                per_example = self.ce(y, logits)
+                if self.teacher is not None:
+                    t = tf.stop_gradient(self.teacher(x, training=False))
+                    kd = self.kl(tf.nn.softmax(t / temperature), tf.nn.softmax(logits / temperature))
+                    per_example = alpha * per_example + (1 - alpha) * temperature**2 * kd
+                loss = tf.nn.compute_average_loss(per_example)
+                if quant_error_weight:
+                    loss += quant_error_weight * quantization_error(self.student)
+            variables = self.student.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+            self.loss_tracker.update_state(loss)
+            self.accuracy.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+        def test_step(self, data):
+            x, y = data
+            logits = self.student(x, training=False)
+            self.loss_tracker.update_state(tf.reduce_mean(self.ce(y, logits)))
+            self.accuracy.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+    return Trainer()
+
+
+def check_teacher(teacher, student) -> None:
+    """Refuses a teacher whose outputs cannot supervise the student."""
+    t_shape, s_shape = tuple(teacher.output_shape), tuple(student.output_shape)
+    if t_shape[1:] != s_shape[1:]:
+        raise ValueError(f"Teacher outputs {t_shape} do not match the student's {s_shape}.")
+    t_in = [tuple(s[1:]) for s in (teacher.input_shape if isinstance(teacher.input_shape, list)
+                                   else [teacher.input_shape])]
+    s_in = [tuple(s[1:]) for s in (student.input_shape if isinstance(student.input_shape, list)
+                                   else [student.input_shape])]
+    if t_in != s_in:
+        raise ValueError(f"Teacher inputs {t_in} do not match the student's {s_in}.")

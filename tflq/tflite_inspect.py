@@ -1,0 +1,159 @@
+"""Every read of a .tflite file: ops and the ops left in float, int8 weights against a QAT
+model's, per-layer weight statistics and sizes."""
+
+from __future__ import annotations
+
+import gzip
+import re
+
+import numpy as np
+
+__all__ = ["ops_details", "weight_requantization", "find_float_ops", "gzip_size", "weight_stats"]
+
+
+def ops_details(interpreter) -> list[dict]:
+    """The op list of a LiteRT interpreter (``op_name``, ``index``, ``inputs``, ``outputs``).
+
+    LiteRT exposes it only as a private method; this is the one place tflq calls it.
+    """
+    return interpreter._get_ops_details()
+
+
+def _to_tflite_layout(kind: str, kernel: np.ndarray) -> np.ndarray:
+    if kind in ("Conv2D",):
+        return kernel.transpose(3, 0, 1, 2)
+    if kind == "Conv2DTranspose":
+        return kernel.transpose(2, 0, 1, 3)
+    if kind == "DepthwiseConv2D":
+        h, w, cin, mult = kernel.shape
+        return kernel.reshape(1, h, w, cin * mult)
+    if kind == "Dense":
+        return kernel.T
+    return kernel
+
+
+def weight_requantization(model, content: bytes) -> list[dict]:
+    """Per quantized kernel: the QAT model's fake-quantized weights against the int8 weights
+    the .tflite actually holds (dequantized). ``max_abs_error`` 0 means the scheme deployed
+    exactly; otherwise this is what the converter's re-quantization cost."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tflq import metrics
+
+    interp = Interpreter(model_content=content)
+    tensors = [t for t in interp.get_tensor_details() if np.dtype(t["dtype"]) == np.int8]
+    rows = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is None:
+            continue
+        for weight, quantizer, quantizer_vars in getattr(layer, "_weight_vars", []):
+            kind = type(inner).__name__
+            fake = np.asarray(quantizer(weight, training=False, weights=quantizer_vars))
+            expected = _to_tflite_layout(kind, fake)
+            tokens = lambda name: set(re.split(r"[/;:]", name))  # noqa: E731
+            found = [t for t in tensors if layer.name in tokens(t["name"])
+                     and tuple(t["shape"]) == expected.shape]
+            row = {"layer": inner.name, "type": kind, "weight": weight.name.split("/")[-1],
+                   "shape": list(expected.shape)}
+            if len(found) != 1:
+                row.update(found=False)
+                rows.append(row)
+                continue
+            detail = found[0]
+            params = detail["quantization_parameters"]
+            codes = interp.get_tensor(detail["index"]).astype(np.float64)
+            axis = params["quantized_dimension"]
+            shape = [1] * codes.ndim
+            shape[axis] = -1
+            scales = np.asarray(params["scales"], np.float64)
+            zeros = np.asarray(params["zero_points"], np.float64)
+            if scales.size > 1:
+                scales, zeros = scales.reshape(shape), zeros.reshape(shape)
+            deployed = (codes - zeros) * scales
+            error = np.abs(deployed - expected)
+            row.update(found=True, max_abs_error=float(error.max()),
+                       sqnr_db=metrics.sqnr_db(expected[None], deployed[None]),
+                       exact=bool(np.allclose(deployed, expected, rtol=0, atol=1e-7 * max(
+                           1.0, float(np.abs(expected).max())))))
+            rows.append(row)
+    return rows
+
+
+# Boundary ops that convert between float and integer I/O; not compute left in float.
+_BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+
+
+_FLOAT_DTYPES = (np.float32, np.float16, np.float64)
+
+
+def find_float_ops(content: bytes) -> list[str]:
+    """Lists the compute ops that run in float in a .tflite (``NAME#index``).
+
+    An op counts as float when any of its input or output tensors is a float tensor;
+    QUANTIZE/DEQUANTIZE at the model's boundary convert I/O and are not counted.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    found = []
+    for op in ops_details(interpreter):
+        name = op["op_name"]
+        if name in _BOUNDARY_OPS:
+            continue
+        indices = [int(i) for i in list(op["inputs"]) + list(op["outputs"]) if int(i) >= 0]
+        if any(i in tensors and tensors[i]["dtype"] in _FLOAT_DTYPES for i in indices):
+            found.append(f"{name}#{op['index']}")
+    return found
+
+
+_WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}
+
+
+def gzip_size(content: bytes) -> int:
+    """Size after ``gzip -9``: what a compressed download or APK asset costs."""
+    return len(gzip.compress(content, compresslevel=9, mtime=0))
+
+
+def weight_stats(content: bytes) -> list[dict]:
+    """Per int8 weight tensor of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED /
+    TRANSPOSE_CONV in a .tflite: sparsity (codes equal to the zero point), unique codes in
+    the tensor and at most in one output channel, and 2:4 compliance along input channels.
+    Read through the interpreter: this is what ships, not what Keras held."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=content)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    rows, seen = [], set()
+    for op in ops_details(interp):
+        slot = _WEIGHT_INPUT.get(op["op_name"])
+        if slot is None or len(op["inputs"]) <= slot:
+            continue
+        index = int(op["inputs"][slot])
+        detail = tensors.get(index)
+        if detail is None or np.dtype(detail["dtype"]) != np.int8 or index in seen:
+            continue
+        seen.add(index)
+        try:
+            codes = interp.get_tensor(index)
+        except ValueError:  # not a constant buffer
+            continue
+        zero_points = np.asarray(detail["quantization_parameters"]["zero_points"])
+        zero = int(zero_points.ravel()[0]) if zero_points.size else 0
+        channel_axis = 3 if op["op_name"] == "DEPTHWISE_CONV_2D" else 0
+        per_channel = np.moveaxis(codes, channel_axis, 0).reshape(codes.shape[channel_axis], -1)
+        row = {
+            "op": f"{op['op_name']}#{op['index']}", "tensor": detail["name"],
+            "shape": [int(s) for s in codes.shape], "weights": int(codes.size),
+            "sparsity": float(np.mean(codes == zero)),
+            "unique_values": int(np.unique(codes).size),
+            "max_unique_per_channel": int(max(np.unique(c).size for c in per_channel)),
+        }
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED") and codes.shape[-1] % 4 == 0:
+            groups = (codes == zero).reshape(-1, 4).sum(axis=1)
+            row["two_four_compliant"] = bool(np.all(groups >= 2))
+        rows.append(row)
+    return rows
+
+
