@@ -257,3 +257,31 @@ def test_lsq_scheme_trains_its_step_and_deploys_exactly(tmp_path):
     assert len(steps) == 2 and all(np.all(w.numpy() > 0) for w in steps)
     rows = tflite_inspect.weight_requantization(q, convert.convert_qat(q, str(tmp_path)))
     assert all(r["found"] and r["exact"] for r in rows)
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_channels_ranges_per_output_channel(multiplier):
+    # One range per output channel c·m of a (h, w, c, m) depthwise kernel; the plain
+    # per-axis quantizer would take the last axis (m) only.
+    rng = np.random.default_rng(3)
+    kernel = rng.normal(size=(3, 3, 4, multiplier)) * np.logspace(-3, 0, 4).reshape(1, 1, 4, 1)
+    layer = tf_keras.layers.DepthwiseConv2D(3, depth_multiplier=multiplier)
+    layer.build((None, 8, 8, 4))
+    wrapped = quantizers.DepthwiseChannels(quantizers.SymmetricQuantizer(8, per_axis=True))
+    weights = wrapped.build(tf.TensorShape(kernel.shape), "k", layer)
+    got = wrapped(tf.constant(kernel, tf.float32), False, weights).numpy()
+    max_abs = np.abs(kernel).max(axis=(0, 1))  # (c, m): per output channel c·m
+    _, want = functions.symmetric_codes(kernel, max_abs[None, None], 8)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    per_tensor = quantizers.SymmetricQuantizer(8, per_axis=True)
+    flat = per_tensor(tf.constant(kernel, tf.float32), False, per_tensor.build(
+        tf.TensorShape(kernel.shape), "k2", layer)).numpy()
+    if multiplier == 1:  # the bug this wrapper fixes: small channels rounded to zero
+        assert np.count_nonzero(flat[:, :, 0]) < np.count_nonzero(got[:, :, 0])
+
+
+def test_depthwise_channels_rejects_a_non_depthwise_kernel():
+    layer = tf_keras.layers.Dense(3)
+    layer.build((None, 4))
+    with pytest.raises(ValueError, match=r"4-D depthwise kernel \(h, w, c, m\). Received: shape=\(4, 3\)"):
+        quantizers.DepthwiseChannels().build(tf.TensorShape((4, 3)), "k", layer)

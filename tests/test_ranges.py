@@ -124,3 +124,79 @@ def test_estimated_ranges_are_the_scales_in_the_tflite(estimator, tmp_path):
 def test_calibrated_model_refuses_an_unknown_estimator():
     with pytest.raises(ValueError, match="Unknown range estimator 'max'"):
         ranges.calibrated_model(_model(), lambda: iter([]), "max")
+
+
+def _mobilenet_blocks(seed=0):
+    """Two MobileNetV2 inverted-residual blocks (expand 1x1 + ReLU6, depthwise 3x3 + BN +
+    ReLU6, linear 1x1 project, residual Add), with depthwise channels spanning three
+    orders of magnitude as in pretrained MobileNets: per-tensor depthwise weights
+    round most channels to zero."""
+    rng = np.random.default_rng(seed)
+    tf_keras.utils.set_random_seed(seed)
+    inp = L.Input((12, 12, 8))
+    x = inp
+    for b in range(2):
+        skip = x
+        y = L.ReLU(6.0)(L.Conv2D(24, 1, name=f"expand{b}")(x))
+        y = L.DepthwiseConv2D(3, padding="same", name=f"depthwise{b}")(y)
+        y = L.ReLU(6.0)(L.BatchNormalization(name=f"bn{b}")(y))
+        x = L.Add()([skip, L.Conv2D(8, 1, name=f"project{b}")(y)])
+    model = tf_keras.Model(inp, L.Dense(5)(L.GlobalAveragePooling2D()(x)))
+    for b in range(2):
+        layer = model.get_layer(f"depthwise{b}")
+        kernel, bias = layer.get_weights()
+        spread = np.logspace(-2.5, 0.5, kernel.shape[2]).reshape(1, 1, -1, 1)
+        layer.set_weights([kernel * rng.permutation(spread, axis=2), bias])
+    return model
+
+
+def _depthwise_scales(content: bytes) -> list[np.ndarray]:
+    from tflq.tflite_inspect import ops_details
+
+    interp = Interpreter(model_content=content)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    return [np.asarray(tensors[int(op["inputs"][1])]["quantization_parameters"]["scales"])
+            for op in ops_details(interp) if op["op_name"] == "DEPTHWISE_CONV_2D"]
+
+
+@pytest.mark.parametrize("estimator", ["minmax", "mse"])
+def test_depthwise_kernels_stay_per_channel_through_the_qat_graph(tmp_path, estimator):
+    # The estimator path converts through tflq's QAT graph; tfmot's per-axis weight
+    # quantizers take the last kernel axis (the depthwise multiplier, 1), which gave
+    # per-tensor depthwise weights and wrecked MobileNet-style models.
+    from tflq import options
+    from tflq.metrics import sqnr_db
+    from tflq.models import wrap_model
+
+    model = _mobilenet_blocks()
+    x = np.random.default_rng(1).normal(size=(48, 12, 12, 8)).astype(np.float32)
+    loaded = wrap_model(model, "blocks")
+    name = loaded.input_names[0]
+
+    def representative():
+        for i in range(32):
+            yield {name: x[i:i + 1]}
+
+    plain = convert.convert_model(loaded, "int8", str(tmp_path), representative).content
+    estimated = convert.convert_model(loaded, "int8", str(tmp_path), representative,
+                                      options.ConvertOptions(range_estimator=estimator)).content
+    ours, reference = _depthwise_scales(estimated), _depthwise_scales(plain)
+    assert len(ours) == len(reference) == 2
+    for got, want in zip(ours, reference, strict=True):
+        assert got.size == want.size == 24
+        # The converter's own per-channel scales (max|w_c| / 127) are the reference.
+        np.testing.assert_allclose(got, want, rtol=1e-3)
+    # And the deployed model is about as close to the float model as the converter's.
+    float_out = model.predict(x[32:], verbose=0)
+
+    def run(content):
+        interp = Interpreter(model_content=content)
+        interp.resize_tensor_input(interp.get_input_details()[0]["index"], x[32:].shape)
+        interp.allocate_tensors()
+        interp.set_tensor(interp.get_input_details()[0]["index"], x[32:])
+        interp.invoke()
+        return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+    # 3 dB: estimators may trade a little SQNR on random data; per-tensor depthwise
+    # weights cost more than 10 dB here.
+    assert sqnr_db(float_out, run(estimated)) > sqnr_db(float_out, run(plain)) - 3.0

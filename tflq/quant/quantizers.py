@@ -20,7 +20,8 @@ from tflq.quant.functions import (
 
 __all__ = ["register", "registered", "available", "get", "serialize", "TflqQuantizer",
     "LinearQuantizer", "SymmetricQuantizer", "AsymmetricQuantizer", "LogCompandingQuantizer",
-    "Pow2Quantizer", "ACTIVATION_ESTIMATORS", "ActivationQuantizer", "LearnedStepQuantizer"]
+    "Pow2Quantizer", "ACTIVATION_ESTIMATORS", "ActivationQuantizer", "LearnedStepQuantizer",
+    "DepthwiseChannels"]
 
 _REGISTRY: dict[str, type] = {}
 
@@ -340,3 +341,57 @@ class LearnedStepQuantizer(TflqQuantizer):
 
     def deploys_exactly(self, role="weights"):
         return role == "weights"
+
+
+@register("depthwise_channels")
+class DepthwiseChannels(tfmot.quantization.keras.quantizers.Quantizer):
+    """One range per output channel of a DepthwiseConv2D kernel, as TFLite stores it.
+
+    A depthwise kernel is (h, w, c, m) with m the channel multiplier; TFLite holds it as
+    (1, h, w, c·m), quantized per channel along c·m. tfmot's per-axis quantizers (and
+    tflq's) take the LAST kernel axis, m, which for the usual m = 1 is one range for the
+    whole kernel: per-tensor weights, which wreck depthwise layers whose channels span very
+    different ranges (MobileNets). This wrapper views the kernel as (h, w, 1, c·m) around
+    any per-axis weight quantizer, so each of the c·m channels gets its own range.
+
+    Args:
+      quantizer: the per-axis weight quantizer to apply per channel (instance, alias or
+        serialized dict, see :func:`get`); None: TFLite's int8 weight format
+        (:class:`SymmetricQuantizer`, 8 bits, narrow range, per axis).
+    """
+
+    def __init__(self, quantizer=None):
+        self.quantizer = get(quantizer) or SymmetricQuantizer(num_bits=8, per_axis=True)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+    @staticmethod
+    def _channels_last(shape) -> list[int]:
+        h, w, c, m = (int(d) for d in shape)
+        return [h, w, 1, c * m]
+
+    def build(self, tensor_shape, name, layer):
+        if len(tensor_shape) != 4:
+            raise ValueError(f"DepthwiseChannels expects a 4-D depthwise kernel (h, w, c, m). "
+                             f"Received: shape={tuple(tensor_shape)}")
+        return self.quantizer.build(tf.TensorShape(self._channels_last(tensor_shape)), name,
+                                    layer)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        flat = tf.reshape(inputs, self._channels_last(inputs.shape))
+        return tf.reshape(self.quantizer(flat, training, weights, **kwargs), tf.shape(inputs))
+
+    def deploys_exactly(self, role: str = "weights") -> bool:
+        inner = getattr(self.quantizer, "deploys_exactly", None)
+        return bool(inner(role)) if inner is not None else True
+
+    def get_config(self):
+        return {"quantizer": serialize(self.quantizer)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -227,8 +227,6 @@ def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = (),
 
     ``activations`` makes each activation quantizer (see :func:`activation_quantizer`).
     """
-    from tflq.quant.schemes import LayerQuantizeConfig
-
     activation_quantizer = activations  # noqa: F811 (the factory chosen for this model)
 
     fused_relu_follows = feeds_only_relu(layer)
@@ -248,6 +246,8 @@ def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = (),
                 bits = override.weight_bits or bits
         per_axis = kind not in _PER_TENSOR_WEIGHTS
         weights = {attr: chosen.weight_quantizer(per_axis, bits) for attr in _KERNELS[kind]}
+        if kind == "DepthwiseConv2D":  # per output channel (c·m), not per multiplier (m)
+            weights = {a: quantizers.DepthwiseChannels(q) for a, q in weights.items()}
         activation = _activation_name(layer)
         activations = {"activation": activation_quantizer()} if activation not in (
             None, "linear") else {}
