@@ -67,6 +67,10 @@ _PERCENTILE = flags.DEFINE_float("percentile", 99.99, "Percentile for "
                                  "--range_estimator=percentile.")
 _EQUALIZE = flags.DEFINE_bool("equalize", False, "int8 after cross-layer equalization and bias "
                               "correction (tf_keras models).")
+_AUTO = flags.DEFINE_bool(
+    "auto", False, "int8 from the best of the plain converter, the range estimators and "
+    "equalization, chosen on one calibration sample in five held apart (never on --eval_data); "
+    "the report lists every candidate's score.")
 _SELECTIVE = flags.DEFINE_bool(
     "selective", False, "int8 keeps the fewest most sensitive ops in float (TFLite's "
     "QuantizationDebugger RMSE/scale) that bring the accuracy drop within --max_accuracy_drop; "
@@ -129,7 +133,7 @@ def build_job():
             integer_io=_INTEGER_IO.value, per_channel=not _PER_TENSOR.value,
             allow_float_ops=_ALLOW_FLOAT_OPS.value, range_estimator=_RANGE_ESTIMATOR.value,
             percentile=_PERCENTILE.value, equalize=_EQUALIZE.value,
-            selective=_SELECTIVE.value),
+            selective=_SELECTIVE.value, auto=_AUTO.value),
         data_options=tflq.DataOptions(normalize=_NORMALIZE.value,
                                       image_size=parse_image_size(_IMAGE_SIZE.value)),
         gates=tflq.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
@@ -152,6 +156,8 @@ def main(argv) -> int:
         print(f"error: {e}", file=sys.stderr)
         return runtime.EXIT_BAD_INPUT
     print(report.format_table(result.report))
+    for line in result.report.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"\nwrote {len(result.files)} files to {os.path.abspath(job.out)}")
     return report_gates(result)
 

@@ -307,7 +307,7 @@ def test_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, tiny_keras_path,
 
 @pytest.mark.parametrize("extra, note", [
     ({"range_estimator": "percentile", "percentile": 99.9}, "activation ranges: percentile"),
-    ({"equalize": True, "per_tensor": True}, "cross-layer equalization and bias correction"),
+    ({"equalize": True, "per_tensor": True}, "cross-layer equalization found NO pair"),
     ({"range_estimator": "mse", "equalize": True, "integer_io": True}, "activation ranges: mse"),
 ])
 def test_tflq_calibration_flags(capsys, tmp_path, tiny_files, extra, note):
@@ -433,3 +433,87 @@ def test_selective_search_reports_an_unreachable_budget():
         assert found["met"] and found["kept_float"] == ["t0", "t1"]  # k=2: fewest under 1.6
     finally:
         module.model_with_float = original
+
+
+def test_auto_chooses_on_held_out_calibration_samples_only(capsys, tmp_path, tiny_files,
+                                                           monkeypatch):
+    from tflq.ptq import auto
+
+    seen = {}
+    search = auto.search
+
+    def recording_search(model, samples, *args, **kwargs):
+        seen["samples"] = [s["img"].copy() for s in samples]
+        return search(model, samples, *args, **kwargs)
+
+    monkeypatch.setattr(auto, "search", recording_search)
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="int8", auto=True,
+                           num_calibration_samples=40)
+    assert code == 0, err
+    r = load_report(out)
+    record = r["modes"][0]["methods"]["auto"]
+    assert [c["candidate"] for c in record["candidates"]] == list(auto.CANDIDATES)
+    assert record["selection_samples"] == 8 and record["calibration_samples"] == 32
+    scored = [c for c in record["candidates"] if "sqnr_db" in c]
+    best = max(scored, key=lambda c: (c["sqnr_db"], c["top1_agreement"]))
+    assert record["winner"] == best["candidate"]
+    assert r["modes"][0]["notes"][0].startswith(f"auto: {record['winner']} chosen")
+    # Only calibration samples reached the search: no evaluation sample among them.
+    evaluation = np.load(tiny_files["eval_data"])["x"]
+    assert len(seen["samples"]) == 40
+    for sample in seen["samples"]:
+        assert not np.any(np.all(evaluation == sample[0], axis=(1, 2, 3)))
+
+
+def test_auto_split_holds_one_in_five_apart():
+    from tflq.ptq import auto
+
+    calibration, selection = auto.split_samples(list(range(12)))
+    assert selection == [4, 9] and calibration == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11]
+    with pytest.raises(ValueError, match="--auto needs at least 5 calibration samples"):
+        auto.split_samples([0, 1, 2, 3])
+
+
+def test_auto_refuses_the_methods_it_chooses_itself(capsys, tmp_path, tiny_files):
+    before = snapshot(tmp_path)
+    code, stdout, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "o"), modes="int8",
+                                auto=True, equalize=True)
+    assert code == 2 and "--auto chooses the range estimator and equalization" in err
+    assert snapshot(tmp_path) == before and stdout == ""
+
+
+def test_a_method_worse_than_the_plain_converter_is_warned_about(capsys, tmp_path, tiny_files,
+                                                                 monkeypatch):
+    # Force a harmful range estimator (every activation range cut to 2% of the observed one)
+    # and check that the report and stderr say it lost to the plain converter.
+    from tflq.ptq import ranges
+
+    estimate = ranges.estimate
+
+    def harmful(hist, estimator, percentile=99.99):
+        lo, hi = estimate(hist, "minmax")
+        return (0.02 * lo, 0.02 * hi) if estimator == "mse" else (lo, hi)
+
+    monkeypatch.setattr(ranges, "estimate", harmful)
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="int8", range_estimator="mse",
+                           num_calibration_samples=40)
+    assert code == 0
+    r = load_report(out)
+    plain = r["plain_converter_int8"]["top1_agreement"]
+    ours = r["modes"][0]["top1_agreement"]
+    assert plain - ours > 0.02  # the forced estimator really hurts
+    assert len(r["warnings"]) == 1 and r["warnings"][0].startswith("int8: top-1 agreement")
+    assert f"warning: {r['warnings'][0]}" in err
+    assert "## Warnings" in open(os.path.join(out, "report.md")).read()
+
+
+def test_no_warning_when_a_method_keeps_up_with_the_converter(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="int8", range_estimator="minmax",
+                           num_calibration_samples=40)
+    assert code == 0
+    r = load_report(out)
+    assert abs(r["plain_converter_int8"]["top1_agreement"] - r["modes"][0]["top1_agreement"]) <= 0.02
+    assert r["warnings"] == [] and "warning:" not in err

@@ -57,8 +57,13 @@ def _spread(layer):
 def test_equalization_keeps_the_float_function_and_evens_ranges():
     model = _block()
     folded = equalize.equalize(model, iterations=0)[0]
-    equalized, pairs = equalize.equalize(model)
+    equalized, record = equalize.equalize(model)
+    pairs = [(p["first"], p["second"]) for p in record["pairs"]]
     assert pairs == [("c1", "dw"), ("dw", "c2"), ("c2", "c3")]
+    assert record["relu6_replaced"] == 0
+    assert [s["layer"] for s in record["skipped"]] == ["c3"]  # feeds the pooling
+    first = record["pairs"][0]
+    assert first["spread_after"] < first["spread_before"]
     x = _x()
     a, b = model.predict(x, verbose=0), equalized.predict(x, verbose=0)
     assert np.abs(a - b).max() <= RTOL * np.abs(a).max()
@@ -75,10 +80,12 @@ def test_equalization_keeps_the_float_function_and_evens_ranges():
 
 def test_relu6_pairs_are_left_alone_unless_replaced_by_relu():
     model = _block(relu6=True)
-    _, pairs = equalize.equalize(model)
-    assert pairs == [("c2", "c3")]  # the only pair without a ReLU6 between
-    replaced, pairs = equalize.equalize(model, relu6_as_relu=True)
-    assert len(pairs) == 3
+    _, record = equalize.equalize(model, relu6_as_relu=False)
+    assert [(p["first"], p["second"]) for p in record["pairs"]] == [("c2", "c3")]
+    reasons = {s["layer"]: s["reason"] for s in record["skipped"]}
+    assert "ReLU6" in reasons["c1"] and "ReLU6" in reasons["dw"]  # said, not silent
+    replaced, record = equalize.equalize(model)
+    assert len(record["pairs"]) == 3 and record["relu6_replaced"] == 2
     assert not any(layer.get_config().get("max_value") == 6 for layer in replaced.layers)
 
 
@@ -128,3 +135,97 @@ def test_bias_correction_removes_the_mean_shift_of_quantized_weights():
     after = np.abs((quantized_output(conv.get_weights()[1]) - float_out).mean(axis=(0, 1, 2)))
     assert set(shifts) == {"c"} and before.max() > 1e-3
     assert after.max() < 1e-2 * before.max()
+
+
+def _nested_mobilenet(alpha_spread=(-2.5, 0.5)):
+    """A MobileNetV2-style backbone (expand + ReLU6, depthwise + BN + ReLU6, linear project,
+    residual Add) nested inside a Functional model, as fine-tuned models are; depthwise
+    channels span three orders of magnitude as in pretrained MobileNets."""
+    tf_keras.utils.set_random_seed(8)
+    rng = np.random.default_rng(8)
+    inp = L.Input((12, 12, 3))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inp)
+    x = L.ReLU(6.0, name="stem_relu")(L.BatchNormalization(name="stem_bn")(x))
+    for b in range(2):
+        skip = x
+        y = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(24, 1, use_bias=False,
+                                                       name=f"expand{b}")(x)))
+        y = L.ReLU(6.0)(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same",
+                                                                use_bias=False,
+                                                                name=f"dw{b}")(y)))
+        y = L.BatchNormalization()(L.Conv2D(8, 1, use_bias=False, name=f"project{b}")(y))
+        x = L.Add()([skip, y])
+    backbone = tf_keras.Model(inp, x, name="backbone")
+    for w in backbone.weights:
+        if "gamma" in w.name:
+            w.assign(rng.uniform(0.2, 2.0, w.shape))
+    for b in range(2):
+        # Small depthwise channels feed large project weights (the next layer compensates,
+        # as training leaves it): per-tensor depthwise weights lose those channels.
+        spread = rng.permutation(np.logspace(*alpha_spread, 24))
+        layer = backbone.get_layer(f"dw{b}")
+        layer.set_weights([layer.get_weights()[0] * spread.reshape(1, 1, -1, 1)])
+        project = backbone.get_layer(f"project{b}")
+        project.set_weights([project.get_weights()[0] / spread.reshape(1, 1, -1, 1)])
+    outer_in = L.Input((12, 12, 3))
+    logits = L.Dense(6, name="head")(L.GlobalAveragePooling2D()(backbone(outer_in)))
+    return tf_keras.Model(outer_in, logits)
+
+
+def test_equalize_finds_pairs_inside_a_nested_relu6_backbone():
+    model = _nested_mobilenet()
+    equalized, record = equalize.equalize(model)
+    pairs = {(p["first"], p["second"]) for p in record["pairs"]}
+    assert {("expand0", "dw0"), ("dw0", "project0"), ("expand1", "dw1"),
+            ("dw1", "project1")} <= pairs
+    assert record["relu6_replaced"] == 5
+    # The function changes only where an activation exceeded 6; the cost is measured.
+    x = np.random.default_rng(9).normal(size=(16, 12, 12, 3)).astype(np.float32)
+    cost = equalize.relu6_cost(model, equalized, lambda: iter([x[:8], x[8:]]))
+    assert 0.0 <= cost["top1_agreement"] <= 1.0 and cost["sqnr_db"] > 0
+    relu_only = equalize.equalize(model, iterations=0)[0]  # ReLU6 -> ReLU, not equalized
+    a, b = relu_only.predict(x, verbose=0), equalized.predict(x, verbose=0)
+    assert np.abs(a - b).max() <= RTOL * np.abs(a).max()
+
+
+def test_per_tensor_cle_restores_a_nested_relu6_mobilenet(tmp_path):
+    # Small depthwise channels (weights and activations) round to zero under one int8
+    # scale; CLE + bias correction inside the nested backbone brings them back.
+    from tflq import options
+    from tflq.metrics import sqnr_db
+    from tflq.models import wrap_model
+    from tflq.ptq import convert
+
+    model = _nested_mobilenet()
+    loaded = wrap_model(model, "nested")
+    name = loaded.input_names[0]
+    x = np.random.default_rng(10).uniform(0, 1, size=(96, 12, 12, 3)).astype(np.float32)
+
+    def representative():
+        for i in range(48):
+            yield {name: x[i:i + 1]}
+
+    def run(content):
+        interp = Interpreter(model_content=content)
+        detail = interp.get_input_details()[0]
+        interp.resize_tensor_input(detail["index"], x[48:].shape)
+        interp.allocate_tensors()
+        interp.set_tensor(detail["index"], x[48:])
+        interp.invoke()
+        return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+    want = model.predict(x[48:], verbose=0)
+    sqnr = {}
+    for label, opts in (("per_channel", options.ConvertOptions()),
+                        ("per_tensor", options.ConvertOptions(per_channel=False)),
+                        ("per_tensor_cle", options.ConvertOptions(per_channel=False,
+                                                                  equalize=True))):
+        conversion = convert.convert_model(loaded, "int8", str(tmp_path), representative, opts)
+        sqnr[label] = sqnr_db(want, run(conversion.content))
+        if label == "per_tensor_cle":
+            details = conversion.details["equalize"]
+            assert len(details["pairs"]) >= 4 and details["relu6_replaced"] == 5
+    # Small channels collapse in the plain converter, per tensor and (through the per-tensor
+    # activation scale of the depthwise output) per channel too; equalized, they survive.
+    assert sqnr["per_tensor_cle"] > sqnr["per_tensor"] + 10.0
+    assert sqnr["per_tensor_cle"] > sqnr["per_channel"] + 10.0

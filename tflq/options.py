@@ -64,6 +64,8 @@ class ConvertOptions:
         (:mod:`tflq.ptq.equalize`).
       selective: keep the fewest most sensitive ``int8`` ops in float that bring the
         accuracy drop within the ``max_accuracy_drop`` gate (:mod:`tflq.ptq.selective`).
+      auto: ``int8`` from the best of the plain converter and tflq's methods, scored on a
+        slice of the calibration data held apart for selection (:mod:`tflq.ptq.auto`).
     """
 
     integer_io: bool = False
@@ -73,6 +75,7 @@ class ConvertOptions:
     percentile: float = 99.99
     equalize: bool = False
     selective: bool = False
+    auto: bool = False
 
     def __post_init__(self):
         if self.range_estimator is not None:
@@ -85,6 +88,9 @@ class ConvertOptions:
         if self.selective and (self.integer_io or self.range_estimator or self.equalize):
             raise ValueError("--selective works on the converter's own int8 with float I/O: "
                              "drop --integer_io, --range_estimator and --equalize.")
+        if self.auto and (self.range_estimator or self.equalize or self.selective):
+            raise ValueError("--auto chooses the range estimator and equalization itself: drop "
+                             "--range_estimator, --equalize and --selective.")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100]. Received: {self.percentile}")
 

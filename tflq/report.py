@@ -165,6 +165,8 @@ def to_markdown(report: dict) -> str:
         format_table(report),
         "",
     ]
+    if report.get("warnings"):
+        lines += ["## Warnings", "", *[f"- {w}" for w in report["warnings"]], ""]
     notes = [f"- `{m['mode']}`: {n}" for m in report["modes"] for n in m["notes"]]
     if notes:
         lines += ["## Notes", "", *notes, ""]

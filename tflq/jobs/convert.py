@@ -20,7 +20,8 @@ from tflq.data import DataOptions
 from tflq.jobs.common import JobResult, base_report, evaluate, finish, prepare_data, progress
 from tflq.runtime import check_output_dir
 
-__all__ = ["ConvertJob", "run_job"]
+__all__ = ["ConvertJob", "run_job", "below_converter_warnings", "WARN_BELOW_CONVERTER_PP",
+           "BASELINE"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +126,12 @@ class _RecipeMode:
     needs_calibration: bool = False
 
 
+# A quantized mode more than this far below the plain converter's top-1 agreement on the
+# same data gets a warning (report and stderr): tflq's methods must earn their place.
+WARN_BELOW_CONVERTER_PP = 2.0
+BASELINE = "int8 (plain converter)"  # the runner key of the plain converter's int8
+
+
 def run_job(job: ConvertJob) -> JobResult:
     """Runs one conversion job end to end and writes its outputs.
 
@@ -134,9 +141,8 @@ def run_job(job: ConvertJob) -> JobResult:
     Raises:
       ValueError: bad input of any kind; nothing has been written.
     """
-    from tflq import interpreter, tflite_inspect
+    from tflq import interpreter
     from tflq.models import load_model
-    from tflq.ptq import convert as converter
     from tflq.ptq import preflight
 
     modes = options.parse_modes(list(job.modes))
@@ -144,65 +150,25 @@ def run_job(job: ConvertJob) -> JobResult:
     model = load_model(job.model)
     calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats = prepare_data(
         job, model)
-    scratch = tempfile.mkdtemp(prefix="tflq-")
-    try:
-        representative = sampling.representative_dataset(calib, model.inputs, calib_indices)
-        conversions = {}
-        wanted = list(modes) if options.Mode.FLOAT32 in modes else [options.Mode.FLOAT32, *modes]
-        bar = progress(job.progress, "convert", len(wanted), unit="mode")
-        for mode in (bar(wanted) if bar else wanted):
-            conversions[mode] = converter.convert_model(
-                model, mode, scratch,
-                representative=representative if mode.needs_calibration else None,
-                options=job.convert_options)
-        float_content = conversions[options.Mode.FLOAT32].content
-        for recipe in job.recipes:  # LiteRT Quantizer on the float .tflite
-            from tflq.ptq import litert_backend
-
-            start = time.perf_counter()
-            content = litert_backend.quantize(float_content, recipe, representative)
-            mode = _RecipeMode(f"litert:{recipe}")
-            conversions[mode] = converter.Conversion(
-                mode=mode, content=content, float_ops=tuple(tflite_inspect.find_float_ops(content)),
-                seconds=time.perf_counter() - start)
-            modes = [*modes, mode]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    representative = sampling.representative_dataset(calib, model.inputs, calib_indices)
+    conversions, modes, baseline = _convert_all(job, model, modes, representative)
     selective = None
     if job.convert_options.selective:
         selective = _selective(job, model, conversions, representative, evaluation,
                                eval_indices)
-    float_size = len(conversions[options.Mode.FLOAT32].content)
-    runners = {
-        mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
-                                      num_threads=job.num_threads)
-        for mode in modes
-    }
-    float_cmp, comparisons, first_batch = _evaluate(job, model, evaluation, eval_indices, runners)
+    runners = {mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
+                                             num_threads=job.num_threads) for mode in modes}
+    if baseline is not None:
+        runners[BASELINE] = interpreter.TfliteModel(baseline, model.output_names,
+                                                    num_threads=job.num_threads)
+    float_result, comparisons, first_batch = _evaluate(job, model, evaluation, eval_indices,
+                                                       runners)
+    runners.pop(BASELINE, None)
     latency = interpreter.measure_latency(
         {m.value: r for m, r in runners.items()}, first_batch, runs=job.latency_runs)
-    float_result = float_cmp
-    stem = model.stem
-    mode_rows = []
-    for mode in modes:
-        conv = conversions[mode]
-        notes = [report.MODE_NOTES[mode.value]] if mode.value in report.MODE_NOTES else []
-        if mode.value == "int8" and job.convert_options.equalize:
-            notes.append("cross-layer equalization and bias correction before quantizing")
-        if mode.value == "int8" and job.convert_options.range_estimator:
-            notes.append(f"activation ranges: {job.convert_options.range_estimator} estimator "
-                         "(tflq.ptq.ranges), converted through tflq's QAT graph")
-        if mode.value == "int8" and selective is not None:
-            notes.append(f"selective: {len(selective['kept_float'])} most sensitive op(s) kept "
-                         f"in float ({'budget met' if selective['met'] else 'budget NOT met'})")
-        if mode.value.startswith("litert:"):
-            from tflq.ptq.litert_backend import RECIPES
-
-            notes = [f"LiteRT Quantizer recipe: {RECIPES[mode.value[len('litert:'):]][1]}"]
-        mode_rows.append(report.mode_row(
-            mode.value, f"{stem}_{mode.value.replace(':', '_')}.tflite", conv.content,
-            float_size, conv.float_ops, comparisons[mode].result(), float_result["accuracy"],
-            latency[mode.value], conv.seconds, notes))
+    mode_rows = _mode_rows(job, model, modes, conversions, comparisons, float_result, latency,
+                           selective)
+    float_size = len(conversions[options.Mode.FLOAT32].content)
     full_report = base_report(
         model=model, source=job.model, settings=job.settings(),
         data={
@@ -215,12 +181,113 @@ def run_job(job: ConvertJob) -> JobResult:
         },
         float_section={"accuracy": float_result["accuracy"], "float32_tflite_bytes": float_size},
         modes=mode_rows, gates=job.gates,
-        preflight=[f.to_dict() for f in preflight.static_findings(model)])
+        preflight=[f.to_dict() for f in preflight.static_findings(model)],
+        warnings=below_converter_warnings(mode_rows, comparisons))
+    if baseline is not None:
+        full_report["plain_converter_int8"] = {
+            k: v for k, v in comparisons[BASELINE].result().items() if k != "accuracy"}
     if selective is not None:
         full_report["selective"] = {k: v for k, v in selective.items() if k != "content"}
     return finish(job.out, full_report, {
         row["path"]: conv.content for row, conv in zip(
             mode_rows, (conversions[m] for m in modes), strict=True)})
+
+
+def _convert_all(job: ConvertJob, model, modes: list, representative):
+    """Every converter mode (float32 always, for sizes), LiteRT recipes, and, when int8 uses
+    a tflq method, the plain converter's int8 as the baseline to compare it with.
+
+    Returns ``(conversions, modes with recipes appended, baseline bytes or None)``."""
+    from tflq import tflite_inspect
+    from tflq.ptq import auto
+    from tflq.ptq import convert as converter
+
+    settings = job.convert_options
+    tflq_method = settings.equalize or settings.range_estimator or settings.auto
+    scratch = tempfile.mkdtemp(prefix="tflq-")
+    try:
+        conversions = {}
+        wanted = list(modes) if options.Mode.FLOAT32 in modes else [options.Mode.FLOAT32, *modes]
+        bar = progress(job.progress, "convert", len(wanted), unit="mode")
+        for mode in (bar(wanted) if bar else wanted):
+            if mode == options.Mode.INT8 and settings.auto:
+                conversions[mode], _ = auto.search(
+                    model, list(representative()), settings, scratch, num_threads=job.num_threads,
+                    progress=progress(job.progress, "auto", len(auto.CANDIDATES), "candidate"))
+                continue
+            conversions[mode] = converter.convert_model(
+                model, mode, scratch,
+                representative=representative if mode.needs_calibration else None,
+                options=settings)
+        baseline = None
+        if options.Mode.INT8 in modes and (tflq_method or settings.selective or job.recipes):
+            plain = dataclasses.replace(settings, range_estimator=None, equalize=False,
+                                        selective=False, auto=False)
+            baseline = converter.convert_model(model, options.Mode.INT8, scratch, representative,
+                                               plain).content
+        float_content = conversions[options.Mode.FLOAT32].content
+        for recipe in job.recipes:  # LiteRT Quantizer on the float .tflite
+            from tflq.ptq import litert_backend
+
+            start = time.perf_counter()
+            content = litert_backend.quantize(float_content, recipe, representative)
+            mode = _RecipeMode(f"litert:{recipe}")
+            conversions[mode] = converter.Conversion(
+                mode=mode, content=content,
+                float_ops=tuple(tflite_inspect.find_float_ops(content)),
+                seconds=time.perf_counter() - start)
+            modes = [*modes, mode]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if baseline is None and options.Mode.INT8 in conversions and job.recipes:
+        baseline = conversions[options.Mode.INT8].content
+    return conversions, modes, baseline
+
+
+def _mode_rows(job, model, modes, conversions, comparisons, float_result, latency, selective):
+    from tflq.ptq.litert_backend import RECIPES
+
+    float_size = len(conversions[options.Mode.FLOAT32].content)
+    rows = []
+    for mode in modes:
+        conv = conversions[mode]
+        notes = [report.MODE_NOTES[mode.value]] if mode.value in report.MODE_NOTES else []
+        notes += list(conv.notes)
+        if mode.value == "int8" and job.convert_options.range_estimator:
+            notes.append(f"activation ranges: {job.convert_options.range_estimator} estimator "
+                         "(tflq.ptq.ranges), converted through tflq's QAT graph")
+        if mode.value == "int8" and selective is not None:
+            notes.append(f"selective: {len(selective['kept_float'])} most sensitive op(s) kept "
+                         f"in float ({'budget met' if selective['met'] else 'budget NOT met'})")
+        if mode.value.startswith("litert:"):
+            notes = [f"LiteRT Quantizer recipe: {RECIPES[mode.value[len('litert:'):]][1]}"]
+        row = report.mode_row(
+            mode.value, f"{model.stem}_{mode.value.replace(':', '_')}.tflite", conv.content,
+            float_size, conv.float_ops, comparisons[mode].result(), float_result["accuracy"],
+            latency[mode.value], conv.seconds, notes)
+        if conv.details:
+            row["methods"] = conv.details
+        rows.append(row)
+    return rows
+
+
+def below_converter_warnings(mode_rows: list[dict], comparisons: dict) -> list[str]:
+    """One line per int8-family mode (tflq's int8 methods, LiteRT's static int8 recipe)
+    whose top-1 agreement with the float model is more than
+    :data:`WARN_BELOW_CONVERTER_PP` below the plain converter's int8 on the same data."""
+    if BASELINE not in comparisons:
+        return []
+    plain = comparisons[BASELINE].result()["top1_agreement"]
+    found = []
+    for row in mode_rows:
+        if row["mode"] not in ("int8", "litert:static_wi8_ai8"):
+            continue
+        gap = 100.0 * (plain - row["top1_agreement"])
+        if gap > WARN_BELOW_CONVERTER_PP:
+            found.append(f"{row['mode']}: top-1 agreement {100 * row['top1_agreement']:.2f}% is "
+                         f"{gap:.2f} pp below the plain converter's int8 ({100 * plain:.2f}%) "
+                         "on the same evaluation data")
+    return found
 
 
 def _selective(job, model, conversions, representative, evaluation, eval_indices) -> dict:

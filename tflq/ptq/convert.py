@@ -31,12 +31,23 @@ _CONVERTER_NOISE = (r"\s*Warning: tf.lite.Interpreter is deprecated",
 
 @dataclasses.dataclass(frozen=True)
 class Conversion:
-    """The result of one conversion."""
+    """The result of one conversion.
+
+    Attributes:
+      mode: the mode converted to.
+      content: the .tflite bytes.
+      float_ops: ops left computing in float (``NAME#index``).
+      seconds: conversion time.
+      notes: one-line statements for the report (what a tflq method did, or did not do).
+      details: per-method records for report.json (e.g. ``equalize``: pairs, skipped layers).
+    """
 
     mode: Mode
     content: bytes
     float_ops: tuple[str, ...]
     seconds: float
+    notes: tuple[str, ...] = ()
+    details: dict = dataclasses.field(default_factory=dict)
 
 
 def configure(converter, mode: Mode, options: ConvertOptions, representative):
@@ -95,8 +106,9 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     mode = Mode(mode) if not isinstance(mode, Mode) else mode
     options = options or ConvertOptions()
     start = time.perf_counter()
+    notes, details = [], {}
     if mode == Mode.INT8 and (options.range_estimator or options.equalize):
-        content = _convert_calibrated(model, options, representative, workdir)
+        content = _convert_calibrated(model, options, representative, workdir, notes, details)
     else:
         converter = model.make_converter(workdir)
         configure(converter, mode, options, representative)
@@ -109,16 +121,18 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
             f"{', '.join(float_ops[:8])}{' …' if len(float_ops) > 8 else ''}. "
             "Pass allow_float_ops (--allow_float_ops) to accept them."
         )
-    return Conversion(mode=mode, content=content, float_ops=float_ops, seconds=seconds)
+    return Conversion(mode=mode, content=content, float_ops=float_ops, seconds=seconds,
+                      notes=tuple(notes), details=details)
 
 
 def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representative,
-                        workdir: str) -> bytes:
+                        workdir: str, notes: list, details: dict) -> bytes:
     """int8 with tflq's calibration: cross-layer equalization + bias correction and/or a
-    range estimator (ranges set in tflq's QAT graph, converted from its FakeQuant ops)."""
+    range estimator (ranges set in tflq's QAT graph, converted from its FakeQuant ops).
+    Appends to ``notes`` and ``details`` what each method did."""
 
     from tflq.models import tf_keras, wrap_model
-    from tflq.ptq import convert, equalize, ranges
+    from tflq.ptq import equalize, ranges
 
     keras = model.keras_model
     if model.flavor != "tf_keras" or not isinstance(keras, tf_keras.Model):
@@ -135,8 +149,14 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         return iter([b if len(names) > 1 else b[names[0]] for b in stacked])
 
     if options.equalize:
-        keras, _ = equalize.equalize(keras)
-        equalize.bias_correct(keras, batches, per_channel=options.per_channel)
+        original = keras
+        keras, record = equalize.equalize(keras)
+        record["bias_corrected"] = equalize.bias_correct(keras, batches,
+                                                         per_channel=options.per_channel)
+        if record["relu6_replaced"]:
+            record["relu6_cost"] = equalize.relu6_cost(original, keras, batches)
+        details["equalize"] = record
+        notes.append(_equalize_note(record))
     if options.range_estimator:
         calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
                                                 options.percentile)
@@ -145,10 +165,29 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         renamed = tf_keras.Model(calibrated.inputs, [
             tf_keras.layers.Activation("linear", name=name)(tensor)
             for tensor, name in zip(calibrated.outputs, keras.output_names, strict=True)])
-        return convert.convert_qat(renamed, workdir, integer_io=options.integer_io)
+        return convert_qat(renamed, workdir, integer_io=options.integer_io)
     converter = wrap_model(keras, model.source).make_converter(workdir)
     configure(converter, Mode.INT8, options, representative)
     return _run_converter(converter, Mode.INT8, options)
+
+
+def _equalize_note(record: dict) -> str:
+    """One line on what cross-layer equalization did (pairs, skips, the ReLU6 change)."""
+    pairs = record["pairs"]
+    if not pairs:
+        return (f"cross-layer equalization found NO pair to equalize "
+                f"({len(record['skipped'])} weight layers skipped); bias correction only")
+    worst = max(p["spread_before"] for p in pairs)
+    line = (f"cross-layer equalization: {len(pairs)} pairs (largest channel-range spread "
+            f"{worst:.0f}x -> {max(p['spread_after'] for p in pairs):.1f}x), "
+            f"{len(record['skipped'])} weight layers not paired; bias correction on "
+            f"{len(record['bias_corrected'])} layers")
+    if record["relu6_replaced"]:
+        cost = record["relu6_cost"]
+        line += (f"; {record['relu6_replaced']} ReLU6 replaced by ReLU (float model changed: "
+                 f"top-1 agreement {100 * cost['top1_agreement']:.2f}%, SQNR "
+                 f"{cost['sqnr_db']:.1f} dB vs the original)")
+    return line
 
 
 def _run_converter(converter, mode: Mode, options: ConvertOptions) -> bytes:

@@ -9,12 +9,14 @@ function, since relu(x / s) = relu(x) / s for s > 0:
     s_i = sqrt(r1_i / r2_i)   (r1_i, r2_i: the channel's max |w| in each layer)
 
 which makes both channel ranges sqrt(r1_i · r2_i): per-tensor int8 scales then fit every
-channel. Pairs are Conv2D/DepthwiseConv2D → Conv2D/DepthwiseConv2D on the
-BatchNorm-folded graph (:func:`tflq.quant.qat.fold_batch_norms`), with ReLU fused or as a layer
-(folded BatchNorms, now linear Activations, may sit between). ReLU6 clips at 6, which
-rescaling would move: with ``relu6_as_relu=True`` (as Nagel et al. do for MobileNetV2)
-ReLU6 layers are replaced by ReLU first, which changes the function where activations
-exceed 6; otherwise pairs through ReLU6 are left alone.
+channel. Pairs are Conv2D/DepthwiseConv2D → Conv2D/DepthwiseConv2D on the prepared graph
+(:func:`tflq.quant.graph.prepare`: nested backbones inlined, BatchNorm folded), with ReLU
+fused or as a layer (folded BatchNorms, now linear Activations, may sit between), so a
+MobileNetV2 block gives expand → depthwise and depthwise → project pairs. ReLU6 clips at
+6, which rescaling would move: with ``relu6_as_relu=True`` (the default, as Nagel et al. do
+for MobileNetV2) ReLU6 layers are replaced by ReLU first, which changes the function where
+activations exceed 6 (:func:`relu6_cost` measures by how much); otherwise pairs through
+ReLU6 are left alone. Every weight layer that is not paired is listed with the reason.
 
 **Bias correction** (empirical variant): quantizing weights shifts each output channel's
 mean by E[conv(x, Q(W) − W)]; with calibration data that expectation is measured layer by
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["find_pairs", "equalize", "quantize_weights", "bias_correct"]
+__all__ = ["find_pairs", "equalize", "relu6_cost", "quantize_weights", "bias_correct"]
 
 _WEIGHT = {"Conv2D", "DepthwiseConv2D"}
 
@@ -52,27 +54,45 @@ def _relu_kind(layer) -> str | None:
     return None
 
 
-def find_pairs(model, relu6: bool = False) -> list[tuple[str, str]]:
-    """(first, second) layer names that can be equalized (see module docstring)."""
-    pairs = []
+def find_pairs(model, relu6: bool = False) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(first, second) layer names that can be equalized (see module docstring), and the
+    weight layers that cannot, each ``{"layer", "reason"}``."""
+    pairs, skipped = [], []
     for layer in model.layers:
-        if type(layer).__name__ not in _WEIGHT or _act(layer) not in ("linear", "relu") + (
-                ("relu6",) if relu6 else ()):
+        if type(layer).__name__ not in _WEIGHT:
             continue
-        current = layer
-        while True:
+        if _act(layer) not in ("linear", "relu") + (("relu6",) if relu6 else ()):
+            skipped.append({"layer": layer.name, "reason": f"fused {_act(layer)} activation"})
+            continue
+        current, reason = layer, None
+        while reason is None:
             consumers = _consumers(current)
             if len(consumers) != 1:
+                reason = (f"{current.name} feeds {len(consumers)} layers" if consumers
+                          else "model output")
                 break
             nxt = consumers[0]
             kind = _relu_kind(nxt)
             if type(nxt).__name__ in _WEIGHT:
+                if type(nxt).__name__ == "DepthwiseConv2D" and nxt.depth_multiplier != 1:
+                    reason = f"{nxt.name} has channel multiplier {nxt.depth_multiplier}"
+                    break
                 pairs.append((layer.name, nxt.name))
                 break
-            if kind is None or (kind == "relu6" and not relu6):
-                break
+            if kind is None:
+                reason = f"{type(nxt).__name__} {nxt.name} between"
+            elif kind == "relu6" and not relu6:
+                reason = f"ReLU6 {nxt.name} between (kept: relu6_as_relu is off)"
             current = nxt
-    return pairs
+        if reason is not None:
+            skipped.append({"layer": layer.name, "reason": reason})
+    return pairs, skipped
+
+
+def _spread(ranges: np.ndarray) -> float:
+    """Largest over smallest non-zero channel range: what one per-tensor scale must span."""
+    live = ranges[ranges > 0]
+    return float(live.max() / live.min()) if live.size else 1.0
 
 
 def _out_ranges(layer) -> np.ndarray:
@@ -108,50 +128,85 @@ def _scale_in(layer, s):
     layer.set_weights([kernel, *weights[1:]])
 
 
-def equalize(model, iterations: int = 20, relu6_as_relu: bool = False):
-    """A BatchNorm-folded copy of ``model`` with every equalizable pair equalized.
+def equalize(model, iterations: int = 20, relu6_as_relu: bool = True):
+    """A prepared copy of ``model`` (nested models inlined, BatchNorm folded:
+    :func:`tflq.quant.graph.prepare`) with every equalizable pair equalized.
 
-    Returns (model, pairs). The float function is unchanged (up to float rounding) unless
-    ``relu6_as_relu`` replaced a ReLU6 whose input exceeded 6.
+    Args:
+      model: a tf_keras Functional or Sequential model.
+      iterations: rounds of equalization over all pairs.
+      relu6_as_relu: replace ReLU6 by ReLU first so pairs through it can be equalized, as
+        Nagel et al. do for MobileNetV2; this changes the float function where an
+        activation exceeds 6 (measure it: :func:`relu6_cost`).
+
+    Returns:
+      ``(model, record)``; ``record`` holds ``pairs`` (each with the first layer's channel
+      range spread before and after), ``skipped`` weight layers with the reason, and
+      ``relu6_replaced`` (how many ReLU6 became ReLU).
     """
     from tflq.models import tf_keras
-    from tflq.quant import fold
+    from tflq.quant import graph
 
-    folded = fold.fold_batch_norms(model)
-    if folded is model:
-        folded = tf_keras.models.clone_model(model)
-        folded.set_weights(model.get_weights())
+    prepared = graph.prepare(model)
+    if prepared is model:
+        prepared = tf_keras.models.clone_model(model)
+        prepared.set_weights(model.get_weights())
+    replaced = 0
     if relu6_as_relu:
-        folded = _relu6_to_relu(folded)
-    pairs = find_pairs(folded)
+        prepared, replaced = _relu6_to_relu(prepared)
+    pairs, skipped = find_pairs(prepared)
+    before = {first: _spread(_out_ranges(prepared.get_layer(first))) for first, _ in pairs}
     for _ in range(iterations):
         for first, second in pairs:
-            a, b = folded.get_layer(first), folded.get_layer(second)
-            if type(b).__name__ == "DepthwiseConv2D" and b.get_weights()[0].shape[3] != 1:
-                continue  # channel multiplier > 1: one input channel feeds several outputs
+            a, b = prepared.get_layer(first), prepared.get_layer(second)
             r1, r2 = _out_ranges(a), _in_ranges(b)
             ok = (r1 > 0) & (r2 > 0)
             s = np.ones_like(r1)
             s[ok] = np.sqrt(r1[ok] / r2[ok])
             _scale_out(a, s)
             _scale_in(b, s)
-    return folded, pairs
+    record = {
+        "pairs": [{"first": first, "second": second, "spread_before": before[first],
+                   "spread_after": _spread(_out_ranges(prepared.get_layer(first)))}
+                  for first, second in pairs],
+        "skipped": skipped, "relu6_replaced": replaced}
+    return prepared, record
+
+
+def relu6_cost(original, equalized, batches) -> dict:
+    """What replacing ReLU6 by ReLU cost the float model: top-1 agreement and output SQNR
+    of ``equalized`` against ``original`` over ``batches`` (first output)."""
+    from tflq import metrics
+
+    compared = metrics.Comparison()
+    for batch in batches():
+        want = original(batch, training=False)
+        got = equalized(batch, training=False)
+        want = want if isinstance(want, list) else [want]
+        got = got if isinstance(got, list) else [got]
+        compared.update([np.asarray(w) for w in want], [np.asarray(g) for g in got], None)
+    result = compared.result()
+    return {"top1_agreement": result["top1_agreement"], "sqnr_db": result["sqnr_db"]}
 
 
 def _relu6_to_relu(model):
     from tflq.models import tf_keras
 
+    replaced = []
+
     def clone(layer):
         config = layer.get_config()
         if type(layer).__name__ == "ReLU" and config.get("max_value") == 6:
             config["max_value"] = None
+            replaced.append(layer.name)
         elif _act(layer) == "relu6":
             config["activation"] = "relu"
+            replaced.append(layer.name)
         return layer.__class__.from_config(config)
 
     copy = tf_keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
-    return copy
+    return copy, len(replaced)
 
 
 def quantize_weights(kernel: np.ndarray, kind: str, per_channel: bool) -> np.ndarray:
