@@ -67,6 +67,16 @@ _PERCENTILE = flags.DEFINE_float("percentile", 99.99, "Percentile for "
                                  "--range_estimator=percentile.")
 _EQUALIZE = flags.DEFINE_bool("equalize", False, "int8 after cross-layer equalization and bias "
                               "correction (tf_keras models).")
+_ADAROUND = flags.DEFINE_bool(
+    "adaround", False, "int8 weights rounded by AdaRound (learned up/down rounding, layer by "
+    "layer on the calibration data); the .tflite carries exactly the learned codes.")
+_ADAROUND_BITS = flags.DEFINE_enum(
+    "adaround_bits", "8", ["8", "4"], "AdaRound weight grid: 8 (int8) or 4 (15 int8 code levels "
+    "per channel: 0, ±18, …, ±108, ±127).")
+_ADAROUND_ITERATIONS = flags.DEFINE_integer(
+    "adaround_iterations", 500, "AdaRound optimizer steps per layer.")
+_ADAROUND_REG = flags.DEFINE_float(
+    "adaround_reg", 0.01, "AdaRound rounding-regularizer weight λ.")
 _AUTO = flags.DEFINE_bool(
     "auto", False, "int8 from the best of the plain converter, the range estimators and "
     "equalization, chosen on one calibration sample in five held apart (never on --eval_data); "
@@ -133,7 +143,9 @@ def build_job():
             integer_io=_INTEGER_IO.value, per_channel=not _PER_TENSOR.value,
             allow_float_ops=_ALLOW_FLOAT_OPS.value, range_estimator=_RANGE_ESTIMATOR.value,
             percentile=_PERCENTILE.value, equalize=_EQUALIZE.value,
-            selective=_SELECTIVE.value, auto=_AUTO.value),
+            selective=_SELECTIVE.value, auto=_AUTO.value, adaround=_ADAROUND.value,
+            adaround_bits=int(_ADAROUND_BITS.value),
+            adaround_iterations=_ADAROUND_ITERATIONS.value, adaround_reg=_ADAROUND_REG.value),
         data_options=tflq.DataOptions(normalize=_NORMALIZE.value,
                                       image_size=parse_image_size(_IMAGE_SIZE.value)),
         gates=tflq.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,

@@ -479,7 +479,7 @@ def test_auto_refuses_the_methods_it_chooses_itself(capsys, tmp_path, tiny_files
     before = snapshot(tmp_path)
     code, stdout, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "o"), modes="int8",
                                 auto=True, equalize=True)
-    assert code == 2 and "--auto chooses the range estimator and equalization" in err
+    assert code == 2 and "--auto chooses the range estimator, equalization" in err
     assert snapshot(tmp_path) == before and stdout == ""
 
 
@@ -517,3 +517,30 @@ def test_no_warning_when_a_method_keeps_up_with_the_converter(capsys, tmp_path, 
     r = load_report(out)
     assert abs(r["plain_converter_int8"]["top1_agreement"] - r["modes"][0]["top1_agreement"]) <= 0.02
     assert r["warnings"] == [] and "warning:" not in err
+
+
+def test_adaround_flags_reach_the_report(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="int8", adaround=True,
+                           adaround_bits="4", adaround_iterations=30, adaround_reg=0.02,
+                           num_calibration_samples=40)
+    assert code == 0, err
+    r = load_report(out)
+    record = r["modes"][0]["methods"]["adaround"]
+    assert (record["num_bits"], record["iterations"], record["reg"]) == (4, 30, 0.02)
+    assert all(layer["deployed_exactly"] for layer in record["layers"])
+    assert r["settings"]["adaround"] is True and r["settings"]["adaround_bits"] == 4
+
+
+@pytest.mark.parametrize("flags_, message", [
+    ({"adaround_bits": "4"}, "--adaround_bits needs --adaround"),
+    ({"adaround": True, "adaround_iterations": 0}, "adaround_iterations must be a positive"),
+    ({"adaround": True, "adaround_reg": -0.5}, "adaround_reg must be >= 0"),
+])
+def test_bad_adaround_flags_exit_2_and_write_nothing(capsys, tmp_path, tiny_files, flags_,
+                                                     message):
+    before = snapshot(tmp_path)
+    code, stdout, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "o"), modes="int8",
+                                **flags_)
+    assert code == 2 and message in err and stdout == ""
+    assert snapshot(tmp_path) == before

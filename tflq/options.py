@@ -64,6 +64,9 @@ class ConvertOptions:
         (:mod:`tflq.ptq.equalize`).
       selective: keep the fewest most sensitive ``int8`` ops in float that bring the
         accuracy drop within the ``max_accuracy_drop`` gate (:mod:`tflq.ptq.selective`).
+      adaround: ``int8`` weights rounded by AdaRound (:mod:`tflq.ptq.adaround`) on the
+        calibration data; ``adaround_bits`` 8 (int8) or 4 (15 int8 code levels),
+        ``adaround_iterations`` steps per layer, ``adaround_reg`` the regularizer weight λ.
       auto: ``int8`` from the best of the plain converter and tflq's methods, scored on a
         slice of the calibration data held apart for selection (:mod:`tflq.ptq.auto`).
     """
@@ -75,6 +78,10 @@ class ConvertOptions:
     percentile: float = 99.99
     equalize: bool = False
     selective: bool = False
+    adaround: bool = False
+    adaround_bits: int = 8
+    adaround_iterations: int = 500
+    adaround_reg: float = 0.01
     auto: bool = False
 
     def __post_init__(self):
@@ -88,9 +95,22 @@ class ConvertOptions:
         if self.selective and (self.integer_io or self.range_estimator or self.equalize):
             raise ValueError("--selective works on the converter's own int8 with float I/O: "
                              "drop --integer_io, --range_estimator and --equalize.")
-        if self.auto and (self.range_estimator or self.equalize or self.selective):
-            raise ValueError("--auto chooses the range estimator and equalization itself: drop "
-                             "--range_estimator, --equalize and --selective.")
+        if self.auto and (self.range_estimator or self.equalize or self.selective
+                          or self.adaround):
+            raise ValueError("--auto chooses the range estimator, equalization and AdaRound "
+                             "itself: drop --range_estimator, --equalize, --adaround and "
+                             "--selective.")
+        if self.adaround_bits not in (8, 4):
+            raise ValueError(f"adaround_bits must be 8 or 4. Received: {self.adaround_bits!r}")
+        if self.adaround_bits != 8 and not self.adaround:
+            raise ValueError("--adaround_bits needs --adaround.")
+        if not isinstance(self.adaround_iterations, int) or self.adaround_iterations < 1:
+            raise ValueError(f"adaround_iterations must be a positive integer. Received: "
+                             f"{self.adaround_iterations!r}")
+        if not self.adaround_reg >= 0:
+            raise ValueError(f"adaround_reg must be >= 0. Received: {self.adaround_reg!r}")
+        if self.selective and self.adaround:
+            raise ValueError("--selective works on the converter's own int8: drop --adaround.")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100]. Received: {self.percentile}")
 

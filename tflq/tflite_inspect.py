@@ -8,7 +8,8 @@ import re
 
 import numpy as np
 
-__all__ = ["ops_details", "weight_requantization", "find_float_ops", "gzip_size", "weight_stats"]
+__all__ = ["ops_details", "tflite_layout", "int8_weight_tensors", "weight_requantization",
+           "find_float_ops", "gzip_size", "weight_stats"]
 
 
 def ops_details(interpreter) -> list[dict]:
@@ -19,7 +20,9 @@ def ops_details(interpreter) -> list[dict]:
     return interpreter._get_ops_details()
 
 
-def _to_tflite_layout(kind: str, kernel: np.ndarray) -> np.ndarray:
+def tflite_layout(kind: str, kernel: np.ndarray) -> np.ndarray:
+    """A Keras kernel in the layout TFLite stores it (output channels first; depthwise
+    (1, h, w, c·m); Dense transposed)."""
     if kind in ("Conv2D",):
         return kernel.transpose(3, 0, 1, 2)
     if kind == "Conv2DTranspose":
@@ -30,6 +33,28 @@ def _to_tflite_layout(kind: str, kernel: np.ndarray) -> np.ndarray:
     if kind == "Dense":
         return kernel.T
     return kernel
+
+
+def int8_weight_tensors(content: bytes) -> list[dict]:
+    """Every constant int8 tensor of a .tflite with at least 2 dimensions (the weights):
+    ``name``, ``codes`` (int8 array), ``scales``, ``zero_points``, ``axis``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=content)
+    found = []
+    for detail in interp.get_tensor_details():
+        if np.dtype(detail["dtype"]) != np.int8 or len(detail["shape"]) < 2:
+            continue
+        try:
+            codes = interp.get_tensor(detail["index"])
+        except ValueError:  # not a constant: activations have no data before invoke
+            continue
+        params = detail["quantization_parameters"]
+        found.append({"name": detail["name"], "codes": np.array(codes),
+                      "scales": np.asarray(params["scales"], np.float64),
+                      "zero_points": np.asarray(params["zero_points"]),
+                      "axis": int(params["quantized_dimension"])})
+    return found
 
 
 def weight_requantization(model, content: bytes) -> list[dict]:
@@ -50,7 +75,7 @@ def weight_requantization(model, content: bytes) -> list[dict]:
         for weight, quantizer, quantizer_vars in getattr(layer, "_weight_vars", []):
             kind = type(inner).__name__
             fake = np.asarray(quantizer(weight, training=False, weights=quantizer_vars))
-            expected = _to_tflite_layout(kind, fake)
+            expected = tflite_layout(kind, fake)
             tokens = lambda name: set(re.split(r"[/;:]", name))  # noqa: E731
             found = [t for t in tensors if layer.name in tokens(t["name"])
                      and tuple(t["shape"]) == expected.shape]

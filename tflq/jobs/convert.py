@@ -203,7 +203,8 @@ def _convert_all(job: ConvertJob, model, modes: list, representative):
     from tflq.ptq import convert as converter
 
     settings = job.convert_options
-    tflq_method = settings.equalize or settings.range_estimator or settings.auto
+    tflq_method = (settings.equalize or settings.range_estimator or settings.auto
+                   or settings.adaround)
     scratch = tempfile.mkdtemp(prefix="tflq-")
     try:
         conversions = {}
@@ -222,7 +223,8 @@ def _convert_all(job: ConvertJob, model, modes: list, representative):
         baseline = None
         if options.Mode.INT8 in modes and (tflq_method or settings.selective or job.recipes):
             plain = dataclasses.replace(settings, range_estimator=None, equalize=False,
-                                        selective=False, auto=False)
+                                        selective=False, auto=False, adaround=False,
+                                        adaround_bits=8)
             baseline = converter.convert_model(model, options.Mode.INT8, scratch, representative,
                                                plain).content
         float_content = conversions[options.Mode.FLOAT32].content

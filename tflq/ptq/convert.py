@@ -107,7 +107,7 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     options = options or ConvertOptions()
     start = time.perf_counter()
     notes, details = [], {}
-    if mode == Mode.INT8 and (options.range_estimator or options.equalize):
+    if mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround):
         content = _convert_calibrated(model, options, representative, workdir, notes, details)
     else:
         converter = model.make_converter(workdir)
@@ -157,6 +157,18 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
             record["relu6_cost"] = equalize.relu6_cost(original, keras, batches)
         details["equalize"] = record
         notes.append(_equalize_note(record))
+    rounding = None
+    if options.adaround:
+        from tflq.ptq import adaround
+        from tflq.quant import graph
+
+        if not options.equalize:
+            keras = graph.prepare(keras)
+            if keras is model.keras_model:
+                keras = tf_keras.models.clone_model(keras)
+                keras.set_weights(model.keras_model.get_weights())
+        rounding = adaround.apply(keras, batches, options.adaround_bits, options.per_channel,
+                                  options.adaround_iterations, options.adaround_reg)
     if options.range_estimator:
         calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
                                                 options.percentile)
@@ -165,10 +177,30 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         renamed = tf_keras.Model(calibrated.inputs, [
             tf_keras.layers.Activation("linear", name=name)(tensor)
             for tensor, name in zip(calibrated.outputs, keras.output_names, strict=True)])
-        return convert_qat(renamed, workdir, integer_io=options.integer_io)
-    converter = wrap_model(keras, model.source).make_converter(workdir)
-    configure(converter, Mode.INT8, options, representative)
-    return _run_converter(converter, Mode.INT8, options)
+        content = convert_qat(renamed, workdir, integer_io=options.integer_io)
+    else:
+        converter = wrap_model(keras, model.source).make_converter(workdir)
+        configure(converter, Mode.INT8, options, representative)
+        content = _run_converter(converter, Mode.INT8, options)
+    if rounding is not None:
+        _adaround_record(keras, rounding, content, notes, details)
+    return content
+
+
+def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details: dict):
+    """Checks that the .tflite holds the learned codes and records what AdaRound did."""
+    from tflq.ptq import adaround
+
+    deployed = {row["layer"]: row["exact"] for row in adaround.check_deployed(keras, rounding,
+                                                                               content)}
+    layers = [{**row, "deployed_exactly": deployed[row["layer"]]} for row in rounding["layers"]]
+    details["adaround"] = {k: v for k, v in rounding.items() if k not in ("codes", "layers")}
+    details["adaround"]["layers"] = layers
+    learned = sum(r["kept"] == "adaround" for r in layers)
+    exact = sum(r["deployed_exactly"] for r in layers)
+    notes.append(f"AdaRound {rounding['num_bits']}-bit weights: learned rounding kept in "
+                 f"{learned} of {len(layers)} layers (the others round to nearest: lower "
+                 f"error there); codes deployed exactly in {exact} of {len(layers)}")
 
 
 def _equalize_note(record: dict) -> str:

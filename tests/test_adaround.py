@@ -1,0 +1,125 @@
+"""AdaRound: learned codes on the grid, lower output error than rounding to nearest, and the
+.tflite carrying exactly the learned int8 codes (read back through the interpreter)."""
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from tflq import options
+from tflq.models import tf_keras, wrap_model
+from tflq.ptq import adaround, convert
+from tflq.quant import graph
+
+L = tf_keras.layers
+
+
+def _model(seed=0):
+    tf_keras.utils.set_random_seed(seed)
+    inp = L.Input((10, 10, 3))
+    x = L.Conv2D(8, 3, activation="relu", name="conv")(inp)
+    x = L.DepthwiseConv2D(3, activation="relu", name="dw")(x)
+    x = L.Conv2D(6, 1, name="pw")(x)
+    return tf_keras.Model(inp, L.Dense(4, name="head")(L.GlobalAveragePooling2D()(x)))
+
+
+def _x(n=48, seed=1):
+    return np.random.default_rng(seed).uniform(0, 1, size=(n, 10, 10, 3)).astype(np.float32)
+
+
+def _nearest(model, num_bits):
+    """Independent numpy reference: every kernel rounded to the nearest level of the grid."""
+    grid = adaround.levels(num_bits)
+    copy = tf_keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for layer in copy.layers:
+        if type(layer).__name__ not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            continue
+        kernel, *rest = layer.get_weights()
+        flat = kernel.reshape(*kernel.shape[:2], -1) if kernel.ndim == 4 and type(
+            layer).__name__ == "DepthwiseConv2D" else kernel
+        scale = np.abs(flat).max(axis=tuple(range(flat.ndim - 1)), keepdims=True) / 127.0
+        codes = flat / scale
+        nearest = grid[np.abs(codes[..., None] - grid).argmin(axis=-1)]
+        layer.set_weights([(nearest * scale).reshape(kernel.shape).astype(np.float32), *rest])
+    return copy
+
+
+def test_grids():
+    np.testing.assert_array_equal(adaround.levels(8), np.arange(-127, 128))
+    four = adaround.levels(4)
+    assert four.size == 15 and four.max() == 127 and 0 in four and 18 in four and -108 in four
+    np.testing.assert_array_equal(four, -four[::-1])
+    with pytest.raises(ValueError, match=r"num_bits must be one of \[8, 4\]. Received: 3"):
+        adaround.levels(3)
+
+
+@pytest.mark.parametrize("num_bits", [8, 4])
+def test_learned_codes_lie_on_the_grid_and_keep_each_channel_scale(num_bits):
+    model = graph.prepare(_model())
+    before = {layer.name: layer.get_weights()[0] for layer in model.layers if layer.weights}
+    record = adaround.apply(model, lambda: iter([_x()]), num_bits, True, iterations=60)
+    grid = set(adaround.levels(num_bits))
+    assert [r["layer"] for r in record["layers"]] == ["conv", "dw", "pw", "head"]
+    for layer_name, codes in record["codes"].items():
+        assert set(np.unique(codes)) <= grid
+        flat = codes.reshape(-1, codes.shape[-1])
+        np.testing.assert_array_equal(np.abs(flat).max(axis=0), 127)  # scale kept
+        kernel = model.get_layer(layer_name).get_weights()[0]
+        original = before[layer_name].reshape(codes.shape)
+        scale = np.abs(original.reshape(-1, codes.shape[-1])).max(axis=0) / 127.0
+        np.testing.assert_allclose(kernel.reshape(codes.shape), codes * scale, rtol=1e-6)
+
+
+def test_four_bit_adaround_beats_rounding_to_nearest():
+    model = _model()
+    x = _x()
+    want = model.predict(x, verbose=0)
+    prepared = graph.prepare(model)
+    nearest_error = np.mean((_nearest(prepared, 4).predict(x, verbose=0) - want) ** 2)
+    adaround.apply(prepared, lambda: iter([x]), 4, True, iterations=300)
+    learned_error = np.mean((prepared.predict(x, verbose=0) - want) ** 2)
+    assert learned_error < 0.8 * nearest_error
+
+
+@pytest.mark.parametrize("num_bits", [8, 4])
+def test_the_tflite_holds_exactly_the_learned_codes(tmp_path, num_bits):
+    model = _model()
+    loaded = wrap_model(model, "ada")
+    name = loaded.input_names[0]
+    x = _x()
+
+    def representative():
+        for i in range(len(x)):
+            yield {name: x[i:i + 1]}
+
+    settings = options.ConvertOptions(adaround=True, adaround_bits=num_bits,
+                                      adaround_iterations=40)
+    conversion = convert.convert_model(loaded, "int8", str(tmp_path), representative, settings)
+    record = conversion.details["adaround"]
+    assert [r["deployed_exactly"] for r in record["layers"]] == [True] * 4
+    # Independently: every int8 weight tensor of a conv/dense op holds grid codes only.
+    interp = Interpreter(model_content=conversion.content)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    from tflq.tflite_inspect import ops_details
+
+    grid = set(adaround.levels(num_bits))
+    weight_ops = [op for op in ops_details(interp)
+                  if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    assert len(weight_ops) == 4
+    for op in weight_ops:
+        codes = interp.get_tensor(tensors[int(op["inputs"][1])]["index"])
+        assert set(np.unique(codes)) <= grid
+    assert conversion.notes[-1].startswith(f"AdaRound {num_bits}-bit weights")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="iterations >= 1"):
+        adaround.apply(graph.prepare(_model()), lambda: iter([_x()]), iterations=0)
+    with pytest.raises(ValueError, match="adaround_bits must be 8 or 4. Received: 6"):
+        options.ConvertOptions(adaround=True, adaround_bits=6)
+    with pytest.raises(ValueError, match="--adaround_bits needs --adaround"):
+        options.ConvertOptions(adaround_bits=4)
+    with pytest.raises(ValueError, match="adaround_iterations must be a positive integer"):
+        options.ConvertOptions(adaround=True, adaround_iterations=0)
+    with pytest.raises(ValueError, match="adaround_reg must be >= 0"):
+        options.ConvertOptions(adaround=True, adaround_reg=-1.0)

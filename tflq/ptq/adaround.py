@@ -1,0 +1,259 @@
+"""AdaRound: learned rounding of weights to TFLite's int8 grid (Nagel et al. 2020, "Up or
+Down? Adaptive Rounding for Post-Training Quantization").
+
+Rounding each weight to the nearest grid point is not what minimizes the layer's output
+error. AdaRound learns, per weight, whether to round down or up: with the weight in code
+units w/s between grid levels L ≤ w/s ≤ U,
+
+    W̃ = s·(L + h(V)·(U − L)),   h(V) = clip(σ(V)·(ζ − γ) + γ, 0, 1),  ζ = 1.1, γ = −0.1
+
+and V is trained layer by layer on calibration data to minimize
+
+    ‖f(W̃·x̃ + b) − f(W·x + b)‖² / ‖f(W·x + b)‖² + λ·mean(1 − |2h(V) − 1|^β)
+
+where x̃ is the layer's input in the model whose earlier layers are already rounded (the
+paper's asymmetric reconstruction), x the float model's, f the layer's fused activation,
+and β anneals from 20 to 2 after a warm-up without the regularizer, which drives every
+h(V) to 0 or 1. Finally each weight takes L or U by h(V) ≥ ½. A layer whose learned rounding
+has a larger output error on the calibration data than rounding to nearest keeps the
+nearest rounding (recorded as ``kept: nearest``).
+
+**Grids** (``num_bits``), in int8 code units with scale s = max|w_c| / 127 per output
+channel (or per tensor):
+
+* 8: every integer code in [−127, 127], TFLite's int8 weights;
+* 4: the 15 codes {0, ±18, ±36, …, ±108, ±127}: 4 bits of information per weight that are
+  still int8 codes on the stock kernels (the outermost step is 19 codes, not 18, so the
+  channel's largest weight keeps code ±127 and its scale).
+
+**Deployment is exact.** The converter quantizes a kernel with scale max|w_c|/127; the
+largest weight of each channel is kept at its code ±127 (never rounded), so the converter's
+scale is s and its rounding returns exactly the learned codes: :func:`check_deployed` reads
+them back from the .tflite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["GRIDS", "levels", "apply", "check_deployed"]
+
+GRIDS = (8, 4)
+_ZETA, _GAMMA = 1.1, -0.1
+_WEIGHT_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def levels(num_bits: int) -> np.ndarray:
+    """The allowed int8 codes of a grid, sorted (see module docstring)."""
+    if num_bits == 8:
+        return np.arange(-127, 128, dtype=np.float64)
+    if num_bits == 4:
+        half = np.array([0, 18, 36, 54, 72, 90, 108, 127], np.float64)
+        return np.concatenate([-half[:0:-1], half])
+    raise ValueError(f"AdaRound num_bits must be one of {list(GRIDS)}. Received: {num_bits!r}")
+
+
+def _channels_last(kind: str, kernel: np.ndarray) -> np.ndarray:
+    """The kernel with output channels on the last axis (depthwise: (h, w, c·m))."""
+    if kind == "DepthwiseConv2D":
+        h, w, c, m = kernel.shape
+        return kernel.reshape(h, w, c * m)
+    return kernel
+
+
+def _scales(flat: np.ndarray, per_channel: bool) -> np.ndarray:
+    axes = tuple(range(flat.ndim - 1)) if per_channel else None
+    top = np.abs(flat).max(axis=axes, keepdims=per_channel)
+    return np.where(top > 0, top / 127.0, 1.0)
+
+
+def _bounds(codes: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grid levels just below and above each code (equal where a code sits on a level)."""
+    upper_index = np.clip(np.searchsorted(grid, codes, side="left"), 0, grid.size - 1)
+    upper = grid[upper_index]
+    lower = grid[np.clip(upper_index - (upper > codes), 0, grid.size - 1)]
+    return lower, upper
+
+
+def _pinned(flat: np.ndarray, per_channel: bool) -> np.ndarray:
+    """Mask of each channel's largest |weight| (per tensor: the largest one): it stays at
+    code ±127 so the converter's scale is the one AdaRound used."""
+    mask = np.zeros(flat.shape, bool)
+    if per_channel:
+        rows = np.abs(flat).reshape(-1, flat.shape[-1]).argmax(axis=0)
+        view = mask.reshape(-1, flat.shape[-1])
+        view[rows, np.arange(flat.shape[-1])] = True
+    else:
+        mask.flat[np.abs(flat).argmax()] = True
+    return mask
+
+
+def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batch_size, seed):
+    """Learns the rounding of one layer; returns (rounded kernel, codes, stats)."""
+    from tflq.models import tf, tf_keras
+
+    kind = type(layer).__name__
+    kernel, *rest = layer.get_weights()
+    flat = _channels_last(kind, kernel).astype(np.float64)
+    scale = _scales(flat, per_channel)
+    codes = flat / scale
+    lower, upper = _bounds(codes, grid)
+    pinned = _pinned(flat, per_channel)
+    width = np.where(upper > lower, upper - lower, 1.0)
+    frac = np.clip((codes - lower) / width, 0.0, 1.0)
+    frac = np.where(pinned | (upper == lower), np.round(frac), frac)
+    # h(V0) = frac: V0 = −log((ζ − γ)/(frac − γ) − 1)
+    v0 = -np.log((_ZETA - _GAMMA) / (np.clip(frac, 1e-4, 1 - 1e-4) - _GAMMA) - 1.0)
+    v = tf.Variable(v0.astype(np.float32))
+    learn = tf.constant((~pinned & (upper > lower)).astype(np.float32))
+    fixed = tf.constant(frac.astype(np.float32))
+    lower_t, width_t = tf.constant(lower, tf.float32), tf.constant(width, tf.float32)
+    scale_t = tf.constant(scale, tf.float32)
+    config = layer.get_config()
+    activation = tf_keras.activations.get(config.get("activation", "linear"))
+    optimizer = tf_keras.optimizers.Adam(1e-2)
+    rng = np.random.default_rng(seed)
+    warmup = int(0.2 * iterations)
+
+    def h():
+        return learn * tf.clip_by_value(tf.sigmoid(v) * (_ZETA - _GAMMA) + _GAMMA, 0, 1) + (
+            1 - learn) * fixed
+
+    def kernel_of(rounding):
+        w = scale_t * (lower_t + rounding * width_t)
+        return tf.reshape(w, kernel.shape)
+
+    x_all = tf.constant(x_in, tf.float32)
+    y_all = tf.constant(y_target, tf.float32)
+    norm = tf.constant(max(float(np.mean(y_target ** 2)), 1e-12), tf.float32)
+
+    @tf.function
+    def train_step(pick, beta, use_reg):
+        with tf.GradientTape() as tape:
+            out = _call_with_kernel(config, kind, tf.gather(x_all, pick), kernel_of(h()), rest)
+            # Relative squared error: comparable across layers and bit widths.
+            error = tf.reduce_mean(tf.square(activation(out) - tf.gather(y_all, pick))) / norm
+            rounding = tf.reduce_sum(learn * (1 - tf.abs(2 * h() - 1) ** beta)) / tf.maximum(
+                tf.reduce_sum(learn), 1.0)
+            loss = error + use_reg * reg * rounding
+        optimizer.apply_gradients([(tape.gradient(loss, v), v)])
+        return error
+
+    for step in range(iterations):
+        pick = rng.choice(len(x_in), size=min(batch_size, len(x_in)), replace=False)
+        beta = 20.0 + (2.0 - 20.0) * max(0, step - warmup) / max(1, iterations - warmup)
+        train_step(tf.constant(pick), tf.constant(beta, tf.float32),
+                   tf.constant(float(step >= warmup), tf.float32))
+    hard = np.where(learn.numpy() > 0, (h().numpy() >= 0.5).astype(np.float64), frac)
+    new_codes = lower + hard * (upper - lower)
+    nearest_codes = lower + np.round(frac) * (upper - lower)
+    rounded = (scale * new_codes).reshape(kernel.shape).astype(kernel.dtype)
+    nearest = (scale * nearest_codes).reshape(kernel.shape).astype(kernel.dtype)
+
+    def output_error(weights):
+        out = _call_with_kernel(config, kind, x_in, tf.constant(weights), rest)
+        return float(np.mean((activation(out).numpy() - y_target) ** 2))
+
+    mse_nearest, mse_learned = output_error(nearest), output_error(rounded)
+    stats = {"layer": layer.name, "type": kind, "weights": int(flat.size),
+             "changed_vs_nearest": int(np.sum(new_codes != nearest_codes)),
+             "output_mse_nearest": mse_nearest, "output_mse_adaround": mse_learned,
+             "kept": "adaround"}
+    if mse_learned > mse_nearest:  # never worse than rounding to nearest on this data
+        rounded, new_codes, stats["kept"] = nearest, nearest_codes, "nearest"
+    return rounded, new_codes.reshape(flat.shape), stats
+
+
+def _call_with_kernel(config: dict, kind: str, x, kernel, rest):
+    """A layer's pre-activation output with ``kernel`` (a tensor, differentiable)."""
+    from tflq.models import tf
+
+    if kind == "Dense":
+        out = tf.tensordot(tf.cast(x, tf.float32), kernel, axes=[[-1], [0]])
+    elif kind == "Conv2D":
+        out = tf.nn.conv2d(x, kernel, strides=config["strides"],
+                           padding=config["padding"].upper(), dilations=config["dilation_rate"])
+    else:
+        out = tf.nn.depthwise_conv2d(x, kernel, strides=(1, *config["strides"], 1),
+                                     padding=config["padding"].upper(),
+                                     dilations=config["dilation_rate"])
+    if rest:
+        out = out + rest[0]
+    return out
+
+
+def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iterations: int = 500,
+          reg: float = 0.01, batch_size: int = 8, max_samples: int = 64, seed: int = 0):
+    """AdaRound every Conv2D/DepthwiseConv2D/Dense of a prepared (BatchNorm-folded,
+    inlined) tf_keras model in place, in graph order.
+
+    Args:
+      model: the float model, prepared (:func:`tflq.quant.graph.prepare`); changed in place.
+      batches: callable returning an iterator of input batches (arrays or dicts).
+      num_bits: 8 or 4 (see :data:`GRIDS` and the module docstring).
+      per_channel: one scale per output channel (TFLite's default) or per tensor.
+      iterations: optimizer steps per layer.
+      reg: λ, weight of the rounding regularizer.
+      batch_size: samples per step.
+      max_samples: calibration samples used (first ones).
+      seed: sampling seed.
+
+    Returns:
+      ``{"layers": [per-layer stats], "codes": {layer: learned int8 codes}}``.
+
+    Raises:
+      ValueError: bad arguments.
+    """
+    from tflq.models import tf_keras
+
+    grid = levels(num_bits)
+    if iterations < 1 or reg < 0 or batch_size < 1 or max_samples < 1:
+        raise ValueError(f"AdaRound needs iterations >= 1, reg >= 0, batch_size >= 1, "
+                         f"max_samples >= 1. Received: iterations={iterations}, reg={reg}, "
+                         f"batch_size={batch_size}, max_samples={max_samples}")
+    original = tf_keras.models.clone_model(model)
+    original.set_weights(model.get_weights())
+    inputs = []
+    for batch in batches():
+        inputs.append(batch)
+        if sum(len(b) if not isinstance(b, dict) else len(next(iter(b.values())))
+               for b in inputs) >= max_samples:
+            break
+    if isinstance(inputs[0], dict):
+        data = {k: np.concatenate([b[k] for b in inputs])[:max_samples] for k in inputs[0]}
+    else:
+        data = np.concatenate(inputs)[:max_samples]
+    count = len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
+    record = {"num_bits": num_bits, "per_channel": per_channel, "iterations": iterations,
+              "reg": reg, "samples": int(count), "layers": [], "codes": {}}
+    for index, layer in enumerate(model.layers):
+        if type(layer).__name__ not in _WEIGHT_LAYERS:
+            continue
+        twin = original.get_layer(layer.name)
+        x_in = np.asarray(tf_keras.Model(model.inputs, layer.input)(data, training=False))
+        x_fp = np.asarray(tf_keras.Model(original.inputs, twin.input)(data, training=False))
+        y = np.asarray(twin(x_fp))
+        rounded, codes, stats = _round_layer(layer, x_in, y, grid, per_channel, iterations,
+                                             reg, batch_size, seed + index)
+        layer.set_weights([rounded, *layer.get_weights()[1:]])
+        record["layers"].append(stats)
+        record["codes"][layer.name] = codes
+    return record
+
+
+def check_deployed(model, record: dict, content: bytes) -> list[dict]:
+    """Reads each AdaRounded kernel back from the .tflite: ``exact`` when the stored int8
+    codes are the learned ones (found by layout, shape and dequantized values)."""
+    from tflq import tflite_inspect
+
+    tensors = tflite_inspect.int8_weight_tensors(content)
+    rows = []
+    for stats in record["layers"]:
+        layer = model.get_layer(stats["layer"])
+        kind = stats["type"]
+        codes = record["codes"][layer.name]
+        expected = tflite_inspect.tflite_layout(kind, codes.reshape(layer.get_weights()[0].shape))
+        found = [t for t in tensors if t["codes"].shape == expected.shape
+                 and np.array_equal(t["codes"].astype(np.float64), expected)]
+        rows.append({"layer": layer.name, "exact": bool(found)})
+    return rows
