@@ -178,7 +178,9 @@ def svg_scatter(points: list[tuple[str, float, float]], x_label: str, y_label: s
     placed: list[tuple[float, float]] = []  # label positions so far: no two overlap
     for i, (label, x, y) in enumerate(sorted(points, key=lambda p: (-p[2], p[1]))):
         color = _COLORS[i % len(_COLORS)]
-        lx, ly = px(x) + 10, py(y) + 4
+        # right of every point close by (clustered modes), then below earlier labels
+        lx = max(px(p[1]) for p in points if 0 <= px(p[1]) - px(x) < 30) + 10
+        ly = py(y) + 4
         while any(abs(ly - oy) < 15 and abs(lx - ox) < 80 for ox, oy in placed):
             ly += 15
         placed.append((lx, ly))
@@ -203,7 +205,7 @@ def svg_latency(bars: list[tuple[str, float, float]]) -> str:
             math.log10(high) - math.log10(low)) * (width - pad[0] - pad[1])
 
     parts = _axes(width, height, pad, [(px(t), f"{t:g}") for t in _log_ticks(low, high)], [],
-                  "batch-1 latency, ms (log scale; bar median, whisker p90)", "")
+                  "batch-1 ms, log scale (bar median, line p90)", "")
     for i, (label, median, p90) in enumerate(bars):
         y = pad[2] + i * row_h
         color = _COLORS[i % len(_COLORS)]
@@ -294,13 +296,14 @@ def _layer_section(report: dict) -> str:
                      if info["unmatched"] else "")
         note = f" {_e(info['note'])}." if info.get("note") else ""
         parts.append(
-            f"<h3>{_e(m['mode'])}</h3><figure><div class=chart-scroll>"
+            f"<section id=\"layers-{_e(m['mode'])}\"><h3>{_e(m['mode'])}</h3><figure><div class=chart-scroll>"
             f"{svg_layer_chart(m['mode'], m['layers'])}</div>"
             f"<figcaption>{len(m['layers'])} ops, {info['samples']} calibration samples, "
             f"{info['seconds']:.1f} s.{unmatched}{note}</figcaption></figure>"
             + _table(["op", "tensor", "SQNR dB per-layer", "SQNR dB cumulative",
                       "RMSE/scale per-layer", "RMSE/scale cumulative", "range used",
-                      "range observed", "clipped"], rows, f"worst-{m['mode']}", text_cols=(1,)))
+                      "range observed", "clipped"], rows, f"worst-{m['mode']}", text_cols=(1,))
+            + "</section>")
     if not parts:
         return ""
     return ("<h2>Per-layer error</h2><p>Per-layer: each op of the quantized model run alone on "
