@@ -67,7 +67,7 @@ def test_bundled_example_matches_independent_evaluation(capsys, tmp_path):
     assert int8["size_ratio"] < 0.3
     assert int8["accuracy_drop_pp"] <= 1.0
     assert r["gates"]["passed"] is True
-    for name in ("report.md", "report.png"):
+    for name in ("report.md", "report.png", "report.html"):
         assert os.path.getsize(os.path.join(out, name)) > 100
 
 
@@ -78,7 +78,7 @@ def test_no_flags_runs_the_bundled_example(capsys, tmp_path, monkeypatch):
     r = load_report(tmp_path / "tflq_out")
     assert r["data"]["calibration"]["num_samples"] == 500
     assert r["data"]["evaluation"]["num_samples"] == 1500
-    assert len(r["modes"]) == 5 and "wrote 8 files" in stdout
+    assert len(r["modes"]) == 5 and "wrote 9 files" in stdout  # 5 models, report.json/md/png/html
 
 
 @pytest.fixture()

@@ -159,8 +159,3 @@ def test_a_sample_without_the_model_input_is_refused(tiny):
     with pytest.raises(ValueError, match=r"Sample 0 has no input\(s\) \['img'\]"):
         layer_error.measure(contents["float32"], {"int8": contents["int8"]}, [{"x": None}])
 
-
-def test_worst_layers_ranks_by_sqnr():
-    rows = [{"matched": True, "sqnr_db": 30.0}, {"matched": True, "sqnr_db": 12.0},
-            {"matched": False}, {"matched": True, "sqnr_db": math.inf}]
-    assert [r["sqnr_db"] for r in layer_error.worst_layers(rows, 2)] == [12.0, 30.0]

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["METHOD", "DEFAULT_SAMPLES", "match_ops", "isolate_ops", "measure", "worst_layers"]
+__all__ = ["METHOD", "DEFAULT_SAMPLES", "match_ops", "isolate_ops", "measure"]
 
 DEFAULT_SAMPLES = 16
 
@@ -373,8 +373,3 @@ def measure(float_content: bytes, quantized: Mapping[str, bytes],
             "layers": rows}
     return results
 
-
-def worst_layers(rows: list[dict], n: int = 5, key: str = "sqnr_db") -> list[dict]:
-    """The ``n`` matched rows with the lowest ``key`` (SQNR: most error), worst first."""
-    scored = [r for r in rows if r.get("matched") and r.get(key) is not None]
-    return sorted(scored, key=lambda r: r[key])[:n]
