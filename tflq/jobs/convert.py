@@ -17,7 +17,8 @@ import time
 
 from tflq import options, report, sampling
 from tflq.data import DataOptions
-from tflq.jobs.common import JobResult, base_report, evaluate, finish, prepare_data, progress
+from tflq.jobs.common import JobResult, add_layer_error, base_report, evaluate, finish, prepare_data, progress
+from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
 
 __all__ = ["ConvertJob", "run_job"]
@@ -46,6 +47,8 @@ class ConvertJob:
       progress: show progress bars on stderr.
       recipes: LiteRT Quantizer recipes (:data:`tflq.ptq.litert_backend.RECIPES`) applied to
         the float32 .tflite, reported beside the converter modes as ``litert:<recipe>``.
+      layer_error_samples: calibration samples for the per-layer error of every mode but
+        float32 (:mod:`tflq.layer_error`); 0 turns it off.
     """
 
     model: str
@@ -64,6 +67,7 @@ class ConvertJob:
     gates: report.Gates = report.Gates()
     progress: bool = True
     recipes: tuple[str, ...] = ()
+    layer_error_samples: int = DEFAULT_SAMPLES
 
     def __post_init__(self):
         options.parse_modes(list(self.modes))
@@ -77,6 +81,10 @@ class ConvertJob:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        if (not isinstance(self.layer_error_samples, int) or isinstance(self.layer_error_samples, bool)
+                or self.layer_error_samples < 0):
+            raise ValueError("layer_error_samples must be an integer >= 0 (0 turns per-layer error "
+                             f"off). Received: layer_error_samples={self.layer_error_samples!r}")
         if self.num_eval_samples is not None and self.num_eval_samples < 1:
             raise ValueError(
                 f"num_eval_samples must be positive. Received: num_eval_samples={self.num_eval_samples}"
@@ -111,6 +119,7 @@ class ConvertJob:
             "num_threads": self.num_threads,
             "batch_size": self.batch_size,
             "latency_runs": self.latency_runs,
+            "layer_error_samples": self.layer_error_samples,
             **self.convert_options.to_dict(),
             "normalize": self.data_options.normalize,
             "image_size": list(self.data_options.image_size) if self.data_options.image_size else None,
@@ -203,6 +212,9 @@ def run_job(job: ConvertJob) -> JobResult:
             mode.value, f"{stem}_{mode.value.replace(':', '_')}.tflite", conv.content,
             float_size, conv.float_ops, comparisons[mode].result(), float_result["accuracy"],
             latency[mode.value], conv.seconds, notes))
+    measured = add_layer_error(mode_rows, float_content, {m.value: conversions[m].content
+                                                          for m in modes},
+                               representative(), job.layer_error_samples)
     full_report = base_report(
         model=model, source=job.model, settings=job.settings(),
         data={
@@ -216,6 +228,9 @@ def run_job(job: ConvertJob) -> JobResult:
         float_section={"accuracy": float_result["accuracy"], "float32_tflite_bytes": float_size},
         modes=mode_rows, gates=job.gates,
         preflight=[f.to_dict() for f in preflight.static_findings(model)])
+    if measured is not None:
+        measured["conversion_seconds"] = sum(conversions[m].seconds or 0.0 for m in conversions)
+        full_report["layer_error"] = measured
     if selective is not None:
         full_report["selective"] = {k: v for k, v in selective.items() if k != "content"}
     return finish(job.out, full_report, {

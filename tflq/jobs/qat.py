@@ -9,7 +9,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from tflq import metrics, report
-from tflq.jobs.common import JobResult, array_batches, base_report, evaluate, finish, load_training_data
+from tflq.jobs.common import (
+    JobResult,
+    add_layer_error,
+    array_batches,
+    base_report,
+    evaluate,
+    finish,
+    load_training_data,
+)
+from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
 
 __all__ = ["DISTRIBUTIONS", "LSB_SLACK", "QATJob", "run_qat_job"]
@@ -49,6 +58,7 @@ class QATJob:
     latency_runs: int = 50
     verbose: int = 2
     gates: report.Gates = report.Gates()
+    layer_error_samples: int = DEFAULT_SAMPLES  # training samples for per-layer error; 0: off
 
     def __post_init__(self):
         from tflq.quant import schemes
@@ -67,6 +77,10 @@ class QATJob:
                 raise ValueError(f"{name} must be positive. Received: {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
+        if isinstance(self.layer_error_samples, bool) or not isinstance(
+                self.layer_error_samples, int) or self.layer_error_samples < 0:
+            raise ValueError("layer_error_samples must be an integer >= 0 (0 turns per-layer error "
+                             f"off). Received: layer_error_samples={self.layer_error_samples!r}")
         for override in self.overrides:
             schemes.Override.from_dict(dict(override))
         schemes.activation_quantizer(self.activation_ranges, self.range_k)
@@ -177,6 +191,9 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
                           tflite_inspect.find_float_ops(content), compared["int8"].result(), base,
                           latency["int8"], None, notes)
     qat_result = parity.deployed.result()
+    add_layer_error([row], float32, {"int8": content},
+                    ({n: v[i:i + 1] for n, v in x_train.items()} for i in range(len(y_train))),
+                    job.layer_error_samples)
     full = base_report(
         model=float_model, source=job.model, settings=dataclasses.asdict(job),
         data={"calibration": {"source": job.train_data, "num_samples": int(len(y_train))},
