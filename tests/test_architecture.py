@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "tflq"
 LAYERS = (
     ("leaves", ("tflq.options", "tflq.signature", "tflq.runtime", "tflq.fileio",
                 "tflq.factories", "tflq.report", "tflq.metrics")),
-    ("data and models", ("tflq.data", "tflq.sampling", "tflq.models", "tflq.interpreter",
+    ("data and models", ("tflq.data", "tflq.sampling", "tflq.models", "tflq.keras3", "tflq.interpreter",
                          "tflq.tflite_inspect")),
     ("quant", ("tflq.quant",)),
     ("ptq", ("tflq.ptq",)),

@@ -11,7 +11,7 @@ from tflq import metrics, report, runtime, sampling
 from tflq.data import open_data
 from tflq.fileio import write_atomic
 
-__all__ = ["JobResult", "progress", "prepare_data", "evaluate", "array_batches", "load_training_data",
+__all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate", "array_batches", "load_training_data",
            "base_report", "finish", "write_outputs"]
 
 
@@ -116,6 +116,14 @@ def load_training_data(job, model, labelled: bool = True):
         return x[names[0]] if len(names) == 1 else [x[n] for n in names]
 
     return x_train, y_train, x_eval, y_eval, feed
+
+
+def check_samples(x: dict, feed, count: int = 64, batch_size: int = 16) -> list:
+    """Up to ``count`` inputs from ``x`` in batches, as the Keras model takes them: the data a
+    graph rewrite or Keras 3 rebuild is checked on."""
+    total = min(count, len(next(iter(x.values()))))
+    return [feed({n: v[i:i + batch_size] for n, v in x.items()})
+            for i in range(0, total, batch_size)]
 
 
 def base_report(*, model, source: str, settings: dict, data: dict, float_section: dict,

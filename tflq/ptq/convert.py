@@ -120,16 +120,18 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
     from tflq.models import tf_keras, wrap_model
     from tflq.ptq import convert, equalize, ranges
 
-    keras = model.keras_model
-    if model.flavor != "tf_keras" or not isinstance(keras, tf_keras.Model):
-        raise ValueError(f"--range_estimator and --equalize need a tf_keras model; "
-                         f"{model.source!r} is {model.flavor}.")
     if representative is None:
         raise ValueError("int8 needs calibration data.")
     samples = list(representative())
     names = model.input_names
     stacked = [{n: np.concatenate([s[n] for s in samples[i:i + 64]]) for n in names}
                for i in range(0, len(samples), 64)]
+    # A Keras 3 model is rebuilt as tf_keras, checked on the calibration samples.
+    keras = model.to_tf_keras([b[names[0]] if len(names) == 1 else [b[n] for n in names]
+                               for b in stacked])
+    if not isinstance(keras, tf_keras.Model):  # pragma: no cover - to_tf_keras guarantees it
+        raise ValueError(f"--range_estimator and --equalize need a Keras model; "
+                         f"{model.source!r} is {model.flavor}.")
 
     def batches():
         return iter([b if len(names) > 1 else b[names[0]] for b in stacked])
