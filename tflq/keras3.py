@@ -176,7 +176,8 @@ def rebuild_keras3(model) -> Rebuild:
         if id(layer) not in layer_of:
             layer_of[id(layer)] = _copy_layer(layer, dropped)
             copies.append((layer, layer_of[id(layer)]))
-        return layer_of[id(layer)](*args, **kwargs)
+        # Keras 3 records mask=None and the like; tf_keras would store them in its node.
+        return layer_of[id(layer)](*args, **{k: v for k, v in kwargs.items() if v is not None})
 
     new_inputs = [tf_keras.Input(shape=tuple(t.shape[1:]), batch_size=None, dtype=t.dtype,
                                  name=t._keras_history.operation.name) for t in graph.inputs]
