@@ -11,8 +11,9 @@ from tflq import metrics, report, runtime, sampling
 from tflq.data import open_data
 from tflq.fileio import write_atomic
 
-__all__ = ["JobResult", "progress", "prepare_data", "evaluate", "array_batches", "load_training_data",
-           "base_report", "finish", "write_outputs", "report_files", "add_layer_error"]
+__all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate", "array_batches",
+           "load_training_data", "base_report", "finish", "write_outputs", "report_files",
+           "add_layer_error"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +147,14 @@ def add_layer_error(mode_rows: list[dict], float_content: bytes, contents: dict[
     counts = [found["samples"] for found in measured.values()]
     return {"samples": counts[0] if counts else 0, "modes": sorted(measured),
             "seconds": time.perf_counter() - start}
+
+
+def check_samples(x: dict, feed, count: int = 64, batch_size: int = 16) -> list:
+    """Up to ``count`` inputs from ``x`` in batches, as the Keras model takes them: the data a
+    graph rewrite or Keras 3 rebuild is checked on."""
+    total = min(count, len(next(iter(x.values()))))
+    return [feed({n: v[i:i + batch_size] for n, v in x.items()})
+            for i in range(0, total, batch_size)]
 
 
 def base_report(*, model, source: str, settings: dict, data: dict, float_section: dict,

@@ -198,6 +198,7 @@ def run_job(job: ConvertJob) -> JobResult:
         notes = [report.MODE_NOTES[mode.value]] if mode.value in report.MODE_NOTES else []
         if mode.value == "int8" and job.convert_options.equalize:
             notes.append("cross-layer equalization and bias correction before quantizing")
+        notes.extend(getattr(conv, "notes", ()))
         if mode.value == "int8" and job.convert_options.range_estimator:
             notes.append(f"activation ranges: {job.convert_options.range_estimator} estimator "
                          "(tflq.ptq.ranges), converted through tflq's QAT graph")

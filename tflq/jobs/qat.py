@@ -14,6 +14,7 @@ from tflq.jobs.common import (
     add_layer_error,
     array_batches,
     base_report,
+    check_samples,
     evaluate,
     finish,
     load_training_data,
@@ -126,23 +127,20 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     with distribution.scope():  # every variable the trainer touches is created in the scope
         float_model = load_model(job.model)
         teacher_model = load_model(job.teacher) if job.teacher else None
-    if float_model.flavor != "tf_keras":
-        raise ValueError(f"QAT needs a tf_keras model; {job.model!r} is {float_model.flavor}.")
-    teacher = None
-    if teacher_model is not None:
-        if teacher_model.flavor != "tf_keras":
-            raise ValueError(f"The teacher must be a tf_keras model; {job.teacher!r} is "
-                             f"{teacher_model.flavor}.")
-        teacher = teacher_model.keras_model
-        qat.check_teacher(teacher, float_model.keras_model)
     x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model)
+    samples = check_samples(x_train, feed)
+    with distribution.scope():  # Keras 3 models are rebuilt as tf_keras and checked
+        source = float_model.to_tf_keras(samples)
+        teacher = teacher_model.to_tf_keras(samples) if teacher_model is not None else None
+    if teacher is not None:
+        qat.check_teacher(teacher, source)
     tf_keras.utils.set_random_seed(job.seed)
     backup_dir = os.path.join(job.out, ".qat_backup")
     scratch = tempfile.mkdtemp(prefix="tflq-qat-")
     try:
         with distribution.scope():
-            student = qat.quantize_model(float_model.keras_model, job.scheme, job.overrides,
-                                         job.activation_ranges, job.range_k)
+            student = qat.quantize_model(source, job.scheme, job.overrides,
+                                         job.activation_ranges, job.range_k, samples=samples)
             trainer = qat.make_trainer(
                 student, teacher if job.strategy == "distill" else None,
                 job.quant_error_weight if job.strategy == "gradient" else 0.0,

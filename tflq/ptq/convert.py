@@ -12,6 +12,7 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -37,6 +38,7 @@ class Conversion:
     content: bytes
     float_ops: tuple[str, ...]
     seconds: float
+    notes: tuple[str, ...] = ()  # what tflq's calibration did (pairs equalized, rewrites)
 
 
 def configure(converter, mode: Mode, options: ConvertOptions, representative):
@@ -95,8 +97,9 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     mode = Mode(mode) if not isinstance(mode, Mode) else mode
     options = options or ConvertOptions()
     start = time.perf_counter()
+    notes: list[str] = []
     if mode == Mode.INT8 and (options.range_estimator or options.equalize):
-        content = _convert_calibrated(model, options, representative, workdir)
+        content = _convert_calibrated(model, options, representative, workdir, notes)
     else:
         converter = model.make_converter(workdir)
         configure(converter, mode, options, representative)
@@ -109,34 +112,47 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
             f"{', '.join(float_ops[:8])}{' …' if len(float_ops) > 8 else ''}. "
             "Pass allow_float_ops (--allow_float_ops) to accept them."
         )
-    return Conversion(mode=mode, content=content, float_ops=float_ops, seconds=seconds)
+    return Conversion(mode=mode, content=content, float_ops=float_ops, seconds=seconds,
+                      notes=tuple(notes))
 
 
 def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representative,
-                        workdir: str) -> bytes:
+                        workdir: str, notes: list) -> bytes:
     """int8 with tflq's calibration: cross-layer equalization + bias correction and/or a
     range estimator (ranges set in tflq's QAT graph, converted from its FakeQuant ops)."""
 
     from tflq.models import tf_keras, wrap_model
     from tflq.ptq import convert, equalize, ranges
 
-    keras = model.keras_model
-    if model.flavor != "tf_keras" or not isinstance(keras, tf_keras.Model):
-        raise ValueError(f"--range_estimator and --equalize need a tf_keras model; "
-                         f"{model.source!r} is {model.flavor}.")
     if representative is None:
         raise ValueError("int8 needs calibration data.")
     samples = list(representative())
     names = model.input_names
     stacked = [{n: np.concatenate([s[n] for s in samples[i:i + 64]]) for n in names}
                for i in range(0, len(samples), 64)]
+    # A Keras 3 model is rebuilt as tf_keras, checked on the calibration samples.
+    keras = model.to_tf_keras([b[names[0]] if len(names) == 1 else [b[n] for n in names]
+                               for b in stacked])
+    if not isinstance(keras, tf_keras.Model):  # pragma: no cover - to_tf_keras guarantees it
+        raise ValueError(f"--range_estimator and --equalize need a Keras model; "
+                         f"{model.source!r} is {model.flavor}.")
 
     def batches():
         return iter([b if len(names) > 1 else b[names[0]] for b in stacked])
 
+    if model.rebuild_notes:
+        notes.append(f"Keras 3 model rebuilt as tf_keras, outputs checked on "
+                     f"{model.rebuild_notes['checked_samples']} calibration samples (max error "
+                     f"{model.rebuild_notes['max_relative_error']:.2g} of range)")
     if options.equalize:
-        keras, _ = equalize.equalize(keras)
-        equalize.bias_correct(keras, batches, per_channel=options.per_channel)
+        keras, pairs = equalize.equalize(keras, samples=[batches().__next__()])
+        shifts = equalize.bias_correct(keras, batches, per_channel=options.per_channel)
+        notes.append(f"cross-layer equalization: {len(pairs)} pair(s) equalized"
+                     + ("" if pairs else " (none found: no Conv/DepthwiseConv → Conv/"
+                        "DepthwiseConv pair joined by ReLU or nothing)")
+                     + f"; bias correction on {len(shifts)} layer(s)")
+    for note in notes:
+        print(f"tflq: {note}", file=sys.stderr)
     if options.range_estimator:
         calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
                                                 options.percentile)

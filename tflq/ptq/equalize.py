@@ -108,27 +108,33 @@ def _scale_in(layer, s):
     layer.set_weights([kernel, *weights[1:]])
 
 
-def equalize(model, iterations: int = 20, relu6_as_relu: bool = False):
+def equalize(model, iterations: int = 20, relu6_as_relu: bool = False,
+             samples: list | None = None):
     """A BatchNorm-folded copy of ``model`` with every equalizable pair equalized.
+
+    Nested models are inlined and separable convolutions split first
+    (:func:`tflq.quant.graph.prepare`, checked on ``samples``), so pairs inside a nested
+    backbone are found.
 
     Returns (model, pairs). The float function is unchanged (up to float rounding) unless
     ``relu6_as_relu`` replaced a ReLU6 whose input exceeded 6.
     """
     from tflq.models import tf_keras
-    from tflq.quant import fold
+    from tflq.quant import graph
 
-    folded = fold.fold_batch_norms(model)
+    folded = graph.prepare(model, samples)
     if folded is model:
         folded = tf_keras.models.clone_model(model)
         folded.set_weights(model.get_weights())
     if relu6_as_relu:
         folded = _relu6_to_relu(folded)
     pairs = find_pairs(folded)
+    pairs = [(a, b) for a, b in pairs
+             if not (type(folded.get_layer(b)).__name__ == "DepthwiseConv2D"
+                     and folded.get_layer(b).get_weights()[0].shape[3] != 1)]
     for _ in range(iterations):
         for first, second in pairs:
             a, b = folded.get_layer(first), folded.get_layer(second)
-            if type(b).__name__ == "DepthwiseConv2D" and b.get_weights()[0].shape[3] != 1:
-                continue  # channel multiplier > 1: one input channel feeds several outputs
             r1, r2 = _out_ranges(a), _in_ranges(b)
             ok = (r1 > 0) & (r2 > 0)
             s = np.ones_like(r1)
