@@ -107,7 +107,7 @@ def main(argv) -> int:
     model_path = os.path.join(out, "mobilenetv2_fashion.keras")
     if _RETRAIN.value or not os.path.exists(model_path):
         model_path = train(out, _DATA_DIR.value, _TRAIN_EPOCHS.value)
-    results, float_accuracy = {}, None
+    results, float_accuracy, samples = {}, None, {}
     for name, settings in CONFIGS:
         job = ConvertJob(model=model_path, data=train_images, eval_data=test_images,
                          out=os.path.join(out, name), modes=("int8",),
@@ -119,6 +119,8 @@ def main(argv) -> int:
         report = convert_job.run_job(job).report
         row = report["modes"][0]
         float_accuracy = report["float"]["accuracy"]
+        samples = {"calibration_samples": report["data"]["calibration"]["num_samples"],
+                   "evaluation_samples": report["data"]["evaluation"]["num_samples"]}
         results[name] = {**settings, "accuracy": row["accuracy"],
                          "drop_pp": row["accuracy_drop_pp"], "sqnr_db": row["sqnr_db"],
                          "top1_agreement": row["top1_agreement"], "size_bytes": row["size_bytes"],
@@ -146,7 +148,7 @@ def main(argv) -> int:
     summary = {"benchmark": "calibration", "machine": runtime.machine_description(),
                "versions": runtime.versions(), "model": "MobileNetV2 alpha 0.35, ReLU, 32x32",
                "train_epochs": _TRAIN_EPOCHS.value, "float_accuracy": float_accuracy,
-               "calibration_samples": 500, "evaluation_samples": 10000,
+               **samples,
                "selective_budget_pp": SELECTIVE_BUDGET_PP,
                "results": results, "checks": checks}
     path = os.path.join(out, "benchmark_calibration.json")

@@ -39,6 +39,7 @@ _NUM_TRAIN_SAMPLES = define("integer", "num_train_samples", None,
 EXAMPLE_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipelines")
 MODEL = os.path.join(EXAMPLE_ROOT, "example", "fashion_mnist_cnn.keras")
 TARGETS = {"pqat80_gzip_ratio_min": 2.5, "pqat80_drop_pp_max": 1.0}
+LEARNING_RATES = {"prune_cluster": 1e-3, "qat": 1e-4}
 # The first conv (288 of 131k weights; 9 per filter on a grey image) is not pruned: 80% of
 # a 3x3x1 kernel leaves two weights per filter, for no size gain.
 PRUNED = "^(?!conv2d$)"
@@ -75,7 +76,8 @@ def main(argv) -> int:
         job = compress_job.CompressJob(
             model=MODEL, train_data=train, eval_data=test, out=os.path.join(out, name),
             epochs=_STAGE_EPOCHS.value, qat_epochs=_QAT_EPOCHS.value or 2, batch_size=128,
-            learning_rate=1e-3, qat_learning_rate=1e-4, num_train_samples=_NUM_TRAIN_SAMPLES.value,
+            learning_rate=LEARNING_RATES["prune_cluster"], qat_learning_rate=LEARNING_RATES["qat"],
+            num_train_samples=_NUM_TRAIN_SAMPLES.value,
             num_calibration_samples=1000, latency_runs=20, **settings)
         report = compress_job.run_compress_job(job).report
         row, c = report["modes"][0], report["compression"]
@@ -91,6 +93,8 @@ def main(argv) -> int:
               f"{c['size_bytes']:,} B, gzip {c['gzip_bytes']:,} B, sparsity "
               f"{100 * c['weight_sparsity']:.1f}%", flush=True)
         float_accuracy = report["float"]["accuracy"]
+        samples = {"evaluation_samples": report["data"]["evaluation"]["num_samples"],
+                   "train_samples": report["data"]["calibration"]["num_samples"]}  # trained on
     dense_gzip = results["dense_ptq"]["gzip_bytes"]
     pqat80 = results["sparse80_pqat"]
     checks = {
@@ -105,10 +109,10 @@ def main(argv) -> int:
         gain = 100 * (results[qat_name]["accuracy"] - results[ptq_name]["accuracy"])
         checks[f"{qat_name}_beats_{ptq_name}_pp"] = {"value": gain, "met": gain > 0}
     summary = {"benchmark": "compress", "machine": runtime.machine_description(),
-               "versions": runtime.versions(), "model": MODEL, "evaluation_samples": 10000,
+               "versions": runtime.versions(), "model": MODEL, **samples,
                "float_accuracy": float_accuracy, "stage_epochs": _STAGE_EPOCHS.value,
                "qat_epochs": _QAT_EPOCHS.value or 2,
-               "learning_rates": {"prune_cluster": 1e-3, "qat": 1e-4},
+               "learning_rates": LEARNING_RATES,
                "results": results, "targets": TARGETS, "checks": checks}
     path = os.path.join(out, "benchmark_compress.json")
     write_atomic(path, to_json(summary))

@@ -122,7 +122,7 @@ def calibration_probe(model_path: str, images: str, num_samples: int) -> dict:
     finally:
         peak = sampler.stop()
     seconds = time.perf_counter() - start
-    return {"num_samples": num_samples, "calibrate_and_convert_seconds": seconds,
+    return {"num_samples": len(indices), "calibrate_and_convert_seconds": seconds,
             "rss_before_convert_mb": rss_before, "peak_rss_during_convert_mb": peak,
             "process_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "float_ops": len(result.float_ops)}
@@ -171,7 +171,7 @@ def _mobilenet_latency(runs: int) -> dict:
     latency = interpreter.measure_latency(runners, {name: samples[:1]}, warmup=5, runs=runs,
                                           rounds=5)
     return {
-        "input": [224, 224, 3], "threads": 1, "weights": None,
+        "input": list(model.input_shape[1:]), "threads": 1, "weights": None,
         "float32_ms": latency["float32"], "int8_ms": latency["int8"],
         "int8_speedup": latency["float32"]["median"] / latency["int8"]["median"],
         "float32_bytes": len(contents["float32"]), "int8_bytes": len(contents["int8"]),

@@ -80,6 +80,7 @@ def main(argv) -> int:
                          num_train_samples=_NUM_TRAIN_SAMPLES.value, latency_runs=20, verbose=2)
         report = qat_job.run_qat_job(job).report
         row = report["modes"][0]
+        train_samples = report["data"]["calibration"]["num_samples"]  # QAT trains on these
         results[name] = {
             "scheme": scheme, "strategy": strategy, "accuracy": row["accuracy"],
             "drop_pp": row["accuracy_drop_pp"], "size_bytes": row["size_bytes"],
@@ -101,7 +102,9 @@ def main(argv) -> int:
             "met": best_pow2 < results["ptq_linear_4bit"]["drop_pp"]},
     }
     summary = {"benchmark": "qat", "machine": runtime.machine_description(),
-               "versions": runtime.versions(), "model": MODEL, "evaluation_samples": 10000,
+               "versions": runtime.versions(), "model": MODEL,
+               "evaluation_samples": ptq.report["data"]["evaluation"]["num_samples"],
+               "train_samples": train_samples,
                "qat_epochs": (_QAT_EPOCHS.value or 2), "results": results, "targets": TARGETS,
                "checks": checks}
     path = os.path.join(out, "benchmark_qat.json")

@@ -92,6 +92,9 @@ _IMAGE_SIZE = flags.DEFINE_string(
     "image_size", None, "HxW to resize image-folder images to (default: the model's size).")
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 _QUIET = define("bool", "quiet", False, "No progress bars.")
+_LAYER_ERROR_SAMPLES = define(
+    "integer", "layer_error_samples", None, "Calibration (QAT: training) samples for the per-layer "
+    "error of every quantized mode (default: 16; 0 turns it off).")
 
 
 def _default(value, fallback):
@@ -151,6 +154,7 @@ def build_job():
         gates=tflq.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
                          min_agreement=_MIN_AGREEMENT.value),
         progress=not _QUIET.value,
+        layer_error_samples=_default(_LAYER_ERROR_SAMPLES.value, 16),
     )
 
 

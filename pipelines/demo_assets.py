@@ -23,7 +23,8 @@ FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "
                         "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 _REPORT = define("string", "report", None, "A tflq report.json (default: tflq_out/report.json).")
-_MODE = flags.DEFINE_string("mode", "int8", "Which converted model of the report to ship.")
+_MODE = define("string", "mode", "int8", "Which converted model of the report to ship (pipelines.explore: "
+               "to show).")
 _ASSETS = flags.DEFINE_string(
     "assets", os.path.join(os.path.dirname(HERE), "android_demo", "app", "src", "main", "assets"),
     "The app's assets folder.")

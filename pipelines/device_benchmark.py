@@ -79,6 +79,7 @@ def main(argv) -> int:
     from tflq import android
     from tflq import report as report_lib
     from tflq.fileio import write_atomic
+    from tflq.jobs.common import report_files
 
     try:
         plan, report = _plan_and_report()
@@ -97,8 +98,8 @@ def main(argv) -> int:
     write_atomic(os.path.join(out, "device_results.json"), report_lib.to_json(results))
     if report is not None:
         merged = android.merge_into_report(report, results)
-        write_atomic(os.path.join(out, "report.json"), report_lib.to_json(merged))
-        write_atomic(os.path.join(out, "report.md"), report_lib.to_markdown(merged).encode())
+        for name, content in report_files(merged, png=False):  # json, md and html
+            write_atomic(os.path.join(out, name), content)
         print(report_lib.format_device_table(merged["device"]))
     else:
         for run in results["runs"]:

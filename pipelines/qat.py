@@ -50,6 +50,9 @@ _NUM_TRAIN_SAMPLES = define("integer", "num_train_samples", None,
                                           "Train on at most this many samples (seeded draw).")
 _OUT = define("string", "out", None, "Output folder (default: tflq_qat).")
 _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
+_LAYER_ERROR_SAMPLES = define(
+    "integer", "layer_error_samples", None, "Calibration (QAT: training) samples for the per-layer "
+    "error of every quantized mode (default: 16; 0 turns it off).")
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 
@@ -76,6 +79,7 @@ def main(argv) -> int:
             else _ACTIVATION_RANGES.value, range_k=_RANGE_K.value,
             distribution=_DISTRIBUTION.value, num_train_samples=_NUM_TRAIN_SAMPLES.value,
             seed=_SEED.value,
+            layer_error_samples=16 if _LAYER_ERROR_SAMPLES.value is None else _LAYER_ERROR_SAMPLES.value,
             gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
                                min_agreement=_MIN_AGREEMENT.value))
         result = qat_job.run_qat_job(job)

@@ -268,6 +268,9 @@ def test_cli_merges_device_results_into_report(capsys, tmp_path, fake_adb, deskt
     assert int8_gpu[0]["delegated_nodes"] == 58 and int8_gpu[0]["desktop_median_ms"] == 0.5
     md = open(os.path.join(os.path.dirname(desktop_report), "report.md")).read()
     assert "## On device" in md and "| m_int8.tflite | int8 | gpu | 4 | 8.012 | 0.500 |" in md
+    page = open(os.path.join(os.path.dirname(desktop_report), "report.html")).read()
+    assert '<table id="device">' in page and "Pixel 7" in page  # report.html rewritten too
+    assert "<td>m_int8.tflite</td><td>int8</td><td>gpu</td><td>4</td><td>8.012</td>" in page
     calls = fake_adb()
     assert calls[0] == ["devices", "-l"]
     assert ["-s", "R58M123ABC", "push", binary, "/data/local/tmp/tflq/benchmark_model"] in calls

@@ -14,9 +14,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "tflq"
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = (
     ("leaves", ("tflq.options", "tflq.signature", "tflq.runtime", "tflq.fileio",
-                "tflq.factories", "tflq.report", "tflq.metrics")),
-    ("data and models", ("tflq.data", "tflq.sampling", "tflq.models", "tflq.interpreter",
-                         "tflq.tflite_inspect")),
+                "tflq.factories", "tflq.report", "tflq.report_html", "tflq.metrics",
+                "tflq.explorer")),
+    ("data and models", ("tflq.data", "tflq.sampling", "tflq.models", "tflq.keras3",
+                         "tflq.interpreter", "tflq.tflite_inspect", "tflq.layer_error")),
     ("quant", ("tflq.quant",)),
     ("ptq", ("tflq.ptq",)),
     ("jobs", ("tflq.jobs",)),

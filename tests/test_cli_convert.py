@@ -67,7 +67,7 @@ def test_bundled_example_matches_independent_evaluation(capsys, tmp_path):
     assert int8["size_ratio"] < 0.3
     assert int8["accuracy_drop_pp"] <= 1.0
     assert r["gates"]["passed"] is True
-    for name in ("report.md", "report.png"):
+    for name in ("report.md", "report.png", "report.html"):
         assert os.path.getsize(os.path.join(out, name)) > 100
 
 
@@ -78,7 +78,7 @@ def test_no_flags_runs_the_bundled_example(capsys, tmp_path, monkeypatch):
     r = load_report(tmp_path / "tflq_out")
     assert r["data"]["calibration"]["num_samples"] == 500
     assert r["data"]["evaluation"]["num_samples"] == 1500
-    assert len(r["modes"]) == 5 and "wrote 8 files" in stdout
+    assert len(r["modes"]) == 5 and "wrote 9 files" in stdout  # 5 models, report.json/md/png/html
 
 
 @pytest.fixture()
@@ -110,6 +110,34 @@ def test_flags_reach_the_report(capsys, tmp_path, tiny_files):
     conv = [t for t in interp.get_tensor_details() if list(t["shape"]) == [4, 3, 3, 1]]
     assert len(conv[0]["quantization_parameters"]["scales"]) == 1  # per tensor
     assert not os.path.exists(os.path.join(out, "tiny_float32.tflite"))
+
+
+def test_layer_error_samples_reach_report_json_md_and_html(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="float32,int8",
+                           layer_error_samples=3)
+    assert code == 0, err
+    r = load_report(out)
+    assert r["settings"]["layer_error_samples"] == 3
+    float32, int8 = r["modes"]
+    assert "layers" not in float32  # the reference itself
+    assert int8["layer_error"]["samples"] == 3 and r["layer_error"]["modes"] == ["int8"]
+    assert [row["op"] for row in int8["layers"]] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    # Cost: measured and recorded beside the conversion time it is bounded by.
+    assert 0 < r["layer_error"]["seconds"] < 2 * r["layer_error"]["conversion_seconds"]
+    md = open(os.path.join(out, "report.md")).read()
+    assert "## Per-layer error" in md and "| CONV_2D#" in md
+    page = open(os.path.join(out, "report.html")).read()
+    assert 'class="layer-chart" data-mode="int8"' in page and 'id="modes"' in page
+
+
+def test_layer_error_samples_0_turns_it_off(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    assert run_cli(capsys, **tiny_files, out=out, modes="int8", layer_error_samples=0)[0] == 0
+    r = load_report(out)
+    assert "layers" not in r["modes"][0] and "layer_error" not in r
+    assert "Per-layer error" not in open(os.path.join(out, "report.md")).read()
+    assert "<svg class=\"layer-chart\"" not in open(os.path.join(out, "report.html")).read()
 
 
 def test_seed_changes_the_calibration_draw(capsys, tmp_path, tiny_files):
@@ -283,6 +311,8 @@ BAD_CASES = {
     "estimator on a Keras 3 model": ({"model": "{tmp}/k3.keras", "range_estimator": "kl"},
                                      "--range_estimator and --equalize need a tf_keras model"),
     "modes with litert only": ({"backend": "litert"}, "with --backend litert use --recipes"),
+    "negative layer error samples": ({"layer_error_samples": -1},
+                                     "layer_error_samples must be an integer >= 0"),
 }
 
 
@@ -357,6 +387,10 @@ def test_litert_backend_beside_the_converter(capsys, tmp_path, tiny_files):
     codes = np.clip(np.round(x / in_scale) + in_zero, -128, 127).astype(np.int8)
     logits = (runner(img=codes)["logits"].astype(np.float32) - out_zero) * out_scale
     assert static["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+    for row in r["modes"]:  # per-layer error for the recipes too, every op matched
+        assert [layer["op"] for layer in row["layers"]] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+        assert row["layer_error"]["unmatched"] == []
+        assert all(layer["layer_sqnr_db"] is not None for layer in row["layers"])
 
 
 def test_litert_backend_alone_uses_the_default_recipes(capsys, tmp_path, tiny_files):

@@ -75,6 +75,11 @@ def test_gradient_strategy_with_quant_error_loss_and_parity(capsys, files):
 def test_statistics_strategy_leaves_weights_alone(capsys, files, tiny_model):
     code, _, err = run_cli(capsys, **base(files, strategy="statistics"))
     assert code == 0, err
+    report = json.load(open(files / "out" / "report.json"))  # per-layer error of the QAT int8
+    int8 = report["modes"][0]
+    assert [row["op"] for row in int8["layers"]] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    assert int8["layer_error"]["samples"] == 16 and int8["layer_error"]["unmatched"] == []
+    assert all(row["dtype"] == "int8" and row["layer_sqnr_db"] is not None for row in int8["layers"])
     with qat.quantize_scope():
         student = tf_keras.models.load_model(files / "out" / "tiny_qat.h5", compile=False)
     kernels = [w.numpy() for w in student.weights if w.name.endswith("kernel:0")]
@@ -124,6 +129,8 @@ BAD = {
     "training diverges": ({"learning_rate": 1e38}, "QAT training diverged"),
     "missing model": ({"model": "/no/model.keras"}, "Model path not found"),
     "no train data": ({"train_data": None}, "--train_data is required"),
+    "negative layer error samples": ({"layer_error_samples": -2},
+                                     "layer_error_samples must be an integer >= 0"),
 }
 
 

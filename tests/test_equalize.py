@@ -229,3 +229,32 @@ def test_per_tensor_cle_restores_a_nested_relu6_mobilenet(tmp_path):
     # activation scale of the depthwise output) per channel too; equalized, they survive.
     assert sqnr["per_tensor_cle"] > sqnr["per_tensor"] + 10.0
     assert sqnr["per_tensor_cle"] > sqnr["per_channel"] + 10.0
+
+
+def test_pairs_inside_a_nested_backbone_are_found_and_reported(tmp_path):
+    from tflq.models import wrap_model
+    from tflq.options import ConvertOptions
+    from tflq.ptq import convert
+
+    L = tf_keras.layers
+    rng = np.random.default_rng(0)
+    b_in = L.Input((8, 8, 3))
+    y = L.Conv2D(4, 3, padding="same", activation="relu", name="bb_conv1")(b_in)
+    y = L.Conv2D(4, 1, activation="relu", name="bb_conv2")(y)
+    backbone = tf_keras.Model(b_in, y, name="backbone")
+    inp = L.Input((8, 8, 3), name="img")
+    model = tf_keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling2D()(backbone(inp))))
+    for w in model.weights:  # uneven channel ranges: what equalization is for
+        w.assign(rng.normal(0, 1, w.shape) * rng.uniform(0.05, 3, w.shape[-1:]))
+    x = rng.uniform(0, 1, (16, 8, 8, 3)).astype(np.float32)
+    equalized, record = equalize.equalize(model, samples=[x])
+    assert [(p["first"], p["second"]) for p in record["pairs"]] == [("bb_conv1", "bb_conv2")]
+    np.testing.assert_allclose(equalized(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+    def representative():
+        yield {"img": x}
+
+    result = convert.convert_model(wrap_model(model), "int8", str(tmp_path), representative,
+                                   ConvertOptions(equalize=True))
+    assert any(note.startswith("cross-layer equalization: 1 pairs") for note in result.notes), \
+        result.notes

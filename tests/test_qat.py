@@ -159,9 +159,12 @@ def test_models_qat_refuses_with_a_reason():
 
     with pytest.raises(ValueError, match="subclassed models have no layer graph"):
         qat.quantize_model(Sub())
-    k3 = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="this is a Keras 3 model"):
-        qat.quantize_model(k3)
+
+
+def test_keras3_models_are_rebuilt_and_wrapped():
+    k3 = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="k3_dense")])
+    q = qat.quantize_model(k3)
+    assert "k3_dense" in {layer.layer.name for layer in q.layers if hasattr(layer, "layer")}
 
 
 def test_models_nested_in_models_are_inlined_and_wrapped():

@@ -77,3 +77,25 @@ def test_png_without_labels_plots_agreement():
     r["float"]["accuracy"] = None
     assert Image.open(io.BytesIO(report.to_png(r))).format == "PNG"
     assert "(no labels" not in report.to_markdown(r)
+
+
+def test_worst_layers_ranks_by_the_ops_own_error_then_cumulative():
+    rows = [{"index": 1, "matched": True, "sqnr_db": 30.0, "layer_sqnr_db": 35.0},
+            {"index": 2, "matched": True, "sqnr_db": 25.0, "layer_sqnr_db": "inf"},
+            {"index": 3, "matched": True, "sqnr_db": 28.0, "layer_sqnr_db": 20.0},
+            {"index": 4, "matched": True, "sqnr_db": 12.0, "layer_sqnr_db": None},
+            {"index": 5, "matched": False}]
+    assert [r["index"] for r in report.worst_layers(rows, 3)] == [4, 3, 1]
+
+
+def test_format_layer_error_names_the_worst_ops_of_each_mode():
+    row = {"index": 3, "op": "CONV_2D", "name": "m/conv", "matched": True, "sqnr_db": 28.0,
+           "layer_sqnr_db": 20.0, "layer_rmse_over_scale": 0.31, "range_used": [0.0, 6.0],
+           "range_observed": [0.0, 7.5], "clipped_share": 0.0125}
+    r = {"modes": [{"mode": "float32"},
+                   {"mode": "int8", "layers": [row], "layer_error": {
+                       "samples": 4, "seconds": 0.25, "unmatched": ["MUL#9"]}}]}
+    text = report.format_layer_error(r)
+    assert "**int8** (4 calibration samples, 1 ops, 0.2 s; not matched to the float model: MUL#9)" in text
+    assert "| CONV_2D#3 | `m/conv` | 20.0 | 28.0 | 0.310 | 0..6 | 0..7.5 | 1.25% |" in text
+    assert "float32" not in text

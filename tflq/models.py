@@ -63,6 +63,8 @@ class LoadedModel:
         self._signature = signature
         self._saved_model_dir = saved_model_dir
         self._predict_fn = None
+        self._tf_keras_copy = None
+        self.rebuild_notes = None  # filled by to_tf_keras for Keras 3 models
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -115,6 +117,44 @@ class LoadedModel:
             return [o.numpy() for o in call(feed)]
 
         return run
+
+    def to_tf_keras(self, samples: list):
+        """The model as a tf_keras model (tfmot and tflq's graph passes need one).
+
+        A Keras 3 model is rebuilt layer for layer (:func:`tflq.keras3.rebuild_keras3`) and the
+        copy is checked on ``samples``; the check runs once per model.
+
+        Args:
+          samples: model inputs (an array, or a list in input order) to check the copy on.
+
+        Returns:
+          The tf_keras model (the model itself for tf_keras models).
+
+        Raises:
+          ValueError: a SavedModel without Keras metadata, a subclassed Keras 3 model, or a
+            layer tf_keras cannot build.
+          tflq.keras3.RewriteError: the copy computes something else (names the layer).
+        """
+        from tflq import keras3
+
+        if self.flavor == FLAVOR_TF_KERAS:
+            return self.keras_model
+        if self.flavor != FLAVOR_KERAS3:
+            raise ValueError(f"{self.source!r} is a SavedModel without Keras metadata: it has "
+                             "no layer graph to train or rewrite. Bring the Keras model file.")
+        if self._tf_keras_copy is None:
+            rebuilt = keras3.rebuild_keras3(self.keras_model)
+            original = self.keras_model
+            worst = keras3.check_outputs(
+                f"the Keras 3 → tf_keras rebuild of {self.source!r}",
+                lambda x: original(x, training=False), lambda x: rebuilt.model(x, training=False),
+                samples, keras3.KERAS3_RTOL,
+                lambda x: keras3.locate_keras3_difference(original, rebuilt, x))
+            self.rebuild_notes = {"inlined": rebuilt.inlined, "dropped_config_keys": rebuilt.dropped,
+                                  "max_relative_error": worst,
+                                  "checked_samples": int(sum(len(_first(s)) for s in samples))}
+            self._tf_keras_copy = rebuilt.model
+        return self._tf_keras_copy
 
     def make_converter(self, workdir: str) -> tf.lite.TFLiteConverter:
         """Returns a fresh TFLite converter for this model.
@@ -223,11 +263,22 @@ def _load_h5(path: str):
     if not h5py.is_hdf5(path):
         raise ValueError(f"Model file {path!r} is not a valid HDF5 file (corrupt or truncated).")
     try:
+        with h5py.File(path, "r") as f:
+            version = f.attrs.get("keras_version", "2")
+    except OSError as e:
+        raise ValueError(f"Model file {path!r} could not be loaded (corrupt or truncated HDF5): {e}.") from e
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    keras3 = version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3
+    try:
+        if keras3:  # Keras 3 writes InputLayer batch_shape and dtype policies tf_keras rejects
+            import keras
+
+            return keras.saving.load_model(path, compile=False)
         return tf_keras.models.load_model(path, compile=False)
     except Exception as e:
         raise ValueError(
-            f"Model file {path!r} could not be loaded as a tf_keras .h5 model: "
-            f"{type(e).__name__}: {_first_line(e)}"
+            f"Model file {path!r} (written by Keras {version}) could not be loaded with "
+            f"{'Keras 3' if keras3 else 'tf_keras'}: {type(e).__name__}: {_first_line(e)}"
         ) from e
 
 
@@ -277,7 +328,8 @@ def load_model(spec: str) -> LoadedModel:
     """Loads a model from a path or a ``package.module:function`` factory.
 
     Supported: ``.keras`` files written by Keras 3 or by tf_keras (told apart by the
-    ``keras_version`` in the archive's metadata), tf_keras ``.h5`` files, SavedModel folders
+    ``keras_version`` in the archive's metadata), ``.h5`` files written by tf_keras or by
+    Keras 3 (told apart by the file's ``keras_version`` attribute), SavedModel folders
     (Keras or plain TF with a ``serving_default`` signature), and factories returning a
     model.
 
@@ -304,6 +356,10 @@ def load_model(spec: str) -> LoadedModel:
         f"Unknown model format for {spec!r}. Expected a .keras or .h5 file, a SavedModel "
         "folder, or 'package.module:function'."
     )
+
+
+def _first(sample):
+    return sample[0] if isinstance(sample, (list, tuple)) else sample
 
 
 def _first_line(error: BaseException) -> str:

@@ -10,7 +10,7 @@ import math
 
 __all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
     "format_table", "to_markdown", "format_compression", "format_device_table", "to_png",
-    "format_findings"]
+    "format_findings", "worst_layers", "format_layer_error"]
 
 SCHEMA_VERSION = 1
 
@@ -229,6 +229,8 @@ def to_markdown(report: dict) -> str:
                       f"{cost['all_int8_bytes']:,} B all-int8; median batch-1 latency "
                       f"{cost['selective_latency_ms']:.3f} ms against "
                       f"{cost['all_int8_latency_ms']:.3f} ms (measured side by side)."]
+    if any("layers" in m for m in report["modes"]):
+        lines += ["", "## Per-layer error", "", format_layer_error(report)]
     if "compression" in report:
         lines += ["", "## Compression", "", format_compression(report["compression"])]
     if "device" in report:
@@ -304,6 +306,45 @@ def to_png(report: dict) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def worst_layers(rows: list[dict], n: int = 5) -> list[dict]:
+    """The ``n`` matched ops that add the most error themselves (lowest per-layer SQNR; the
+    cumulative SQNR where the per-layer view is missing), worst first."""
+    def own(row):
+        value = row.get("layer_sqnr_db")
+        value = row.get("sqnr_db") if value is None else value
+        return math.inf if value in (None, "inf") else float(value)
+
+    return sorted((r for r in rows if r.get("matched")), key=own)[:n]
+
+
+def format_layer_error(report: dict, n: int = 5) -> str:
+    """Markdown: per mode, the ``n`` ops adding the most error, with both views."""
+    lines = []
+    for m in report["modes"]:
+        if "layers" not in m:
+            continue
+        info = m["layer_error"]
+        lines += [f"**{m['mode']}** ({info['samples']} calibration samples, "
+                  f"{len(m['layers'])} ops, {info['seconds']:.1f} s"
+                  + (f"; not matched to the float model: {', '.join(info['unmatched'])}"
+                     if info["unmatched"] else "") + "): worst ops by their own error", "",
+                  "| op | tensor | SQNR dB (per-layer) | SQNR dB (cumulative) | RMSE/scale "
+                  "(per-layer) | range used | range observed | clipped |", "|" + "---|" * 8]
+        for r in worst_layers(m["layers"], n):
+            used = "float" if r["range_used"] is None else (
+                f"{r['range_used'][0]:.3g}..{r['range_used'][1]:.3g}")
+            observed = f"{r['range_observed'][0]:.3g}..{r['range_observed'][1]:.3g}"
+            clipped = "–" if r["clipped_share"] is None else f"{100 * r['clipped_share']:.2f}%"
+            lines.append(f"| {r['op']}#{r['index']} | `{r['name'][:60]}` "
+                         f"| {_fmt(r['layer_sqnr_db'], '.1f')} | {_fmt(r['sqnr_db'], '.1f')} "
+                         f"| {_fmt(r['layer_rmse_over_scale'], '.3f')} | {used} | {observed} "
+                         f"| {clipped} |")
+        lines.append("")
+    lines.append("Per-layer: each op alone on the float model's inputs (its own error); "
+                 "cumulative: the real quantized model (errors of earlier ops included).")
+    return "\n".join(lines)
 
 
 def format_findings(findings: list[dict]) -> str:

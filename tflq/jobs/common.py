@@ -11,8 +11,9 @@ from tflq import metrics, report, runtime, sampling
 from tflq.data import open_data
 from tflq.fileio import write_atomic
 
-__all__ = ["JobResult", "progress", "prepare_data", "evaluate", "array_batches", "load_training_data",
-           "base_report", "finish", "write_outputs"]
+__all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate", "array_batches",
+           "load_training_data", "base_report", "finish", "write_outputs", "report_files",
+           "add_layer_error"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,44 @@ def load_training_data(job, model, labelled: bool = True):
     return x_train, y_train, x_eval, y_eval, feed
 
 
+def add_layer_error(mode_rows: list[dict], float_content: bytes, contents: dict[str, bytes],
+                    samples, num_samples: int) -> dict | None:
+    """Measures per-layer error (:mod:`tflq.layer_error`) of every non-float32 .tflite on the
+    first ``num_samples`` of ``samples`` (batch-1 dicts) and puts it in its mode row
+    (``layers`` and ``layer_error``). Returns ``{"samples", "seconds"}``, or None when
+    ``num_samples`` is 0 (disabled)."""
+    import itertools
+    import time
+
+    from tflq import layer_error
+
+    if num_samples == 0:
+        return None
+    start = time.perf_counter()
+    wanted = {row["mode"]: contents[row["mode"]] for row in mode_rows
+              if row["mode"] != "float32" and row["mode"] in contents}
+    measured = layer_error.measure(float_content, wanted,
+                                   itertools.islice(samples, num_samples))
+    for row in mode_rows:
+        if row["mode"] in measured:
+            found = measured[row["mode"]]
+            row["layers"] = found.pop("layers")
+            row["layer_error"] = found
+            if found["note"]:
+                row["notes"].append(found["note"])
+    counts = [found["samples"] for found in measured.values()]
+    return {"samples": counts[0] if counts else 0, "modes": sorted(measured),
+            "seconds": time.perf_counter() - start}
+
+
+def check_samples(x: dict, feed, count: int = 64, batch_size: int = 16) -> list:
+    """Up to ``count`` inputs from ``x`` in batches, as the Keras model takes them: the data a
+    graph rewrite or Keras 3 rebuild is checked on."""
+    total = min(count, len(next(iter(x.values()))))
+    return [feed({n: v[i:i + batch_size] for n, v in x.items()})
+            for i in range(0, total, batch_size)]
+
+
 def base_report(*, model, source: str, settings: dict, data: dict, float_section: dict,
                 modes: list[dict], gates: report.Gates, **sections) -> dict:
     """The report every job kind writes: schema, time, versions, machine, model, settings,
@@ -147,15 +186,25 @@ def finish(out: str, full_report: dict, files: dict[str, bytes]) -> JobResult:
                      gate_failures=failures)
 
 
+def report_files(full_report: dict, png: bool = True) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` of report.json, report.md, report.png (unless ``png`` is false) and
+    report.html."""
+    from tflq import report_html
+
+    items = [("report.json", report.to_json(full_report)),
+             ("report.md", report.to_markdown(full_report).encode())]
+    if png:
+        items.append(("report.png", report.to_png(full_report)))
+    items.append(("report.html", report_html.to_html(full_report).encode()))
+    return items
+
+
 def write_outputs(out: str, full_report: dict, files: dict[str, bytes]) -> list[str]:
-    """Writes each file, then report.json, report.md and report.png, each atomically."""
+    """Writes each file, then report.json, report.md, report.png and report.html, each
+    atomically."""
     os.makedirs(out, exist_ok=True)
     written = []
-    items = list(files.items()) + [
-        ("report.json", report.to_json(full_report)),
-        ("report.md", report.to_markdown(full_report).encode()),
-        ("report.png", report.to_png(full_report)),
-    ]
+    items = list(files.items()) + report_files(full_report)
     for name, content in items:
         path = os.path.join(out, name)
         write_atomic(path, content)

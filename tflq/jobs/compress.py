@@ -29,7 +29,7 @@ import re
 import numpy as np
 
 from tflq import options, report, runtime
-from tflq.jobs.common import JobResult, array_batches, base_report, evaluate, finish, load_training_data
+from tflq.jobs.common import JobResult, array_batches, base_report, check_samples, evaluate, finish, load_training_data
 from tflq.quant.compress import (
     COMPRESSIBLE,
     QUANTIZATIONS,
@@ -186,12 +186,10 @@ def run_compress_job(job: CompressJob) -> JobResult:
 
     runtime.check_output_dir(job.out)
     float_model = load_model(job.model)
-    if float_model.flavor != "tf_keras":
-        raise ValueError(f"Compression needs a tf_keras model; {job.model!r} is "
-                         f"{float_model.flavor}.")
-    model = float_model.keras_model
-    chosen = {layer.name for layer in select_layers(model, job)}
     x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model)
+    # A Keras 3 model is rebuilt as tf_keras (tfmot needs it), checked on training samples.
+    model = float_model.to_tf_keras(check_samples(x_train, feed))
+    chosen = {layer.name for layer in select_layers(model, job)}
     names = float_model.input_names
     tf_keras.utils.set_random_seed(job.seed)
     histories, stages = {}, []
@@ -214,7 +212,7 @@ def run_compress_job(job: CompressJob) -> JobResult:
             histories["qat"] = fine_tune(student, feed(x_train), y_train, job, [keep],
                                          job.qat_learning_rate or job.learning_rate,
                                          job.qat_epochs or job.epochs,
-                                         float_model.keras_model if job.distill else None)
+                                         model if job.distill else None)
             content = convert.convert_qat(student, scratch)
 
             def make_converter():

@@ -17,7 +17,8 @@ import time
 
 from tflq import options, report, sampling
 from tflq.data import DataOptions
-from tflq.jobs.common import JobResult, base_report, evaluate, finish, prepare_data, progress
+from tflq.jobs.common import JobResult, add_layer_error, base_report, evaluate, finish, prepare_data, progress
+from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
 
 __all__ = ["ConvertJob", "run_job", "below_converter_warnings", "WARN_BELOW_CONVERTER_PP",
@@ -47,6 +48,8 @@ class ConvertJob:
       progress: show progress bars on stderr.
       recipes: LiteRT Quantizer recipes (:data:`tflq.ptq.litert_backend.RECIPES`) applied to
         the float32 .tflite, reported beside the converter modes as ``litert:<recipe>``.
+      layer_error_samples: calibration samples for the per-layer error of every mode but
+        float32 (:mod:`tflq.layer_error`); 0 turns it off.
     """
 
     model: str
@@ -65,6 +68,7 @@ class ConvertJob:
     gates: report.Gates = report.Gates()
     progress: bool = True
     recipes: tuple[str, ...] = ()
+    layer_error_samples: int = DEFAULT_SAMPLES
 
     def __post_init__(self):
         options.parse_modes(list(self.modes))
@@ -78,6 +82,10 @@ class ConvertJob:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        if (not isinstance(self.layer_error_samples, int) or isinstance(self.layer_error_samples, bool)
+                or self.layer_error_samples < 0):
+            raise ValueError("layer_error_samples must be an integer >= 0 (0 turns per-layer error "
+                             f"off). Received: layer_error_samples={self.layer_error_samples!r}")
         if self.num_eval_samples is not None and self.num_eval_samples < 1:
             raise ValueError(
                 f"num_eval_samples must be positive. Received: num_eval_samples={self.num_eval_samples}"
@@ -112,6 +120,7 @@ class ConvertJob:
             "num_threads": self.num_threads,
             "batch_size": self.batch_size,
             "latency_runs": self.latency_runs,
+            "layer_error_samples": self.layer_error_samples,
             **self.convert_options.to_dict(),
             "normalize": self.data_options.normalize,
             "image_size": list(self.data_options.image_size) if self.data_options.image_size else None,
@@ -169,6 +178,9 @@ def run_job(job: ConvertJob) -> JobResult:
     mode_rows = _mode_rows(job, model, modes, conversions, comparisons, float_result, latency,
                            selective)
     float_size = len(conversions[options.Mode.FLOAT32].content)
+    measured = add_layer_error(mode_rows, conversions[options.Mode.FLOAT32].content,
+                               {m.value: conversions[m].content for m in modes},
+                               representative(), job.layer_error_samples)
     full_report = base_report(
         model=model, source=job.model, settings=job.settings(),
         data={
@@ -186,6 +198,9 @@ def run_job(job: ConvertJob) -> JobResult:
     if baseline is not None:
         full_report["plain_converter_int8"] = {
             k: v for k, v in comparisons[BASELINE].result().items() if k != "accuracy"}
+    if measured is not None:
+        measured["conversion_seconds"] = sum(conversions[m].seconds or 0.0 for m in conversions)
+        full_report["layer_error"] = measured
     if selective is not None:
         full_report["selective"] = {k: v for k, v in selective.items() if k != "content"}
     return finish(job.out, full_report, {

@@ -9,7 +9,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from tflq import metrics, report
-from tflq.jobs.common import JobResult, array_batches, base_report, evaluate, finish, load_training_data
+from tflq.jobs.common import (
+    JobResult,
+    add_layer_error,
+    array_batches,
+    base_report,
+    check_samples,
+    evaluate,
+    finish,
+    load_training_data,
+)
+from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
 
 __all__ = ["DISTRIBUTIONS", "LSB_SLACK", "QATJob", "run_qat_job"]
@@ -49,6 +59,7 @@ class QATJob:
     latency_runs: int = 50
     verbose: int = 2
     gates: report.Gates = report.Gates()
+    layer_error_samples: int = DEFAULT_SAMPLES  # training samples for per-layer error; 0: off
 
     def __post_init__(self):
         from tflq.quant import schemes
@@ -67,6 +78,10 @@ class QATJob:
                 raise ValueError(f"{name} must be positive. Received: {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
+        if isinstance(self.layer_error_samples, bool) or not isinstance(
+                self.layer_error_samples, int) or self.layer_error_samples < 0:
+            raise ValueError("layer_error_samples must be an integer >= 0 (0 turns per-layer error "
+                             f"off). Received: layer_error_samples={self.layer_error_samples!r}")
         for override in self.overrides:
             schemes.Override.from_dict(dict(override))
         schemes.activation_quantizer(self.activation_ranges, self.range_k)
@@ -112,23 +127,20 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     with distribution.scope():  # every variable the trainer touches is created in the scope
         float_model = load_model(job.model)
         teacher_model = load_model(job.teacher) if job.teacher else None
-    if float_model.flavor != "tf_keras":
-        raise ValueError(f"QAT needs a tf_keras model; {job.model!r} is {float_model.flavor}.")
-    teacher = None
-    if teacher_model is not None:
-        if teacher_model.flavor != "tf_keras":
-            raise ValueError(f"The teacher must be a tf_keras model; {job.teacher!r} is "
-                             f"{teacher_model.flavor}.")
-        teacher = teacher_model.keras_model
-        qat.check_teacher(teacher, float_model.keras_model)
     x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model)
+    samples = check_samples(x_train, feed)
+    with distribution.scope():  # Keras 3 models are rebuilt as tf_keras and checked
+        source = float_model.to_tf_keras(samples)
+        teacher = teacher_model.to_tf_keras(samples) if teacher_model is not None else None
+    if teacher is not None:
+        qat.check_teacher(teacher, source)
     tf_keras.utils.set_random_seed(job.seed)
     backup_dir = os.path.join(job.out, ".qat_backup")
     scratch = tempfile.mkdtemp(prefix="tflq-qat-")
     try:
         with distribution.scope():
-            student = qat.quantize_model(float_model.keras_model, job.scheme, job.overrides,
-                                         job.activation_ranges, job.range_k)
+            student = qat.quantize_model(source, job.scheme, job.overrides,
+                                         job.activation_ranges, job.range_k, samples=samples)
             trainer = qat.make_trainer(
                 student, teacher if job.strategy == "distill" else None,
                 job.quant_error_weight if job.strategy == "gradient" else 0.0,
@@ -177,6 +189,9 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
                           tflite_inspect.find_float_ops(content), compared["int8"].result(), base,
                           latency["int8"], None, notes)
     qat_result = parity.deployed.result()
+    add_layer_error([row], float32, {"int8": content},
+                    ({n: v[i:i + 1] for n, v in x_train.items()} for i in range(len(y_train))),
+                    job.layer_error_samples)
     full = base_report(
         model=float_model, source=job.model, settings=dataclasses.asdict(job),
         data={"calibration": {"source": job.train_data, "num_samples": int(len(y_train))},

@@ -12,6 +12,7 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -127,30 +128,33 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
 
 def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representative,
                         workdir: str, notes: list, details: dict) -> bytes:
-    """int8 with tflq's calibration: cross-layer equalization + bias correction and/or a
-    range estimator (ranges set in tflq's QAT graph, converted from its FakeQuant ops).
-    Appends to ``notes`` and ``details`` what each method did."""
+    """int8 with tflq's calibration: cross-layer equalization + bias correction, AdaRound
+    and/or a range estimator (ranges set in tflq's QAT graph, converted from its FakeQuant
+    ops). Appends to ``notes`` and ``details`` what each method did; notes also go to stderr."""
 
     from tflq.models import tf_keras, wrap_model
     from tflq.ptq import equalize, ranges
 
-    keras = model.keras_model
-    if model.flavor != "tf_keras" or not isinstance(keras, tf_keras.Model):
-        raise ValueError(f"--range_estimator and --equalize need a tf_keras model; "
-                         f"{model.source!r} is {model.flavor}.")
     if representative is None:
         raise ValueError("int8 needs calibration data.")
     samples = list(representative())
     names = model.input_names
     stacked = [{n: np.concatenate([s[n] for s in samples[i:i + 64]]) for n in names}
                for i in range(0, len(samples), 64)]
+    # A Keras 3 model is rebuilt as tf_keras, checked on the calibration samples.
+    keras = model.to_tf_keras([b[names[0]] if len(names) == 1 else [b[n] for n in names]
+                               for b in stacked])
 
     def batches():
         return iter([b if len(names) > 1 else b[names[0]] for b in stacked])
 
+    if model.rebuild_notes:
+        notes.append(f"Keras 3 model rebuilt as tf_keras, outputs checked on "
+                     f"{model.rebuild_notes['checked_samples']} calibration samples (max error "
+                     f"{model.rebuild_notes['max_relative_error']:.2g} of range)")
     if options.equalize:
         original = keras
-        keras, record = equalize.equalize(keras)
+        keras, record = equalize.equalize(keras, samples=[next(batches())])
         record["bias_corrected"] = equalize.bias_correct(keras, batches,
                                                          per_channel=options.per_channel)
         if record["relu6_replaced"]:
@@ -163,10 +167,11 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         from tflq.quant import graph
 
         if not options.equalize:
-            keras = graph.prepare(keras)
-            if keras is model.keras_model:
-                keras = tf_keras.models.clone_model(keras)
-                keras.set_weights(model.keras_model.get_weights())
+            prepared = graph.prepare(keras, [next(batches())])
+            if prepared is keras:
+                prepared = tf_keras.models.clone_model(keras)
+                prepared.set_weights(keras.get_weights())
+            keras = prepared
         rounding = adaround.apply(keras, batches, options.adaround_bits, options.per_channel,
                                   options.adaround_iterations, options.adaround_reg)
     if options.range_estimator:
@@ -184,6 +189,8 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         content = _run_converter(converter, Mode.INT8, options)
     if rounding is not None:
         _adaround_record(keras, rounding, content, notes, details)
+    for note in notes:
+        print(f"tflq: {note}", file=sys.stderr)
     return content
 
 

@@ -128,7 +128,8 @@ def _scale_in(layer, s):
     layer.set_weights([kernel, *weights[1:]])
 
 
-def equalize(model, iterations: int = 20, relu6_as_relu: bool = True):
+def equalize(model, iterations: int = 20, relu6_as_relu: bool = True,
+             samples: list | None = None):
     """A prepared copy of ``model`` (nested models inlined, BatchNorm folded:
     :func:`tflq.quant.graph.prepare`) with every equalizable pair equalized.
 
@@ -138,6 +139,7 @@ def equalize(model, iterations: int = 20, relu6_as_relu: bool = True):
       relu6_as_relu: replace ReLU6 by ReLU first so pairs through it can be equalized, as
         Nagel et al. do for MobileNetV2; this changes the float function where an
         activation exceeds 6 (measure it: :func:`relu6_cost`).
+      samples: inputs the prepared graph is checked on (:func:`tflq.quant.graph.prepare`).
 
     Returns:
       ``(model, record)``; ``record`` holds ``pairs`` (each with the first layer's channel
@@ -147,7 +149,7 @@ def equalize(model, iterations: int = 20, relu6_as_relu: bool = True):
     from tflq.models import tf_keras
     from tflq.quant import graph
 
-    prepared = graph.prepare(model)
+    prepared = graph.prepare(model, samples)
     if prepared is model:
         prepared = tf_keras.models.clone_model(model)
         prepared.set_weights(model.get_weights())

@@ -29,8 +29,8 @@ from tflq.quant.fold import fold_batch_norms, replace_scalar_op_lambdas
 from tflq.quant.layers import LayerNormStep, ScalarOp
 
 __all__ = ["KEEP_FUSED", "needs_split", "decomposable_layer_norm", "binary_merge",
-    "dense_on_feature_map", "is_layer_scale", "nested_models", "needs_rebuild", "rebuild",
-    "prepare"]
+    "dense_on_feature_map", "is_layer_scale", "is_separable_2d", "locate_by_name", "nested_models",
+    "needs_rebuild", "rebuild", "prepare", "REWRITE_RTOL", "synthetic_samples"]
 
 # tfmot's QuantizeAwareActivation handles these fused activations itself (TFLite fuses
 # ReLU, and gives sigmoid/softmax/tanh outputs a fixed scale); any other is split off.
@@ -101,8 +101,15 @@ def nested_models(model) -> list[str]:
     return [layer.name for layer in model.layers if isinstance(layer, tf_keras.Model)]
 
 
+def is_separable_2d(layer) -> bool:
+    """A SeparableConv2D: split here into DepthwiseConv2D + 1×1 Conv2D with names of its own
+    (tfmot's own split names its new layers ``conv2d_N``, which can collide with the model's
+    layer names and rewire the graph)."""
+    return type(layer).__name__ == "SeparableConv2D"
+
+
 def needs_rebuild(model) -> bool:
-    return bool(nested_models(model)) or any(
+    return bool(nested_models(model)) or any(is_separable_2d(layer) or
         needs_split(layer) or decomposable_layer_norm(layer) or is_layer_scale(layer)
         or dense_on_feature_map(layer)
         or binary_merge(layer) for layer in model.layers)
@@ -175,6 +182,27 @@ def rebuild(model, split_also=frozenset()):
 
             def run(*args, **kwargs):
                 return act(base(*args, **kwargs))
+        elif is_separable_2d(layer):
+            config = layer.get_config()
+            depthwise = layers.DepthwiseConv2D(
+                config["kernel_size"], strides=config["strides"], padding=config["padding"],
+                depth_multiplier=config["depth_multiplier"], data_format=config["data_format"],
+                dilation_rate=config["dilation_rate"], use_bias=False,
+                name=claim(f"{layer.name}_depthwise"))
+            split = needs_split(layer) or _activation_name(layer) in split_also
+            pointwise = layers.Conv2D(
+                config["filters"], 1, data_format=config["data_format"],
+                activation="linear" if split else config["activation"],
+                use_bias=config["use_bias"], name=claim(layer.name))
+            act = layers.Activation(config["activation"],
+                                    name=claim(f"{layer.name}_activation")) if split else None
+            weights = layer.get_weights()
+            weight_plan.append((depthwise, weights[:1]))
+            weight_plan.append((pointwise, weights[1:]))
+
+            def run(*args, **kwargs):
+                out = pointwise(depthwise(*args, **kwargs))
+                return act(out) if act is not None else out
         elif decomposable_layer_norm(layer):
             n, eps = layer.name, float(layer.epsilon)
 
@@ -257,11 +285,89 @@ def rebuild(model, split_also=frozenset()):
     return rebuilt
 
 
-def prepare(model):
+# BatchNorm folding and LayerNorm decomposition regroup float32 arithmetic: outputs move by
+# float rounding, far below 1e-4 of their range; a wiring or weight bug moves them by far more.
+REWRITE_RTOL = 1e-4
+
+
+def synthetic_samples(model, count: int = 4, seed: int = 0) -> list:
+    """Standard-normal inputs (zeros for integer inputs; unknown dims 8) to check a rewrite on
+    when no real data is at hand."""
+    rng = np.random.default_rng(seed)
+    batch = []
+    for tensor in model.inputs:
+        shape = [count] + [8 if d is None else int(d) for d in tensor.shape[1:]]
+        dtype = np.dtype(getattr(tensor.dtype, "as_numpy_dtype", tensor.dtype))
+        batch.append(np.zeros(shape, dtype) if np.issubdtype(dtype, np.integer)
+                     else rng.normal(size=shape).astype(dtype))
+    return [batch[0] if len(batch) == 1 else batch]
+
+
+def locate_by_name(before, after, sample) -> str:
+    """Names the first layer of ``before`` (in graph order) whose output differs from the
+    same-named layer's output in ``after`` (its ``_activation`` half when an activation was
+    split off; a layer whose BatchNormalization was folded into it is judged at the BN)."""
+    from tflq.keras3 import max_relative_error
+    from tflq.models import tf_keras
+
+    after_layers = {layer.name: layer for layer in after.layers}
+    pairs = []
+    for layer in before.layers:
+        if type(layer).__name__ == "InputLayer" or len(layer._inbound_nodes) != 1:
+            continue
+        consumers = [n.outbound_layer for n in layer._outbound_nodes]
+        if (len(consumers) == 1 and type(consumers[0]).__name__ == "BatchNormalization"
+                and type(after_layers.get(consumers[0].name)).__name__ == "Activation"):
+            continue  # folded into: its own output legitimately changed
+        twin = after_layers.get(f"{layer.name}_activation") or after_layers.get(layer.name)
+        if twin is not None and len(twin._inbound_nodes) == 1:
+            pairs.append((layer, twin))
+    if not pairs:
+        return "No layer of the original is left to compare by name."
+    mine = tf_keras.Model(before.inputs, [a.output for a, _ in pairs])(sample, training=False)
+    theirs = tf_keras.Model(after.inputs, [b.output for _, b in pairs])(sample, training=False)
+    mine, theirs = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (mine, theirs))
+    for (layer, _), a, b in zip(pairs, mine, theirs, strict=True):
+        error, _ = max_relative_error([np.asarray(a)], [np.asarray(b)])
+        if error > REWRITE_RTOL:
+            return (f"First layer that differs: {layer.name!r} ({type(layer).__name__}), by "
+                    f"{error:.3g} of its output range.")
+    return "No single layer differs by name."
+
+
+def prepare(model, samples: list | None = None, notes: list | None = None):
     """The float graph :func:`tflq.quant.qat.quantize_model` wraps, layer for layer (same
-    names): rebuilt (:func:`rebuild`), scalar TFOpLambda ops replaced, BatchNorm folded."""
-    if needs_rebuild(model):  # nested models, unfusable activations, LayerNormalization
-        model = rebuild(model)
-    return fold_batch_norms(replace_scalar_op_lambdas(model))
+    names): rebuilt (:func:`rebuild`), scalar TFOpLambda ops replaced, BatchNorm folded.
 
+    Every step is checked: the rewritten model must reproduce the model before it on
+    ``samples`` (model inputs; :func:`synthetic_samples` when None) within
+    :data:`REWRITE_RTOL` of each output's range.
 
+    Args:
+      notes: when given, one line per rewrite that changed something is appended.
+
+    Raises:
+      tflq.keras3.RewriteError: a rewrite changed the outputs (names the step and layer).
+    """
+    from tflq.keras3 import check_outputs
+
+    samples = samples if samples is not None else synthetic_samples(model)
+    steps = [("graph rebuild (nested models inlined, separable convolutions, activations and "
+              "LayerNormalization split)", rebuild if needs_rebuild(model) else None),
+             ("scalar TFOpLambda replacement", replace_scalar_op_lambdas),
+             ("BatchNorm folding", fold_batch_norms)]
+    for what, step in steps:
+        if step is None:
+            continue
+        rewritten = step(model)
+        if rewritten is model:
+            continue
+        before = model
+        worst = check_outputs(what, lambda x, m=before: m(x, training=False),
+                              lambda x, m=rewritten: m(x, training=False), samples, REWRITE_RTOL,
+                              lambda x, b=before, a=rewritten: locate_by_name(b, a, x))
+        if notes is not None:
+            notes.append(f"{what}: {len(before.layers)} → {len(rewritten.layers)} layers, "
+                         f"outputs checked (max error {worst:.2g} of range)")
+        model = rewritten
+    return model

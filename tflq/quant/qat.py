@@ -69,7 +69,6 @@ class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
 
             return model_transformer.ModelTransformer(
                 model, [default_8bit_transforms.InputLayerQuantize(),
-                        default_8bit_transforms.SeparableConvQuantize(),
                         default_8bit_transforms.SeparableConv1DQuantize()],
                 set(layer_quantize_map), layer_quantize_map).transform()
 
@@ -85,7 +84,8 @@ class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
 
 
 def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = (),
-                   activation_ranges: str | None = None, range_k: float = 3.0):
+                   activation_ranges: str | None = None, range_k: float = 3.0,
+                   samples: list | None = None, notes: list | None = None):
     """Wraps every layer of a tf_keras Sequential or Functional model for QAT.
 
     Args:
@@ -94,6 +94,8 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
       overrides: :class:`tflq.quant.schemes.Override` objects or dicts.
       activation_ranges: None (tfmot's moving min/max), ``minmax`` or ``meanstd``
         (moving averages of mean ± ``range_k``·σ), see :class:`tflq.quant.quantizers.ActivationQuantizer`.
+      samples: model inputs the float rewrites are checked on (:func:`tflq.quant.graph.prepare`).
+      notes: a list that receives one line per float rewrite applied.
 
     Returns:
       The QAT model (float weights copied from ``model``).
@@ -109,14 +111,21 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
     overrides = [o if isinstance(o, schemes.Override) else schemes.Override.from_dict(o)
                  for o in overrides]
     if is_keras3(model):
-        raise ValueError("QAT needs a tf_keras model; this is a Keras 3 model. Rebuild it with "
-                         "tf_keras (same layers) or convert it without QAT (PTQ works).")
+        from tflq import keras3
+        from tflq.quant.graph import synthetic_samples
+
+        original, rebuilt = model, keras3.rebuild_keras3(model)
+        keras3.check_outputs("the Keras 3 → tf_keras rebuild", lambda x: original(x),
+                             lambda x: rebuilt.model(x), samples or synthetic_samples(original),
+                             keras3.KERAS3_RTOL,
+                             lambda x: keras3.locate_keras3_difference(original, rebuilt, x))
+        model = rebuilt.model
     if not isinstance(model, tf_keras.Model) or not (
             isinstance(model, tf_keras.Sequential) or model._is_graph_network):
         raise ValueError(f"QAT needs a Sequential or Functional tf_keras model. Received: "
                          f"{type(model).__name__} (subclassed models have no layer graph to "
                          "wrap: rebuild it with the Functional API).")
-    model = prepare(model)
+    model = prepare(model, samples, notes)
     schemes.check_overrides(model.layers, overrides)
     schemes.activation_quantizer(activation_ranges, range_k)  # checks the arguments
 

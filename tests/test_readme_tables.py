@@ -1,0 +1,244 @@
+"""README benchmark regions against the committed JSON they are rendered from."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from benchmarks import readme_regions
+from benchmarks import readme_tables as rt
+
+RESULTS = rt.load_results()
+with open(rt.README, encoding="utf-8") as _f:
+    README = _f.read()
+
+
+def _regions_of(name: str, regions: dict) -> dict:
+    return {k: v for k, v in regions.items() if k.endswith(f":{name}")}
+
+
+@pytest.mark.parametrize("name", sorted(rt.RENDERERS))
+def test_readme_matches_its_json(name):
+    rendered = _regions_of(name, rt.render_all({name: RESULTS[name]}))
+    assert f"table:{name}" in rendered
+    mismatches = readme_regions.compare(README, rendered)
+    assert not mismatches, "README differs from " + name + ".json (fix it or run " \
+        "`python -m benchmarks.readme_tables --write`):\n" + "\n".join(m.diff for m in mismatches)
+
+
+def test_every_result_json_has_a_readme_table():
+    names = {os.path.basename(p)[:-len(".json")]
+             for p in glob.glob(os.path.join(rt.RESULTS_DIR, "*.json"))}
+    expected = names - set(rt.UNRENDERED)
+    assert expected, "no benchmark JSON found"
+    assert expected <= set(rt.RENDERERS), f"no renderer for {sorted(expected - set(rt.RENDERERS))}"
+    regions = readme_regions.read_regions(README)
+    missing = sorted(n for n in expected if f"table:{n}" not in regions)
+    assert not missing, f"benchmark JSON without a README table: {missing}"
+
+
+def test_figures_against_raw_json_arithmetic():
+    """Spot checks computed here from the raw JSON, independently of the renderer's helpers."""
+    regions = readme_regions.read_regions(README)
+    ptq = RESULTS["benchmark_ptq"]
+    ratio = ptq["modes"]["int8"]["size_bytes"] / ptq["modes"]["float32"]["size_bytes"]
+    assert f"= {round(ratio, 3)} |" in regions["table:benchmark_ptq"]
+    speedup = (ptq["mobilenet_v2_224"]["float32_ms"]["median"]
+               / ptq["mobilenet_v2_224"]["int8_ms"]["median"])
+    assert f"{round(speedup, 2)}×" in regions["table:benchmark_ptq"]
+    compress = RESULTS["benchmark_compress"]["results"]
+    gzip_ratio = compress["dense_ptq"]["gzip_bytes"] / compress["sparse80_pqat"]["gzip_bytes"]
+    assert f"= {round(gzip_ratio, 2)}×" in regions["notes:benchmark_compress"]
+    qat = RESULTS["benchmark_qat"]["results"]
+    assert f"{round(qat['ptq_int8']['size_bytes'] / qat['float']['size_bytes'], 3)}×" \
+        in regions["notes:benchmark_qat"]
+    coverage = RESULTS["benchmark_coverage"]
+    minutes = sum(r["seconds"] for r in coverage["results"]) / 60
+    assert f"({round(minutes, 1)} minutes" in regions["intro:benchmark_coverage"]
+    table = regions["table:benchmark_coverage"].splitlines()
+    assert len(table) == 2 + len(coverage["results"])
+    calibration = RESULTS["benchmark_calibration"]["results"]
+    assert f"| {100 * calibration['tflq_kl']['accuracy']:.2f} % |" in \
+        regions["table:benchmark_calibration"]
+
+
+CHANGES = [  # benchmark, path in its JSON, new value, {region that must differ: its new text}
+    ("benchmark_ptq", ("modes", "int8", "accuracy"), 0.9211, {"table:benchmark_ptq": "92.11 %"}),
+    ("benchmark_qat", ("results", "qat_pow2_4bit", "parity", "within_1_lsb"), 0.995,
+     {"table:benchmark_qat": "99.50 %"}),
+    ("benchmark_qat", ("results", "qat_pow2_4bit", "parity", "within_1_lsb"), 0.95,
+     {"table:benchmark_qat": "95.00 %", "notes:benchmark_qat": "not met for the 4 variants"}),
+    ("benchmark_coverage", ("results", 10, "size_bytes"), 5642113,
+     {"table:benchmark_coverage": "5,642,113"}),
+    ("benchmark_compress", ("results", "sparse80_pqat", "gzip_bytes"), 46170,
+     {"table:benchmark_compress": "46,170", "notes:benchmark_compress": "46,170"}),
+    ("benchmark_calibration", ("results", "tflq_kl", "sqnr_db"), 8.15,
+     {"table:benchmark_calibration": "| 8.2 |", "notes:benchmark_calibration": "SQNR 8.2 dB"}),
+]
+
+
+def _changed(name, path, value):
+    results = copy.deepcopy(RESULTS)
+    node = results[name]
+    for key in path[:-1]:
+        node = node[key]
+    assert node[path[-1]] != value
+    node[path[-1]] = value
+    return results
+
+
+@pytest.mark.parametrize("name,path,value,expected", CHANGES, ids=[c[0] for c in CHANGES])
+def test_compare_reports_a_changed_number(name, path, value, expected):
+    mismatches = readme_regions.compare(README, rt.render_all(_changed(name, path, value)))
+    assert {m.region for m in mismatches} == set(expected)
+    for m in mismatches:
+        added = " ".join(ln[1:] for ln in m.diff.splitlines()
+                         if ln.startswith("+") and not ln.startswith("+++"))
+        assert expected[m.region] in added, m.diff
+
+
+def test_missing_region_is_reported():
+    readme = README.replace("<!-- table:benchmark_qat -->", "").replace(
+        "<!-- /table:benchmark_qat -->", "")
+    mismatches = readme_regions.compare(readme, rt.render_all(RESULTS))
+    assert [m.region for m in mismatches] == ["table:benchmark_qat"]
+    assert mismatches[0].found is None
+    assert "README has no region 'table:benchmark_qat'" in mismatches[0].diff
+
+
+def test_coverage_renders_measured_tfmot_counts():
+    data = copy.deepcopy(RESULTS["benchmark_coverage"])
+    for r in data["results"]:
+        r["tfmot_wrapped"] = r["architecture"] in ("MobileNet", "VGG16")
+    data["results"][2]["tfmot_wrapped"] = None  # its process crashed before tfmot was tried
+    data["tfmot_quantize_model_baseline_wrapped"] = 2
+    parts = rt.render_coverage(data)
+    assert "wraps 2 of them in the same run;" in parts["intro"]
+    lines = parts["table"].splitlines()
+    assert lines[0].startswith("| architecture | tfmot wraps | tflq wraps |")
+    assert lines[2].startswith("| MobileNet | yes | yes |")
+    assert lines[3].startswith("| MobileNetV2 | no | yes |")
+    assert lines[4].startswith("| MobileNetV3Small | – | yes |")
+
+
+def test_coverage_renders_a_failure_with_its_error():
+    data = copy.deepcopy(RESULTS["benchmark_coverage"])
+    data["results"][0].update(converted=False, float_ops=None, size_bytes=None,
+                              error="ValueError: boom")
+    assert "| MobileNet | yes | no: ValueError: boom | – | – | 58 |" in rt.render_coverage(data)["table"]
+
+
+def test_render_all_names_a_missing_key():
+    results = copy.deepcopy(RESULTS)
+    del results["benchmark_qat"]["results"]["ptq_linear_4bit"]
+    with pytest.raises(ValueError, match="benchmark_qat.json lacks a figure.*ptq_linear_4bit"):
+        rt.render_all(results)
+    with pytest.raises(ValueError, match="No README renderer for 'benchmark_x'"):
+        rt.render_all({"benchmark_x": {}})
+
+
+@pytest.mark.parametrize("text,message", [
+    ("<!-- table:a -->\nx\n", "region 'table:a' is never closed"),
+    ("x\n<!-- /table:a -->\n", "line 2: closing marker 'table:a' without its opening"),
+    ("<!-- table:a -->\n<!-- notes:a -->\n", "line 2: marker 'notes:a' opens inside 'table:a'"),
+    ("<!-- table:a -->\n<!-- /table:a -->\n<!-- table:a -->\n<!-- /table:a -->\n",
+     "line 3: region 'table:a' appears twice"),
+])
+def test_read_regions_rejects_bad_markers(text, message):
+    with pytest.raises(ValueError, match=message):
+        readme_regions.read_regions(text)
+
+
+def test_replace_regions_restores_the_readme():
+    broken = README.replace("| 93.21 % → 93.11 %", "| 99.99 % → 93.11 %")
+    assert broken != README
+    assert readme_regions.replace_regions(broken, rt.render_all(RESULTS)) == README
+    with pytest.raises(ValueError, match=r"README lacks the markers of \['table:benchmark_ptq'\]"):
+        readme_regions.replace_regions(README.replace("<!-- table:benchmark_ptq -->", "").replace(
+            "<!-- /table:benchmark_ptq -->", ""), rt.render_all(RESULTS))
+
+
+@pytest.fixture
+def copies(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README, encoding="utf-8")
+    results = tmp_path / "results"
+    shutil.copytree(rt.RESULTS_DIR, results)
+    return readme, results
+
+
+def _run(capsys, *args):
+    code = rt.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_check_passes_on_the_committed_readme(capsys):
+    code, out, err = _run(capsys, "--check")
+    assert code == 0, out + err
+    assert f"all {len(rt.render_all(RESULTS))} benchmark regions match" in out
+
+
+def test_cli_check_fails_on_a_changed_json_and_write_fixes_the_readme(capsys, copies):
+    readme, results = copies
+    path = results / "benchmark_compress.json"
+    data = json.loads(path.read_text())
+    data["results"]["dense_ptq"]["accuracy"] = 0.9407
+    path.write_text(json.dumps(data))
+    args = ("--readme", str(readme), "--results_dir", str(results))
+    code, out, err = _run(capsys, "--check", *args)
+    assert code == 1
+    assert "1 README region(s) differ from the benchmark JSON: table:benchmark_compress." in err
+    assert "+| dense int8 (PTQ) | 94.07 %" in out and "-| dense int8 (PTQ) | 93.07 %" in out
+    assert readme.read_text(encoding="utf-8") == README  # --check never writes
+    code, out, err = _run(capsys, "--write", *args)
+    assert code == 0, err
+    assert "| dense int8 (PTQ) | 94.07 %" in readme.read_text(encoding="utf-8")
+    assert _run(capsys, *args)[0] == 0  # --check is the default
+
+
+def test_cli_write_without_markers_writes_nothing(capsys, copies):
+    readme, results = copies
+    readme.write_text(README.replace("<!-- /notes:benchmark_qat -->", ""), encoding="utf-8")
+    before = readme.read_bytes()
+    code, out, err = _run(capsys, "--write", "--readme", str(readme), "--results_dir", str(results))
+    assert code == 2
+    assert err.count("\n") == 1 and "opens inside 'notes:benchmark_qat'" in err
+    assert readme.read_bytes() == before
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("missing", "error: Benchmark result not found: .*benchmark_ptq.json"),
+    ("malformed", "error: Cannot read benchmark result .*benchmark_ptq.json"),
+    ("list", "error: Benchmark result .*benchmark_ptq.json' must hold a JSON object. Received: list"),
+])
+def test_cli_bad_results_exit_2(capsys, copies, breakage, message):
+    readme, results = copies
+    path = results / "benchmark_ptq.json"
+    if breakage == "missing":
+        path.unlink()
+    else:
+        path.write_text("{not json" if breakage == "malformed" else "[]")
+    before = readme.read_bytes()
+    code, out, err = _run(capsys, "--write", "--readme", str(readme), "--results_dir", str(results))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert re.match(message, err), err
+    assert readme.read_bytes() == before
+
+
+def test_cli_usage_errors_exit_2(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        rt.main(["--check", "--write"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: argument --write: not allowed with")
+    code, out, err = _run(capsys, "--readme", str(tmp_path / "nope.md"))
+    assert code == 2
+    assert err.startswith("error: cannot read README") and err.count("\n") == 1
