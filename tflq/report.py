@@ -9,8 +9,9 @@ import json
 import math
 
 __all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
-    "format_table", "to_markdown", "format_compression", "format_device_table", "to_png",
-    "format_findings", "worst_layers", "format_layer_error"]
+           "format_qat", "format_selective", "format_table", "to_markdown",
+           "format_compression", "format_device_table", "to_png", "format_findings",
+           "worst_layers", "format_layer_error"]
 
 SCHEMA_VERSION = 1
 
@@ -141,10 +142,37 @@ def _pct(x):
 
 
 def to_markdown(report: dict) -> str:
-    """report.md: settings, the table, notes and the gate verdict."""
-    s = report["settings"]
-    data = report["data"]
-    lines = [
+    """report.md: settings, the table, notes and the gate verdict, then each job's sections."""
+    lines = [*_markdown_header(report), format_table(report), ""]
+    if report.get("warnings"):
+        lines += ["## Warnings", "", *[f"- {w}" for w in report["warnings"]], ""]
+    notes = [f"- `{m['mode']}`: {n}" for m in report["modes"] for n in m["notes"]]
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+    float_ops = [m for m in report["modes"] if m["float_ops"] and m["mode"] in ("int8", "int16x8")]
+    for m in float_ops:
+        lines.append(f"- `{m['mode']}` keeps {len(m['float_ops'])} op(s) in float: "
+                     + ", ".join(m["float_ops"]))
+    lines += ["## Quality gates", "", *_markdown_gates(report["gates"])]
+    if "qat" in report:
+        lines += ["", "## Quantization-aware training", "", format_qat(report["qat"])]
+    if "preflight" in report:
+        lines += ["", "## Preflight", "", format_findings(report["preflight"])]
+    if "selective" in report:
+        lines += ["", "## Selective quantization", "",
+                  format_selective(report["selective"], report["gates"]["max_accuracy_drop"])]
+    if any("layers" in m for m in report["modes"]):
+        lines += ["", "## Per-layer error", "", format_layer_error(report)]
+    if "compression" in report:
+        lines += ["", "## Compression", "", format_compression(report["compression"])]
+    if "device" in report:
+        lines += ["", "## On device", "", format_device_table(report["device"])]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_header(report: dict) -> list[str]:
+    s, data = report["settings"], report["data"]
+    return [
         f"# tflq report: {report['model']['source']}",
         "",
         f"- Model: `{report['model']['source']}` ({report['model']['flavor']}), inputs "
@@ -162,80 +190,59 @@ def to_markdown(report: dict) -> str:
         f"- TensorFlow {report['versions']['tensorflow']}, LiteRT {report['versions']['litert']}, "
         f"tflq {report['versions']['tflq']}; {report['machine']}",
         "",
-        format_table(report),
-        "",
     ]
-    if report.get("warnings"):
-        lines += ["## Warnings", "", *[f"- {w}" for w in report["warnings"]], ""]
-    notes = [f"- `{m['mode']}`: {n}" for m in report["modes"] for n in m["notes"]]
-    if notes:
-        lines += ["## Notes", "", *notes, ""]
-    float_ops = [m for m in report["modes"] if m["float_ops"] and m["mode"] in ("int8", "int16x8")]
-    for m in float_ops:
-        lines.append(f"- `{m['mode']}` keeps {len(m['float_ops'])} op(s) in float: "
-                     + ", ".join(m["float_ops"]))
-    gates = report["gates"]
-    lines += ["## Quality gates", ""]
-    if gates["max_accuracy_drop"] is None and gates["min_agreement"] is None:
-        lines.append("No gates set.")
-    elif gates["passed"]:
-        lines.append(f"PASSED (max_accuracy_drop={gates['max_accuracy_drop']}, "
-                     f"min_agreement={gates['min_agreement']}).")
-    else:
-        lines.append("FAILED:")
-        lines += [f"- {f}" for f in gates["failures"]]
-    if "qat" in report:
-        q = report["qat"]
-        p = q["parity"]
-        lines += ["", "## Quantization-aware training", "",
-                  f"- Scheme `{q['scheme']}`, strategy `{q['strategy']}`; runs exactly on "
-                  f"TFLite int8 kernels: {'yes' if q['deploys_exactly'] else 'no'}",
-                  f"- Keras QAT model accuracy: {_fmt(_pct(q['keras_qat_accuracy']), '.2f')}%",
-                  f"- Parity, Keras QAT model vs TFLite int8: top-1 agreement "
-                  f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
-                  f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"]
-        weights = q.get("weights") or []
-        if weights:
-            lines += ["", "Weights in the .tflite against the QAT model's quantized weights "
-                      "(0 = deployed exactly; otherwise the converter re-quantized them):", "",
-                      "| layer | weight | shape | max abs error | SQNR dB | exact |",
-                      "|---|---|---|---|---|---|"]
-            for w in weights:
-                if not w.get("found"):
-                    lines.append(f"| {w['layer']} | {w['weight']} | {w['shape']} | not found | – | – |")
-                    continue
-                lines.append(f"| {w['layer']} | {w['weight']} | {w['shape']} | "
-                             f"{w['max_abs_error']:.3g} | {_fmt(w['sqnr_db'], '.1f')} | "
-                             f"{'yes' if w['exact'] else 'no'} |")
-    if "preflight" in report:
-        from tflq.report import format_findings
 
-        lines += ["", "## Preflight", "", format_findings(report["preflight"])]
-    if "selective" in report:
-        sel = report["selective"]
-        verdict = "met" if sel["met"] else ("NOT met, even with every ranked op in float; the "
-                                            "most accurate model tried is written")
-        lines += ["", "## Selective quantization", "",
-                  f"- Budget (max_accuracy_drop): {report['gates']['max_accuracy_drop']} pp: "
-                  f"{verdict}",
-                  f"- Kept in float ({len(sel['kept_float'])}): "
-                  + (", ".join(f"`{t}`" for t in sel["kept_float"]) or "none"),
-                  "", "| ops in float | accuracy drop pp | size bytes |", "|---|---|---|"]
-        lines += [f"| {t['k']} | {t['drop_pp']:+.2f} | {t['size_bytes']:,} |"
-                  for t in sel["trials"]]
-        cost = sel.get("cost")
-        if cost:
-            lines += ["", f"Cost of the ops kept in float: {cost['selective_bytes']:,} B against "
-                      f"{cost['all_int8_bytes']:,} B all-int8; median batch-1 latency "
-                      f"{cost['selective_latency_ms']:.3f} ms against "
-                      f"{cost['all_int8_latency_ms']:.3f} ms (measured side by side)."]
-    if any("layers" in m for m in report["modes"]):
-        lines += ["", "## Per-layer error", "", format_layer_error(report)]
-    if "compression" in report:
-        lines += ["", "## Compression", "", format_compression(report["compression"])]
-    if "device" in report:
-        lines += ["", "## On device", "", format_device_table(report["device"])]
-    return "\n".join(lines) + "\n"
+
+def _markdown_gates(gates: dict) -> list[str]:
+    if gates["max_accuracy_drop"] is None and gates["min_agreement"] is None:
+        return ["No gates set."]
+    if gates["passed"]:
+        return [f"PASSED (max_accuracy_drop={gates['max_accuracy_drop']}, "
+                f"min_agreement={gates['min_agreement']})."]
+    return ["FAILED:", *[f"- {f}" for f in gates["failures"]]]
+
+
+def format_qat(q: dict) -> str:
+    """The QAT section: scheme, Keras QAT accuracy, parity and per-kernel deployment."""
+    p = q["parity"]
+    lines = [f"- Scheme `{q['scheme']}`, strategy `{q['strategy']}`; runs exactly on "
+             f"TFLite int8 kernels: {'yes' if q['deploys_exactly'] else 'no'}",
+             f"- Keras QAT model accuracy: {_fmt(_pct(q['keras_qat_accuracy']), '.2f')}%",
+             f"- Parity, Keras QAT model vs TFLite int8: top-1 agreement "
+             f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
+             f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"]
+    weights = q.get("weights") or []
+    if weights:
+        lines += ["", "Weights in the .tflite against the QAT model's quantized weights "
+                  "(0 = deployed exactly; otherwise the converter re-quantized them):", "",
+                  "| layer | weight | shape | max abs error | SQNR dB | exact |",
+                  "|---|---|---|---|---|---|"]
+        for w in weights:
+            if not w.get("found"):
+                lines.append(f"| {w['layer']} | {w['weight']} | {w['shape']} | not found | – | – |")
+                continue
+            lines.append(f"| {w['layer']} | {w['weight']} | {w['shape']} | "
+                         f"{w['max_abs_error']:.3g} | {_fmt(w['sqnr_db'], '.1f')} | "
+                         f"{'yes' if w['exact'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def format_selective(sel: dict, budget) -> str:
+    """The selective-quantization section: budget verdict, ops kept in float, trials, cost."""
+    verdict = "met" if sel["met"] else ("NOT met, even with every ranked op in float; the "
+                                        "most accurate model tried is written")
+    lines = [f"- Budget (max_accuracy_drop): {budget} pp: {verdict}",
+             f"- Kept in float ({len(sel['kept_float'])}): "
+             + (", ".join(f"`{t}`" for t in sel["kept_float"]) or "none"),
+             "", "| ops in float | accuracy drop pp | size bytes |", "|---|---|---|"]
+    lines += [f"| {t['k']} | {t['drop_pp']:+.2f} | {t['size_bytes']:,} |" for t in sel["trials"]]
+    cost = sel.get("cost")
+    if cost:
+        lines += ["", f"Cost of the ops kept in float: {cost['selective_bytes']:,} B against "
+                  f"{cost['all_int8_bytes']:,} B all-int8; median batch-1 latency "
+                  f"{cost['selective_latency_ms']:.3f} ms against "
+                  f"{cost['all_int8_latency_ms']:.3f} ms (measured side by side)."]
+    return "\n".join(lines)
 
 
 def format_compression(c: dict) -> str:

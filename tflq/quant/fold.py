@@ -45,21 +45,9 @@ def _normalization_affine(layer):
     return scale.astype(np.float32), (-mean * scale).astype(np.float32)
 
 
-def fold_batch_norms(model):
-    """Folds inference-mode BatchNormalization into the layer before it.
-
-    ``Conv2D``/``DepthwiseConv2D``/``Conv2DTranspose``/``Dense`` followed only by a
-    BatchNormalization (last axis) absorb its scale and shift into kernel and bias; the BN
-    becomes a linear ``Activation`` (a pass-through). A BatchNormalization on a 4-D tensor
-    after anything else, and a ``Rescaling`` or ``Normalization`` of a 4-D tensor, become a 1×1
-    ``DepthwiseConv2D`` with the same per-channel affine map, so they quantize like any
-    other weight layer (their float constants would otherwise stay in float). Float outputs
-    are unchanged up to float rounding.
-    """
-    from tflq.models import tf_keras
-
-    layers = tf_keras.layers
-    plan = {}  # layer name -> ("fold_into", bn) | ("folded", producer) | ("depthwise", bn)
+def _fold_plan(model) -> dict:
+    """layer name -> ("fold_into", bn) | ("folded", producer) | ("depthwise", bn)."""
+    plan = {}
     for layer in model.layers:
         if type(layer).__name__ == "Rescaling" and len(layer.input_shape) == 4:
             plan[layer.name] = ("depthwise", layer)  # x·scale + offset: a per-channel affine
@@ -82,6 +70,24 @@ def fold_batch_norms(model):
             plan[layer.name] = ("folded", producer)
         elif rank == 4:
             plan[layer.name] = ("depthwise", layer)
+    return plan
+
+
+def fold_batch_norms(model):
+    """Folds inference-mode BatchNormalization into the layer before it.
+
+    ``Conv2D``/``DepthwiseConv2D``/``Conv2DTranspose``/``Dense`` followed only by a
+    BatchNormalization (last axis) absorb its scale and shift into kernel and bias; the BN
+    becomes a linear ``Activation`` (a pass-through). A BatchNormalization on a 4-D tensor
+    after anything else, and a ``Rescaling`` or ``Normalization`` of a 4-D tensor, become a 1×1
+    ``DepthwiseConv2D`` with the same per-channel affine map, so they quantize like any
+    other weight layer (their float constants would otherwise stay in float). Float outputs
+    are unchanged up to float rounding.
+    """
+    from tflq.models import tf_keras
+
+    layers = tf_keras.layers
+    plan = _fold_plan(model)
     if not plan:
         return model
 
