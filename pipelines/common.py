@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 import traceback
 from collections.abc import Callable
 
@@ -211,14 +212,17 @@ def check_no_arguments(argv) -> None:
                              "written --name=value).")
 
 
-def help_text(doc: str | None, module: str) -> str:
-    """The command's docstring (its examples exactly as written) and its flags."""
-    modules = flags.FLAGS.flags_by_module_dict()
-    parts = [(doc or "").strip("\n"), "", "Flags:"]
-    for name in (module, __name__):
-        for flag in sorted(modules.get(name, ()), key=lambda f: f.name):
-            default = "" if flag.default is None else f" (default: {flag.default_as_str})"
-            parts.append(f"  --{flag.name}: {flag.help}{default}")
+def help_text(module) -> str:
+    """The command's docstring (its examples exactly as written) and its flags: those the
+    module holds (``_NAME = define(...)``) and the ones every command takes."""
+    holders = [v for v in (*vars(module).values(), _VERBOSE, _PROGRESS, _VERSION)
+               if isinstance(v, flags.FlagHolder)]
+    parts = [(module.__doc__ or "").strip("\n"), "", "Flags:"]
+    for name in sorted({h.name for h in holders}):
+        flag = flags.FLAGS[name]
+        default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+        parts.append(textwrap.fill(f"--{name}: {flag.help}{default}", width=100,
+                                   initial_indent="  ", subsequent_indent="      "))
     return "\n".join(parts) + "\n"
 
 
@@ -250,7 +254,7 @@ def run_main(main: Callable[[list[str]], int], output_folder: Callable[[], str |
     argv = list(sys.argv if argv is None else argv)
     module = sys.modules[main.__module__]
     if any(a in HELP_FLAGS for a in argv[1:]):
-        sys.stdout.write(help_text(module.__doc__, main.__module__))
+        sys.stdout.write(help_text(module))
         sys.exit(0)
     try:
         rest = flags.FLAGS(argv)
