@@ -55,6 +55,7 @@ class OutputCapture:
         self._showwarning = None
         self._handler = None
         self._root_handlers = None
+        self._redirected = []
         self.kept = False  # the log was already kept elsewhere (e.g. in error.log)
 
     def __enter__(self) -> OutputCapture:
@@ -83,6 +84,14 @@ class OutputCapture:
         for handler in self._root_handlers:
             root.removeHandler(handler)
         root.addHandler(self._handler)
+        # Loggers with their own console handler (TensorFlow adds one to "tensorflow" when
+        # it is imported before the root logger has a handler) write to the log as well.
+        self._redirected = []
+        consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        for logger in logging.Logger.manager.loggerDict.values():
+            for handler in getattr(logger, "handlers", ()):
+                if isinstance(handler, logging.StreamHandler) and handler.stream in consoles:
+                    self._redirected.append((handler, handler.setStream(log_stream)))
         sys.stdout, sys.stderr = out_stream, err_stream
         _ACTIVE.append(self)
         return self
@@ -98,6 +107,8 @@ class OutputCapture:
         root.removeHandler(self._handler)
         for handler in self._root_handlers:
             root.addHandler(handler)
+        for handler, stream in self._redirected:
+            handler.setStream(stream)
         for fd, saved in self._saved.items():
             os.dup2(saved, fd)
             os.close(saved)

@@ -51,10 +51,11 @@ def call_factory(func: Callable, spec: str, what: str):
     Raises:
       ValueError: the factory raised anything (a ValueError passes through; any other
         exception is wrapped in one that names the factory, e.g. "Model factory 'm:f'").
+      MemoryError: running out of memory is no bad input; it passes through.
     """
     try:
         return func()
-    except ValueError:
+    except (ValueError, MemoryError):
         raise
     except Exception as e:
         raise ValueError(f"{what} {spec!r} raised {type(e).__name__}: {e}") from e
@@ -69,7 +70,7 @@ def iterate_factory(func: Callable, spec: str, what: str) -> Iterator:
             item = next(items)
         except StopIteration:
             return
-        except ValueError:
+        except (ValueError, MemoryError):
             raise
         except Exception as e:
             raise ValueError(f"{what} {spec!r} raised {type(e).__name__}: {e}") from e
