@@ -120,6 +120,8 @@ def test_progress_style_lines_and_bars(capsys):
     assert list(show([1, 2])) == [1, 2]
     err = capsys.readouterr().err
     assert "\rvalidate:   0%|" in err and "0/2 [" in err  # tqdm's bar
+    assert list(console.progress("lines", "validate", 2, unit="batch")([1, 2])) == [1, 2]
+    assert capsys.readouterr().err.startswith("validate: 2 batches in ")
     assert console.progress(False, "x", 1) is None
     with pytest.raises(ValueError, match="progress must be"):
         console.progress("sometimes", "x", 1)

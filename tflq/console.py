@@ -172,7 +172,13 @@ def progress(style: bool | str, desc: str, total: int | None,
         for item in items:
             count += 1
             yield item
-        print(f"{desc}: {count} {unit}{'' if count == 1 else 's'} in "
+        print(f"{desc}: {count} {_plural(unit, count)} in "
               f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     return lines
+
+
+def _plural(unit: str, count: int) -> str:
+    if count == 1:
+        return unit
+    return unit + ("es" if unit.endswith(("s", "ch", "sh", "x")) else "s")
