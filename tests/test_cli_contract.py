@@ -449,3 +449,25 @@ def test_batch_ray_backend_without_ray_exits_2_before_writing(capsys, tmp_path, 
     assert code == 2
     assert_one_error_line(err, r"--backend ray needs Ray, which is not installed here")
     assert not out.exists()
+
+
+def test_internal_error_log_keeps_what_was_captured_until_the_error(capfd, tmp_path,
+                                                                     tiny_files, monkeypatch):
+    from tflq import console
+    from tflq.ptq import preflight as preflight_checks
+
+    def chatter_then_bug(*args):
+        os.write(2, b"C++ chatter before the bug\n")  # as TensorFlow's C++ code would
+        raise RuntimeError("boom from a test")
+
+    monkeypatch.setattr(preflight_checks, "run", chatter_then_bug)
+    out = tmp_path / "out"
+    with console.OutputCapture() as capture:  # what run_main wraps main in
+        with flagsaver.flagsaver(model=tiny_files["model"], out=str(out)):
+            code = preflight.main(["preflight"])
+    assert code == 1 and capture.kept  # run_main then writes no tflq.log
+    err = capfd.readouterr().err
+    assert_one_error_line(err, "RuntimeError: boom from a test", prefix="internal error: ")
+    log = (out / "error.log").read_text()
+    assert log.index("RuntimeError: boom") < log.index("C++ chatter before the bug")
+    assert os.listdir(out) == ["error.log"]
