@@ -1,23 +1,25 @@
-"""Convert many models at once from a job spec, each job in its own process.
+r"""Convert many models at once from a job spec, each job in its own process.
 
   python -m pipelines.batch --spec jobs.toml --workers 2 --out batch_out
-  python -m pipelines.batch --spec jobs.toml --backend ray --ray_address auto --out /shared/out
+  tflq-batch --spec jobs.toml --backend ray --ray_address auto --out /shared/out
 
-Unchanged jobs are skipped (cache), an interrupted batch resumes, --force rebuilds. Writes
-one folder per job, logs/<job>.log and manifest.json, and prints a summary table.
+Installed as tflq-batch (same flags). Unchanged jobs are skipped (cache), an interrupted
+batch resumes, --force rebuilds. Writes one folder per job, logs/<job>.log and
+manifest.json, and prints a summary table.
 
 Exit codes (the contract for nightly jobs and app builds): 0 every job succeeded; 1 a job
-failed, hung or crashed (the others still ran); 2 bad spec or flags (nothing written, no
-job started); 3 a quality gate failed (and no job failed).
+failed, hung or crashed (the others still ran), or an internal error (one "internal error:"
+line, the traceback in <out>/error.log; finished jobs stay cached); 2 bad spec or flags
+(nothing written, no job started); 3 a quality gate failed (and no job failed).
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from pipelines.common import BACKEND_HELP, define
+from pipelines.common import BACKEND_HELP, check_no_arguments, define, guard, progress_setting, run_main
 
 _SPEC = flags.DEFINE_string("spec", None, "Job spec (.toml, or .yaml/.yml).")
 _OUT = define("string", "out", None, "Batch output folder (default: tflq_batch).")
@@ -31,36 +33,52 @@ _TIMEOUT = define("float", "timeout", None, "Seconds per job unless the spec set
 _QUIET = define("bool", "quiet", False, "No progress bar.")
 
 
+def output_folder() -> str:
+    return _OUT.value or "tflq_batch"
+
+
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
-    from tflq import batch
+    """Runs the command under the exit-code contract (see :func:`pipelines.common.guard`);
+    an internal error keeps the jobs that finished (the batch's resumable cache)."""
+    return guard(lambda: _batch(argv), output_folder(), keep_partial=True)
 
-    out = _OUT.value or "tflq_batch"
+
+def _check_ray() -> None:
+    """``--backend ray`` needs Ray installed: say so before anything is written."""
     try:
-        if not _SPEC.value:
-            raise ValueError("--spec is required (a .toml or .yaml job spec).")
-        if _WORKERS.value < 1:
-            raise ValueError(f"--workers must be at least 1. Received: {_WORKERS.value}")
-        if _TIMEOUT.value is not None and _TIMEOUT.value <= 0:
-            raise ValueError(f"--timeout must be positive. Received: {_TIMEOUT.value}")
-        if (_BACKEND.value or "local") not in batch.BACKENDS:
-            raise ValueError(f"Unknown --backend {_BACKEND.value!r} for pipelines.batch. "
-                             f"Available: {list(batch.BACKENDS)}")
-        from tflq.runtime import check_output_dir
+        import ray  # noqa: F401
+    except ImportError as e:
+        raise ValueError("--backend ray needs Ray, which is not installed here: "
+                         "pip install 'tflq[ray]' (or use --backend local).") from e
 
-        check_output_dir(out)
-        spec = batch.load_spec(_SPEC.value, out, default_timeout=_TIMEOUT.value or
-                               batch.DEFAULT_TIMEOUT)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _batch(argv) -> int:
+    check_no_arguments(argv)
+    from tflq import batch
+    from tflq.console import progress as show_progress
+
+    out = output_folder()
+    if not _SPEC.value:
+        raise ValueError("--spec is required (a .toml or .yaml job spec).")
+    if _WORKERS.value < 1:
+        raise ValueError(f"--workers must be at least 1. Received: {_WORKERS.value}")
+    if _TIMEOUT.value is not None and _TIMEOUT.value <= 0:
+        raise ValueError(f"--timeout must be positive. Received: {_TIMEOUT.value}")
+    if (_BACKEND.value or "local") not in batch.BACKENDS:
+        raise ValueError(f"Unknown --backend {_BACKEND.value!r} for pipelines.batch. "
+                         f"Available: {list(batch.BACKENDS)}")
+    if _BACKEND.value == "ray":
+        _check_ray()
+    from tflq.runtime import check_output_dir
+
+    check_output_dir(out)
+    spec = batch.load_spec(_SPEC.value, out, default_timeout=_TIMEOUT.value or
+                           batch.DEFAULT_TIMEOUT)
+    setting = progress_setting(_QUIET.value)
     progress = None
-    if not _QUIET.value:
-        from tqdm.auto import tqdm
-
+    if setting:
         def progress(items, total):
-            return tqdm(items, total=total, desc="batch", unit="job")
+            return show_progress(setting, "batch", total, unit="job")(items)
 
     result = batch.run_batch(spec, out, workers=_WORKERS.value, backend=_BACKEND.value or "local",
                              ray_address=_RAY_ADDRESS.value, force=_FORCE.value,
@@ -74,5 +92,10 @@ def main(argv) -> int:
     return result.exit_code
 
 
+def run() -> None:
+    """The installed ``tflq-batch`` (and ``python -m pipelines.batch``)."""
+    run_main(main, output_folder)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

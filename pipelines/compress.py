@@ -1,4 +1,4 @@
-"""Prune and/or cluster → quantize (structure-preserving QAT, or PTQ) → validate → report.
+r"""Prune and/or cluster → quantize (structure-preserving QAT, or PTQ) → validate → report.
 
   python -m pipelines.compress --model m.keras --train_data train.npz --eval_data eval.npz \
       --sparsity 0.8 --schedule polynomial --epochs 2 --out compressed
@@ -7,21 +7,29 @@
   python -m pipelines.compress ... --clusters 16                              # CQAT
   python -m pipelines.compress ... --sparsity 0.5 --quantization ptq          # pruned PTQ
 
-Writes ``<model>_compressed_int8.tflite`` and report.json / report.md: accuracy against
-the float model, raw and gzip size, per-layer sparsity and unique int8 values read from
-the .tflite, 2:4 compliance, and the size with TFLite's sparse tensor encoding. The prune
+Installed as tflq-compress (same flags). Writes ``<model>_compressed_int8.tflite`` and
+report.json / report.md: accuracy against the float model, raw and gzip size, per-layer
+sparsity and unique int8 values read from the .tflite, 2:4 compliance, and the size with
+TFLite's sparse tensor encoding. The prune
 and cluster stages train ``--epochs`` epochs, QAT ``--qat_epochs``; progress per epoch.
-Exit codes: 0 success; 2 bad input (nothing written); 3 a gate failed (--max_accuracy_drop,
---min_agreement; outputs written).
+Exit codes: 0 success; 1 internal error (traceback in <out>/error.log); 2 bad input or flags
+(nothing written); 3 a gate failed (--max_accuracy_drop, --min_agreement; outputs written).
 """
 
 from __future__ import annotations
 
-import sys
+from absl import flags, logging
 
-from absl import app, flags, logging
-
-from pipelines.common import define, define_gates, report_gates, require
+from pipelines.common import (
+    check_no_arguments,
+    define,
+    define_gates,
+    guard,
+    keras_verbose,
+    report_gates,
+    require,
+    run_main,
+)
 
 _MODEL = define("string", "model", None, "Float tf_keras model (.keras/.h5/SavedModel/"
                 "module:function); it must output logits.")
@@ -63,32 +71,36 @@ _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 
+def output_folder() -> str:
+    return _OUT.value or "tflq_compress"
+
+
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    """Runs the command under the exit-code contract (see :func:`pipelines.common.guard`)."""
+    return guard(lambda: _compress(argv), output_folder())
+
+
+def _compress(argv) -> int:
+    check_no_arguments(argv)
     logging.set_verbosity(logging.WARNING)
     from tflq import report
     from tflq.jobs import compress as compress_job
 
-    try:
-        require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
-        job = compress_job.CompressJob(
-            model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
-            out=_OUT.value or "tflq_compress", sparsity=_SPARSITY.value,
-            schedule=_SCHEDULE.value, structure=_STRUCTURE.value, clusters=_CLUSTERS.value,
-            layers=_LAYERS.value, layer_types=tuple(_LAYER_TYPES.value),
-            quantization=_QUANTIZATION.value, scheme=_SCHEME.value, epochs=_EPOCHS.value,
-            qat_epochs=_QAT_EPOCHS.value,
-            batch_size=_BATCH_SIZE.value or 64, learning_rate=_LEARNING_RATE.value,
-            qat_learning_rate=_QAT_LEARNING_RATE.value, distill=_DISTILL.value,
-            num_train_samples=_NUM_TRAIN_SAMPLES.value,
-            num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value,
-            gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
-                               min_agreement=_MIN_AGREEMENT.value))
-        result = compress_job.run_compress_job(job)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
+    job = compress_job.CompressJob(
+        model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
+        out=output_folder(), verbose=keras_verbose(), sparsity=_SPARSITY.value,
+        schedule=_SCHEDULE.value, structure=_STRUCTURE.value, clusters=_CLUSTERS.value,
+        layers=_LAYERS.value, layer_types=tuple(_LAYER_TYPES.value),
+        quantization=_QUANTIZATION.value, scheme=_SCHEME.value, epochs=_EPOCHS.value,
+        qat_epochs=_QAT_EPOCHS.value,
+        batch_size=_BATCH_SIZE.value or 64, learning_rate=_LEARNING_RATE.value,
+        qat_learning_rate=_QAT_LEARNING_RATE.value, distill=_DISTILL.value,
+        num_train_samples=_NUM_TRAIN_SAMPLES.value,
+        num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value,
+        gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
+                           min_agreement=_MIN_AGREEMENT.value))
+    result = compress_job.run_compress_job(job)
     print(report.format_table(result.report))
     c = result.report["compression"]
     print(f"\n{' → '.join(c['stages'])}")
@@ -99,5 +111,10 @@ def main(argv) -> int:
     return report_gates(result)
 
 
+def run() -> None:
+    """The installed ``tflq-compress`` (and ``python -m pipelines.compress``)."""
+    run_main(main, output_folder)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,13 +1,14 @@
-"""Convert a Keras model to TFLite in every mode, validate each, report, and gate.
+r"""Convert a Keras model to TFLite in every mode, validate each, report, and gate.
 
   python -m pipelines.convert                      # the bundled Fashion-MNIST example
   python -m pipelines.convert --model m.keras --data calib.npz --eval_data eval.npz \
       --modes int8,float16 --out out/ --max_accuracy_drop 0.5
-  python -m pipelines.convert --backend both --modes int8 \
+  tflq-convert --backend both --modes int8 \
       --recipes static_wi8_ai8,dynamic_wi4_afp32     # converter and LiteRT Quantizer side by side
 
-Exit codes: 0 success; 2 bad input (nothing written); 3 a quality gate failed (models and
-report written, the report says which gate).
+Installed as tflq-convert (same flags). Exit codes: 0 success; 1 internal error (traceback
+in <out>/error.log); 2 bad input or flags (nothing written); 3 a quality gate failed (models
+and report written, the report says which gate).
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from pipelines.common import BACKEND_HELP, define, define_gates, report_gates
+from pipelines.common import (
+    BACKEND_HELP,
+    check_no_arguments,
+    define,
+    define_gates,
+    guard,
+    progress_setting,
+    report_gates,
+    run_main,
+)
 
 EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "example")
 EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
@@ -153,24 +163,28 @@ def build_job():
                                       image_size=parse_image_size(_IMAGE_SIZE.value)),
         gates=tflq.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
                          min_agreement=_MIN_AGREEMENT.value),
-        progress=not _QUIET.value,
+        progress=progress_setting(_QUIET.value),
         layer_error_samples=_default(_LAYER_ERROR_SAMPLES.value, 16),
     )
 
 
+def output_folder() -> str:
+    return _OUT.value or "tflq_out"
+
+
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    """Runs the command under the exit-code contract (see :func:`pipelines.common.guard`)."""
+    return guard(lambda: _convert(argv), output_folder())
+
+
+def _convert(argv) -> int:
+    check_no_arguments(argv)
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the table
-    from tflq import report, runtime
+    from tflq import report
     from tflq.jobs import convert as convert_job
 
-    try:
-        job = build_job()
-        result = convert_job.run_job(job)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return runtime.EXIT_BAD_INPUT
+    job = build_job()
+    result = convert_job.run_job(job)
     print(report.format_table(result.report))
     for line in result.report.get("warnings", []):
         print(f"warning: {line}", file=sys.stderr)
@@ -178,5 +192,10 @@ def main(argv) -> int:
     return report_gates(result)
 
 
+def run() -> None:
+    """The installed ``tflq-convert`` (and ``python -m pipelines.convert``)."""
+    run_main(main, output_folder)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,10 +1,11 @@
-"""Copy a converted model, its labels and sample images into the Android demo's assets.
+r"""Copy a converted model, its labels and sample images into the Android demo's assets.
 
   python -m pipelines.demo_assets --report tflq_out/report.json --mode int8
 
 Writes ``model.tflite``, ``labels.txt`` and ``samples/NNN_<label>.png`` (from an IDX images
-file, the bundled evaluation slice by default). Every file is written atomically; on bad
-input nothing is written (exit code 2).
+file, the bundled evaluation slice by default). Every file is written atomically. Exit
+codes: 0 success; 1 internal error (the traceback goes to a temporary file, never into the
+app's assets); 2 bad input or flags, or a report whose gates failed (nothing written).
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from pipelines.common import define
+from pipelines.common import check_no_arguments, define, guard, run_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -62,14 +62,23 @@ def export_assets(report_path: str, mode: str, assets: str, samples: str, num_sa
     if not report.get("gates", {}).get("passed", True):
         raise ValueError(f"Report {report_path!r} failed its quality gates "
                          f"({'; '.join(report['gates']['failures'])}); refusing to ship it.")
+    if not isinstance(modes[mode].get("path"), str):
+        raise ValueError(f"Report {report_path!r}: the {mode!r} model has no 'path'.")
     model_path = os.path.join(os.path.dirname(os.path.abspath(report_path)), modes[mode]["path"])
     if not os.path.isfile(model_path):
         raise ValueError(f"Model {model_path!r} named by the report is missing.")
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0. Received: {num_samples}")
     if labels_path:
-        with open(labels_path) as f:
-            labels = [ln.strip() for ln in f if ln.strip()]
+        try:
+            with open(labels_path) as f:
+                labels = [ln.strip() for ln in f if ln.strip()]
+        except FileNotFoundError as e:
+            raise ValueError(f"Labels file not found: {labels_path!r} (--labels).") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"Labels file {labels_path!r} is not text: {e}") from e
+        if not labels:
+            raise ValueError(f"Labels file {labels_path!r} is empty (one label per line).")
     else:
         labels = list(FASHION_MNIST_LABELS)
     images = read_idx(samples)[:num_samples] if num_samples else []
@@ -96,17 +105,25 @@ def export_assets(report_path: str, mode: str, assets: str, samples: str, num_sa
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
-    try:
-        written = export_assets(_REPORT.value or "tflq_out/report.json", _MODE.value, _ASSETS.value, _SAMPLES.value,
-                                _NUM_SAMPLES.value, _LABELS.value)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Runs the command under the exit-code contract (see :func:`pipelines.common.guard`).
+
+    The assets folder is packaged into the app, so error.log and tflq.log never go there.
+    """
+    return guard(lambda: _export(argv), None)
+
+
+def _export(argv) -> int:
+    check_no_arguments(argv)
+    written = export_assets(_REPORT.value or "tflq_out/report.json", _MODE.value, _ASSETS.value,
+                            _SAMPLES.value, _NUM_SAMPLES.value, _LABELS.value)
     print(f"wrote {len(written)} files to {os.path.abspath(_ASSETS.value)}")
     return 0
 
 
+def run() -> None:
+    """``python -m pipelines.demo_assets``."""
+    run_main(main, lambda: None)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,25 +1,26 @@
-"""Benchmark .tflite models on an Android device over adb, beside the desktop numbers.
+r"""Benchmark .tflite models on an Android device over adb, beside the desktop numbers.
 
   python -m pipelines.device_benchmark --report tflq_out/report.json \
       --benchmark_binary ~/bin/benchmark_model --threads 1,4 --delegates xnnpack,gpu
+  tflq-device --model m_int8.tflite --benchmark_binary ~/bin/benchmark_model --out dev
 
 You bring ``benchmark_model`` built for your phone's ABI; tflq never downloads it. With
 ``--report`` every model of a tflq report is benchmarked and the results are merged into
 that report.json and report.md (desktop and device side by side); with ``--model`` the
-results go to ``--out/device_results.json``.
+results go to ``--out/device_results.json``. Installed as tflq-device (same flags).
 
-Exit codes: 0 success; 2 bad input or a device problem (nothing written).
+Exit codes: 0 success; 1 internal error (traceback in <out>/error.log); 2 bad input or flags,
+or a device problem (nothing written).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from pipelines.common import define
+from pipelines.common import check_no_arguments, define, guard, run_main
 
 _MODEL = define("string", "model", None, "Comma list of .tflite files to benchmark.")
 _REPORT = define("string", "report", None, "A tflq report.json: benchmark all its models.")
@@ -60,8 +61,13 @@ def _plan_and_report():
             raise ValueError(f"Report not found: {_REPORT.value!r}") from e
         except json.JSONDecodeError as e:
             raise ValueError(f"Report {_REPORT.value!r} is not valid JSON: {e}") from e
-        if not isinstance(report, dict) or not report.get("modes"):
+        if not isinstance(report, dict) or not isinstance(report.get("modes"), list) \
+                or not report["modes"]:
             raise ValueError(f"Report {_REPORT.value!r} lists no models (no 'modes').")
+        for i, m in enumerate(report["modes"]):
+            if not isinstance(m, dict) or not isinstance(m.get("path"), str):
+                raise ValueError(f"Report {_REPORT.value!r}: modes[{i}] has no 'path' (the "
+                                 ".tflite file, relative to the report).")
         folder = os.path.dirname(os.path.abspath(_REPORT.value))
         models = tuple(os.path.join(folder, m["path"]) for m in report["modes"])
     else:
@@ -73,27 +79,30 @@ def _plan_and_report():
     return plan, report
 
 
+def output_folder() -> str:
+    return _OUT.value or (os.path.dirname(os.path.abspath(_REPORT.value)) if _REPORT.value
+                          else "tflq_device")
+
+
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    """Runs the command under the exit-code contract (see :func:`pipelines.common.guard`)."""
+    return guard(lambda: _benchmark(argv), output_folder())
+
+
+def _benchmark(argv) -> int:
+    check_no_arguments(argv)
     from tflq import android
     from tflq import report as report_lib
     from tflq.fileio import write_atomic
     from tflq.jobs.common import report_files
+    from tflq.runtime import check_output_dir
 
-    try:
-        plan, report = _plan_and_report()
-        android.check_binary(_BENCHMARK_BINARY.value)
-        out = _OUT.value or (os.path.dirname(os.path.abspath(_REPORT.value)) if report
-                             else "tflq_device")
-        from tflq.runtime import check_output_dir
-
-        check_output_dir(out)
-        adb = android.Adb(_ADB.value, timeout=_TIMEOUT.value or 600.0)
-        results = android.run_matrix(adb, _BENCHMARK_BINARY.value, plan, serial=_SERIAL.value)
-    except ValueError as e:  # DeviceError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    plan, report = _plan_and_report()  # DeviceError is a ValueError: exit 2
+    android.check_binary(_BENCHMARK_BINARY.value)
+    out = output_folder()
+    check_output_dir(out)
+    adb = android.Adb(_ADB.value, timeout=_TIMEOUT.value or 600.0)
+    results = android.run_matrix(adb, _BENCHMARK_BINARY.value, plan, serial=_SERIAL.value)
     os.makedirs(out, exist_ok=True)
     write_atomic(os.path.join(out, "device_results.json"), report_lib.to_json(results))
     if report is not None:
@@ -110,5 +119,10 @@ def main(argv) -> int:
     return 0
 
 
+def run() -> None:
+    """The installed ``tflq-device`` (and ``python -m pipelines.device_benchmark``)."""
+    run_main(main, output_folder)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,22 +1,31 @@
-"""Quantization-aware training → int8 .tflite → validation → report.
+r"""Quantization-aware training → int8 .tflite → validation → report.
 
   python -m pipelines.qat --model m.keras --train_data train.npz --eval_data eval.npz \
       --scheme pow2 --strategy distill --teacher m.keras --epochs 3 --out qat_out
 
-Writes ``<model>_qat_int8.tflite``, the QAT Keras model (``<model>_qat.h5``), and
-report.json / report.md / report.png with the float, QAT-Keras and int8 numbers and the
-QAT→TFLite parity. Progress per epoch. Exit codes: 0 success; 2 bad input (nothing written);
-3 a gate failed (--max_accuracy_drop, --min_agreement; outputs written).
+Installed as tflq-qat (same flags). Writes ``<model>_qat_int8.tflite``, the QAT Keras model
+(``<model>_qat.h5``), and report.json / report.md / report.png with the float, QAT-Keras and
+int8 numbers and the QAT→TFLite parity. Progress per epoch. Exit codes: 0 success; 1
+internal error (traceback in <out>/error.log); 2 bad input or flags (nothing written); 3 a
+gate failed (--max_accuracy_drop, --min_agreement; outputs written).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from pipelines.common import define, define_gates, report_gates, require
+from pipelines.common import (
+    check_no_arguments,
+    define,
+    define_gates,
+    guard,
+    keras_verbose,
+    report_gates,
+    require,
+    run_main,
+)
 
 _MODEL = define("string", "model", None, "Float tf_keras model to train (.keras/.h5/SavedModel/"
                 "module:function).")
@@ -56,36 +65,41 @@ _LAYER_ERROR_SAMPLES = define(
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 
+def output_folder() -> str:
+    return _OUT.value or "tflq_qat"
+
+
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}", exitcode=2)
+    """Runs the command under the exit-code contract (see :func:`pipelines.common.guard`)."""
+    return guard(lambda: _qat(argv), output_folder())
+
+
+def _qat(argv) -> int:
+    check_no_arguments(argv)
     logging.set_verbosity(logging.WARNING)
     from tflq import report
     from tflq.jobs import qat as qat_job
 
+    require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
     try:
-        require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
-        try:
-            overrides = tuple(json.loads(_OVERRIDES.value)) if _OVERRIDES.value else ()
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--overrides is not valid JSON: {e}") from e
-        job = qat_job.QATJob(
-            model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
-            out=_OUT.value or "tflq_qat", scheme=_SCHEME.value, strategy=_STRATEGY.value,
-            teacher=_TEACHER.value, epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value or 64,
-            learning_rate=_LEARNING_RATE.value, quant_error_weight=_QUANT_ERROR_WEIGHT.value,
-            temperature=_TEMPERATURE.value, alpha=_ALPHA.value, overrides=overrides,
-            activation_ranges=None if _ACTIVATION_RANGES.value == "default"
-            else _ACTIVATION_RANGES.value, range_k=_RANGE_K.value,
-            distribution=_DISTRIBUTION.value, num_train_samples=_NUM_TRAIN_SAMPLES.value,
-            seed=_SEED.value,
-            layer_error_samples=16 if _LAYER_ERROR_SAMPLES.value is None else _LAYER_ERROR_SAMPLES.value,
-            gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
-                               min_agreement=_MIN_AGREEMENT.value))
-        result = qat_job.run_qat_job(job)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        overrides = tuple(json.loads(_OVERRIDES.value)) if _OVERRIDES.value else ()
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--overrides is not valid JSON: {e}") from e
+    job = qat_job.QATJob(
+        model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
+        out=output_folder(), verbose=keras_verbose(), scheme=_SCHEME.value,
+        strategy=_STRATEGY.value,
+        teacher=_TEACHER.value, epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value or 64,
+        learning_rate=_LEARNING_RATE.value, quant_error_weight=_QUANT_ERROR_WEIGHT.value,
+        temperature=_TEMPERATURE.value, alpha=_ALPHA.value, overrides=overrides,
+        activation_ranges=None if _ACTIVATION_RANGES.value == "default"
+        else _ACTIVATION_RANGES.value, range_k=_RANGE_K.value,
+        distribution=_DISTRIBUTION.value, num_train_samples=_NUM_TRAIN_SAMPLES.value,
+        seed=_SEED.value,
+        layer_error_samples=16 if _LAYER_ERROR_SAMPLES.value is None else _LAYER_ERROR_SAMPLES.value,
+        gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
+                           min_agreement=_MIN_AGREEMENT.value))
+    result = qat_job.run_qat_job(job)
     print(report.format_table(result.report))
     parity = result.report["qat"]["parity"]
     print(f"\nQAT Keras vs TFLite int8: top-1 agreement {100 * parity['top1_agreement']:.2f}%, "
@@ -93,5 +107,10 @@ def main(argv) -> int:
     return report_gates(result)
 
 
+def run() -> None:
+    """The installed ``tflq-qat`` (and ``python -m pipelines.qat``)."""
+    run_main(main, output_folder)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

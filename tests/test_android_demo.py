@@ -54,10 +54,18 @@ def test_resources_and_manifest_link_with_aapt2(tmp_path):
         assert re.search(rf"class {kind} \{{[^}}]*\b{name}\b", r_java, re.S), f"R.{kind}.{name}"
 
 
-def test_kotlin_reads_the_assets_the_exporter_writes():
+def test_kotlin_reads_the_assets_the_exporter_writes(tmp_path):
+    # The names the app's Kotlin code opens are the names export_assets really writes.
     kotlin = open(os.path.join(APP, "src/main/java/dev/tflq/demo/Classifier.kt")).read()
-    assert 'MODEL_ASSET = "model.tflite"' in kotlin and 'LABELS_ASSET = "labels.txt"' in kotlin
-    assert 'SAMPLES_DIR = "samples"' in kotlin
+    names = {key: re.search(rf'{key} = "([^"]+)"', kotlin).group(1)
+             for key in ("MODEL_ASSET", "LABELS_ASSET", "SAMPLES_DIR")}
+    assets = tmp_path / "assets"
+    written = demo_assets.export_assets(_report(tmp_path), "int8", str(assets), EVAL, 2)
+    relative = {os.path.relpath(p, assets) for p in written}
+    assert names["MODEL_ASSET"] in relative and names["LABELS_ASSET"] in relative
+    samples = [p for p in relative if os.path.dirname(p) == names["SAMPLES_DIR"]]
+    assert len(samples) == 2 and all(p.endswith(".png") for p in samples)
+    assert (assets / names["MODEL_ASSET"]).read_bytes() == b"int8 model bytes"
     gradle = open(os.path.join(APP, "build.gradle.kts")).read()
     assert "pipelines.demo_assets" in gradle and 'noCompress += "tflite"' in gradle
 

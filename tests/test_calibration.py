@@ -68,6 +68,17 @@ def test_npy_is_memory_mapped(tmp_path):
     np.save(path, x)
     samples = collect(open_data(str(path), IMG), [9])
     np.testing.assert_array_equal(samples[0][1]["img"], x[9])
+    # 2,000 rows of 8 KB = 16 MB on disk: opening it and reading 10 rows must not load it
+    # (np.load without mmap_mode allocates all 16 MB, which tracemalloc sees).
+    big = tmp_path / "big.npy"
+    np.save(big, np.ones((2000, 32, 64), dtype=np.float32))
+    tracemalloc.start()
+    source = open_data(str(big), (TensorSpec("x", (32, 64), "float32"),))
+    rows = [s[1]["x"].sum() for s in source.iter_samples(list(range(0, 2000, 200)))]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert rows == [32 * 64] * 10
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes: the .npy was read, not mapped"
 
 
 def test_npz_stream_memory_does_not_grow_with_data(tmp_path):

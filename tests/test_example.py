@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,9 +26,22 @@ def test_bundled_model_is_small_and_accurate_on_its_slice():
     assert np.mean(logits.argmax(1) == labels) > 0.90
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z]+", text.upper())
+
+
 def test_licence_note_ships_with_the_data():
+    # The quoted licence must be Fashion-MNIST's own, word for word: compared with the
+    # licence text of Debian's dataset-fashion-mnist package (an independent copy).
+    fashion_file("t10k-images-idx3-ubyte.gz")
+    debian = open("/usr/share/doc/dataset-fashion-mnist/copyright").read()
+    upstream = debian.split("License: Expat\n", 1)[0]
+    assert "Zalando SE" in upstream
+    licence = debian.split("\nLicense: Expat\n")[-1]
     text = open(os.path.join(EXAMPLE_DIR, "README.md")).read()
-    assert "MIT Licence" in text and "Zalando" in text
+    quoted = "".join(ln[1:] + "\n" for ln in text.splitlines() if ln.startswith(">"))
+    assert _words(quoted) == _words(licence)
+    assert "Copyright (c) 2017 Zalando SE" in text
 
 
 def test_fashion_mnist_loader_reads_real_files():
@@ -42,11 +56,21 @@ def test_fashion_mnist_loader_names_the_missing_file(tmp_path):
         fashion_mnist.fashion_mnist(str(tmp_path), "train")
 
 
-def test_build_cnn_shapes():
+def test_build_cnn_builds_the_bundled_architecture():
+    # The bundled model's weights load into a freshly built CNN and give the same logits:
+    # build_cnn (used by train_example and the benchmarks) builds exactly that network.
+    bundled = tf_keras.models.load_model(MODEL, compile=False)
     small = fashion_mnist.build_cnn(tf_keras)
-    assert small.count_params() == 131370
+    small.set_weights(bundled.get_weights())
+    images = read_idx(os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz"))[:32]
+    x = images[..., None].astype(np.float32) / 255.0
+    np.testing.assert_allclose(small.predict(x, verbose=0), bundled.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    assert small.count_params() == 131370  # the README's figure
     wide = fashion_mnist.build_cnn(tf_keras, widths=(32, 64, 128), dense=256, name="w")
-    assert wide.output_shape == (None, 10) and wide.name == "w"
+    # 3x3 convs without bias + BatchNorm (4 per channel), a 3x3x128 → 256 → 10 head.
+    convs = 9 * (1 * 32 + 32 * 64 + 64 * 128) + 4 * (32 + 64 + 128)
+    assert wide.count_params() == convs + (3 * 3 * 128 * 256 + 256) + (256 * 10 + 10)
 
 
 def test_calibration_probe_reports_memory_and_time(tiny_keras_path, tmp_path):

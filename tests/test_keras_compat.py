@@ -1,12 +1,14 @@
 """Model loading: every format, both Keras flavors, and every way a model file can be bad."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
-from conftest import build_tiny_cnn, tiny_data
+from conftest import REPO, build_tiny_cnn, tiny_data
 
 from tflq import models
 from tflq.models import tf_keras
@@ -21,7 +23,19 @@ def _expected(model, x):
 
 def test_legacy_keras_is_active():
     assert models.legacy_keras_active()
-    assert os.environ["TF_USE_LEGACY_KERAS"] == "1"
+
+
+def test_importing_tflq_models_selects_tf_keras_in_a_fresh_process():
+    # conftest sets TF_USE_LEGACY_KERAS itself; a fresh process without it shows that
+    # importing tflq.models alone makes TensorFlow's tf.keras the tf_keras tfmot needs.
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    code = ("import tflq.models as m, tensorflow as tf, tf_keras, os; "
+            "print(os.environ['TF_USE_LEGACY_KERAS'], m.legacy_keras_active(), "
+            "tf.keras.Model is tf_keras.Model)")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "True", "True"]
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])

@@ -38,7 +38,8 @@ def test_symmetric_codes_edges():
     q, _ = functions.symmetric_codes(np.array([-5.0]), 1.27, 8, narrow_range=False)
     assert q[0] == -128
     q, deq = functions.symmetric_codes(np.zeros(3), 0.0, 4)
-    np.testing.assert_array_equal(q, 0) and np.testing.assert_array_equal(deq, 0)
+    np.testing.assert_array_equal(q, 0)
+    np.testing.assert_array_equal(deq, 0)
 
 
 def test_asymmetric_codes_keep_zero_exact():

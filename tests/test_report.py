@@ -68,8 +68,21 @@ def test_png_is_a_real_plot():
     png = report.to_png(_report())
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size == (640, 420)
-    pixels = np.asarray(image.convert("L"))
-    assert pixels.min() < 100  # something was drawn on the white canvas
+    pixels = np.asarray(image.convert("L")).astype(int)
+    # The plot shows the data: the same report draws the same picture, a mode with another
+    # accuracy moves its point, and a second mode adds one.
+    again = np.asarray(Image.open(io.BytesIO(report.to_png(_report()))).convert("L")).astype(int)
+    np.testing.assert_array_equal(pixels, again)
+    moved = _report()
+    moved["modes"][0]["accuracy"] = 0.80
+    moved["modes"][0]["accuracy_drop_pp"] = 10.5
+    other = np.asarray(Image.open(io.BytesIO(report.to_png(moved))).convert("L")).astype(int)
+    assert np.count_nonzero(pixels != other) > 20
+    two = _report()
+    two["modes"].append({**two["modes"][0], "mode": "float16", "size_bytes": 4096,
+                         "path": "m_float16.tflite"})
+    with_two = np.asarray(Image.open(io.BytesIO(report.to_png(two))).convert("L")).astype(int)
+    assert np.count_nonzero(pixels != with_two) > 20
 
 
 def test_png_without_labels_plots_agreement():

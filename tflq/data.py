@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from tflq.factories import import_callable, is_factory
+from tflq.factories import import_callable, is_factory, iterate_factory
 from tflq.signature import TensorSpec
 
 __all__ = ["NORMALIZATIONS", "IMAGE_SUFFIXES", "Sample", "DataOptions", "normalize_pixels",
@@ -366,7 +366,7 @@ class GeneratorSource(DataSource):
         self.has_labels = first is not None and first[2] is not None
 
     def _items(self):
-        for i, item in enumerate(self._func()):
+        for i, item in enumerate(iterate_factory(self._func, self.description, "Data generator")):
             label = None
             if isinstance(item, tuple) and len(item) == 2:
                 item, label = item

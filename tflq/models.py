@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
-from tflq.factories import import_callable, is_factory  # noqa: E402
+from tflq.factories import call_factory, import_callable, is_factory  # noqa: E402
 from tflq.fileio import sha256_of  # noqa: E402
 from tflq.signature import TensorSpec  # noqa: E402
 
@@ -321,7 +321,8 @@ def _load_saved_model_dir(path: str) -> LoadedModel:
 
 
 def _load_factory(spec: str) -> LoadedModel:
-    return wrap_model(import_callable(spec, "Model factory")(), source=spec)
+    factory = import_callable(spec, "Model factory")
+    return wrap_model(call_factory(factory, spec, "Model factory"), source=spec)
 
 
 def load_model(spec: str) -> LoadedModel:

@@ -1,4 +1,5 @@
-"""Exit codes, output-folder checks, versions and the machine: plain values, no TensorFlow."""
+"""Exit codes, the environment TensorFlow starts in, output-folder checks, versions and the
+machine: plain values, no TensorFlow."""
 
 from __future__ import annotations
 
@@ -6,16 +7,36 @@ import os
 import platform
 from importlib import metadata
 
-__all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_GATE", "check_output_dir", "versions",
-    "machine_description"]
+__all__ = ["EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_GATE", "configure_environment",
+           "check_output_dir", "versions", "machine_description"]
 
-EXIT_OK = 0
+# The contract of every command (README "Exit codes").
+EXIT_OK = 0  # done
+EXIT_INTERNAL = 1  # tflq's own fault: one "internal error:" line, the traceback in error.log
+EXIT_BAD_INPUT = 2  # the user's input (flags, files, data) is wrong: one "error:" line
+EXIT_GATE = 3  # a quality gate failed: outputs written, one "quality gate failed:" line
+
+# Set before TensorFlow is imported (setdefault: a value the user exported wins).
+_QUIET_ENVIRONMENT = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ INFO and WARNING lines
+    "GRPC_VERBOSITY": "ERROR",  # gRPC (distributed TF, Ray) start-up lines
+}
 
 
-EXIT_BAD_INPUT = 2
+def configure_environment(verbose: bool = False) -> None:
+    """Sets the environment TensorFlow reads when it is first imported: tf_keras for tfmot
+    and, unless ``verbose``, C++ logging at errors only.
 
-
-EXIT_GATE = 3
+    Must run before anything imports TensorFlow; values already in the environment win.
+    Some lines (absl's "before absl::InitializeLog()" warning) ignore every setting: the
+    commands also capture file descriptors 1 and 2 (:class:`tflq.console.OutputCapture`).
+    """
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        return
+    for name, value in _QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def check_output_dir(out: str) -> None:
@@ -41,6 +62,8 @@ def check_output_dir(out: str) -> None:
 
 
 def versions() -> dict:
+    """Installed versions of tflq and its stack (None where a package is missing), read from
+    package metadata without importing anything."""
     def version_of(dist):
         try:
             return metadata.version(dist)
@@ -50,9 +73,12 @@ def versions() -> dict:
     return {
         "tflq": version_of("tflq") or "dev",
         "tensorflow": version_of("tensorflow"),
-        "litert": version_of("ai-edge-litert"),
+        "tf_keras": version_of("tf-keras"),
+        "keras": version_of("keras"),
         "tensorflow_model_optimization": version_of("tensorflow-model-optimization"),
+        "litert": version_of("ai-edge-litert"),
         "numpy": version_of("numpy"),
+        "python": platform.python_version(),
     }
 
 

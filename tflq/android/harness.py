@@ -150,6 +150,9 @@ class Adb:
         except FileNotFoundError as e:
             raise DeviceError(f"adb not found ({self.adb!r}): install it (apt-get install adb) "
                               "or pass --adb.") from e
+        except OSError as e:  # not executable, not a program (ENOEXEC), ...
+            raise DeviceError(f"adb {self.adb!r} cannot be run: {e.strerror or e} (check --adb "
+                              "and the file's permissions).") from e
         except subprocess.TimeoutExpired as e:
             raise DeviceError(f"`{shlex.join(command)}` timed out after {e.timeout:g} s.") from e
         output = (result.stdout or "") + (result.stderr or "")

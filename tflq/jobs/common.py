@@ -7,7 +7,7 @@ import dataclasses
 import datetime
 import os
 
-from tflq import metrics, report, runtime, sampling
+from tflq import console, metrics, report, runtime, sampling
 from tflq.data import open_data
 from tflq.fileio import write_atomic
 
@@ -26,13 +26,10 @@ class JobResult:
     gate_failures: tuple[str, ...]
 
 
-def progress(enabled: bool, desc: str, total: int | None, unit: str = "sample"):
-    """A function wrapping an iterable in a tqdm bar, or None when ``enabled`` is false."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return lambda items: tqdm(items, desc=desc, total=total, unit=unit, leave=False)
+def progress(enabled: bool | str, desc: str, total: int | None, unit: str = "sample"):
+    """A function showing an iterable's progress (a bar on a terminal, one line per stage
+    otherwise; see :func:`tflq.console.progress`), or None when ``enabled`` is false."""
+    return console.progress(enabled, desc, total, unit)
 
 
 def prepare_data(job, model):

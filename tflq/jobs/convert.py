@@ -45,7 +45,8 @@ class ConvertJob:
       convert_options: converter settings.
       data_options: normalization/resizing of image data.
       gates: quality gates.
-      progress: show progress bars on stderr.
+      progress: show progress on stderr: True (bars on a terminal, one line per stage
+        otherwise), ``"bars"``, ``"lines"`` or False.
       recipes: LiteRT Quantizer recipes (:data:`tflq.ptq.litert_backend.RECIPES`) applied to
         the float32 .tflite, reported beside the converter modes as ``litert:<recipe>``.
       layer_error_samples: calibration samples for the per-layer error of every mode but
@@ -66,7 +67,7 @@ class ConvertJob:
     convert_options: options.ConvertOptions = options.ConvertOptions()
     data_options: DataOptions = DataOptions()
     gates: report.Gates = report.Gates()
-    progress: bool = True
+    progress: bool | str = True
     recipes: tuple[str, ...] = ()
     layer_error_samples: int = DEFAULT_SAMPLES
 

@@ -116,10 +116,9 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     import shutil
     import tempfile
 
-    from tflq import interpreter, tflite_inspect
     from tflq.models import load_model, tf_keras
     from tflq.ptq import convert
-    from tflq.quant import qat, schemes
+    from tflq.quant import qat
 
     check_output_dir(job.out)
     out_existed = os.path.isdir(job.out)
@@ -155,22 +154,52 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
                               batch_size=job.batch_size, verbose=job.verbose,
                               callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir),
                                          tf_keras.callbacks.TerminateOnNaN(), *callbacks])
-        losses = history.history.get("loss", [])
-        if not all(np.isfinite(losses)):
-            shutil.rmtree(backup_dir, ignore_errors=True)
-            if not out_existed and not os.listdir(job.out):
-                os.rmdir(job.out)
-            raise ValueError(f"QAT training diverged (loss {losses[-1]} in epoch {len(losses)}); "
-                             "nothing was written. Lower --learning_rate or use --strategy "
-                             "statistics.")
-        content = convert.convert_qat(student, scratch, integer_io=True)
-        float32 = convert.convert_model(float_model, "float32", scratch).content
-        h5_path = os.path.join(scratch, "qat.h5")
-        student.save(h5_path)
-        with open(h5_path, "rb") as f:
-            qat_h5 = f.read()
+        # Training is over: from here on a failure (not an interruption: KeyboardInterrupt is
+        # no Exception) drops the checkpoint, which could only resume a finished fit.
+        try:
+            losses = history.history.get("loss", [])
+            if not all(np.isfinite(losses)):
+                raise ValueError(f"QAT training diverged (loss {losses[-1]} in epoch "
+                                 f"{len(losses)}); nothing was written. Lower --learning_rate "
+                                 "or use --strategy statistics.")
+            content = convert.convert_qat(student, scratch, integer_io=True)
+            float32 = convert.convert_model(float_model, "float32", scratch).content
+            h5_path = os.path.join(scratch, "qat.h5")
+            student.save(h5_path)
+            with open(h5_path, "rb") as f:
+                qat_h5 = f.read()
+        except Exception:
+            _drop_backup(backup_dir, job.out, out_existed)
+            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        result = _validate_and_report(job, float_model, student, feed, x_train, y_train, x_eval,
+                                      y_eval, content, float32, qat_h5, history)
+    except Exception:
+        _drop_backup(backup_dir, job.out, out_existed)
+        raise
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    return result
+
+
+def _drop_backup(backup_dir: str, out: str, out_existed: bool) -> None:
+    """Removes the training checkpoint, and ``out`` when the run created it and it is empty."""
+    import os
+    import shutil
+
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    if not out_existed and os.path.isdir(out) and not os.listdir(out):
+        os.rmdir(out)
+
+
+def _validate_and_report(job, float_model, student, feed, x_train, y_train, x_eval, y_eval,
+                         content, float32, qat_h5, history) -> JobResult:
+    """Runs the float model, the QAT model and the int8 .tflite on the evaluation data, builds
+    the report and writes everything."""
+    from tflq import interpreter, tflite_inspect
+    from tflq.quant import schemes
+
     runner = interpreter.TfliteModel(content, num_threads=job.num_threads)
     parity = _Parity(student, feed, runner.output_scale(runner.output_names[0]))
     float_result, compared, _ = evaluate(float_model, array_batches(x_eval, y_eval, job.batch_size),
@@ -209,9 +238,7 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
             "weights": tflite_inspect.weight_requantization(student, content),
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         })
-    result = finish(job.out, full, {row["path"]: content, f"{stem}_qat.h5": qat_h5})
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    return result
+    return finish(job.out, full, {row["path"]: content, f"{stem}_qat.h5": qat_h5})
 
 
 class _Parity:

@@ -12,6 +12,7 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 import warnings
@@ -230,14 +231,44 @@ def _equalize_note(record: dict) -> str:
 
 
 def _run_converter(converter, mode: Mode, options: ConvertOptions) -> bytes:
+    """``converter.convert()``; what the converter refuses becomes a ValueError (bad input).
+
+    The converter's own errors (``ConverterError`` for unsupported ops or inputs, its
+    ValueErrors, a calibrator that cannot quantize an op) say the model or data cannot be
+    converted as asked: ValueError, exit 2. A MemoryError, or an exception raised in tflq's own
+    code (the representative generator, say), is not the user's fault and is re-raised as it
+    is (exit 1, internal error).
+    """
     try:
         with warnings.catch_warnings():
             # Raised inside the converter's own calibrator, not actionable for our users.
             for message in _CONVERTER_NOISE:
                 warnings.filterwarnings("ignore", message=message)
             return converter.convert()
-    except Exception as e:  # ConverterError, and ValueError from a failing generator
+    except ValueError as e:  # the converter's checks, or a sample our checks refused
         raise ValueError(_conversion_error(mode, e, options)) from e
+    except Exception as e:
+        if isinstance(e, MemoryError) or _raised_in_tflq(e):
+            raise
+        raise ValueError(_conversion_error(mode, e, options)) from e
+
+
+_TFLQ_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _raised_in_tflq(error: BaseException) -> bool:
+    """True when ``error`` (or an exception it was raised from) started in tflq's own code."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(
+                _TFLQ_DIR + os.sep):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _conversion_error(mode: Mode, error: Exception, options: ConvertOptions) -> str:
@@ -250,9 +281,11 @@ def _conversion_error(mode: Mode, error: Exception, options: ConvertOptions) -> 
 
 
 def convert_qat(model, workdir: str, integer_io: bool = True) -> bytes:
-    """Converts a QAT model with the ranges it learned (its FakeQuant ops); no calibration."""
-    import warnings
+    """Converts a QAT model with the ranges it learned (its FakeQuant ops); no calibration.
 
+    Raises:
+      ValueError: the converter refuses the model (see :func:`_run_converter`).
+    """
     from tflq.models import tf, wrap_model
 
     converter = wrap_model(model, "qat").make_converter(workdir)
@@ -260,8 +293,4 @@ def convert_qat(model, workdir: str, integer_io: bool = True) -> bytes:
     if integer_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return converter.convert()
-
-
+    return _run_converter(converter, Mode.INT8, ConvertOptions(allow_float_ops=True))
