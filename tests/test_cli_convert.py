@@ -265,11 +265,6 @@ def _bad_files(tmp_path, tiny_keras_path):
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8, 1), np.float32))
     np.savez(tmp_path / "unscaled.npz", x=x * 255.0)
     (tmp_path / "a_file").write_text("x")
-    import keras
-
-    k3 = keras.Sequential([keras.Input((8, 8, 1), name="img"), keras.layers.Flatten(),
-                           keras.layers.Dense(3, name="logits")])
-    k3.save(tmp_path / "k3.keras")
 
 
 BAD_CASES = {
@@ -307,8 +302,6 @@ BAD_CASES = {
                                    "max_accuracy_drop": 1.0}, "--selective works on"),
     "selective without int8": ({"selective": True, "modes": "float16", "max_accuracy_drop": 1.0},
                                "--selective needs the int8 mode"),
-    "estimator on a Keras 3 model": ({"model": "{tmp}/k3.keras", "range_estimator": "kl"},
-                                     "--range_estimator and --equalize need a tf_keras model"),
     "modes with litert only": ({"backend": "litert"}, "with --backend litert use --recipes"),
     "negative layer error samples": ({"layer_error_samples": -1},
                                      "layer_error_samples must be an integer >= 0"),

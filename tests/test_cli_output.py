@@ -49,7 +49,10 @@ def test_the_bundled_example_prints_only_its_own_lines(tmp_path):
     stages = [ln.split(":")[0] for ln in result.stderr.splitlines()]
     assert stages == ["check eval data", "check calibration data", "convert", "validate"]
     assert "\r" not in result.stderr  # not a terminal: no bars
-    assert "| int8 |" in result.stdout and f"wrote 5 files to {out}" in result.stdout
+    written = sorted(p.name for p in out.iterdir() if p.name != "tflq.log")  # log comes last
+    assert written == ["fashion_mnist_cnn_float32.tflite", "fashion_mnist_cnn_int8.tflite",
+                       "report.html", "report.json", "report.md", "report.png"]
+    assert "| int8 |" in result.stdout and f"wrote 6 files to {out}" in result.stdout
     assert "WARNING" not in result.stdout and "INFO" not in result.stdout
     # Nothing is lost: what TensorFlow, the converter and LiteRT printed is in tflq.log.
     log = (out / "tflq.log").read_text()
