@@ -571,3 +571,24 @@ def test_bad_adaround_flags_exit_2_and_write_nothing(capsys, tmp_path, tiny_file
                                 **flags_)
     assert code == 2 and message in err and stdout == ""
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("extra", [{"range_estimator": "mse"}, {"equalize": True},
+                                   {"adaround": True, "adaround_iterations": 20}])
+def test_tflq_methods_take_a_keras3_model(capsys, tmp_path, tiny_files, extra):
+    # A Keras 3 model is rebuilt as tf_keras for tflq's methods; its .tflite must keep the
+    # Keras 3 model's output names (the signature the evaluation reads).
+    import keras
+
+    k3 = keras.Sequential([keras.Input((8, 8, 1), name="img"),
+                           keras.layers.Conv2D(4, 3, activation="relu"),
+                           keras.layers.Flatten(), keras.layers.Dense(3, name="logits")])
+    k3.save(tmp_path / "k3.keras")
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, model=str(tmp_path / "k3.keras"), data=tiny_files["data"],
+                           eval_data=tiny_files["eval_data"], out=out, modes="int8",
+                           num_calibration_samples=40, **extra)
+    assert code == 0, err
+    row = load_report(out)["modes"][0]
+    assert row["float_ops"] == [] and row["top1_agreement"] >= 0.9
+    assert any(n.startswith("Keras 3 model rebuilt as tf_keras") for n in row["notes"])

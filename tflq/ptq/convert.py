@@ -178,14 +178,11 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
     if options.range_estimator:
         calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
                                                 options.percentile)
-        # Wrapped layers are named quant_<name>: an identity per output restores the
-        # model's own output names in the .tflite signature.
-        renamed = tf_keras.Model(calibrated.inputs, [
-            tf_keras.layers.Activation("linear", name=name)(tensor)
-            for tensor, name in zip(calibrated.outputs, keras.output_names, strict=True)])
-        content = convert_qat(renamed, workdir, integer_io=options.integer_io)
+        content = convert_qat(_named_outputs(calibrated, model.output_names), workdir,
+                              integer_io=options.integer_io)
     else:
-        converter = wrap_model(keras, model.source).make_converter(workdir)
+        converter = wrap_model(_named_outputs(keras, model.output_names),
+                               model.source).make_converter(workdir)
         configure(converter, Mode.INT8, options, representative)
         content = _run_converter(converter, Mode.INT8, options)
     if rounding is not None:
@@ -193,6 +190,19 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
     for note in notes:
         print(f"tflq: {note}", file=sys.stderr)
     return content
+
+
+def _named_outputs(keras, names):
+    """``keras`` with an identity per output named as the loaded model's outputs, so the
+    .tflite signature keeps them: QAT wrappers rename layers quant_<name>, and a Keras 3
+    model's signature names (``output_0``) differ from its tf_keras rebuild's layer names."""
+    from tflq.models import tf_keras
+
+    if list(keras.output_names) == list(names):
+        return keras
+    return tf_keras.Model(keras.inputs, [
+        tf_keras.layers.Activation("linear", name=name)(tensor)
+        for tensor, name in zip(keras.outputs, names, strict=True)])
 
 
 def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details: dict):
