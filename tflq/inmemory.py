@@ -121,7 +121,7 @@ class CallableSource(DataSource):
 def _match_inputs(columns: Mapping, names: list[str], what: str) -> dict:
     """``{input name: column}`` for a dict of columns (``x`` for a single input), or the
     error a file with the same arrays gets."""
-    keys = [k for k in columns if k != "y"]
+    keys = list(columns)
     if len(names) == 1 and names[0] not in columns and "x" in columns:
         return {names[0]: columns["x"]}
     missing = [n for n in names if n not in columns]
@@ -198,13 +198,16 @@ def _compatible(shape: Sequence, expected: Sequence) -> bool:
 
 def _is_batched(shape: Sequence, spec: TensorSpec) -> bool:
     """Whether a Dataset element of ``shape`` is a batch for ``spec`` (a sample of the
-    input, or of the input without its trailing channel of 1, is not)."""
+    input, or of the input without its trailing channel of 1, is not); a shape that fits
+    neither is a batch when it has one more axis than the input (its samples then fail the
+    shape check with the file's message)."""
     expected = tuple(spec.shape)
     squeezed = expected[:-1] if expected and expected[-1] == 1 else None
     if _compatible(shape, expected) or (squeezed is not None and _compatible(shape, squeezed)):
         return False
     rest = tuple(shape[1:])
-    return _compatible(rest, expected) or (squeezed is not None and _compatible(rest, squeezed))
+    return (_compatible(rest, expected) or (squeezed is not None and _compatible(rest, squeezed))
+            or len(shape) == len(expected) + 1)
 
 
 class DatasetSource(CallableSource):
@@ -231,8 +234,12 @@ class DatasetSource(CallableSource):
             self._length = cardinality  # known: no counting pass
 
     def _detect_batched(self, element_spec) -> bool:
-        inputs = element_spec[0] if isinstance(element_spec, tuple) and len(
-            element_spec) == 2 else element_spec
+        paired = isinstance(element_spec, tuple) and len(element_spec) == 2
+        labels_rank = getattr(getattr(element_spec[1], "shape", None), "rank", None) if paired \
+            else None
+        if labels_rank is not None:  # one class index per sample: rank 1 means a batch
+            return labels_rank >= 1
+        inputs = element_spec[0] if paired else element_spec
         if isinstance(inputs, Mapping):
             for spec in self._specs:
                 if spec.name in inputs:
