@@ -155,6 +155,20 @@ def test_bad_in_memory_data_fails_before_writing(tiny_model, data, tmp_path):
     assert snapshot(out) == before
 
 
+def test_training_and_preflight_inputs_get_the_files_errors(tiny_model, data):
+    x, y = data
+    with pytest.raises(ValueError, match=r"arrays differ in length: \{'img': 80, 'y': 79\}"):
+        tflq.qat(tiny_model, (x, y[:-1]), data, epochs=1)
+    with pytest.raises(ValueError, match=r"Training data '<numpy arrays \(80 samples\)>' has no "
+                                         "labels"):
+        tflq.compress(tiny_model, x, data, sparsity=0.5)
+    with pytest.raises(ValueError, match=r"has no array for model input\(s\) \['img'\]"):
+        tflq.preflight(tiny_model, {"image": x})
+    with pytest.raises(ValueError, match=r"shape \(8, 8, 3\) does not match the model's "
+                                         r"\(8, 8, 1\)"):
+        tflq.preflight(tiny_model, np.repeat(x, 3, axis=-1))
+
+
 def test_out_writes_what_save_writes_and_gates_follow(tiny_model, data, tmp_path):
     result = tflq.convert(tiny_model, data, modes=("int8",), out=str(tmp_path / "o"),
                           num_calibration_samples=40, min_agreement=1.0, **FAST)
