@@ -125,7 +125,7 @@ def test_keras3_object_with_a_batched_dataset_and_a_function(tmp_path):
     result = tflq.convert(model, dataset, eval_data=eval_samples, modes=("int8",),
                           num_calibration_samples=30, **FAST)
     assert result.report["model"]["flavor"] == "keras3"
-    assert result.report["data"]["calibration"]["source"] == "<tf.data.Dataset (batched)>"
+    assert result.report["data"]["calibration"]["source"] == "<tf.data.Dataset>"
     assert result.report["data"]["evaluation"] == {**result.report["data"]["evaluation"],
                                                    "source": "<generator eval_samples>",
                                                    "num_samples": 20, "has_labels": True}
@@ -135,6 +135,16 @@ def test_keras3_object_with_a_batched_dataset_and_a_function(tmp_path):
                           for i in range(20)])
     agreement = float(np.mean(np.argmax(got, -1) == np.argmax(want, -1)))
     assert result.modes["int8"].metrics["top1_agreement"] == pytest.approx(agreement)
+    # The same object through QAT (rebuilt as tf_keras and checked) and preflight.
+    trained = tflq.qat(model, dataset, (images[:20], labels[:20]), epochs=1, batch_size=30,
+                       verbose=0, latency_runs=2, layer_error_samples=0)
+    assert trained.report["model"] == {**trained.report["model"], "flavor": "keras3",
+                                       "source": "<in-memory model>"}
+    assert trained.report["data"]["calibration"]["num_samples"] == 60
+    assert trained.modes["int8"].metrics["top1_agreement"] > 0.5
+    checked = tflq.preflight(model, dataset)
+    assert checked.report["data"] == "<tf.data.Dataset>"
+    assert isinstance(checked.report["findings"], list)
 
 
 def test_bad_in_memory_data_fails_before_writing(tiny_model, data, tmp_path):
@@ -226,7 +236,6 @@ def test_import_tflq_stays_light():
     assert out.stdout.split() == ["False", "True"]
 
 
-@pytest.mark.slow
 def test_package_docstring_examples_run():
     import doctest
 

@@ -178,7 +178,7 @@ def test_datasets_and_functions_stream():
         rows, output_signature=tf.TensorSpec((8, 8, 1), tf.float32)).batch(10)
     pulled.clear()
     source = open_data(dataset, SPECS)
-    assert source.description == "<tf.data.Dataset (batched)>"
+    assert source.description == "<tf.data.Dataset>"
     assert len(source) == 1000  # unknown cardinality: counted in one streaming pass
     pulled.clear()
     (index, inputs, _), = source.iter_samples([15])

@@ -228,8 +228,7 @@ class DatasetSource(CallableSource):
         self._dataset = dataset
         self._specs = list(input_specs)
         self._batched = self._detect_batched(dataset.element_spec)
-        super().__init__(self._rows, input_specs,
-                         f"<tf.data.Dataset{' (batched)' if self._batched else ''}>")
+        super().__init__(self._rows, input_specs, describe(dataset))
         if cardinality >= 0 and not self._batched:
             self._length = cardinality  # known: no counting pass
 
