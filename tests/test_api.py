@@ -15,6 +15,7 @@ from tflq import interpreter, report
 from tflq.jobs import convert as convert_job
 from tflq.models import tf, tf_keras
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"latency_runs": 2, "progress": False, "layer_error_samples": 0}
 
 
@@ -51,12 +52,13 @@ def test_convert_in_memory_equals_the_file_job(in_memory, tiny_model, data, tmp_
     assert in_memory.exit_code == 0 and in_memory.gate_failures == ()
 
 
-def test_mode_results_hold_runnable_tflite_bytes(in_memory, tiny_model, data):
+def test_mode_results_hold_runnable_tflite_bytes(in_memory, tiny_model, data, tmp_path):
     int8 = in_memory.modes["int8"]
     assert int8.name == f"{tiny_model.name}_int8.tflite"
     assert int8.tflite == in_memory.files[int8.name]
     assert int8.size_bytes == int8.metrics["size_bytes"] == len(int8.tflite)
     assert int8.float_ops == [] and int8.latency_ms["median"] > 0
+    assert open(int8.save(str(tmp_path / "m.tflite")), "rb").read() == int8.tflite
     runner = interpreter.TfliteModel(in_memory.modes["float32"].tflite)
     out = runner.run({next(iter(runner.input_details)): data[0][:4]})[0]
     np.testing.assert_allclose(out, tiny_model(data[0][:4]).numpy(), atol=1e-5)
@@ -232,7 +234,7 @@ def test_import_tflq_stays_light():
     code = ("import sys, tflq; assert callable(tflq.__getattr__); "
             "print('tensorflow' in sys.modules, 'convert' in tflq.__all__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                         check=True, env={**os.environ, "PYTHONPATH": REPO})
     assert out.stdout.split() == ["False", "True"]
 
 

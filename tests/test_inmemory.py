@@ -3,6 +3,7 @@ kind yields the same checked samples as the .npz file of the same arrays, bad in
 with the file's own messages, Datasets and functions stream, and a model object's
 fingerprint is the sha256 of its weights."""
 
+import dataclasses
 import hashlib
 import re
 
@@ -241,5 +242,6 @@ def test_jobs_describe_in_memory_inputs_and_refuse_to_serialize(tiny_model):
         job.to_dict()
     paths = ConvertJob(model="m.keras", data="d.npz", out="o")
     assert ConvertJob.from_dict(paths.to_dict()) == paths
+    assert job_settings(paths) == dataclasses.asdict(paths)  # path jobs: settings as before
     assert inmemory.describe(tf.data.Dataset.range(2)) == "<tf.data.Dataset>"
     assert inmemory.describe(_kinds) == "<generator _kinds>"
