@@ -1,5 +1,30 @@
 """tflq: Keras models to deployable, quantized TensorFlow Lite models, with proof.
 
+The front door takes a model and data in memory (or as paths) and returns a result that
+holds every .tflite as bytes, the metrics and the report, and shows as the report in
+Jupyter; nothing is written until ``.save(out)``:
+
+>>> import numpy as np
+>>> import tflq
+>>> from tflq.models import tf_keras
+>>> model = tf_keras.Sequential([tf_keras.Input((64,)), tf_keras.layers.Dense(16)])
+>>> x = np.random.default_rng(0).normal(size=(96, 64)).astype("float32")
+>>> y = np.argmax(model.predict(x, verbose=0), axis=-1)
+>>> result = tflq.convert(model, (x, y), modes=("float32", "int8"),
+...                       num_calibration_samples=48, latency_runs=2, progress=False)
+>>> sorted(result.modes)
+['float32', 'int8']
+>>> result.report["data"]["calibration"]["source"]
+'<numpy arrays (96 samples)>'
+>>> int8 = result.modes["int8"]
+>>> int8.tflite[4:8], int8.size_bytes < result.modes["float32"].size_bytes
+(b'TFL3', True)
+>>> result.best("top1_agreement", max_size=int8.size_bytes).mode
+'int8'
+
+``tflq.qat``, ``tflq.compress`` and ``tflq.preflight`` work the same way
+(:mod:`tflq.api`).
+
 Names are imported lazily: ``import tflq`` is cheap, and TensorFlow is loaded only when a
 name that needs it is first used. Loading it sets ``TF_USE_LEGACY_KERAS=1`` (unless already
 set) first, so that tfmot's tf_keras works; Keras 3 models are accepted too.
@@ -10,6 +35,12 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "convert": "tflq.api",
+    "qat": "tflq.api",
+    "compress": "tflq.api",
+    "preflight": "tflq.api",
+    "Result": "tflq.jobs.result",
+    "ModeResult": "tflq.jobs.result",
     "ALL_MODES": "tflq.options",
     "ConvertOptions": "tflq.options",
     "Mode": "tflq.options",

@@ -16,11 +16,12 @@ import dataclasses
 import gzip
 import os
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from tflq.factories import import_callable, is_factory, iterate_factory
+from tflq.factories import import_callable, is_factory
+from tflq.inmemory import CallableSource, DataSource, Sample, is_in_memory, open_in_memory
 from tflq.signature import TensorSpec
 
 __all__ = ["NORMALIZATIONS", "IMAGE_SUFFIXES", "Sample", "DataOptions", "normalize_pixels",
@@ -29,9 +30,6 @@ __all__ = ["NORMALIZATIONS", "IMAGE_SUFFIXES", "Sample", "DataOptions", "normali
 
 NORMALIZATIONS = ("0_1", "-1_1", "none")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-Sample = tuple[int, dict[str, np.ndarray], "int | None"]
-
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
@@ -67,20 +65,6 @@ def normalize_pixels(raw: np.ndarray, normalize: str) -> np.ndarray:
     if normalize == "-1_1":
         return x / 127.5 - 1.0
     return x
-
-
-class DataSource:
-    """Base class: a finite, re-iterable stream of samples."""
-
-    description = "data"
-    has_labels = False
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def iter_samples(self, indices: Sequence[int] | None = None) -> Iterator[Sample]:
-        """Yields ``(index, inputs, label)`` for the sorted ``indices`` (all if None)."""
-        raise NotImplementedError
 
 
 def _read_npy_header(fileobj):
@@ -350,7 +334,7 @@ class ImageFolderSource(DataSource):
             yield i, {self._name: normalize_pixels(raw, self._options.normalize)}, label
 
 
-class GeneratorSource(DataSource):
+class GeneratorSource(CallableSource):
     """``package.module:function`` returning an iterable of samples.
 
     Each item is an array (single-input model), a dict keyed by input name, or a tuple
@@ -358,57 +342,18 @@ class GeneratorSource(DataSource):
     """
 
     def __init__(self, spec: str, input_specs: Sequence[TensorSpec]):
-        self.description = spec
-        self._func: Callable = import_callable(spec, "Data generator")
-        self._names = [s.name for s in input_specs]
-        self._length = None
-        first = next(iter(self._items()), None)
-        self.has_labels = first is not None and first[2] is not None
-
-    def _items(self):
-        for i, item in enumerate(iterate_factory(self._func, self.description, "Data generator")):
-            label = None
-            if isinstance(item, tuple) and len(item) == 2:
-                item, label = item
-                label = None if label is None else int(np.asarray(label))
-            if isinstance(item, Mapping):
-                inputs = {k: np.asarray(v) for k, v in item.items()}
-            elif len(self._names) == 1:
-                inputs = {self._names[0]: np.asarray(item)}
-            else:
-                raise ValueError(
-                    f"Data generator {self.description!r}, sample {i}: the model has inputs "
-                    f"{self._names}; yield a dict keyed by input name. "
-                    f"Received: {type(item).__name__}"
-                )
-            yield i, inputs, label
-
-    def __len__(self):
-        if self._length is None:
-            self._length = sum(1 for _ in self._items())
-        return self._length
-
-    def iter_samples(self, indices=None):
-        if indices is None:
-            yield from self._items()
-            return
-        wanted = iter(indices)
-        target = next(wanted, None)
-        for i, inputs, label in self._items():
-            if target is None:
-                return
-            if i == target:
-                yield i, inputs, label
-                target = next(wanted, None)
+        super().__init__(import_callable(spec, "Data generator"), input_specs, spec)
 
 
-def open_data(spec: str, input_specs: Sequence[TensorSpec],
+def open_data(spec, input_specs: Sequence[TensorSpec],
               options: DataOptions | None = None) -> DataSource:
-    """Opens a data source from a path or ``module:function``.
+    """Opens a data source from a path, ``module:function`` or data held in memory.
 
     Args:
       spec: ``.npz``/``.npy`` file, IDX images file (``*-images-idx3-ubyte[.gz]``), a
-        folder of images, or ``package.module:function``.
+        folder of images, ``package.module:function``, or in memory (see
+        :func:`tflq.inmemory.open_in_memory`): numpy arrays, a dict of arrays by input name,
+        an ``(x, y)`` tuple, a ``tf.data.Dataset`` or a function yielding samples.
       input_specs: the model's inputs (data is matched to them by name).
       options: image normalization and resizing.
 
@@ -416,6 +361,11 @@ def open_data(spec: str, input_specs: Sequence[TensorSpec],
       ValueError: missing path, unknown kind, unreadable file, or an empty data set.
     """
     options = options or DataOptions()
+    if is_in_memory(spec):
+        source = open_in_memory(spec, input_specs)
+        if len(source) == 0:
+            raise ValueError(f"Data set {source.description!r} is empty: it holds no samples.")
+        return source
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"Expected a data path or 'module:function'. Received: data={spec!r}")
     if is_factory(spec):

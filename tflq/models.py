@@ -71,15 +71,32 @@ class LoadedModel:
         return tuple(spec.name for spec in self.inputs)
 
     @property
+    def in_memory(self) -> bool:
+        """True for a model object passed in memory (no file behind it)."""
+        return self.source.startswith("<")
+
+    @property
     def stem(self) -> str:
-        """A short name for output files."""
+        """A short name for output files (an in-memory model's own name)."""
+        if self.in_memory and self.keras_model is not None:
+            name = "".join(c if c.isalnum() or c in "-_" else "_"
+                           for c in str(getattr(self.keras_model, "name", "")))
+            return name.strip("_") or "model"
         base = self.source.rstrip("/\\")
         if is_factory(base):
             return base.split(":")[-1]
         return os.path.splitext(os.path.basename(base))[0] or "model"
 
     def fingerprint(self) -> str:
-        """sha256 of the model's bytes (files under a folder in sorted order)."""
+        """sha256 of the model's bytes (files under a folder in sorted order); for an
+        in-memory model, of its weights (shape, dtype and bytes of each, in order)."""
+        if self.in_memory and self.keras_model is not None:
+            digest = hashlib.sha256()
+            for weight in self.keras_model.get_weights():
+                array = np.ascontiguousarray(weight)
+                digest.update(f"{array.dtype.str}{array.shape}".encode())
+                digest.update(array.tobytes())
+            return digest.hexdigest()
         if os.path.exists(self.source):
             return sha256_of(self.source)
         return hashlib.sha256(self.source.encode()).hexdigest()
@@ -325,8 +342,10 @@ def _load_factory(spec: str) -> LoadedModel:
     return wrap_model(call_factory(factory, spec, "Model factory"), source=spec)
 
 
-def load_model(spec: str) -> LoadedModel:
-    """Loads a model from a path or a ``package.module:function`` factory.
+def load_model(spec) -> LoadedModel:
+    """Loads a model from a path or a ``package.module:function`` factory, or wraps a model
+    object held in memory (tf_keras or Keras 3, see :func:`wrap_model`; a
+    :class:`LoadedModel` is returned as it is).
 
     Supported: ``.keras`` files written by Keras 3 or by tf_keras (told apart by the
     ``keras_version`` in the archive's metadata), ``.h5`` files written by tf_keras or by
@@ -338,6 +357,10 @@ def load_model(spec: str) -> LoadedModel:
       ValueError: the path is missing, of an unknown kind, corrupt or truncated, or the
         factory cannot be imported or returns something that is not a model.
     """
+    if isinstance(spec, LoadedModel):
+        return spec
+    if spec is not None and not isinstance(spec, str):
+        return wrap_model(spec)  # refuses what is not a Keras model, naming its type
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"Expected a model path or 'module:function'. Received: model={spec!r}")
     if is_factory(spec):

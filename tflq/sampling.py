@@ -158,18 +158,20 @@ def representative_dataset(source: DataSource, input_specs: Sequence[TensorSpec]
     return generate
 
 
-def load_arrays(spec: str, input_specs: Sequence[TensorSpec], limit: int | None = None,
+def load_arrays(spec, input_specs: Sequence[TensorSpec], limit: int | None = None,
                 seed: int = 0, labelled: str | None = None
                 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """A data source read into memory: ({input name: (N, ...)}, labels or None), at most
-    ``limit`` samples drawn with ``seed``. ``labelled`` names the data for the error raised
+    """A data source (path, ``module:function`` or in memory, see
+    :func:`tflq.data.open_data`) read into memory: ({input name: (N, ...)}, labels or None),
+    at most ``limit`` samples drawn with ``seed``. ``labelled`` names the data for the error raised
     when it has no labels (None: labels are optional)."""
     source = open_data(spec, input_specs)
     indices = sample_indices(len(source), limit, seed) if limit else None
     xs, ys = [], []
     for batch, labels in iter_batches(source, input_specs, 1024, indices):
         if labels is None and labelled is not None:
-            raise ValueError(f"{labelled} {spec!r} has no labels; training needs labelled data.")
+            raise ValueError(f"{labelled} {source.description!r} has no labels; training needs "
+                             "labelled data.")
         xs.append(batch)
         ys.append(labels)
     x = {name: np.concatenate([b[name] for b in xs]) for name in xs[0]}

@@ -7,23 +7,66 @@ import dataclasses
 import datetime
 import os
 
-from tflq import console, metrics, report, runtime, sampling
+from tflq import console, inmemory, metrics, report, runtime, sampling
 from tflq.data import open_data
 from tflq.fileio import write_atomic
 
 __all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate", "array_batches",
            "load_training_data", "base_report", "finish", "write_outputs", "report_files",
-           "add_layer_error"]
+           "add_layer_error", "render_outputs", "write_files", "job_settings", "refuse_in_memory",
+           "IN_MEMORY_FIELDS", "given"]
+
+# Job fields that may hold an in-memory model or data instead of a path.
+IN_MEMORY_FIELDS = ("model", "data", "eval_data", "train_data", "teacher")
 
 
 @dataclasses.dataclass(frozen=True)
 class JobResult:
-    """What a run produced: the report, the files written, and the exit code to use."""
+    """What a run produced: the report, the files written (none when ``out`` is None), the
+    exit code to use, and ``contents``: every output file by name, as bytes, in the order
+    they are written (the same whether or not anything was written)."""
 
     report: dict
     files: tuple[str, ...]
     exit_code: int
     gate_failures: tuple[str, ...]
+    contents: dict = dataclasses.field(default_factory=dict, repr=False)
+
+
+def given(value) -> bool:
+    """Whether an optional input was given: not None and not an empty path (arrays and
+    Datasets have no truth value to test)."""
+    return value is not None and not (isinstance(value, str) and not value)
+
+
+def job_settings(job) -> dict:
+    """``dataclasses.asdict(job)`` with in-memory inputs replaced by their descriptions
+    (``<in-memory model>``, ``<numpy arrays (N samples)>``, ...)."""
+    described = {name: inmemory.describe(getattr(job, name)) for name in IN_MEMORY_FIELDS
+                 if inmemory.is_in_memory(getattr(job, name, None))}
+    values = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
+    values.update(described)
+    return {name: (value if name in described else
+                   dataclasses.asdict(value) if dataclasses.is_dataclass(value) else
+                   _plain(value)) for name, value in values.items()}
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def refuse_in_memory(job, what: str) -> None:
+    """Raises the error a job holding in-memory inputs gives when it must be serialized."""
+    held = [name for name in IN_MEMORY_FIELDS if inmemory.is_in_memory(getattr(job, name, None))]
+    if held:
+        raise ValueError(
+            f"{what}: {', '.join(f'{n}={inmemory.describe(getattr(job, n))}' for n in held)} "
+            "is held in memory; only paths and 'module:function' specs can be serialized "
+            "(batch specs, worker payloads). Save it to a file, or run the job in this process.")
 
 
 def progress(enabled: bool | str, desc: str, total: int | None, unit: str = "sample"):
@@ -37,7 +80,7 @@ def prepare_data(job, model):
     specs = model.inputs
     calib = open_data(job.data, specs, job.data_options)
     calib_indices = sampling.sample_indices(len(calib), job.num_calibration_samples, job.seed)
-    if job.eval_data:
+    if given(job.eval_data):
         evaluation = open_data(job.eval_data, specs, job.data_options)
         eval_indices = list(range(len(evaluation)))
     else:
@@ -46,7 +89,7 @@ def prepare_data(job, model):
         eval_indices = [i for i in range(len(calib)) if i not in taken]
         if not eval_indices:
             raise ValueError(
-                f"No evaluation data: all {len(calib)} samples of {job.data!r} are used for "
+                f"No evaluation data: all {len(calib)} samples of {calib.description!r} are used for "
                 "calibration. Pass eval_data (--eval_data) or fewer calibration samples."
             )
     if job.num_eval_samples is not None:
@@ -174,13 +217,32 @@ def base_report(*, model, source: str, settings: dict, data: dict, float_section
     }
 
 
-def finish(out: str, full_report: dict, files: dict[str, bytes]) -> JobResult:
-    """Writes the artifacts and report.json/md/png atomically; the exit code follows the gates."""
-    written = write_outputs(out, full_report, files)
+def finish(out: str | None, full_report: dict, files: dict[str, bytes]) -> JobResult:
+    """Renders the artifacts and report.json/md/png/html (:func:`render_outputs`) and writes
+    them atomically to ``out``, or nothing when ``out`` is None (the files are in the result's
+    ``contents``); the exit code follows the gates."""
+    contents = render_outputs(full_report, files)
+    written = write_files(out, contents) if out is not None else []
     failures = tuple(full_report["gates"]["failures"])
     return JobResult(report=full_report, files=tuple(written),
                      exit_code=runtime.EXIT_GATE if failures else runtime.EXIT_OK,
-                     gate_failures=failures)
+                     gate_failures=failures, contents=contents)
+
+
+def render_outputs(full_report: dict, files: dict[str, bytes]) -> dict[str, bytes]:
+    """Every output file of a job by name: its artifacts, then the report files."""
+    return {**files, **dict(report_files(full_report))}
+
+
+def write_files(out: str, contents: dict[str, bytes]) -> list[str]:
+    """Writes each ``name: bytes`` under ``out`` (created if needed), each atomically."""
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for name, content in contents.items():
+        path = os.path.join(out, name)
+        write_atomic(path, content)
+        written.append(path)
+    return written
 
 
 def report_files(full_report: dict, png: bool = True) -> list[tuple[str, bytes]]:
@@ -199,11 +261,4 @@ def report_files(full_report: dict, png: bool = True) -> list[tuple[str, bytes]]
 def write_outputs(out: str, full_report: dict, files: dict[str, bytes]) -> list[str]:
     """Writes each file, then report.json, report.md, report.png and report.html, each
     atomically."""
-    os.makedirs(out, exist_ok=True)
-    written = []
-    items = list(files.items()) + report_files(full_report)
-    for name, content in items:
-        path = os.path.join(out, name)
-        write_atomic(path, content)
-        written.append(path)
-    return written
+    return write_files(out, render_outputs(full_report, files))

@@ -29,6 +29,8 @@ import re
 import numpy as np
 
 from tflq import options, report, runtime
+from tflq.inmemory import describe
+from tflq.jobs import common
 from tflq.jobs.common import JobResult, array_batches, base_report, check_samples, evaluate, finish, load_training_data
 from tflq.quant.compress import (
     COMPRESSIBLE,
@@ -67,10 +69,10 @@ class CompressJob:
         (:func:`tflq.quant.qat.make_trainer`: α·CE + (1 − α)·T²·KL, α 0.5, T 4).
     """
 
-    model: str
-    train_data: str
-    eval_data: str
-    out: str
+    model: object  # a path, 'module:function' or a Keras model object
+    train_data: object  # a path, 'module:function' or data in memory (tflq.data.open_data)
+    eval_data: object
+    out: str | None  # None: nothing written (the result's contents hold the files)
     sparsity: float = 0.0
     schedule: str = "constant"
     structure: str = "unstructured"
@@ -184,7 +186,8 @@ def run_compress_job(job: CompressJob) -> JobResult:
     from tflq.ptq import convert
     from tflq.quant import qat
 
-    runtime.check_output_dir(job.out)
+    if job.out is not None:
+        runtime.check_output_dir(job.out)
     float_model = load_model(job.model)
     x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model)
     # A Keras 3 model is rebuilt as tf_keras (tfmot needs it), checked on training samples.
@@ -228,7 +231,7 @@ def run_compress_job(job: CompressJob) -> JobResult:
                 for i in order:
                     yield {n: x_train[n][i:i + 1] for n in names}
 
-            loaded = wrap_model(model, job.model)
+            loaded = wrap_model(model, float_model.source)
             content = convert.convert_model(loaded, "int8", scratch, representative).content
 
             def make_converter():
@@ -257,9 +260,9 @@ def run_compress_job(job: CompressJob) -> JobResult:
                           tflite_inspect.find_float_ops(content), compared["int8"].result(), base,
                           latency["int8"], None, stages)
     full = base_report(
-        model=float_model, source=job.model, settings=dataclasses.asdict(job),
-        data={"calibration": {"source": job.train_data, "num_samples": int(len(y_train))},
-              "evaluation": {"source": job.eval_data, "num_samples": int(len(y_eval)),
+        model=float_model, source=float_model.source, settings=common.job_settings(job),
+        data={"calibration": {"source": describe(job.train_data), "num_samples": int(len(y_train))},
+              "evaluation": {"source": describe(job.eval_data), "num_samples": int(len(y_eval)),
                              "has_labels": base is not None}},
         float_section={"accuracy": base, "float32_tflite_bytes": len(float32),
                        "latency_ms": latency["float32"]},

@@ -17,7 +17,17 @@ import time
 
 from tflq import options, report, sampling
 from tflq.data import DataOptions
-from tflq.jobs.common import JobResult, add_layer_error, base_report, evaluate, finish, prepare_data, progress
+from tflq.jobs.common import (
+    JobResult,
+    add_layer_error,
+    base_report,
+    evaluate,
+    finish,
+    given,
+    prepare_data,
+    progress,
+    refuse_in_memory,
+)
 from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
 
@@ -30,12 +40,13 @@ class ConvertJob:
     """Everything one conversion run needs; checked on creation.
 
     Attributes:
-      model: model path or ``module:function``.
-      data: calibration data (see :func:`tflq.data.open_data`).
+      model: model path or ``module:function``, or a tf_keras / Keras 3 model object.
+      data: calibration data (see :func:`tflq.data.open_data`: a path, ``module:function``,
+        or arrays, a dict, an ``(x, y)`` tuple, a ``tf.data.Dataset`` or a function).
       eval_data: evaluation data; None evaluates on the samples of ``data`` not drawn for
         calibration.
       modes: converter modes, in order.
-      out: output folder.
+      out: output folder; None writes nothing (the files are in the result's ``contents``).
       num_calibration_samples: how many calibration samples to draw (with ``seed``).
       num_eval_samples: cap on evaluation samples (None: all).
       seed: sampling seed.
@@ -53,10 +64,10 @@ class ConvertJob:
         float32 (:mod:`tflq.layer_error`); 0 turns it off.
     """
 
-    model: str
-    data: str
-    out: str
-    eval_data: str | None = None
+    model: object
+    data: object
+    out: str | None
+    eval_data: object | None = None
     modes: tuple[str, ...] = options.ALL_MODES
     num_calibration_samples: int = 500
     num_eval_samples: int | None = None
@@ -91,11 +102,17 @@ class ConvertJob:
             raise ValueError(
                 f"num_eval_samples must be positive. Received: num_eval_samples={self.num_eval_samples}"
             )
-        if not self.out:
-            raise ValueError("out must name an output folder. Received: out=''")
+        if self.out is not None and not self.out:
+            raise ValueError("out must name an output folder (or be None: write nothing). "
+                             "Received: out=''")
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict; :meth:`from_dict` rebuilds an equal job."""
+        """A JSON-ready dict; :meth:`from_dict` rebuilds an equal job.
+
+        Raises:
+          ValueError: the job holds an in-memory model or data (not serializable).
+        """
+        refuse_in_memory(self, "ConvertJob.to_dict")
         return dataclasses.asdict(self)
 
     @classmethod
@@ -143,7 +160,8 @@ BASELINE = "int8 (plain converter)"  # the runner key of the plain converter's i
 
 
 def run_job(job: ConvertJob) -> JobResult:
-    """Runs one conversion job end to end and writes its outputs.
+    """Runs one conversion job end to end and writes its outputs (none when ``job.out`` is
+    None: the result's ``contents`` holds them).
 
     Returns:
       A :class:`JobResult`; ``exit_code`` is 3 when a gate failed (outputs still written).
@@ -156,7 +174,8 @@ def run_job(job: ConvertJob) -> JobResult:
     from tflq.ptq import preflight
 
     modes = options.parse_modes(list(job.modes))
-    check_output_dir(job.out)
+    if job.out is not None:
+        check_output_dir(job.out)
     model = load_model(job.model)
     calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats = prepare_data(
         job, model)
@@ -183,11 +202,12 @@ def run_job(job: ConvertJob) -> JobResult:
                                {m.value: conversions[m].content for m in modes},
                                representative(), job.layer_error_samples)
     full_report = base_report(
-        model=model, source=job.model, settings=job.settings(),
+        model=model, source=model.source, settings=job.settings(),
         data={
-            "calibration": {"source": job.data, "num_samples": len(calib_indices),
+            "calibration": {"source": calib.description, "num_samples": len(calib_indices),
                             "range": calib_stats.to_dict()},
-            "evaluation": {"source": job.eval_data or f"{job.data} (samples not calibrated on)",
+            "evaluation": {"source": evaluation.description if given(job.eval_data)
+                           else f"{calib.description} (samples not calibrated on)",
                            "num_samples": len(eval_indices),
                            "has_labels": float_result["accuracy"] is not None,
                            "range": eval_stats.to_dict()},

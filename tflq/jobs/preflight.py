@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
-from tflq import report, runtime, sampling
-from tflq.fileio import write_atomic
-from tflq.jobs.common import JobResult
+from tflq import inmemory, report, runtime, sampling
+from tflq.jobs.common import JobResult, given, write_files
 
 __all__ = ["PreflightJob", "run_preflight_job"]
 
@@ -18,25 +16,26 @@ class PreflightJob:
     """Everything one preflight run needs; checked on creation.
 
     Attributes:
-      model: model path or ``module:function``.
-      data: calibration data (None: only the checks that need no data).
+      model: model path or ``module:function``, or a tf_keras / Keras 3 model object.
+      data: calibration data, a path or in memory (:func:`tflq.data.open_data`; None: only
+        the checks that need no data).
       eval_data: evaluation data to compare with the calibration data (needs ``data``).
       num_calibration_samples: calibration samples drawn with ``seed``.
       seed: sampling seed.
       out: folder for preflight.json and preflight.md (None: nothing written).
     """
 
-    model: str
-    data: str | None = None
-    eval_data: str | None = None
+    model: object
+    data: object | None = None
+    eval_data: object | None = None
     num_calibration_samples: int = 500
     seed: int = 0
     out: str | None = None
 
     def __post_init__(self):
-        if not self.model:
+        if not given(self.model):
             raise ValueError("model is required (--model).")
-        if self.eval_data and not self.data:
+        if given(self.eval_data) and not given(self.data):
             raise ValueError("--eval_data needs --data (the calibration data to compare with).")
         if not isinstance(self.num_calibration_samples, int) or self.num_calibration_samples < 1:
             raise ValueError(f"num_calibration_samples must be a positive integer. Received: "
@@ -60,17 +59,15 @@ def run_preflight_job(job: PreflightJob) -> JobResult:
         runtime.check_output_dir(job.out)
     loaded = load_model(job.model)
     calib = (sampling.load_arrays(job.data, loaded.inputs, job.num_calibration_samples,
-                                  job.seed)[0] if job.data else None)
-    evaluation = sampling.load_arrays(job.eval_data, loaded.inputs)[0] if job.eval_data else None
-    full = {"model": job.model, "data": job.data, "eval_data": job.eval_data,
+                                  job.seed)[0] if given(job.data) else None)
+    evaluation = (sampling.load_arrays(job.eval_data, loaded.inputs)[0]
+                  if given(job.eval_data) else None)
+    full = {"model": loaded.source, "data": inmemory.describe(job.data),
+            "eval_data": inmemory.describe(job.eval_data),
             **preflight.run(loaded, calib, evaluation)}
-    files = []
-    if job.out:
-        os.makedirs(job.out, exist_ok=True)
-        table = report.format_findings(full["findings"])
-        for name, content in (("preflight.json", report.to_json(full)),
-                              ("preflight.md", f"# tflq preflight: {job.model}\n\n{table}\n".encode())):
-            path = os.path.join(job.out, name)
-            write_atomic(path, content)
-            files.append(path)
-    return JobResult(report=full, files=tuple(files), exit_code=runtime.EXIT_OK, gate_failures=())
+    table = report.format_findings(full["findings"])
+    contents = {"preflight.json": report.to_json(full),
+                "preflight.md": f"# tflq preflight: {loaded.source}\n\n{table}\n".encode()}
+    files = write_files(job.out, contents) if job.out else []
+    return JobResult(report=full, files=tuple(files), exit_code=runtime.EXIT_OK, gate_failures=(),
+                     contents=contents)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tflq import metrics, report
+from tflq.inmemory import describe
 from tflq.jobs.common import (
     JobResult,
     add_layer_error,
@@ -17,6 +18,8 @@ from tflq.jobs.common import (
     check_samples,
     evaluate,
     finish,
+    given,
+    job_settings,
     load_training_data,
 )
 from tflq.layer_error import DEFAULT_SAMPLES
@@ -34,12 +37,16 @@ LSB_SLACK = 1.001
 
 @dataclasses.dataclass(frozen=True)
 class QATJob:
-    """Everything one QAT run needs; checked on creation."""
+    """Everything one QAT run needs; checked on creation.
 
-    model: str
-    train_data: str
-    eval_data: str
-    out: str
+    ``model``/``teacher`` may be Keras model objects and ``train_data``/``eval_data`` data
+    held in memory (:func:`tflq.data.open_data`); ``out`` None writes nothing (the files are
+    in the result's ``contents``; an interrupted run then cannot resume)."""
+
+    model: object
+    train_data: object
+    eval_data: object
+    out: str | None
     scheme: str = "default_int8"
     strategy: str = "gradient"
     teacher: str | None = None
@@ -120,12 +127,13 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     from tflq.ptq import convert
     from tflq.quant import qat
 
-    check_output_dir(job.out)
-    out_existed = os.path.isdir(job.out)
+    if job.out is not None:
+        check_output_dir(job.out)
+    out_existed = job.out is None or os.path.isdir(job.out)
     distribution = _distribution(job.distribution)
     with distribution.scope():  # every variable the trainer touches is created in the scope
         float_model = load_model(job.model)
-        teacher_model = load_model(job.teacher) if job.teacher else None
+        teacher_model = load_model(job.teacher) if given(job.teacher) else None
     x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model)
     samples = check_samples(x_train, feed)
     with distribution.scope():  # Keras 3 models are rebuilt as tf_keras and checked
@@ -134,8 +142,8 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     if teacher is not None:
         qat.check_teacher(teacher, source)
     tf_keras.utils.set_random_seed(job.seed)
-    backup_dir = os.path.join(job.out, ".qat_backup")
     scratch = tempfile.mkdtemp(prefix="tflq-qat-")
+    backup_dir = os.path.join(job.out if job.out is not None else scratch, ".qat_backup")
     try:
         with distribution.scope():
             student = qat.quantize_model(source, job.scheme, job.overrides,
@@ -222,9 +230,9 @@ def _validate_and_report(job, float_model, student, feed, x_train, y_train, x_ev
                     ({n: v[i:i + 1] for n, v in x_train.items()} for i in range(len(y_train))),
                     job.layer_error_samples)
     full = base_report(
-        model=float_model, source=job.model, settings=dataclasses.asdict(job),
-        data={"calibration": {"source": job.train_data, "num_samples": int(len(y_train))},
-              "evaluation": {"source": job.eval_data, "num_samples": int(len(y_eval)),
+        model=float_model, source=float_model.source, settings=job_settings(job),
+        data={"calibration": {"source": describe(job.train_data), "num_samples": int(len(y_train))},
+              "evaluation": {"source": describe(job.eval_data), "num_samples": int(len(y_eval)),
                              "has_labels": base is not None}},
         float_section={"accuracy": base, "float32_tflite_bytes": len(float32),
                        "latency_ms": latency["float32"]},
