@@ -10,7 +10,7 @@ import math
 
 __all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
     "format_table", "to_markdown", "format_compression", "format_device_table", "to_png",
-    "format_findings", "worst_layers", "format_layer_error"]
+    "format_findings", "worst_layers", "format_layer_error", "format_outputs"]
 
 SCHEMA_VERSION = 1
 
@@ -121,14 +121,16 @@ def format_table(report: dict) -> str:
     rule = "|" + "---|" * 11
     rows = [head, rule]
     base = report["float"]
+    missing = _accuracy_missing(report)
     rows.append(
-        f"| keras float | – | – | – | {_fmt(_pct(base['accuracy']), '.2f')} | – | – | – | – | – | – |"
+        f"| keras float | – | – | – | {_fmt(_pct(base['accuracy']), '.2f', missing)} "
+        "| – | – | – | – | – | – |"
     )
     for m in report["modes"]:
         lat = m["latency_ms"]
         rows.append(
             f"| {m['mode']} | {m['size_bytes'] / 1024:.1f} | {m['size_ratio']:.3f} "
-            f"| {len(m['float_ops'])} | {_fmt(_pct(m['accuracy']), '.2f')} "
+            f"| {len(m['float_ops'])} | {_fmt(_pct(m['accuracy']), '.2f', missing)} "
             f"| {_fmt(m['accuracy_drop_pp'], '+.2f')} | {m['top1_agreement'] * 100:.2f}% "
             f"| {_fmt(m['sqnr_db'], '.1f')} | {m['cosine']:.5f} | {m['max_abs_error']:.3g} "
             f"| {lat['median']:.3f} / {lat['p90']:.3f} |"
@@ -138,6 +140,33 @@ def format_table(report: dict) -> str:
 
 def _pct(x):
     return None if x is None else 100.0 * x
+
+
+def _percent(x, missing: str) -> str:
+    return missing if x is None else f"{100.0 * x:.2f}%"
+
+
+def _accuracy_missing(report: dict) -> str:
+    """What an accuracy cell says when there is no accuracy: "no labels" when the evaluation
+    data has none, "–" otherwise."""
+    labelled = report.get("data", {}).get("evaluation", {}).get("has_labels", True)
+    return "–" if labelled else "no labels"
+
+
+def format_outputs(report: dict) -> str:
+    """Markdown: per model output (multi-output models), float model against each mode, and
+    the QAT Keras model against the .tflite."""
+    missing = _accuracy_missing(report)
+    lines = ["| mode | output | kind | top-1 agreement | accuracy | SQNR dB | max abs err |",
+             "|" + "---|" * 7]
+    for m in report["modes"]:
+        for name, o in m.get("outputs", {}).items():
+            agreement = "–" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f}%"
+            accuracy = (_fmt(_pct(o["accuracy"]), ".2f", missing) if o["kind"] == "classification"
+                        else "–")
+            lines.append(f"| {m['mode']} | {name} | {o['kind']} | {agreement} | {accuracy} "
+                         f"| {_fmt(o['sqnr_db'], '.1f')} | {o['max_abs_error']:.3g} |")
+    return "\n".join(lines)
 
 
 def to_markdown(report: dict) -> str:
@@ -150,13 +179,15 @@ def to_markdown(report: dict) -> str:
         f"- Model: `{report['model']['source']}` ({report['model']['flavor']}), inputs "
         + ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i['dtype']}"
                     for i in report["model"]["inputs"]),
-        f"- {'Training' if 'qat' in report else 'Calibration'}: "
+        f"- {'Training' if 'qat' in report or 'compression' in report else 'Calibration'}: "
         f"{data['calibration']['num_samples']} samples of "
-        f"`{data['calibration']['source']}` (seed {s['seed']})",
+        f"`{data['calibration']['source']}` (seed {s['seed']})"
+        + (" (no labels)" if data["calibration"].get("has_labels") is False else ""),
         f"- Evaluation: {data['evaluation']['num_samples']} samples of "
         f"`{data['evaluation']['source']}`"
         + ("" if data["evaluation"]["has_labels"] else " (no labels: accuracy not measured)"),
-        f"- Float Keras model accuracy: {_fmt(_pct(report['float']['accuracy']), '.2f')}%",
+        f"- Float Keras model accuracy: "
+        f"{_percent(report['float']['accuracy'], _accuracy_missing(report))}",
         f"- Latency: batch 1, {s['num_threads']} thread(s), {s['latency_runs']} runs after "
         "warm-up, modes interleaved",
         f"- TensorFlow {report['versions']['tensorflow']}, LiteRT {report['versions']['litert']}, "
@@ -190,10 +221,26 @@ def to_markdown(report: dict) -> str:
         lines += ["", "## Quantization-aware training", "",
                   f"- Scheme `{q['scheme']}`, strategy `{q['strategy']}`; runs exactly on "
                   f"TFLite int8 kernels: {'yes' if q['deploys_exactly'] else 'no'}",
-                  f"- Keras QAT model accuracy: {_fmt(_pct(q['keras_qat_accuracy']), '.2f')}%",
+                  f"- Keras QAT model accuracy: "
+                  f"{_percent(q['keras_qat_accuracy'], _accuracy_missing(report))}",
                   f"- Parity, Keras QAT model vs TFLite int8: top-1 agreement "
                   f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
                   f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"]
+        if q.get("distillation"):
+            d = q["distillation"]
+            lines.append(f"- Distillation: alpha {d['alpha']}, temperature {d['temperature']}"
+                         + (f" ({d['reason']}: the teacher alone supplies the targets)"
+                            if d.get("reason") else ""))
+        if len(p.get("outputs", {})) > 1:
+            lines += ["", "Parity per output (Keras QAT model vs TFLite int8):", "",
+                      "| output | kind | loss | top-1 agreement | within one LSB | LSB | SQNR dB |",
+                      "|---|---|---|---|---|---|---|"]
+            for name, o in p["outputs"].items():
+                agreement = ("–" if o["top1_agreement"] is None
+                             else f"{100 * o['top1_agreement']:.2f}%")
+                lines.append(f"| {name} | {o['kind']} | {q['outputs'][name]['loss']} "
+                             f"| {agreement} | {100 * o['within_1_lsb']:.2f}% "
+                             f"| {o['output_step']:.4g} | {_fmt(o['sqnr_db'], '.1f')} |")
         weights = q.get("weights") or []
         if weights:
             lines += ["", "Weights in the .tflite against the QAT model's quantized weights "
@@ -229,6 +276,8 @@ def to_markdown(report: dict) -> str:
                       f"{cost['all_int8_bytes']:,} B all-int8; median batch-1 latency "
                       f"{cost['selective_latency_ms']:.3f} ms against "
                       f"{cost['all_int8_latency_ms']:.3f} ms (measured side by side)."]
+    if any("outputs" in m for m in report["modes"]):
+        lines += ["", "## Outputs (float model vs each mode)", "", format_outputs(report)]
     if any("layers" in m for m in report["modes"]):
         lines += ["", "## Per-layer error", "", format_layer_error(report)]
     if "compression" in report:
