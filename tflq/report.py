@@ -10,7 +10,8 @@ import math
 
 __all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
     "format_table", "to_markdown", "format_compression", "format_device_table", "to_png",
-    "format_findings", "worst_layers", "format_layer_error", "format_outputs"]
+    "format_findings", "worst_layers", "format_layer_error", "format_outputs", "accuracy_missing",
+    "percent"]
 
 SCHEMA_VERSION = 1
 
@@ -121,7 +122,7 @@ def format_table(report: dict) -> str:
     rule = "|" + "---|" * 11
     rows = [head, rule]
     base = report["float"]
-    missing = _accuracy_missing(report)
+    missing = accuracy_missing(report)
     rows.append(
         f"| keras float | – | – | – | {_fmt(_pct(base['accuracy']), '.2f', missing)} "
         "| – | – | – | – | – | – |"
@@ -142,11 +143,12 @@ def _pct(x):
     return None if x is None else 100.0 * x
 
 
-def _percent(x, missing: str) -> str:
+def percent(x, missing: str) -> str:
+    """``x`` (a share) as "12.34%", or ``missing`` when None."""
     return missing if x is None else f"{100.0 * x:.2f}%"
 
 
-def _accuracy_missing(report: dict) -> str:
+def accuracy_missing(report: dict) -> str:
     """What an accuracy cell says when there is no accuracy: "no labels" when the evaluation
     data has none, "–" otherwise."""
     labelled = report.get("data", {}).get("evaluation", {}).get("has_labels", True)
@@ -156,7 +158,7 @@ def _accuracy_missing(report: dict) -> str:
 def format_outputs(report: dict) -> str:
     """Markdown: per model output (multi-output models), float model against each mode, and
     the QAT Keras model against the .tflite."""
-    missing = _accuracy_missing(report)
+    missing = accuracy_missing(report)
     lines = ["| mode | output | kind | top-1 agreement | accuracy | SQNR dB | max abs err |",
              "|" + "---|" * 7]
     for m in report["modes"]:
@@ -187,7 +189,7 @@ def to_markdown(report: dict) -> str:
         f"`{data['evaluation']['source']}`"
         + ("" if data["evaluation"]["has_labels"] else " (no labels: accuracy not measured)"),
         f"- Float Keras model accuracy: "
-        f"{_percent(report['float']['accuracy'], _accuracy_missing(report))}",
+        f"{percent(report['float']['accuracy'], accuracy_missing(report))}",
         f"- Latency: batch 1, {s['num_threads']} thread(s), {s['latency_runs']} runs after "
         "warm-up, modes interleaved",
         f"- TensorFlow {report['versions']['tensorflow']}, LiteRT {report['versions']['litert']}, "
@@ -222,7 +224,7 @@ def to_markdown(report: dict) -> str:
                   f"- Scheme `{q['scheme']}`, strategy `{q['strategy']}`; runs exactly on "
                   f"TFLite int8 kernels: {'yes' if q['deploys_exactly'] else 'no'}",
                   f"- Keras QAT model accuracy: "
-                  f"{_percent(q['keras_qat_accuracy'], _accuracy_missing(report))}",
+                  f"{percent(q['keras_qat_accuracy'], accuracy_missing(report))}",
                   f"- Parity, Keras QAT model vs TFLite int8: top-1 agreement "
                   f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
                   f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"]
@@ -262,14 +264,26 @@ def to_markdown(report: dict) -> str:
         sel = report["selective"]
         verdict = "met" if sel["met"] else ("NOT met, even with every ranked op in float; the "
                                             "most accurate model tried is written")
+        budget = sel.get("budget") or {"max_accuracy_drop": report["gates"]["max_accuracy_drop"]}
+        limits = [f"accuracy drop ≤ {budget['max_accuracy_drop']} pp"
+                  if budget.get("max_accuracy_drop") is not None else "",
+                  f"top-1 agreement ≥ {budget['min_agreement']}"
+                  if budget.get("min_agreement") is not None else ""]
+        chosen = budget.get("chosen_on")
         lines += ["", "## Selective quantization", "",
-                  f"- Budget (max_accuracy_drop): {report['gates']['max_accuracy_drop']} pp: "
-                  f"{verdict}",
+                  f"- Budget: {' and '.join(x for x in limits if x)}: {verdict}",
                   f"- Kept in float ({len(sel['kept_float'])}): "
-                  + (", ".join(f"`{t}`" for t in sel["kept_float"]) or "none"),
-                  "", "| ops in float | accuracy drop pp | size bytes |", "|---|---|---|"]
-        lines += [f"| {t['k']} | {t['drop_pp']:+.2f} | {t['size_bytes']:,} |"
-                  for t in sel["trials"]]
+                  + (", ".join(f"`{t}`" for t in sel["kept_float"]) or "none")]
+        if chosen:
+            lines.append(f"- Chosen on {chosen['samples']} samples ({chosen['source']}; "
+                         f"{'labelled' if budget['labelled'] else 'no labels'}), calibrated on "
+                         f"the other {chosen['calibrated_on']}; the evaluation data above was not "
+                         "used to choose")
+        lines += ["", "| ops in float | accuracy drop pp | agreement | size bytes |",
+                  "|---|---|---|---|"]
+        lines += [f"| {t['k']} | {_fmt(t.get('drop_pp'), '+.2f')} "
+                  f"| {_fmt(None if t.get('agreement') is None else 100 * t['agreement'], '.2f')} "
+                  f"| {t['size_bytes']:,} |" for t in sel["trials"]]
         cost = sel.get("cost")
         if cost:
             lines += ["", f"Cost of the ops kept in float: {cost['selective_bytes']:,} B against "
