@@ -349,6 +349,13 @@ def test_tflq_calibration_flags(capsys, tmp_path, tiny_files, extra, note):
     row = r["modes"][0]
     assert any(n.startswith(note) for n in row["notes"]), row["notes"]
     assert row["float_ops"] == [] and row["top1_agreement"] >= 0.9
+    if extra.get("range_estimator"):  # what the estimator set, and what it kept at min/max
+        record = row["methods"]["ranges"]
+        assert sorted(record["kept_minmax"]) == ["input:img", "logits"]
+        assert any(n.startswith(f"range estimator {extra['range_estimator']}: set "
+                                f"{record['estimated']} activation range(s)") and
+                   "kept 2 at min/max: input:img (model input), logits (model output)" in n
+                   for n in row["notes"]), row["notes"]
     assert r["settings"]["range_estimator"] == extra.get("range_estimator")
     assert r["settings"]["equalize"] is bool(extra.get("equalize"))
     # the file written is the one validated: its logits agree with the report's accuracy

@@ -156,8 +156,10 @@ def test_qat_distilled_without_labels_covers_every_output(capsys, files, tmp_pat
     check_parity(report, independent_parity(out, "two", files / "eval_nolabels.npz",
                                             "two_qat.h5", "two_qat_int8.tflite"))
     md = open(out / "report.md").read()
-    assert "no labels" in md
+    assert "| keras float | – | – | – | no labels |" in md
+    assert "(no labels: the teacher alone supplies the targets)" in md
     assert "| int8 |" in stdout and "no labels" in stdout  # the accuracy column says why
+    assert "<td>no labels</td>" in open(out / "report.html").read()
 
 
 def test_qat_without_labels_needs_distill(capsys, files, tmp_path):
@@ -339,3 +341,32 @@ def test_load_arrays_reads_labels_per_output(files, tmp_path):
     renamed = heads.match_labels({"output_0": y["boxes"], "output_1": y["classes"]},
                                  ["boxes", "classes"], "f", ["output_0", "output_1"])
     np.testing.assert_array_equal(renamed[0], y["boxes"])
+
+
+def test_keras3_two_head_model_qat_names_outputs_and_says_it_was_rebuilt(capsys, files, tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="img")
+    h = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(inp))
+    model = keras.Model(inp, [keras.layers.Dense(4, name="boxes")(h),
+                              keras.layers.Dense(2, activation="softmax", name="classes")(h)])
+    model.save(tmp_path / "k3.keras")
+    out = tmp_path / "out"
+    code, _, err = run(qat_cli, capsys, **base(files, out, model=str(tmp_path / "k3.keras")))
+    assert code == 0, err
+    report = json.load(open(out / "report.json"))
+    notes = report["modes"][0]["notes"]
+    assert any(n.startswith("Keras 3 model rebuilt as tf_keras, outputs checked on") for n in notes)
+    assert any(n.startswith("prepare: ") for n in notes)
+    assert report["qat"]["outputs"]["classes"] == {"loss": "kl", "softmax": True,
+                                                   "reason": "softmax output", "labels": True}
+    assert sorted(report["qat"]["parity"]["outputs"]) == ["boxes", "classes"]
+    # the float Keras 3 model against the .tflite on the class head, recomputed here
+    x = np.load(files / "eval.npz")["x"]
+    reference = np.argmax(np.asarray(model(x)[1]), 1)
+    runner = Interpreter(model_path=str(out / "k3_qat_int8.tflite")).get_signature_runner()
+    scale, zero = runner.get_input_details()["img"]["quantization"]
+    deployed = runner(img=np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8))
+    assert report["modes"][0]["top1_agreement"] == pytest.approx(
+        np.mean(reference == np.argmax(deployed["quant_classes"], 1)))

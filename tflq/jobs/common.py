@@ -13,7 +13,8 @@ from tflq.fileio import write_atomic
 
 __all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate", "array_batches",
            "load_training_data", "base_report", "finish", "write_outputs", "report_files",
-           "add_layer_error", "tflite_output_names", "TrainingTargets", "training_targets"]
+           "add_layer_error", "tflite_output_names", "TrainingTargets", "training_targets",
+           "rebuild_notes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,3 +283,18 @@ def training_targets(job, keras_model, loaded, y_train, y_eval) -> TrainingTarge
     evaluation = heads.match_labels(y_eval, names, job.eval_data, loaded.output_names)
     found = heads.infer_heads(keras_model, dict(job.output_losses), train)
     return TrainingTargets(found, train, evaluation, heads.primary_head(found))
+
+
+def rebuild_notes(model) -> list[str]:
+    """The mode-row note on a Keras 3 model's tf_keras rebuild (what was inlined, which config
+    keys tf_keras does not know were dropped, how closely the outputs matched); [] otherwise."""
+    found = model.rebuild_notes
+    if not found:
+        return []
+    line = (f"Keras 3 model rebuilt as tf_keras, outputs checked on {found['checked_samples']} "
+            f"training samples (max error {found['max_relative_error']:.2g} of range)")
+    if found.get("inlined"):
+        line += f"; nested models inlined: {', '.join(map(str, found['inlined']))}"
+    if found.get("dropped_config_keys"):
+        line += f"; config keys tf_keras lacks, dropped: {found['dropped_config_keys']}"
+    return [line]

@@ -37,6 +37,7 @@ from tflq.jobs.common import (
     evaluate,
     finish,
     load_training_data,
+    rebuild_notes,
     tflite_output_names,
     training_targets,
 )
@@ -279,7 +280,7 @@ def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
     # Without labels every stage learns from the float model alone (job.distill is required).
     stage_teacher = model if labels is None else None
     tf_keras.utils.set_random_seed(job.seed)
-    histories, stages, notes = {}, [], []
+    histories, stages, notes = {}, [], rebuild_notes(float_model)
     if labels is None:
         notes.append("no labels: every stage distilled from the float model alone (alpha = 0)")
     if len(targets.heads) > 1:

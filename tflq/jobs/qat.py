@@ -18,6 +18,7 @@ from tflq.jobs.common import (
     evaluate,
     finish,
     load_training_data,
+    rebuild_notes,
     tflite_output_names,
     training_targets,
 )
@@ -150,7 +151,8 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
         from tflq.quant import qat
 
         qat.check_teacher(teacher, source)
-    notes = [f"QAT ({job.scheme}, {job.strategy}); ranges from training, no calibration"]
+    notes = [f"QAT ({job.scheme}, {job.strategy}); ranges from training, no calibration",
+             *rebuild_notes(float_model)]
     backup_dir = os.path.join(job.out, ".qat_backup")
     try:
         student, history, content, float32, qat_h5 = _train_and_convert(
