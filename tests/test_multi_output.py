@@ -203,7 +203,7 @@ def test_bad_multi_output_input_exits_2(capsys, files, tmp_path, case):
     assert snapshot(tmp_path) == before
 
 
-def test_compress_pqat_two_heads_with_and_without_labels(capsys, files, tmp_path):
+def test_compress_pqat_two_heads_with_labels_per_output(capsys, files, tmp_path):
     out = tmp_path / "out"
     code, _, err = run(compress_cli, capsys, **base(files, out, sparsity=0.5, epochs=1))
     assert code == 0, err
@@ -230,6 +230,9 @@ def test_compress_pqat_two_heads_with_and_without_labels(capsys, files, tmp_path
         (result["quant_classes"].astype(np.float64)), 1))
     assert row["top1_agreement"] == pytest.approx(agreement)
 
+
+@pytest.mark.slow
+def test_compress_distill_without_labels(capsys, files, tmp_path):
     unlabelled = {"train_data": str(files / "train_nolabels.npz"),
                   "eval_data": str(files / "eval_nolabels.npz")}
     code, _, err = run(compress_cli, capsys, **base(files, tmp_path / "refused", sparsity=0.5,
