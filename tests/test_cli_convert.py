@@ -308,8 +308,6 @@ BAD_CASES = {
                                    "max_accuracy_drop": 1.0}, "--selective works on"),
     "selective without int8": ({"selective": True, "modes": "float16", "max_accuracy_drop": 1.0},
                                "--selective needs the int8 mode"),
-    "estimator on a Keras 3 model": ({"model": "{tmp}/k3.keras", "range_estimator": "kl"},
-                                     "--range_estimator and --equalize need a tf_keras model"),
     "modes with litert only": ({"backend": "litert"}, "with --backend litert use --recipes"),
     "negative layer error samples": ({"layer_error_samples": -1},
                                      "layer_error_samples must be an integer >= 0"),
@@ -499,6 +497,29 @@ def test_selective_without_labels_uses_min_agreement_on_held_out_calibration(
     assert row["accuracy"] is None and "no labels" in stdout
     md = open(os.path.join(out, "report.md")).read()
     assert "Chosen on 8 samples" in md and "top-1 agreement ≥ 1.0" in md
+
+
+def test_range_estimator_on_a_keras3_model(capsys, tmp_path, tiny_files):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    k3 = keras.Sequential([keras.Input((8, 8, 1), name="img"), keras.layers.Flatten(),
+                           keras.layers.Dense(3, name="logits")])
+    k3.save(tmp_path / "k3.keras")
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **{**tiny_files, "model": str(tmp_path / "k3.keras")}, out=out,
+                           modes="int8", range_estimator="kl")
+    assert code == 0, err
+    row = load_report(out)["modes"][0]
+    assert row["float_ops"] == []
+    assert any(n.startswith("Keras 3 model rebuilt as tf_keras") for n in row["notes"])
+    assert any(n.startswith("range estimator kl: set") for n in row["notes"])
+    # the report's agreement, recomputed from the Keras 3 model and the written file
+    x = np.load(tiny_files["eval_data"])["x"]
+    runner = Interpreter(model_path=os.path.join(out, row["path"])).get_signature_runner()
+    deployed = next(iter(runner(img=x).values()))
+    assert row["top1_agreement"] == pytest.approx(np.mean(
+        np.argmax(np.asarray(k3(x)), 1) == np.argmax(deployed, 1)))
 
 
 def test_selective_search_reports_an_unreachable_budget():

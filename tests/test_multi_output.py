@@ -268,6 +268,11 @@ def test_infer_heads_rules_and_overrides():
     assert heads.infer_heads(single)[0].kind == "kl"  # tflq's convention: logits
     assert heads.parse_output_losses(" boxes=mse, p=kl ") == {"boxes": "mse", "p": "kl"}
     assert heads.primary_head(heads.infer_heads(model)) == 1
+    expected = (("boxes", "mse"), ("p", "kl"))
+    for value in ("p=kl,boxes=mse", {"boxes": "mse", "p": "kl"}, [("p", "kl"), ("boxes", "mse")]):
+        assert heads.normalize_output_losses(value) == expected
+    with pytest.raises(ValueError, match="Unknown output loss 'l1' for output 'p'"):
+        heads.normalize_output_losses({"p": "l1"})
 
 
 def test_trainer_losses_per_head_match_numpy():

@@ -181,10 +181,10 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         details["ranges"] = record
         notes.append(_ranges_note(record))
         # Wrapped layers are named quant_<name>: an identity per output restores the
-        # model's own output names in the .tflite signature.
+        # model's signature names in the .tflite (a Keras 3 model's export says output_0…).
         renamed = tf_keras.Model(calibrated.inputs, [
             tf_keras.layers.Activation("linear", name=name)(tensor)
-            for tensor, name in zip(calibrated.outputs, keras.output_names, strict=True)])
+            for tensor, name in zip(calibrated.outputs, model.output_names, strict=True)])
         content = convert_qat(renamed, workdir, integer_io=options.integer_io)
     else:
         converter = wrap_model(keras, model.source).make_converter(workdir)
