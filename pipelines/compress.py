@@ -33,9 +33,10 @@ from pipelines.common import (
 
 _MODEL = define("string", "model", None, "Float tf_keras model (.keras/.h5/SavedModel/"
                 "module:function); it must output logits.")
-_TRAIN_DATA = define("string", "train_data", None, "Labelled training data (same kinds as "
-                     "pipelines.convert --data).")
-_EVAL_DATA = define("string", "eval_data", None, "Labelled evaluation data.")
+_TRAIN_DATA = define("string", "train_data", None, "Training data (same kinds as "
+                     "pipelines.convert --data); labels per output as y_<output name> in an .npz; "
+                     "unlabelled with distillation.")
+_EVAL_DATA = define("string", "eval_data", None, "Evaluation data (labels optional).")
 _OUT = define("string", "out", None, "Output folder (default: tflq_compress).")
 _EPOCHS = define("integer", "epochs", 10, "Training epochs.")
 _QAT_EPOCHS = define("integer", "qat_epochs", None, "QAT epochs (default: --epochs, which "
@@ -68,6 +69,10 @@ _NUM_CALIBRATION_SAMPLES = define(
     "integer", "num_calibration_samples", None,
     "Calibration samples drawn from --data with --seed (default: 500).")
 _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
+_OUTPUT_LOSSES = define(
+    "string", "output_losses", None, "Loss per model output, e.g. 'boxes=mse,classes=kl' (kl: "
+    "classification, cross-entropy on labels and KL distillation; mse: regression). Outputs not "
+    "named are inferred (softmax or class-named logits: kl; otherwise mse).")
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 
@@ -98,6 +103,7 @@ def _compress(argv) -> int:
         qat_learning_rate=_QAT_LEARNING_RATE.value, distill=_DISTILL.value,
         num_train_samples=_NUM_TRAIN_SAMPLES.value,
         num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value,
+        output_losses=_OUTPUT_LOSSES.value or (),
         gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
                            min_agreement=_MIN_AGREEMENT.value))
     result = compress_job.run_compress_job(job)

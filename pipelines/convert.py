@@ -93,8 +93,10 @@ _AUTO = flags.DEFINE_bool(
     "the report lists every candidate's score.")
 _SELECTIVE = flags.DEFINE_bool(
     "selective", False, "int8 keeps the fewest most sensitive ops in float (TFLite's "
-    "QuantizationDebugger RMSE/scale) that bring the accuracy drop within --max_accuracy_drop; "
-    "if even all-float misses it, the best model is written and the gate exits 3.")
+    "QuantizationDebugger RMSE/scale) that bring the accuracy drop within --max_accuracy_drop "
+    "(labelled data) and/or the top-1 agreement above --min_agreement, chosen on one calibration "
+    "sample in five held apart (never on --eval_data); if even all-float misses it, the best "
+    "model is written and the gate exits 3.")
 _NORMALIZE = flags.DEFINE_enum(
     "normalize", "0_1", ["0_1", "-1_1", "none"],
     "How IDX and image-folder pixels are scaled: x/255, x/127.5-1, or raw 0..255.")

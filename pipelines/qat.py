@@ -29,9 +29,10 @@ from pipelines.common import (
 
 _MODEL = define("string", "model", None, "Float tf_keras model to train (.keras/.h5/SavedModel/"
                 "module:function).")
-_TRAIN_DATA = define("string", "train_data", None, "Labelled training data (same kinds as "
-                     "pipelines.convert --data).")
-_EVAL_DATA = define("string", "eval_data", None, "Labelled evaluation data.")
+_TRAIN_DATA = define("string", "train_data", None, "Training data (same kinds as "
+                     "pipelines.convert --data); labels per output as y_<output name> in an .npz; "
+                     "unlabelled with distillation.")
+_EVAL_DATA = define("string", "eval_data", None, "Evaluation data (labels optional).")
 _SCHEME = define("string", "scheme", "default_int8",
                  "QAT weight scheme: default_int8, pow2, asymmetric, log_companding, linear or lsq.")
 _STRATEGY = flags.DEFINE_enum("strategy", "gradient", ["gradient", "statistics", "distill"],
@@ -62,6 +63,10 @@ _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
 _LAYER_ERROR_SAMPLES = define(
     "integer", "layer_error_samples", None, "Calibration (QAT: training) samples for the per-layer "
     "error of every quantized mode (default: 16; 0 turns it off).")
+_OUTPUT_LOSSES = define(
+    "string", "output_losses", None, "Loss per model output, e.g. 'boxes=mse,classes=kl' (kl: "
+    "classification, cross-entropy on labels and KL distillation; mse: regression). Outputs not "
+    "named are inferred (softmax or class-named logits: kl; otherwise mse).")
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 
@@ -96,6 +101,7 @@ def _qat(argv) -> int:
         else _ACTIVATION_RANGES.value, range_k=_RANGE_K.value,
         distribution=_DISTRIBUTION.value, num_train_samples=_NUM_TRAIN_SAMPLES.value,
         seed=_SEED.value,
+        output_losses=_OUTPUT_LOSSES.value or (),
         layer_error_samples=16 if _LAYER_ERROR_SAMPLES.value is None else _LAYER_ERROR_SAMPLES.value,
         gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
                            min_agreement=_MIN_AGREEMENT.value))

@@ -341,6 +341,13 @@ def test_tflq_calibration_flags(capsys, tmp_path, tiny_files, extra, note):
     row = r["modes"][0]
     assert any(n.startswith(note) for n in row["notes"]), row["notes"]
     assert row["float_ops"] == [] and row["top1_agreement"] >= 0.9
+    if extra.get("range_estimator"):  # what the estimator set, and what it kept at min/max
+        record = row["methods"]["ranges"]
+        assert sorted(record["kept_minmax"]) == ["input:img", "logits"]
+        assert any(n.startswith(f"range estimator {extra['range_estimator']}: set "
+                                f"{record['estimated']} activation range(s)") and
+                   "kept 2 at min/max: input:img (model input), logits (model output)" in n
+                   for n in row["notes"]), row["notes"]
     assert r["settings"]["range_estimator"] == extra.get("range_estimator")
     assert r["settings"]["equalize"] is bool(extra.get("equalize"))
     # the file written is the one validated: its logits agree with the report's accuracy
@@ -418,7 +425,10 @@ def test_selective_quantization_keeps_the_fewest_ops_in_float(capsys, tmp_path):
     assert code == 0, err
     r = load_report(out)
     sel, row = r["selective"], r["modes"][0]
-    assert sel["met"] and row["accuracy_drop_pp"] <= 0.0
+    # chosen on one calibration sample in five, held apart (issue 12): not on the eval data
+    assert sel["budget"]["chosen_on"]["samples"] == 20
+    assert sel["budget"]["chosen_on"]["calibrated_on"] == 80
+    assert sel["met"]
     k = len(sel["kept_float"])
     assert k >= 1  # the budget is out of reach of all-int8: the search had to keep ops in float
     assert len(row["float_ops"]) == k  # exactly the ops kept in float run in float
@@ -438,6 +448,73 @@ def test_selective_quantization_keeps_the_fewest_ops_in_float(capsys, tmp_path):
     logits = Interpreter(model_path=os.path.join(out, row["path"])).get_signature_runner()(
         image=images[..., None])["logits"]
     assert row["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+
+
+def test_selective_without_labels_uses_min_agreement_on_held_out_calibration(
+        capsys, tmp_path, tiny_files, monkeypatch):
+    from tflq.jobs import convert as convert_job
+    from tflq.models import tf_keras
+
+    x = np.load(tiny_files["data"])["x"]
+    np.savez(tmp_path / "calib_nolabels.npz", x=x)
+    np.savez(tmp_path / "eval_nolabels.npz", x=np.load(tiny_files["eval_data"])["x"])
+    calls = []
+    evaluate = convert_job._evaluate
+    monkeypatch.setattr(convert_job, "_evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    files = {"model": tiny_files["model"], "data": str(tmp_path / "calib_nolabels.npz"),
+             "eval_data": str(tmp_path / "eval_nolabels.npz")}
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, **files, out=str(tmp_path / "refused"), modes="int8",
+                           selective=True, max_accuracy_drop=1.0)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "has no labels, so --max_accuracy_drop cannot be its budget" in err
+    assert "--min_agreement" in err and snapshot(tmp_path) == before
+    calls.clear()
+    out = str(tmp_path / "o")
+    code, stdout, err = run_cli(capsys, **files, out=out, modes="int8", selective=True,
+                                min_agreement=1.0)
+    assert code in (0, 3), err
+    assert calls == [1]  # the evaluation data is read once, for the report, never to choose
+    r = load_report(out)
+    sel, row = r["selective"], r["modes"][0]
+    assert sel["budget"] == {"max_accuracy_drop": None, "min_agreement": 1.0, "labelled": False,
+                             "chosen_on": {"samples": 8, "calibrated_on": 32,
+                                           "source": sel["budget"]["chosen_on"]["source"]}}
+    assert all(t["drop_pp"] is None for t in sel["trials"])
+    # Independent: the written model against the float model on the held-out samples 4, 9, ...
+    held_out = x[4::5]
+    float_top1 = np.argmax(tf_keras.models.load_model(tiny_files["model"])(held_out), 1)
+    runner = Interpreter(model_path=os.path.join(out, row["path"])).get_signature_runner()
+    deployed = np.argmax(runner(img=held_out)["logits"], 1)
+    chosen = {t["k"]: t["agreement"] for t in sel["trials"]}[len(sel["kept_float"])]
+    assert chosen == pytest.approx(np.mean(float_top1 == deployed))
+    assert sel["met"] == (chosen >= 1.0)
+    assert row["accuracy"] is None and "no labels" in stdout
+    md = open(os.path.join(out, "report.md")).read()
+    assert "Chosen on 8 samples" in md and "top-1 agreement ≥ 1.0" in md
+
+
+def test_range_estimator_on_a_keras3_model(capsys, tmp_path, tiny_files):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    k3 = keras.Sequential([keras.Input((8, 8, 1), name="img"), keras.layers.Flatten(),
+                           keras.layers.Dense(3, name="logits")])
+    k3.save(tmp_path / "k3.keras")
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **{**tiny_files, "model": str(tmp_path / "k3.keras")}, out=out,
+                           modes="int8", range_estimator="kl")
+    assert code == 0, err
+    row = load_report(out)["modes"][0]
+    assert row["float_ops"] == []
+    assert any(n.startswith("Keras 3 model rebuilt as tf_keras") for n in row["notes"])
+    assert any(n.startswith("range estimator kl: set") for n in row["notes"])
+    # the report's agreement, recomputed from the Keras 3 model and the written file
+    x = np.load(tiny_files["eval_data"])["x"]
+    runner = Interpreter(model_path=os.path.join(out, row["path"])).get_signature_runner()
+    deployed = next(iter(runner(img=x).values()))
+    assert row["top1_agreement"] == pytest.approx(np.mean(
+        np.argmax(np.asarray(k3(x)), 1) == np.argmax(deployed, 1)))
 
 
 def test_selective_search_reports_an_unreachable_budget():

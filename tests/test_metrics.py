@@ -66,3 +66,41 @@ def test_comparison_without_labels_and_before_update():
         comparison.result()
     comparison.update([np.ones((2, 2))], [np.ones((2, 2))])
     assert comparison.result()["accuracy"] is None
+
+
+def test_comparison_primary_output_counts_top1():
+    rng = np.random.default_rng(3)
+    boxes, classes = rng.normal(size=(12, 4)), rng.normal(size=(12, 3))
+    test_classes = classes + rng.normal(scale=0.8, size=classes.shape)
+    labels = rng.integers(0, 3, size=12)
+    comparison = metrics.Comparison(primary=1)
+    comparison.update([boxes, classes], [boxes, test_classes], labels)
+    result = comparison.result()
+    assert result["top1_agreement"] == pytest.approx(metrics.top1_agreement(classes, test_classes))
+    assert result["accuracy"] == pytest.approx(metrics.accuracy(test_classes, labels))
+
+
+def test_per_output_against_numpy():
+    rng = np.random.default_rng(4)
+    ref = [rng.normal(size=(20, 4)), rng.normal(size=(20, 2))]
+    steps = [0.05, 0.1]
+    test = [ref[0] + rng.normal(scale=0.04, size=(20, 4)), ref[1] + rng.normal(scale=0.2, size=(20, 2))]
+    labels = [None, rng.integers(0, 2, size=20)]
+    per = metrics.PerOutput(["boxes", "classes"], [False, True], steps)
+    for s in (slice(0, 7), slice(7, 20)):
+        per.update([r[s] for r in ref], [t[s] for t in test], [None, labels[1][s]])
+    found = per.result()
+    for i, name in enumerate(["boxes", "classes"]):
+        assert found[name]["sqnr_db"] == pytest.approx(metrics.sqnr_db(ref[i], test[i]), rel=1e-9)
+        assert found[name]["within_1_lsb"] == pytest.approx(
+            np.mean(np.abs(ref[i] - test[i]) <= steps[i] * 1.001))
+        assert found[name]["output_step"] == steps[i]
+    assert found["boxes"]["top1_agreement"] is None and found["boxes"]["kind"] == "regression"
+    assert found["classes"]["top1_agreement"] == pytest.approx(metrics.top1_agreement(ref[1], test[1]))
+    assert found["classes"]["accuracy"] == pytest.approx(metrics.accuracy(test[1], labels[1]))
+    total = sum(np.sum(np.abs(r - t) <= s * 1.001) for r, t, s in zip(ref, test, steps, strict=True))
+    assert per.within_share() == pytest.approx(total / 120)
+    with pytest.raises(ValueError, match="Expected 2 outputs"):
+        per.update([ref[0]], [test[0]])
+    with pytest.raises(ValueError, match="1 kinds for 2 outputs"):
+        metrics.PerOutput(["a", "b"], [True])

@@ -121,6 +121,32 @@ def test_estimated_ranges_are_the_scales_in_the_tflite(estimator, tmp_path):
         assert found[0] == pytest.approx((hi - lo) / 255, rel=1e-5)
 
 
+@pytest.mark.parametrize("estimator", ["percentile", "minmax"])
+def test_calibrated_model_records_what_it_set_and_what_it_kept(estimator):
+    model = _model()
+    data = np.random.default_rng(1).normal(0, 1, (64, 8, 8, 3)).astype(np.float32)
+
+    def batches():
+        return (data[i:i + 16] for i in range(0, 64, 16))
+
+    record = {}
+    _, chosen = ranges.calibrated_model(model, batches, estimator, percentile=90.0, record=record)
+    assert sorted(record["kept_minmax"]) == ["d", "input:img"]
+    assert record["kept_minmax"]["input:img"].startswith("model input")
+    assert record["kept_minmax"]["d"].startswith("model output")
+    assert record["estimated"] == 2  # c1 and c2
+    assert record["quantizers"] >= 4
+    # the kept ranges are the observed min/max (with 0), computed here with Keras and numpy
+    out = model.predict(data, verbose=0)
+    assert chosen["d"] == pytest.approx((min(out.min(), 0.0), max(out.max(), 0.0)), rel=1e-5)
+    assert chosen["input:img"] == pytest.approx((data.min(), data.max()), rel=1e-5)
+    # the 90th percentile narrows both hidden ranges; minmax changes none
+    c1 = tf_keras.Model(model.inputs, model.get_layer("c1").output).predict(data, verbose=0)
+    assert (chosen["c1"][1] < 0.99 * c1.max()) == (estimator == "percentile")
+    assert record["narrowed"] == (2 if estimator == "percentile" else 0)
+    assert any("BatchNorm folding" in line for line in record["prepare"])
+
+
 def test_calibrated_model_refuses_an_unknown_estimator():
     with pytest.raises(ValueError, match="Unknown range estimator 'max'"):
         ranges.calibrated_model(_model(), lambda: iter([]), "max")

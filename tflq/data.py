@@ -113,7 +113,7 @@ class _NpzMember:
 
 class ArraySource(DataSource):
     """``.npy`` (one array, the input) or ``.npz`` (``x`` or one array per input name,
-    optional ``y`` labels)."""
+    optional ``y`` labels, or labels per model output ``y_<output name>``)."""
 
     def __init__(self, path: str, input_specs: Sequence[TensorSpec]):
         self.description = path
@@ -131,6 +131,7 @@ class ArraySource(DataSource):
             self._columns = {names[0]: array}
             self._readers = None
             self._labels = None
+            self.output_labels = {}
         else:
             try:
                 with zipfile.ZipFile(path) as archive:
@@ -151,19 +152,27 @@ class ArraySource(DataSource):
             try:
                 self._readers = {n: _NpzMember(path, k) for n, k in mapping.items()}
                 self._labels = _NpzMember(path, "y") if "y" in keys else None
+                self.output_labels = {k[2:]: _NpzMember(path, k) for k in keys
+                                      if k.startswith("y_") and len(k) > 2}
             except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
                 raise ValueError(f"Data file {path!r} is corrupt or unsupported: {e}") from e
             self._columns = None
         lengths = {n: len(a) for n, a in (self._columns or self._readers).items()}
         if self._labels is not None:
             lengths["y"] = len(self._labels)
+        lengths.update({f"y_{n}": len(m) for n, m in self.output_labels.items()})
         if len(set(lengths.values())) > 1:
             raise ValueError(f"Data file {path!r}: arrays differ in length: {lengths}")
         self._length = next(iter(lengths.values()))
-        self.has_labels = self._labels is not None
+        self.has_labels = self._labels is not None or bool(self.output_labels)
 
     def __len__(self):
         return self._length
+
+    def read_output_labels(self, indices: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """``{output name: rows}`` of the ``y_<output name>`` arrays ({} when none)."""
+        indices = range(self._length) if indices is None else indices
+        return {n: np.stack(list(m.rows(indices))) for n, m in self.output_labels.items()}
 
     def iter_samples(self, indices=None):
         indices = range(self._length) if indices is None else indices
@@ -243,9 +252,7 @@ class IdxSource(DataSource):
 
     def __init__(self, path: str, input_specs: Sequence[TensorSpec], options: DataOptions):
         if len(input_specs) != 1:
-            raise ValueError(
-                f"IDX data {path!r} feeds one input; the model has {len(input_specs)}."
-            )
+            raise ValueError(f"IDX data {path!r} feeds one input; the model has {len(input_specs)}.")
         self.description = path
         self._name = input_specs[0].name
         self._path = path
@@ -279,9 +286,7 @@ class ImageFolderSource(DataSource):
 
     def __init__(self, path: str, input_specs: Sequence[TensorSpec], options: DataOptions):
         if len(input_specs) != 1:
-            raise ValueError(
-                f"Image folder {path!r} feeds one input; the model has {len(input_specs)}."
-            )
+            raise ValueError(f"Image folder {path!r} feeds one input; the model has {len(input_specs)}.")
         spec = input_specs[0]
         if len(spec.shape) != 3:
             raise ValueError(
@@ -294,9 +299,7 @@ class ImageFolderSource(DataSource):
         self._channels = spec.shape[2] or 3
         size = options.image_size or (spec.shape[0], spec.shape[1])
         if size[0] is None or size[1] is None:
-            raise ValueError(
-                f"Image folder {path!r}: the model's input size is dynamic; pass image_size."
-            )
+            raise ValueError(f"Image folder {path!r}: the model's input size is dynamic; pass image_size.")
         self._size = (int(size[0]), int(size[1]))
         classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
         files = []

@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-__all__ = ["sqnr_db", "cosine_similarity", "top1", "accuracy", "top1_agreement", "Comparison"]
+__all__ = ["sqnr_db", "cosine_similarity", "top1", "accuracy", "top1_agreement", "Comparison",
+           "PerOutput"]
 
 
 def _check_pair(reference: np.ndarray, test: np.ndarray):
@@ -78,11 +79,12 @@ def top1_agreement(reference: np.ndarray, test: np.ndarray) -> float:
 class Comparison:
     """Streams batches of (reference, test, labels) and reports the metrics at the end.
 
-    Classification metrics use the first output; SQNR, cosine and max abs error use every
-    output, flattened per sample.
+    Classification metrics use output ``primary`` (the first by default); SQNR, cosine and
+    max abs error use every output, flattened per sample.
     """
 
-    def __init__(self):
+    def __init__(self, primary: int = 0):
+        self.primary = primary
         self.count = 0
         self.correct = 0
         self.labelled = 0
@@ -99,9 +101,10 @@ class Comparison:
         ref_flat, test_flat = _check_pair(ref_flat, test_flat)
         n = len(ref_flat)
         self.count += n
-        self.agree += int(np.sum(top1(reference[0]) == top1(test[0])))
+        p = self.primary
+        self.agree += int(np.sum(top1(reference[p]) == top1(test[p])))
         if labels is not None:
-            self.correct += int(np.sum(top1(test[0]) == np.asarray(labels).reshape(-1)))
+            self.correct += int(np.sum(top1(test[p]) == np.asarray(labels).reshape(-1)))
             self.labelled += n
         self.signal += float(np.sum(ref_flat**2))
         self.noise += float(np.sum((ref_flat - test_flat) ** 2))
@@ -120,3 +123,55 @@ class Comparison:
             "max_abs_error": self.max_abs,
             "num_samples": self.count,
         }
+
+
+class PerOutput:
+    """:class:`Comparison` per output, by name, streamed over batches.
+
+    Top-1 agreement and accuracy are reported for classification outputs only (None for
+    regression outputs). With ``steps`` (each output's quantization step, or None for a float
+    output), the share of values within ``slack`` steps of the reference is counted too.
+    """
+
+    def __init__(self, names, classification, steps=None, slack: float = 1.001):
+        self.names, self.classification = list(names), list(classification)
+        if len(self.classification) != len(self.names):
+            raise ValueError(f"{len(self.classification)} kinds for {len(self.names)} outputs.")
+        self.steps, self.slack = (list(steps) if steps is not None else None), slack
+        self.comparisons = [Comparison() for _ in self.names]
+        self.within = [0] * len(self.names)
+        self.total = [0] * len(self.names)
+
+    def update(self, reference: list[np.ndarray], test: list[np.ndarray],
+               labels: list | None = None) -> None:
+        """``labels``: one array (or None) per output, or None."""
+        if not len(reference) == len(test) == len(self.names):
+            raise ValueError(f"Expected {len(self.names)} outputs ({self.names}). Received: "
+                             f"{len(reference)} reference and {len(test)} test outputs.")
+        for i, comparison in enumerate(self.comparisons):
+            label = labels[i] if labels is not None and self.classification[i] else None
+            comparison.update([reference[i]], [test[i]], label)
+            step = None if self.steps is None else self.steps[i]
+            if step is not None:
+                diff = np.abs(np.asarray(reference[i], np.float64) - np.asarray(test[i], np.float64))
+                self.within[i] += int(np.sum(diff <= step * self.slack))
+                self.total[i] += diff.size
+
+    def within_share(self) -> float | None:
+        """Share of all values (every output with a step) within one step; None without steps."""
+        total = sum(self.total)
+        return sum(self.within) / total if total else None
+
+    def result(self) -> dict:
+        found = {}
+        for i, name in enumerate(self.names):
+            r = self.comparisons[i].result()
+            row = {"kind": "classification" if self.classification[i] else "regression",
+                   "top1_agreement": r["top1_agreement"] if self.classification[i] else None,
+                   "accuracy": r["accuracy"], "sqnr_db": r["sqnr_db"], "cosine": r["cosine"],
+                   "max_abs_error": r["max_abs_error"]}
+            if self.steps is not None:
+                row["output_step"] = self.steps[i]
+                row["within_1_lsb"] = self.within[i] / self.total[i] if self.total[i] else None
+            found[name] = row
+        return found

@@ -63,7 +63,8 @@ class ConvertOptions:
       equalize: ``int8`` after cross-layer equalization and bias correction
         (:mod:`tflq.ptq.equalize`).
       selective: keep the fewest most sensitive ``int8`` ops in float that bring the
-        accuracy drop within the ``max_accuracy_drop`` gate (:mod:`tflq.ptq.selective`).
+        accuracy drop within the ``max_accuracy_drop`` gate and/or the agreement above
+        ``min_agreement`` on calibration samples held apart (:mod:`tflq.ptq.selective`).
       adaround: ``int8`` weights rounded by AdaRound (:mod:`tflq.ptq.adaround`) on the
         calibration data; ``adaround_bits`` 8 (int8) or 4 (15 int8 code levels),
         ``adaround_iterations`` steps per layer, ``adaround_reg`` the regularizer weight λ.

@@ -11,7 +11,7 @@ import math
 __all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
            "format_qat", "format_selective", "format_table", "to_markdown",
            "format_compression", "format_device_table", "to_png", "format_findings",
-           "worst_layers", "format_layer_error"]
+           "worst_layers", "format_layer_error", "format_outputs", "accuracy_missing", "percent"]
 
 SCHEMA_VERSION = 1
 
@@ -122,14 +122,16 @@ def format_table(report: dict) -> str:
     rule = "|" + "---|" * 11
     rows = [head, rule]
     base = report["float"]
+    missing = accuracy_missing(report)
     rows.append(
-        f"| keras float | – | – | – | {_fmt(_pct(base['accuracy']), '.2f')} | – | – | – | – | – | – |"
+        f"| keras float | – | – | – | {_fmt(_pct(base['accuracy']), '.2f', missing)} "
+        "| – | – | – | – | – | – |"
     )
     for m in report["modes"]:
         lat = m["latency_ms"]
         rows.append(
             f"| {m['mode']} | {m['size_bytes'] / 1024:.1f} | {m['size_ratio']:.3f} "
-            f"| {len(m['float_ops'])} | {_fmt(_pct(m['accuracy']), '.2f')} "
+            f"| {len(m['float_ops'])} | {_fmt(_pct(m['accuracy']), '.2f', missing)} "
             f"| {_fmt(m['accuracy_drop_pp'], '+.2f')} | {m['top1_agreement'] * 100:.2f}% "
             f"| {_fmt(m['sqnr_db'], '.1f')} | {m['cosine']:.5f} | {m['max_abs_error']:.3g} "
             f"| {lat['median']:.3f} / {lat['p90']:.3f} |"
@@ -139,6 +141,34 @@ def format_table(report: dict) -> str:
 
 def _pct(x):
     return None if x is None else 100.0 * x
+
+
+def percent(x, missing: str) -> str:
+    """``x`` (a share) as "12.34%", or ``missing`` when None."""
+    return missing if x is None else f"{100.0 * x:.2f}%"
+
+
+def accuracy_missing(report: dict) -> str:
+    """What an accuracy cell says when there is no accuracy: "no labels" when the evaluation
+    data has none, "–" otherwise."""
+    labelled = report.get("data", {}).get("evaluation", {}).get("has_labels", True)
+    return "–" if labelled else "no labels"
+
+
+def format_outputs(report: dict) -> str:
+    """Markdown: per model output (multi-output models), float model against each mode, and
+    the QAT Keras model against the .tflite."""
+    missing = accuracy_missing(report)
+    lines = ["| mode | output | kind | top-1 agreement | accuracy | SQNR dB | max abs err |",
+             "|" + "---|" * 7]
+    for m in report["modes"]:
+        for name, o in m.get("outputs", {}).items():
+            agreement = "–" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f}%"
+            accuracy = (_fmt(_pct(o["accuracy"]), ".2f", missing) if o["kind"] == "classification"
+                        else "–")
+            lines.append(f"| {m['mode']} | {name} | {o['kind']} | {agreement} | {accuracy} "
+                         f"| {_fmt(o['sqnr_db'], '.1f')} | {o['max_abs_error']:.3g} |")
+    return "\n".join(lines)
 
 
 def to_markdown(report: dict) -> str:
@@ -155,12 +185,15 @@ def to_markdown(report: dict) -> str:
                      + ", ".join(m["float_ops"]))
     lines += ["## Quality gates", "", *_markdown_gates(report["gates"])]
     if "qat" in report:
-        lines += ["", "## Quantization-aware training", "", format_qat(report["qat"])]
+        lines += ["", "## Quantization-aware training", "",
+                  format_qat(report["qat"], accuracy_missing(report))]
     if "preflight" in report:
         lines += ["", "## Preflight", "", format_findings(report["preflight"])]
     if "selective" in report:
         lines += ["", "## Selective quantization", "",
                   format_selective(report["selective"], report["gates"]["max_accuracy_drop"])]
+    if any("outputs" in m for m in report["modes"]):
+        lines += ["", "## Outputs (float model vs each mode)", "", format_outputs(report)]
     if any("layers" in m for m in report["modes"]):
         lines += ["", "## Per-layer error", "", format_layer_error(report)]
     if "compression" in report:
@@ -178,13 +211,15 @@ def _markdown_header(report: dict) -> list[str]:
         f"- Model: `{report['model']['source']}` ({report['model']['flavor']}), inputs "
         + ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i['dtype']}"
                     for i in report["model"]["inputs"]),
-        f"- {'Training' if 'qat' in report else 'Calibration'}: "
+        f"- {'Training' if 'qat' in report or 'compression' in report else 'Calibration'}: "
         f"{data['calibration']['num_samples']} samples of "
-        f"`{data['calibration']['source']}` (seed {s['seed']})",
+        f"`{data['calibration']['source']}` (seed {s['seed']})"
+        + (" (no labels)" if data["calibration"].get("has_labels") is False else ""),
         f"- Evaluation: {data['evaluation']['num_samples']} samples of "
         f"`{data['evaluation']['source']}`"
         + ("" if data["evaluation"]["has_labels"] else " (no labels: accuracy not measured)"),
-        f"- Float Keras model accuracy: {_fmt(_pct(report['float']['accuracy']), '.2f')}%",
+        f"- Float Keras model accuracy: "
+        f"{percent(report['float']['accuracy'], accuracy_missing(report))}",
         f"- Latency: batch 1, {s['num_threads']} thread(s), {s['latency_runs']} runs after "
         "warm-up, modes interleaved",
         f"- TensorFlow {report['versions']['tensorflow']}, LiteRT {report['versions']['litert']}, "
@@ -202,15 +237,30 @@ def _markdown_gates(gates: dict) -> list[str]:
     return ["FAILED:", *[f"- {f}" for f in gates["failures"]]]
 
 
-def format_qat(q: dict) -> str:
-    """The QAT section: scheme, Keras QAT accuracy, parity and per-kernel deployment."""
+def format_qat(q: dict, missing: str = "–") -> str:
+    """The QAT section: scheme, Keras QAT accuracy (``missing`` when there is none),
+    distillation, parity (per output for multi-output models) and per-kernel deployment."""
     p = q["parity"]
     lines = [f"- Scheme `{q['scheme']}`, strategy `{q['strategy']}`; runs exactly on "
              f"TFLite int8 kernels: {'yes' if q['deploys_exactly'] else 'no'}",
-             f"- Keras QAT model accuracy: {_fmt(_pct(q['keras_qat_accuracy']), '.2f')}%",
+             f"- Keras QAT model accuracy: {percent(q['keras_qat_accuracy'], missing)}",
              f"- Parity, Keras QAT model vs TFLite int8: top-1 agreement "
              f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
              f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"]
+    if q.get("distillation"):
+        d = q["distillation"]
+        lines.append(f"- Distillation: alpha {d['alpha']}, temperature {d['temperature']}"
+                     + (f" ({d['reason']}: the teacher alone supplies the targets)"
+                        if d.get("reason") else ""))
+    if len(p.get("outputs", {})) > 1:
+        lines += ["", "Parity per output (Keras QAT model vs TFLite int8):", "",
+                  "| output | kind | loss | top-1 agreement | within one LSB | LSB | SQNR dB |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, o in p["outputs"].items():
+            agreement = "–" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f}%"
+            lines.append(f"| {name} | {o['kind']} | {q['outputs'][name]['loss']} "
+                         f"| {agreement} | {100 * o['within_1_lsb']:.2f}% "
+                         f"| {o['output_step']:.4g} | {_fmt(o['sqnr_db'], '.1f')} |")
     weights = q.get("weights") or []
     if weights:
         lines += ["", "Weights in the .tflite against the QAT model's quantized weights "
@@ -227,15 +277,30 @@ def format_qat(q: dict) -> str:
     return "\n".join(lines)
 
 
-def format_selective(sel: dict, budget) -> str:
-    """The selective-quantization section: budget verdict, ops kept in float, trials, cost."""
+def format_selective(sel: dict, max_accuracy_drop=None) -> str:
+    """The selective-quantization section: budget verdict, ops kept in float, where it chose,
+    trials, cost."""
     verdict = "met" if sel["met"] else ("NOT met, even with every ranked op in float; the "
                                         "most accurate model tried is written")
-    lines = [f"- Budget (max_accuracy_drop): {budget} pp: {verdict}",
+    budget = sel.get("budget") or {"max_accuracy_drop": max_accuracy_drop}
+    limits = [f"accuracy drop ≤ {budget['max_accuracy_drop']} pp"
+              if budget.get("max_accuracy_drop") is not None else "",
+              f"top-1 agreement ≥ {budget['min_agreement']}"
+              if budget.get("min_agreement") is not None else ""]
+    lines = [f"- Budget: {' and '.join(x for x in limits if x)}: {verdict}",
              f"- Kept in float ({len(sel['kept_float'])}): "
-             + (", ".join(f"`{t}`" for t in sel["kept_float"]) or "none"),
-             "", "| ops in float | accuracy drop pp | size bytes |", "|---|---|---|"]
-    lines += [f"| {t['k']} | {t['drop_pp']:+.2f} | {t['size_bytes']:,} |" for t in sel["trials"]]
+             + (", ".join(f"`{t}`" for t in sel["kept_float"]) or "none")]
+    chosen = budget.get("chosen_on")
+    if chosen:
+        lines.append(f"- Chosen on {chosen['samples']} samples ({chosen['source']}; "
+                     f"{'labelled' if budget['labelled'] else 'no labels'}), calibrated on "
+                     f"the other {chosen['calibrated_on']}; the evaluation data above was not "
+                     "used to choose")
+    lines += ["", "| ops in float | accuracy drop pp | agreement | size bytes |",
+              "|---|---|---|---|"]
+    lines += [f"| {t['k']} | {_fmt(t.get('drop_pp'), '+.2f')} "
+              f"| {_fmt(None if t.get('agreement') is None else 100 * t['agreement'], '.2f')} "
+              f"| {t['size_bytes']:,} |" for t in sel["trials"]]
     cost = sel.get("cost")
     if cost:
         lines += ["", f"Cost of the ops kept in float: {cost['selective_bytes']:,} B against "

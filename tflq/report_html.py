@@ -13,6 +13,8 @@ from __future__ import annotations
 import html
 import math
 
+from tflq.report import accuracy_missing as _accuracy_missing
+from tflq.report import percent as _percent
 from tflq.report import worst_layers
 
 __all__ = ["WORST_LAYERS", "to_html", "svg_scatter", "svg_latency", "svg_layer_chart"]
@@ -94,14 +96,14 @@ def _table(head: list[str], rows: list[list[str]], table_id: str = "", text_cols
 def _modes_table(report: dict) -> str:
     head = ["mode", "size KB", "× float32", "float ops", "accuracy %", "Δ pp", "agreement %",
             "SQNR dB", "cosine", "max abs err", "ms median", "ms p90"]
-    acc = report["float"]["accuracy"]
-    rows = [["keras float", "–", "–", "–", _num(None if acc is None else 100 * acc, ".2f")]
+    acc, missing = report["float"]["accuracy"], _accuracy_missing(report)
+    rows = [["keras float", "–", "–", "–", _num(None if acc is None else 100 * acc, ".2f", missing)]
             + ["–"] * 7]
     for m in report["modes"]:
         lat = m["latency_ms"]
         rows.append([f"<b>{_e(m['mode'])}</b>", f"{m['size_bytes'] / 1024:.1f}",
                      f"{m['size_ratio']:.3f}", str(len(m["float_ops"])),
-                     _num(None if m["accuracy"] is None else 100 * m["accuracy"], ".2f"),
+                     _num(None if m["accuracy"] is None else 100 * m["accuracy"], ".2f", missing),
                      _num(m["accuracy_drop_pp"], "+.2f"), f"{100 * m['top1_agreement']:.2f}",
                      _num(m["sqnr_db"], ".1f"), f"{m['cosine']:.5f}", f"{m['max_abs_error']:.3g}",
                      f"{lat['median']:.3f}", f"{lat['p90']:.3f}"])
@@ -343,7 +345,7 @@ def _sections(report: dict) -> list[str]:
             "<h2>Quantization-aware training</h2><ul>"
             f"<li>Scheme <code>{_e(q['scheme'])}</code>, strategy <code>{_e(q['strategy'])}</code>;"
             f" runs exactly on TFLite int8: {'yes' if q['deploys_exactly'] else 'no'}</li>"
-            f"<li>Keras QAT model accuracy: {_num(None if acc is None else 100 * acc, '.2f')}%</li>"
+            f"<li>Keras QAT model accuracy: {_percent(acc, _accuracy_missing(report))}</li>"
             f"<li>Parity, Keras QAT vs TFLite int8: top-1 agreement "
             f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB ({p['output_step']:.4g}): "
             f"{100 * p['within_1_lsb']:.2f}%</li></ul>"
@@ -359,9 +361,12 @@ def _sections(report: dict) -> list[str]:
                    f"<p>Budget {'met' if sel['met'] else 'NOT met'}; kept in float "
                    f"({len(sel['kept_float'])}): "
                    + (", ".join(f"<code>{_e(t)}</code>" for t in sel["kept_float"]) or "none")
-                   + "</p>" + _table(["ops in float", "accuracy drop pp", "size bytes"],
-                                     [[str(t["k"]), f"{t['drop_pp']:+.2f}", f"{t['size_bytes']:,}"]
-                                      for t in sel["trials"]], "selective"))
+                   + f"</p><p>Chosen on {_e(sel.get('budget', {}).get('chosen_on', {}).get('samples', '?'))}"
+                   " calibration samples held apart.</p>"
+                   + _table(["ops in float", "accuracy drop pp", "agreement %", "size bytes"],
+                            [[str(t["k"]), _num(t.get("drop_pp"), "+.2f"),
+                              _num(None if t.get("agreement") is None else 100 * t["agreement"], ".2f"),
+                              f"{t['size_bytes']:,}"] for t in sel["trials"]], "selective"))
     if "compression" in report:
         c = report["compression"]
         out.append("<h2>Compression</h2>"
@@ -422,7 +427,7 @@ def to_html(report: dict) -> str:
             f"<code>{_e(data['calibration']['source'])}</code>",
             f"Evaluation: {_e(data['evaluation']['num_samples'])} samples of "
             f"<code>{_e(data['evaluation']['source'])}</code>",
-            f"Float Keras model accuracy: {_num(None if acc is None else 100 * acc, '.2f')}%",
+            f"Float Keras model accuracy: {_percent(acc, _accuracy_missing(report))}",
             f"TensorFlow {_e(report['versions'].get('tensorflow'))}, LiteRT "
             f"{_e(report['versions'].get('litert'))}, tflq {_e(report['versions'].get('tflq'))}; "
             f"{_e(report['machine'])}; {_e(report.get('created_utc', ''))}"]

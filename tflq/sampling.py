@@ -162,19 +162,24 @@ def load_arrays(spec, input_specs: Sequence[TensorSpec], limit: int | None = Non
                 seed: int = 0, labelled: str | None = None
                 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """A data source (path, ``module:function`` or in memory, see
-    :func:`tflq.data.open_data`) read into memory: ({input name: (N, ...)}, labels or None),
-    at most ``limit`` samples drawn with ``seed``. ``labelled`` names the data for the error raised
+    :func:`tflq.data.open_data`) read into memory: ({input name: (N, ...)}, labels), at most
+    ``limit`` samples drawn with ``seed``. Labels are None (none in the data), the ``y``
+    labels, or ``{output name: (N, ...)}`` when an ``.npz`` holds ``y_<output name>`` arrays
+    (labels per model output, any shape and dtype). ``labelled`` names the data for the error raised
     when it has no labels (None: labels are optional)."""
     source = open_data(spec, input_specs)
     indices = sample_indices(len(source), limit, seed) if limit else None
+    per_output = getattr(source, "read_output_labels", lambda _: {})(indices)
     xs, ys = [], []
     for batch, labels in iter_batches(source, input_specs, 1024, indices):
-        if labels is None and labelled is not None:
+        if labels is None and not per_output and labelled is not None:
             raise ValueError(f"{labelled} {source.description!r} has no labels; training needs "
                              "labelled data.")
         xs.append(batch)
         ys.append(labels)
     x = {name: np.concatenate([b[name] for b in xs]) for name in xs[0]}
+    if per_output:
+        return x, per_output
     return x, (None if ys[0] is None else np.concatenate(ys))
 
 

@@ -14,7 +14,8 @@ from tflq.fileio import write_atomic
 __all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate", "array_batches",
            "load_training_data", "base_report", "finish", "write_outputs", "report_files",
            "add_layer_error", "render_outputs", "write_files", "job_settings", "refuse_in_memory",
-           "IN_MEMORY_FIELDS", "given"]
+           "IN_MEMORY_FIELDS", "given", "tflite_output_names", "TrainingTargets",
+           "training_targets", "rebuild_notes"]
 
 # Job fields that may hold an in-memory model or data instead of a path.
 IN_MEMORY_FIELDS = ("model", "data", "eval_data", "train_data", "teacher")
@@ -104,7 +105,7 @@ def prepare_data(job, model):
     return calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats
 
 
-def evaluate(model, batches, runners: dict, progress_bar=None, observers=()):
+def evaluate(model, batches, runners: dict, progress_bar=None, observers=(), primary: int = 0):
     """One streaming pass: the float model and every runner on the same batches.
 
     Args:
@@ -114,13 +115,15 @@ def evaluate(model, batches, runners: dict, progress_bar=None, observers=()):
       progress_bar: wraps ``batches`` (see :func:`progress`), or None.
       observers: callables ``(batch, labels, reference, outputs)`` for job-specific
         comparisons; ``outputs`` maps each runner key to its outputs on the batch.
+      primary: the output whose top-1 class counts (accuracy, agreement); ``labels`` are its
+        class labels.
 
     Returns:
       ``(float result, {key: metrics.Comparison}, first batch)``; the float result's
       ``accuracy`` is None without labels.
     """
-    comparisons = {key: metrics.Comparison() for key in runners}
-    labels_seen = metrics.Comparison()  # float model vs labels (reference = itself)
+    comparisons = {key: metrics.Comparison(primary) for key in runners}
+    labels_seen = metrics.Comparison(primary)  # float model vs labels (reference = itself)
     first_batch = None
     for batch, labels in (progress_bar(batches) if progress_bar else batches):
         if first_batch is None:
@@ -262,3 +265,88 @@ def write_outputs(out: str, full_report: dict, files: dict[str, bytes]) -> list[
     """Writes each file, then report.json, report.md, report.png and report.html, each
     atomically."""
     return write_files(out, render_outputs(full_report, files))
+
+
+def tflite_output_names(content: bytes, keras_names) -> list[str]:
+    """The .tflite signature names of a Keras model's outputs, in the Keras model's output
+    order (signatures list outputs by name; a QAT model's outputs are named ``quant_<layer>``).
+
+    Raises:
+      RuntimeError: an output cannot be found (a bug: the .tflite came from that model).
+    """
+    from tflq.interpreter import TfliteModel
+
+    available = TfliteModel(content).output_names
+    if len(keras_names) == 1 and len(available) == 1:
+        return list(available)
+    found = []
+    for i, name in enumerate(keras_names):
+        match = [n for n in (name, f"quant_{name}", f"output_{i}") if n in available]
+        if not match:
+            raise RuntimeError(f"internal error: output {name!r} is not among the .tflite's "
+                               f"outputs {available}.")
+        found.append(match[0])
+    return found
+
+
+@dataclasses.dataclass
+class TrainingTargets:
+    """What a training job learns from, per output (see :mod:`tflq.quant.heads`).
+
+    Attributes:
+      heads: one :class:`tflq.quant.heads.Head` per output.
+      train: training labels per output, or None (no labels: a teacher supplies the targets).
+      eval: evaluation labels per output, or None.
+      primary: the output whose top-1 class the mode rows count.
+    """
+
+    heads: list
+    train: list | None
+    eval: list | None
+    primary: int
+
+    @property
+    def fit_labels(self):
+        """``y`` for ``fit``: None, one array (one output) or a list in output order."""
+        if self.train is None:
+            return None
+        return self.train[0] if len(self.train) == 1 else list(self.train)
+
+    @property
+    def eval_class_labels(self):
+        """Class labels of the primary output on the evaluation data, or None."""
+        if self.eval is None or self.heads[self.primary].kind != "kl":
+            return None
+        return self.eval[self.primary]
+
+    def to_dict(self) -> dict:
+        return {h.name: {"loss": h.kind, "softmax": h.softmax, "reason": h.reason,
+                         "labels": self.train is not None} for h in self.heads}
+
+
+def training_targets(job, keras_model, loaded, y_train, y_eval) -> TrainingTargets:
+    """Matches labels to the outputs of ``keras_model`` (tf_keras, the model being trained;
+    ``loaded`` is its :class:`tflq.models.LoadedModel`) and chooses each output's loss
+    (``job.output_losses`` overrides the inference)."""
+    from tflq.quant import heads
+
+    names = list(keras_model.output_names)
+    train = heads.match_labels(y_train, names, job.train_data, loaded.output_names)
+    evaluation = heads.match_labels(y_eval, names, job.eval_data, loaded.output_names)
+    found = heads.infer_heads(keras_model, dict(job.output_losses), train)
+    return TrainingTargets(found, train, evaluation, heads.primary_head(found))
+
+
+def rebuild_notes(model) -> list[str]:
+    """The mode-row note on a Keras 3 model's tf_keras rebuild (what was inlined, which config
+    keys tf_keras does not know were dropped, how closely the outputs matched); [] otherwise."""
+    found = model.rebuild_notes
+    if not found:
+        return []
+    line = (f"Keras 3 model rebuilt as tf_keras, outputs checked on {found['checked_samples']} "
+            f"training samples (max error {found['max_relative_error']:.2g} of range)")
+    if found.get("inlined"):
+        line += f"; nested models inlined: {', '.join(map(str, found['inlined']))}"
+    if found.get("dropped_config_keys"):
+        line += f"; config keys tf_keras lacks, dropped: {found['dropped_config_keys']}"
+    return [line]

@@ -30,8 +30,19 @@ import numpy as np
 
 from tflq import options, report, runtime
 from tflq.inmemory import describe
-from tflq.jobs import common
-from tflq.jobs.common import JobResult, array_batches, base_report, check_samples, evaluate, finish, load_training_data
+from tflq.jobs.common import (
+    JobResult,
+    array_batches,
+    base_report,
+    check_samples,
+    evaluate,
+    finish,
+    job_settings,
+    load_training_data,
+    rebuild_notes,
+    tflite_output_names,
+    training_targets,
+)
 from tflq.quant.compress import (
     COMPRESSIBLE,
     QUANTIZATIONS,
@@ -66,7 +77,9 @@ class CompressJob:
       epochs: fine-tuning epochs of the prune and cluster stages.
       qat_epochs: QAT epochs (None: ``epochs``).
       distill: QAT learns from the original float model as teacher too
-        (:func:`tflq.quant.qat.make_trainer`: α·CE + (1 − α)·T²·KL, α 0.5, T 4).
+        (:func:`tflq.quant.qat.make_trainer`: α·CE + (1 − α)·T²·KL, α 0.5, T 4); without
+        labels every stage learns from it alone (α 0).
+      output_losses: loss per output name (``kl``/``mse``), see :mod:`tflq.quant.heads`.
     """
 
     model: object  # a path, 'module:function' or a Keras model object
@@ -94,9 +107,12 @@ class CompressJob:
     latency_runs: int = 50
     verbose: int = 2
     gates: report.Gates = report.Gates()
+    output_losses: tuple = ()  # as :attr:`tflq.jobs.qat.QATJob.output_losses`
 
     def __post_init__(self):
-        from tflq.quant import schemes
+        from tflq.quant import heads, schemes
+
+        object.__setattr__(self, "output_losses", heads.normalize_output_losses(self.output_losses))
 
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1). Received: sparsity={self.sparsity}")
@@ -172,50 +188,133 @@ def run_compress_job(job: CompressJob) -> JobResult:
     """Prunes and/or clusters, quantizes (QAT or PTQ), validates and writes the .tflite and
     report.json/md/png.
 
+    Every output gets its loss (labels per output, ``y_<output name>``); without labels,
+    ``distill`` trains every stage from the float model alone (α = 0).
+
     Returns:
       A :class:`tflq.jobs.common.JobResult`; ``exit_code`` is 3 when a gate failed.
 
     Raises:
       ValueError: bad input, before anything is written.
     """
-    import shutil
-    import tempfile
-
-    from tflq import interpreter, tflite_inspect
-    from tflq.models import load_model, tf_keras, wrap_model
-    from tflq.ptq import convert
-    from tflq.quant import qat
+    from tflq import interpreter, metrics, tflite_inspect
+    from tflq.models import load_model
 
     if job.out is not None:
         runtime.check_output_dir(job.out)
     float_model = load_model(job.model)
-    x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model)
+    x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model, labelled=False)
     # A Keras 3 model is rebuilt as tf_keras (tfmot needs it), checked on training samples.
-    model = float_model.to_tf_keras(check_samples(x_train, feed))
+    samples = check_samples(x_train, feed)
+    model = float_model.to_tf_keras(samples)
+    targets = training_targets(job, model, float_model, y_train, y_eval)
+    if targets.train is None and not job.distill:
+        raise ValueError(f"Training data {describe(job.train_data)!r} has no labels; pass --distill "
+                         "(distill=True) to learn from the float model as teacher alone.")
     chosen = {layer.name for layer in select_layers(model, job)}
+    content, float32, sparse, stages, notes, histories = _compress(
+        job, float_model, model, targets, chosen, feed, x_train, samples)
+    stats = weight_stats(content)
+    keras_names = list(model.output_names)
+    runner = interpreter.TfliteModel(content, tflite_output_names(content, keras_names),
+                                     num_threads=job.num_threads)
+    per_output = metrics.PerOutput(keras_names, [h.kind == "kl" for h in targets.heads])
+    seen = [0]
+
+    def observe(batch, labels, reference, outputs):
+        n = len(reference[0])
+        per_labels = (None if targets.eval is None else
+                      [y[seen[0]:seen[0] + n] for y in targets.eval])
+        seen[0] += n
+        per_output.update(reference, outputs["int8"], per_labels)
+
+    float_result, compared, _ = evaluate(
+        float_model, array_batches(x_eval, targets.eval_class_labels, job.batch_size),
+        {"int8": runner}, observers=[observe], primary=targets.primary)
+    base = float_result["accuracy"]
+    latency = interpreter.measure_latency(
+        {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
+         "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)
+    weights = sum(row["weights"] for row in stats)
+    zeros = sum(row["weights"] * row["sparsity"] for row in stats)
+    stem = float_model.stem
+    row = report.mode_row("int8", f"{stem}_compressed_int8.tflite", content, len(float32),
+                          tflite_inspect.find_float_ops(content), compared["int8"].result(), base,
+                          latency["int8"], None, [*stages, *notes])
+    if len(keras_names) > 1:
+        row["outputs"] = per_output.result()
+    compression = {
+        "stages": stages, "layers": sorted(chosen),
+        "size_bytes": len(content), "gzip_bytes": gzip_size(content),
+        "float32_gzip_bytes": gzip_size(float32),
+        "weight_sparsity": zeros / weights if weights else 0.0,
+        "sparse_encoding": sparse, "weights": stats, "history": histories,
+        "outputs": targets.to_dict()}
+    if job.distill:
+        compression["distillation"] = (
+            {"alpha": 0.5, "temperature": 4.0} if targets.train is not None
+            else {"alpha": 0, "temperature": 4.0, "reason": "no labels"})
+    full = base_report(
+        model=float_model, source=float_model.source, settings=job_settings(job),
+        data={"calibration": {"source": describe(job.train_data),
+                              "num_samples": len(next(iter(x_train.values()))),
+                              "has_labels": targets.train is not None},
+              "evaluation": {"source": describe(job.eval_data),
+                             "num_samples": len(next(iter(x_eval.values()))),
+                             "has_labels": targets.eval is not None}},
+        float_section={"accuracy": base, "float32_tflite_bytes": len(float32),
+                       "latency_ms": latency["float32"]},
+        modes=[row], gates=job.gates, compression=compression)
+    return finish(job.out, full, {row["path"]: content})
+
+
+def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
+    """The prune → cluster → quantize chain. Returns (int8 .tflite, float32 .tflite, its size
+    with sparse encoding, stages, notes, training histories)."""
+    import shutil
+    import tempfile
+
+    from tflq.models import tf_keras, wrap_model
+    from tflq.ptq import convert
+    from tflq.quant import qat
+
     names = float_model.input_names
+    labels = targets.fit_labels
+    # Without labels every stage learns from the float model alone (job.distill is required).
+    stage_teacher = model if labels is None else None
     tf_keras.utils.set_random_seed(job.seed)
-    histories, stages = {}, []
+    histories, stages, notes = {}, [], rebuild_notes(float_model)
+    if labels is None:
+        notes.append("no labels: every stage distilled from the float model alone (alpha = 0)")
+    if len(targets.heads) > 1:
+        notes.append("losses per output: " + ", ".join(
+            f"{h.name}={h.kind} ({h.reason})" for h in targets.heads))
     if job.prunes:
-        model, histories["prune"] = prune(model, feed(x_train), y_train, job, chosen)
+        model, histories["prune"] = prune(model, feed(x_train), labels, job, chosen,
+                                          stage_teacher, targets.heads)
         stages.append(f"prune {'2:4' if job.structure == '2:4' else f'{job.sparsity:.0%}'} "
                       f"({job.schedule})")
     if job.clusters_weights:
-        model, histories["cluster"] = cluster(model, feed(x_train), y_train, job, chosen)
+        model, histories["cluster"] = cluster(model, feed(x_train), labels, job, chosen,
+                                              stage_teacher, targets.heads)
         stages.append(f"cluster k={job.clusters}")
     scratch = tempfile.mkdtemp(prefix="tflq-compress-")
     try:
         if job.quantization == "qat":
-            student = qat.quantize_model(model, job.scheme)
+            prepared = []
+            student = qat.quantize_model(model, job.scheme, samples=samples, notes=prepared)
+            notes.extend(f"prepare: {line}" for line in prepared)
+            if not prepared:
+                notes.append("prepare: no float rewrite needed (nothing to inline, split or fold)")
             reference = {layer.name: layer.get_weights()[0] for layer in model.layers
                          if layer.name in chosen and layer.get_weights()}
             keep = PreserveStructure(student, chosen if stages else set(), job.clusters_weights,
                                      reference)
             keep.apply()  # BatchNorm folding rescaled channels; start exactly on the structure
-            histories["qat"] = fine_tune(student, feed(x_train), y_train, job, [keep],
+            teacher = model if (job.distill or labels is None) else None
+            histories["qat"] = fine_tune(student, feed(x_train), labels, job, [keep],
                                          job.qat_learning_rate or job.learning_rate,
-                                         job.qat_epochs or job.epochs,
-                                         model if job.distill else None)
+                                         job.qat_epochs or job.epochs, teacher, targets.heads)
             content = convert.convert_qat(student, scratch)
 
             def make_converter():
@@ -224,7 +323,8 @@ def run_compress_job(job: CompressJob) -> JobResult:
             stages.append(f"QAT ({job.scheme}, structure preserved"
                           f"{', distilled from the float model' if job.distill else ''})")
         else:
-            order = np.random.default_rng(job.seed).permutation(len(y_train))
+            num_train = len(next(iter(x_train.values())))
+            order = np.random.default_rng(job.seed).permutation(num_train)
             order = order[:job.num_calibration_samples]
 
             def representative():
@@ -245,33 +345,4 @@ def run_compress_job(job: CompressJob) -> JobResult:
         float32 = convert.convert_model(float_model, "float32", scratch).content
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    stats = weight_stats(content)
-    runner = interpreter.TfliteModel(content, num_threads=job.num_threads)
-    float_result, compared, _ = evaluate(float_model, array_batches(x_eval, y_eval, job.batch_size),
-                                         {"int8": runner})
-    base = float_result["accuracy"]
-    latency = interpreter.measure_latency(
-        {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
-         "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)
-    weights = sum(row["weights"] for row in stats)
-    zeros = sum(row["weights"] * row["sparsity"] for row in stats)
-    stem = float_model.stem
-    row = report.mode_row("int8", f"{stem}_compressed_int8.tflite", content, len(float32),
-                          tflite_inspect.find_float_ops(content), compared["int8"].result(), base,
-                          latency["int8"], None, stages)
-    full = base_report(
-        model=float_model, source=float_model.source, settings=common.job_settings(job),
-        data={"calibration": {"source": describe(job.train_data), "num_samples": int(len(y_train))},
-              "evaluation": {"source": describe(job.eval_data), "num_samples": int(len(y_eval)),
-                             "has_labels": base is not None}},
-        float_section={"accuracy": base, "float32_tflite_bytes": len(float32),
-                       "latency_ms": latency["float32"]},
-        modes=[row], gates=job.gates,
-        compression={
-            "stages": stages, "layers": sorted(chosen),
-            "size_bytes": len(content), "gzip_bytes": gzip_size(content),
-            "float32_gzip_bytes": gzip_size(float32),
-            "weight_sparsity": zeros / weights if weights else 0.0,
-            "sparse_encoding": sparse, "weights": stats, "history": histories,
-        })
-    return finish(job.out, full, {row["path"]: content})
+    return content, float32, sparse, stages, notes, histories

@@ -21,6 +21,9 @@ from tflq.jobs.common import (
     given,
     job_settings,
     load_training_data,
+    rebuild_notes,
+    tflite_output_names,
+    training_targets,
 )
 from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
@@ -67,10 +70,15 @@ class QATJob:
     verbose: int = 2
     gates: report.Gates = report.Gates()
     layer_error_samples: int = DEFAULT_SAMPLES  # training samples for per-layer error; 0: off
+    # Loss per output name, "kl" (classification) or "mse" (regression); the rest is inferred
+    # (tflq.quant.heads.infer_heads). A mapping, "name=kind,..." or (name, kind) pairs.
+    output_losses: tuple = ()
 
     def __post_init__(self):
-        from tflq.quant import schemes
+        from tflq.quant import heads, schemes
         from tflq.quant.qat import STRATEGIES
+
+        object.__setattr__(self, "output_losses", heads.normalize_output_losses(self.output_losses))
 
         schemes.get_scheme(self.scheme)
         if self.strategy not in STRATEGIES:
@@ -107,6 +115,10 @@ def _distribution(name: str):
 def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     """Runs a QAT job and writes the QAT model, the int8 .tflite and the reports.
 
+    Every output gets its loss (:class:`tflq.jobs.common.TrainingTargets`): labels per output
+    (``y_<output name>`` in an ``.npz``; ``y`` for a single output) and/or the teacher. With the
+    distill strategy and no labels, the teacher alone supplies the targets (α = 0).
+
     Args:
       job: the settings.
       callbacks: extra Keras callbacks for ``fit`` (after the per-epoch checkpoint).
@@ -120,12 +132,8 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
         finished epoch.
     """
     import os
-    import shutil
-    import tempfile
 
-    from tflq.models import load_model, tf_keras
-    from tflq.ptq import convert
-    from tflq.quant import qat
+    from tflq.models import load_model
 
     if job.out is not None:
         check_output_dir(job.out)
@@ -134,90 +142,82 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     with distribution.scope():  # every variable the trainer touches is created in the scope
         float_model = load_model(job.model)
         teacher_model = load_model(job.teacher) if given(job.teacher) else None
-    x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model)
+    x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model, labelled=False)
     samples = check_samples(x_train, feed)
     with distribution.scope():  # Keras 3 models are rebuilt as tf_keras and checked
         source = float_model.to_tf_keras(samples)
         teacher = teacher_model.to_tf_keras(samples) if teacher_model is not None else None
+    targets = training_targets(job, source, float_model, y_train, y_eval)
+    if targets.train is None and job.strategy != "distill":
+        raise ValueError(f"Training data {describe(job.train_data)!r} has no labels; the "
+                         f"{job.strategy} strategy trains on labels. Use --strategy distill with "
+                         "--teacher (e.g. the float model itself) to learn from the teacher alone.")
     if teacher is not None:
+        from tflq.quant import qat
+
         qat.check_teacher(teacher, source)
-    tf_keras.utils.set_random_seed(job.seed)
-    scratch = tempfile.mkdtemp(prefix="tflq-qat-")
-    backup_dir = os.path.join(job.out if job.out is not None else scratch, ".qat_backup")
+    notes = [f"QAT ({job.scheme}, {job.strategy}); ranges from training, no calibration",
+             *rebuild_notes(float_model)]
+    backup_dir = os.path.join(job.out, ".qat_backup") if job.out is not None else None
     try:
-        with distribution.scope():
-            student = qat.quantize_model(source, job.scheme, job.overrides,
-                                         job.activation_ranges, job.range_k, samples=samples)
-            trainer = qat.make_trainer(
-                student, teacher if job.strategy == "distill" else None,
-                job.quant_error_weight if job.strategy == "gradient" else 0.0,
-                job.temperature, job.alpha)
-            # statistics: ranges from moving averages of batch min/max, weights left as they are.
-            rate = 0.0 if job.strategy == "statistics" else job.learning_rate
-            trainer.compile(optimizer=tf_keras.optimizers.Adam(rate) if rate else
-                            tf_keras.optimizers.SGD(0.0))
-            trainer(feed({n: v[:1] for n, v in x_train.items()}))  # build: BackupAndRestore needs it
-        # Checkpoint every epoch; an interrupted run resumes from the last one.
-        history = trainer.fit(feed(x_train), y_train, epochs=job.epochs,
-                              batch_size=job.batch_size, verbose=job.verbose,
-                              callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir),
-                                         tf_keras.callbacks.TerminateOnNaN(), *callbacks])
-        # Training is over: from here on a failure (not an interruption: KeyboardInterrupt is
-        # no Exception) drops the checkpoint, which could only resume a finished fit.
-        try:
-            losses = history.history.get("loss", [])
-            if not all(np.isfinite(losses)):
-                raise ValueError(f"QAT training diverged (loss {losses[-1]} in epoch "
-                                 f"{len(losses)}); nothing was written. Lower --learning_rate "
-                                 "or use --strategy statistics.")
-            content = convert.convert_qat(student, scratch, integer_io=True)
-            float32 = convert.convert_model(float_model, "float32", scratch).content
-            h5_path = os.path.join(scratch, "qat.h5")
-            student.save(h5_path)
-            with open(h5_path, "rb") as f:
-                qat_h5 = f.read()
-        except Exception:
-            _drop_backup(backup_dir, job.out, out_existed)
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        student, history, content, float32, qat_h5 = _train_and_convert(
+            job, distribution, float_model, source, teacher, targets, feed, x_train, samples,
+            backup_dir, notes, callbacks)
+    except _Diverged as e:
+        _drop_backup(backup_dir, job.out, out_existed)
+        raise ValueError(str(e)) from None
+    except _AfterFit as e:  # training finished: its checkpoint could only resume a done fit
+        _drop_backup(backup_dir, job.out, out_existed)
+        raise e.__cause__ from None
     try:
-        result = _validate_and_report(job, float_model, student, feed, x_train, y_train, x_eval,
-                                      y_eval, content, float32, qat_h5, history)
+        result = _validate_and_report(job, float_model, source, student, feed, targets, x_train,
+                                      x_eval, content, float32, qat_h5, history, notes)
     except Exception:
         _drop_backup(backup_dir, job.out, out_existed)
         raise
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    _drop_backup(backup_dir, None, True)
     return result
 
 
-def _drop_backup(backup_dir: str, out: str, out_existed: bool) -> None:
+class _Diverged(Exception):
+    pass
+
+
+class _AfterFit(Exception):
+    """A failure after ``fit`` finished (its cause is the real error)."""
+
+
+def _drop_backup(backup_dir: str | None, out: str | None, out_existed: bool) -> None:
     """Removes the training checkpoint, and ``out`` when the run created it and it is empty."""
     import os
     import shutil
 
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    if not out_existed and os.path.isdir(out) and not os.listdir(out):
+    if backup_dir is not None:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    if out is not None and not out_existed and os.path.isdir(out) and not os.listdir(out):
         os.rmdir(out)
 
 
-def _validate_and_report(job, float_model, student, feed, x_train, y_train, x_eval, y_eval,
-                         content, float32, qat_h5, history) -> JobResult:
+def _validate_and_report(job, float_model, source, student, feed, targets, x_train, x_eval,
+                         content, float32, qat_h5, history, notes) -> JobResult:
     """Runs the float model, the QAT model and the int8 .tflite on the evaluation data, builds
     the report and writes everything."""
     from tflq import interpreter, tflite_inspect
     from tflq.quant import schemes
 
-    runner = interpreter.TfliteModel(content, num_threads=job.num_threads)
-    parity = _Parity(student, feed, runner.output_scale(runner.output_names[0]))
-    float_result, compared, _ = evaluate(float_model, array_batches(x_eval, y_eval, job.batch_size),
-                                         {"int8": runner}, observers=[parity])
+    keras_names = list(source.output_names)
+    runner = interpreter.TfliteModel(content, tflite_output_names(content, keras_names),
+                                     num_threads=job.num_threads)
+    steps = [runner.output_scale(n) for n in runner.output_names]
+    parity = _Parity(student, feed, keras_names, targets, steps)
+    float_result, compared, _ = evaluate(
+        float_model, array_batches(x_eval, targets.eval_class_labels, job.batch_size),
+        {"int8": runner}, observers=[parity], primary=targets.primary)
     base = float_result["accuracy"]
     latency = interpreter.measure_latency(
         {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
          "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)
     chosen = schemes.get_scheme(job.scheme)
-    notes = [f"QAT ({job.scheme}, {job.strategy}); ranges from training, no calibration"]
     if not chosen.exact:
         notes.append(f"{job.scheme} weights do not fit TFLite's int8 weight format: the converter "
                      "re-quantized them; the parity figures show what that cost")
@@ -225,44 +225,139 @@ def _validate_and_report(job, float_model, student, feed, x_train, y_train, x_ev
     row = report.mode_row("int8", f"{stem}_qat_int8.tflite", content, len(float32),
                           tflite_inspect.find_float_ops(content), compared["int8"].result(), base,
                           latency["int8"], None, notes)
-    qat_result = parity.deployed.result()
+    if len(keras_names) > 1:
+        row["outputs"] = parity.float_vs_int8.result()
+    num_train = len(next(iter(x_train.values())))
     add_layer_error([row], float32, {"int8": content},
-                    ({n: v[i:i + 1] for n, v in x_train.items()} for i in range(len(y_train))),
+                    ({n: v[i:i + 1] for n, v in x_train.items()} for i in range(num_train)),
                     job.layer_error_samples)
     full = base_report(
         model=float_model, source=float_model.source, settings=job_settings(job),
-        data={"calibration": {"source": describe(job.train_data), "num_samples": int(len(y_train))},
-              "evaluation": {"source": describe(job.eval_data), "num_samples": int(len(y_eval)),
-                             "has_labels": base is not None}},
+        data={"calibration": {"source": describe(job.train_data), "num_samples": num_train,
+                              "has_labels": targets.train is not None},
+              "evaluation": {"source": describe(job.eval_data),
+                             "num_samples": len(next(iter(x_eval.values()))),
+                             "has_labels": targets.eval is not None}},
         float_section={"accuracy": base, "float32_tflite_bytes": len(float32),
                        "latency_ms": latency["float32"]},
         modes=[row], gates=job.gates,
-        qat={
-            "scheme": job.scheme, "strategy": job.strategy, "deploys_exactly": chosen.exact,
-            "keras_qat_accuracy": parity.keras.result()["accuracy"],
-            "parity": {"top1_agreement": qat_result["top1_agreement"],
-                       "within_1_lsb": parity.within / parity.total, "output_step": parity.step,
-                       "sqnr_db": qat_result["sqnr_db"]},
-            "weights": tflite_inspect.weight_requantization(student, content),
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        })
+        qat=_qat_section(job, chosen, parity, targets, student, content, history))
     return finish(job.out, full, {row["path"]: content, f"{stem}_qat.h5": qat_h5})
+
+
+def _train_and_convert(job, distribution, float_model, source, teacher, targets, feed, x_train,
+                       samples, backup_dir, notes, callbacks):
+    """Wraps, trains (checkpoint every epoch) and converts; appends what prepare rewrote and
+    what the training learned from to ``notes``. Returns (student, history, int8 .tflite,
+    float32 .tflite, QAT .h5 bytes). A failure after ``fit`` is raised as :class:`_AfterFit`."""
+    import os
+    import shutil
+    import tempfile
+
+    from tflq.models import tf_keras
+    from tflq.ptq import convert
+    from tflq.quant import qat
+
+    tf_keras.utils.set_random_seed(job.seed)
+    scratch = tempfile.mkdtemp(prefix="tflq-qat-")
+    backup_dir = backup_dir or os.path.join(scratch, ".qat_backup")  # in memory: no resume
+    try:
+        with distribution.scope():
+            prepared = []
+            student = qat.quantize_model(source, job.scheme, job.overrides, job.activation_ranges,
+                                         job.range_k, samples=samples, notes=prepared)
+            notes.extend(f"prepare: {line}" for line in prepared)
+            if not prepared:
+                notes.append("prepare: no float rewrite needed (nothing to inline, split or fold)")
+            distilling = job.strategy == "distill"
+            labelled = targets.train is not None
+            trainer = qat.make_trainer(
+                student, teacher if distilling else None,
+                job.quant_error_weight if job.strategy == "gradient" else 0.0,
+                job.temperature, job.alpha, heads=targets.heads, labelled=labelled)
+            if distilling and not labelled:
+                notes.append("distilled from the teacher alone: the training data has no labels "
+                             "(alpha = 0)")
+            if len(targets.heads) > 1:
+                notes.append("losses per output: " + ", ".join(
+                    f"{h.name}={h.kind} ({h.reason})" for h in targets.heads))
+            # statistics: ranges from moving averages of batch min/max, weights left as they are.
+            rate = 0.0 if job.strategy == "statistics" else job.learning_rate
+            trainer.compile(optimizer=tf_keras.optimizers.Adam(rate) if rate else
+                            tf_keras.optimizers.SGD(0.0))
+            trainer(feed({n: v[:1] for n, v in x_train.items()}))  # build: BackupAndRestore needs it
+        # Checkpoint every epoch; an interrupted run resumes from the last one.
+        history = trainer.fit(feed(x_train), targets.fit_labels, epochs=job.epochs,
+                              batch_size=job.batch_size, verbose=job.verbose,
+                              callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir),
+                                         tf_keras.callbacks.TerminateOnNaN(), *callbacks])
+        losses = history.history.get("loss", [])
+        if not all(np.isfinite(losses)):
+            raise _Diverged(f"QAT training diverged (loss {losses[-1]} in epoch {len(losses)}); "
+                            "nothing was written. Lower --learning_rate or use --strategy "
+                            "statistics.")
+        try:  # not an interruption (KeyboardInterrupt is no Exception): the fit is done
+            content = convert.convert_qat(student, scratch, integer_io=True)
+            float32 = convert.convert_model(float_model, "float32", scratch).content
+            h5_path = os.path.join(scratch, "qat.h5")
+            student.save(h5_path)
+            with open(h5_path, "rb") as f:
+                qat_h5 = f.read()
+        except Exception as e:
+            raise _AfterFit() from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return student, history, content, float32, qat_h5
+
+
+def _qat_section(job, chosen, parity, targets, student, content, history) -> dict:
+    from tflq import tflite_inspect
+
+    qat_result = parity.deployed.result()
+    section = {
+        "scheme": job.scheme, "strategy": job.strategy, "deploys_exactly": chosen.exact,
+        "keras_qat_accuracy": parity.keras.result()["accuracy"],
+        "parity": {"top1_agreement": qat_result["top1_agreement"],
+                   "within_1_lsb": parity.outputs.within_share(),
+                   "output_step": parity.outputs.steps[targets.primary],
+                   "sqnr_db": qat_result["sqnr_db"],
+                   "outputs": parity.outputs.result()},
+        "outputs": targets.to_dict(),
+        "weights": tflite_inspect.weight_requantization(student, content),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+    }
+    if job.strategy == "distill":
+        section["distillation"] = (
+            {"alpha": job.alpha, "temperature": job.temperature} if targets.train is not None
+            else {"alpha": 0, "temperature": job.temperature, "reason": "no labels"})
+    return section
 
 
 class _Parity:
     """Observer of :func:`tflq.jobs.common.evaluate`: the QAT Keras model against the deployed
-    int8 .tflite on the same batches (agreement, SQNR, share of outputs within one LSB)."""
+    int8 .tflite on the same batches, overall (agreement on the primary output, SQNR) and per
+    output by name (agreement of classification outputs, SQNR, share within one LSB); and the
+    float model against the .tflite per output."""
 
-    def __init__(self, student, feed, step: float):
-        self.student, self.feed, self.step = student, feed, step
-        self.deployed, self.keras = metrics.Comparison(), metrics.Comparison()
-        self.within, self.total = 0, 0
+    def __init__(self, student, feed, names, targets, steps):
+        self.student, self.feed, self.targets = student, feed, targets
+        classification = [h.kind == "kl" for h in targets.heads]
+        self.deployed = metrics.Comparison(targets.primary)
+        self.keras = metrics.Comparison(targets.primary)
+        self.outputs = metrics.PerOutput(names, classification, steps, LSB_SLACK)
+        self.float_vs_int8 = metrics.PerOutput(names, classification)
+        self.position = 0
 
     def __call__(self, batch, labels, reference, outputs):
-        qat_out = [np.asarray(self.student(self.feed(batch), training=False), np.float32)]
+        found = self.student(self.feed(batch), training=False)
+        qat_out = [np.asarray(o, np.float32) for o in (found if isinstance(found, (list, tuple))
+                                                       else [found])]
+        n = len(qat_out[0])
+        per_output = (None if self.targets.eval is None else
+                      [y[self.position:self.position + n] for y in self.targets.eval])
+        self.position += n
         deployed = outputs["int8"]
         self.deployed.update(qat_out, deployed, labels)
         self.keras.update(qat_out, qat_out, labels)
-        diff = np.abs(qat_out[0] - deployed[0])
-        self.within += int(np.sum(diff <= self.step * LSB_SLACK))
-        self.total += diff.size
+        self.outputs.update(qat_out, deployed, per_output)
+        self.float_vs_int8.update(reference, deployed, per_output)

@@ -37,13 +37,13 @@ CANDIDATES = {
 HOLDOUT_EVERY = 5  # one calibration sample in five is held apart for selection
 
 
-def split_samples(samples: list) -> tuple[list, list]:
+def split_samples(samples: list, purpose: str = "--auto") -> tuple[list, list]:
     """(calibration samples, selection samples): every ``HOLDOUT_EVERY``-th sample is held
-    apart. Raises ValueError when either part would be empty."""
+    apart. Raises ValueError (naming ``purpose``) when either part would be empty."""
     selection = samples[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
     calibration = [s for i, s in enumerate(samples) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
     if not selection or not calibration:
-        raise ValueError(f"--auto needs at least {HOLDOUT_EVERY} calibration samples (one in "
+        raise ValueError(f"{purpose} needs at least {HOLDOUT_EVERY} calibration samples (one in "
                          f"{HOLDOUT_EVERY} is held apart to choose on). Received: {len(samples)}")
     return calibration, selection
 

@@ -176,8 +176,11 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         rounding = adaround.apply(keras, batches, options.adaround_bits, options.per_channel,
                                   options.adaround_iterations, options.adaround_reg)
     if options.range_estimator:
+        record = {}
         calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
-                                                options.percentile)
+                                                options.percentile, record=record)
+        details["ranges"] = record
+        notes.append(_ranges_note(record))
         content = convert_qat(_named_outputs(calibrated, model.output_names), workdir,
                               integer_io=options.integer_io)
     else:
@@ -219,6 +222,19 @@ def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details
     notes.append(f"AdaRound {rounding['num_bits']}-bit weights: learned rounding kept in "
                  f"{learned} of {len(layers)} layers (the others round to nearest: lower "
                  f"error there); codes deployed exactly in {exact} of {len(layers)}")
+
+
+def _ranges_note(record: dict) -> str:
+    """One line on what a range estimator set and what it left at min/max, and why."""
+    kept = record["kept_minmax"]
+    kept_text = ", ".join(f"{n} ({why.split(':')[0]})" for n, why in kept.items()) or "none"
+    line = (f"range estimator {record['estimator']}: set {record['estimated']} activation "
+            f"range(s) ({record['narrowed']} narrower or wider than min/max; "
+            f"{record['quantizers']} quantizers in all); kept {len(kept)} at min/max: {kept_text}"
+            " — clipping a model input or output changes what the model sees or says")
+    if record["prepare"]:
+        line += "; prepare: " + "; ".join(record["prepare"])
+    return line
 
 
 def _equalize_note(record: dict) -> str:

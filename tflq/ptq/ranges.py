@@ -240,18 +240,25 @@ def collect(model, batches, names: list[str], bins: int = 2048) -> dict[str, His
 
 
 def calibrated_model(model, batches, estimator: str, percentile: float = 99.99,
-                     bins: int = 2048, scheme: str = "default_int8"):
+                     bins: int = 2048, scheme: str = "default_int8", record: dict | None = None):
     """A tflq QAT model of ``model`` whose activation ranges are the estimator's, ready for
     :func:`tflq.quant.qat.convert_qat`. Returns (QAT model, {tensor: (min, max)}).
 
     One training-mode pass on the first batch sets the weight ranges (and provisional
     activation ranges); every activation quantizer is then set to its estimated range.
+
+    Args:
+      record: when given, receives what was done: ``estimator``, ``quantizers`` (activation
+        quantizers set), ``estimated`` (tensors given the estimator's range), ``narrowed``
+        (of those, how many differ from min/max), ``kept_minmax`` ({tensor: reason}: model
+        inputs and outputs keep min/max) and ``prepare`` (the float rewrites applied).
     """
     from tflq.quant import graph, qat
 
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown range estimator {estimator!r}. Available: {list(ESTIMATORS)}")
-    q = qat.quantize_model(model, scheme)
+    prepared = []
+    q = qat.quantize_model(model, scheme, notes=prepared)
     first = next(iter(batches()))
     q(first, training=True)
     # The collection graph: the graph QAT wrapped, with pre-quantized activations split off
@@ -274,4 +281,14 @@ def calibrated_model(model, batches, estimator: str, percentile: float = 99.99,
         lo, hi = ranges[tensor]
         low.assign(np.full(low.shape, lo, np.float32))
         high.assign(np.full(high.shape, hi, np.float32))
+    if record is not None:
+        minmax = {name: estimate(h, "minmax") for name, h in hists.items() if name not in edges}
+        record.update({
+            "estimator": estimator, "quantizers": len(targets),
+            "estimated": len(minmax),
+            "narrowed": sum(not np.allclose(ranges[n], r, rtol=1e-6, atol=0) for n, r in minmax.items()),
+            "kept_minmax": {n: ("model input" if n.startswith("input:") else "model output")
+                            + ": clipping it changes what the model sees or says"
+                            for n in sorted(edges & set(hists))},
+            "prepare": prepared})
     return q, ranges

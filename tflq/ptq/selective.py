@@ -62,22 +62,29 @@ def model_with_float(debugger, tensors: list[str]) -> bytes:
         return bytes(debugger.get_nondebug_quantized_model())
 
 
-def search(debugger, ranked: list[Sensitivity], drop_of: Callable[[bytes], float],
+def search(debugger, ranked: list[Sensitivity], drop_of: Callable[[bytes], float | dict],
            budget: float) -> dict:
     """Fewest most-sensitive ops in float with ``drop_of(model) <= budget``.
 
+    ``drop_of`` returns the accuracy drop in pp, or a dict whose ``score`` is compared with
+    the budget (its other entries, e.g. ``drop_pp`` and ``agreement``, go into the trial).
+
     Returns {"met", "kept_float": [tensor names], "content", "all_int8_content" (k = 0),
-    "trials": [{k, drop_pp, size_bytes}]}; when
-    the budget cannot be met even with every ranked op in float, ``met`` is False and the
-    most accurate model tried is returned.
+    "trials": [{k, drop_pp (or the dict's entries), size_bytes}]}; when the budget cannot be
+    met even with every ranked op in float, ``met`` is False and the best-scoring model tried
+    is returned.
     """
     trials, cache = [], {}
 
     def trial(k: int):
         if k not in cache:
             content = model_with_float(debugger, [s.tensor for s in ranked[:k]])
-            cache[k] = (drop_of(content), content)
-            trials.append({"k": k, "drop_pp": cache[k][0], "size_bytes": len(content)})
+            measured = drop_of(content)
+            if not isinstance(measured, dict):
+                measured = {"drop_pp": measured, "score": measured}
+            cache[k] = (measured["score"], content)
+            trials.append({"k": k, **{n: v for n, v in measured.items() if n != "score"},
+                           "score": measured["score"], "size_bytes": len(content)})
         return cache[k][0]
 
     n = len(ranked)

@@ -60,15 +60,19 @@ def select_layers(model, job) -> list:
 # ---------------------------------------------------------------------------------------
 
 
-def fine_tune(model, x, y, job, callbacks, learning_rate, epochs=None, teacher=None):
-    from tflq.models import tf_keras
+def fine_tune(model, x, y, job, callbacks, learning_rate, epochs=None, teacher=None,
+              heads=None):
+    """Trains ``model`` through :func:`tflq.quant.qat.make_trainer` (losses per output
+    ``heads``; ``y`` None: from ``teacher`` alone) with a cosine-decayed Adam; returns the
+    history. Raises ValueError when the loss diverges."""
+    from tflq.models import tf, tf_keras
     from tflq.quant import qat
 
     epochs = epochs or job.epochs
-    trainer = qat.make_trainer(model, teacher)
+    trainer = qat.make_trainer(model, teacher, heads=heads, labelled=y is not None)
     # Cosine decay to 0 over the stage: a trained model is disturbed at the start (pruning
     # steps, clustering) and settles at a small learning rate by the end.
-    steps = epochs * -(-len(y) // job.batch_size)
+    steps = epochs * -(-len(tf.nest.flatten(x)[0]) // job.batch_size)
     schedule = tf_keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     trainer.compile(optimizer=tf_keras.optimizers.Adam(schedule))
     history = trainer.fit(x, y, epochs=epochs, batch_size=job.batch_size,
@@ -91,13 +95,14 @@ def _fresh(model):
     return copy
 
 
-def prune(model, x, y, job, names: set):
-    """Magnitude pruning of the named layers; returns (stripped model, training history)."""
-    from tflq.models import tf_keras
+def prune(model, x, y, job, names: set, teacher=None, heads=None):
+    """Magnitude pruning of the named layers; returns (stripped model, training history).
+    ``teacher``/``heads`` as in :func:`fine_tune`."""
+    from tflq.models import tf, tf_keras
     from tflq.quant.quantizers import tfmot
 
     sparsity_api = tfmot.sparsity.keras
-    steps = job.epochs * -(-len(y) // job.batch_size)
+    steps = job.epochs * -(-len(tf.nest.flatten(x)[0]) // job.batch_size)
     target = 0.5 if job.structure == "2:4" else job.sparsity
     if job.schedule == "polynomial":
         schedule = sparsity_api.PolynomialDecay(0.0, target, begin_step=0,
@@ -114,12 +119,14 @@ def prune(model, x, y, job, names: set):
         return layer
 
     wrapped = tf_keras.models.clone_model(_fresh(model), clone_function=clone)
-    history = fine_tune(wrapped, x, y, job, [sparsity_api.UpdatePruningStep()], job.learning_rate)
+    history = fine_tune(wrapped, x, y, job, [sparsity_api.UpdatePruningStep()], job.learning_rate,
+                        teacher=teacher, heads=heads)
     return _fresh(sparsity_api.strip_pruning(wrapped)), history
 
 
-def cluster(model, x, y, job, names: set):
-    """Weight clustering of the named layers; returns (stripped model, training history)."""
+def cluster(model, x, y, job, names: set, teacher=None, heads=None):
+    """Weight clustering of the named layers; returns (stripped model, training history).
+    ``teacher``/``heads`` as in :func:`fine_tune`."""
     from tflq.models import tf_keras
     from tflq.quant.quantizers import tfmot
 
@@ -134,7 +141,7 @@ def cluster(model, x, y, job, names: set):
         return layer
 
     wrapped = tf_keras.models.clone_model(_fresh(model), clone_function=clone)
-    history = fine_tune(wrapped, x, y, job, [], job.learning_rate)
+    history = fine_tune(wrapped, x, y, job, [], job.learning_rate, teacher=teacher, heads=heads)
     return _fresh(api.strip_clustering(wrapped)), history
 
 

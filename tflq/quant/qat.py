@@ -183,20 +183,43 @@ def quantization_error(model):
 
 
 def make_trainer(student, teacher=None, quant_error_weight: float = 0.0,
-                 temperature: float = 4.0, alpha: float = 0.5):
+                 temperature: float = 4.0, alpha: float = 0.5, heads: Sequence | None = None,
+                 labelled: bool = True):
     """A Keras model that trains ``student`` through ``fit`` with tflq's losses.
 
-    loss = α·CE(y, s) + (1 − α)·T²·KL(softmax(t/T) ‖ softmax(s/T)) [with a teacher]
-           + λ·quantization_error(student)                          [λ = quant_error_weight]
-    (α is 1 without a teacher.)
+    Per output i (a :class:`tflq.quant.heads.Head`; None: one classification head on logits):
+      classification: α·CE(yᵢ, sᵢ) + (1 − α)·T²·KL(softmax(tᵢ/T) ‖ softmax(sᵢ/T))
+      regression:     α·MSE(yᵢ, sᵢ) + (1 − α)·MSE(tᵢ, sᵢ)
+    summed over outputs, + λ·quantization_error(student) [λ = quant_error_weight].
+    α is 1 without a teacher and 0 without labels (``labelled=False``: ``fit(x)`` with no y).
+    Softmax outputs are turned back into logits (log p) before the temperature is applied.
+
+    Raises:
+      ValueError: bad λ, T or α, neither labels nor teacher, or ``heads`` not one per output.
     """
     from tflq.models import tf, tf_keras
+    from tflq.quant.heads import Head
 
     if quant_error_weight < 0:
         raise ValueError(f"quant_error_weight must be >= 0. Received: {quant_error_weight}")
     if not temperature > 0 or not 0 <= alpha <= 1:
         raise ValueError(f"temperature must be > 0 and alpha in [0, 1]. Received: "
                          f"temperature={temperature}, alpha={alpha}")
+    if not labelled and teacher is None:
+        raise ValueError("Training without labels needs a teacher to supply the targets.")
+    heads = list(heads) if heads is not None else [Head("output_0", "kl", False, "default")]
+    if len(heads) != len(student.outputs):
+        raise ValueError(f"{len(heads)} output head(s) for a model with "
+                         f"{len(student.outputs)} output(s).")
+    alpha = alpha if (teacher is not None and labelled) else (1.0 if labelled else 0.0)
+    primary = next((i for i, h in enumerate(heads) if h.kind == "kl"), None)
+
+    def logits_of(output, head):
+        return tf.math.log(tf.maximum(output, 1e-12)) if head.softmax else output
+
+    def per_sample_mse(a, b):
+        diff = tf.reshape(tf.cast(a, tf.float32) - b, [tf.shape(b)[0], -1])
+        return tf.reduce_mean(tf.square(diff), axis=1)
 
     class Trainer(tf_keras.Model):
         def __init__(self):
@@ -214,41 +237,73 @@ def make_trainer(student, teacher=None, quant_error_weight: float = 0.0,
 
         @property
         def metrics(self):
-            return [self.loss_tracker, self.accuracy]
+            tracked = labelled and primary is not None
+            return [self.loss_tracker, self.accuracy] if tracked else [self.loss_tracker]
+
+        def losses_of(self, x, y, training):
+            outputs = tf.nest.flatten(self.student(x, training=training))
+            labels = tf.nest.flatten(y) if labelled else [None] * len(outputs)
+            targets = ([None] * len(outputs) if self.teacher is None else
+                       [tf.stop_gradient(t) for t in
+                        tf.nest.flatten(self.teacher(x, training=False))])
+            total = 0.0
+            for head, s, label, t in zip(heads, outputs, labels, targets, strict=True):
+                loss = 0.0
+                if head.kind == "kl":
+                    z = logits_of(s, head)
+                    if label is not None and alpha > 0:
+                        loss += alpha * self.ce(label, z)
+                    if t is not None and alpha < 1:
+                        kd = self.kl(tf.nn.softmax(logits_of(t, head) / temperature),
+                                     tf.nn.softmax(z / temperature))
+                        loss += (1 - alpha) * temperature**2 * kd
+                else:
+                    if label is not None and alpha > 0:
+                        loss += alpha * per_sample_mse(label, s)
+                    if t is not None and alpha < 1:
+                        loss += (1 - alpha) * per_sample_mse(t, s)
+                total += loss
+            return total, outputs, labels
+
+        def track(self, loss, outputs, labels):
+            self.loss_tracker.update_state(loss)
+            if labelled and primary is not None:
+                self.accuracy.update_state(labels[primary],
+                                           logits_of(outputs[primary], heads[primary]))
+            return {m.name: m.result() for m in self.metrics}
 
         def train_step(self, data):
-            x, y = data
+            x, y, _ = tf_keras.utils.unpack_x_y_sample_weight(data)
             with tf.GradientTape() as tape:
-                logits = self.student(x, training=True)
-                per_example = self.ce(y, logits)
-                if self.teacher is not None:
-                    t = tf.stop_gradient(self.teacher(x, training=False))
-                    kd = self.kl(tf.nn.softmax(t / temperature), tf.nn.softmax(logits / temperature))
-                    per_example = alpha * per_example + (1 - alpha) * temperature**2 * kd
+                per_example, outputs, labels = self.losses_of(x, y, True)
                 loss = tf.nn.compute_average_loss(per_example)
                 if quant_error_weight:
                     loss += quant_error_weight * quantization_error(self.student)
             variables = self.student.trainable_variables
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-            self.loss_tracker.update_state(loss)
-            self.accuracy.update_state(y, logits)
-            return {m.name: m.result() for m in self.metrics}
+            return self.track(loss, outputs, labels)
 
         def test_step(self, data):
-            x, y = data
-            logits = self.student(x, training=False)
-            self.loss_tracker.update_state(tf.reduce_mean(self.ce(y, logits)))
-            self.accuracy.update_state(y, logits)
-            return {m.name: m.result() for m in self.metrics}
+            x, y, _ = tf_keras.utils.unpack_x_y_sample_weight(data)
+            per_example, outputs, labels = self.losses_of(x, y, False)
+            return self.track(tf.reduce_mean(per_example), outputs, labels)
 
     return Trainer()
 
 
 def check_teacher(teacher, student) -> None:
     """Refuses a teacher whose outputs cannot supervise the student."""
-    t_shape, s_shape = tuple(teacher.output_shape), tuple(student.output_shape)
-    if t_shape[1:] != s_shape[1:]:
-        raise ValueError(f"Teacher outputs {t_shape} do not match the student's {s_shape}.")
+    def shapes(model):
+        found = model.output_shape
+        return [tuple(s) for s in found] if isinstance(found, list) else [tuple(found)]
+
+    t_shapes, s_shapes = shapes(teacher), shapes(student)
+    if [s[1:] for s in t_shapes] != [s[1:] for s in s_shapes]:
+        def show(found):
+            return ", ".join(map(str, found))
+
+        raise ValueError(f"Teacher outputs {show(t_shapes)} do not match the student's "
+                         f"{show(s_shapes)}.")
     t_in = [tuple(s[1:]) for s in (teacher.input_shape if isinstance(teacher.input_shape, list)
                                    else [teacher.input_shape])]
     s_in = [tuple(s[1:]) for s in (student.input_shape if isinstance(student.input_shape, list)
