@@ -13,6 +13,7 @@ job started); 3 a quality gate failed (and no job failed).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from absl import app, flags
@@ -29,6 +30,14 @@ _FORCE = flags.DEFINE_bool("force", False, "Rebuild jobs even when their cache m
 _TIMEOUT = define("float", "timeout", None, "Seconds per job unless the spec sets timeout "
                   "(default: 3600).")
 _QUIET = define("bool", "quiet", False, "No progress bar.")
+_ISOLATION = flags.DEFINE_enum(
+    "isolation", None, ["warm", "process"], "warm: long-lived isolated workers that import "
+    "TensorFlow once; process: a fresh process per job (default: the spec's [workers], else warm).")
+_MAX_JOBS_PER_WORKER = flags.DEFINE_integer(
+    "max_jobs_per_worker", None, "Replace a warm worker after this many jobs (default: spec, else 50).")
+_MAX_WORKER_RSS_MB = flags.DEFINE_integer(
+    "max_worker_rss_mb", None, "Replace a warm worker whose resident memory after a job exceeds "
+    "this many MB (default: spec, else no bound).")
 
 
 def main(argv) -> int:
@@ -52,19 +61,16 @@ def main(argv) -> int:
         check_output_dir(out)
         spec = batch.load_spec(_SPEC.value, out, default_timeout=_TIMEOUT.value or
                                batch.DEFAULT_TIMEOUT)
+        overrides = {"isolation": _ISOLATION.value, "max_jobs_per_worker": _MAX_JOBS_PER_WORKER.value,
+                     "max_worker_rss_mb": _MAX_WORKER_RSS_MB.value}
+        policy = dataclasses.replace(spec.policy, **{k: v for k, v in overrides.items()
+                                                     if v is not None})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    progress = None
-    if not _QUIET.value:
-        from tqdm.auto import tqdm
-
-        def progress(items, total):
-            return tqdm(items, total=total, desc="batch", unit="job")
-
     result = batch.run_batch(spec, out, workers=_WORKERS.value, backend=_BACKEND.value or "local",
                              ray_address=_RAY_ADDRESS.value, force=_FORCE.value,
-                             progress=progress)
+                             progress=not _QUIET.value and sys.stderr.isatty(), policy=policy)
     print(batch.format_summary(result))
     print(f"\n{len(result.outcomes)} job(s) in {result.seconds:.1f} s; manifest: "
           f"{result.manifest_path}")

@@ -166,11 +166,13 @@ def test_batch_runs_caches_resumes_and_forces(capsys, workdir):
     jobs = {j["name"]: j for j in manifest["jobs"]}
     assert {j["status"] for j in jobs.values()} == {"ok"}
     for job in jobs.values():
-        assert job["seconds"] > 0 and os.path.exists(job["log"])
+        assert job["seconds"] > 0 and os.path.exists(out / job["log"])
+        assert job["log"] == f"logs/{job['name']}.log" and job["out"] == job["name"]
         names = {os.path.basename(a["path"]) for a in job["artifacts"]}
         assert "report.json" in names
         for artifact in job["artifacts"]:
-            data = open(artifact["path"], "rb").read()
+            assert not os.path.isabs(artifact["path"])
+            data = open(out / artifact["path"], "rb").read()
             assert artifact["size_bytes"] == len(data)
             assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
     assert set(jobs["other"]["metrics"]["modes"]) == {"float16", "dynamic"}
