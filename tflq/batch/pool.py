@@ -187,7 +187,7 @@ class WarmSlot:
 
     def _recycle_reason(self, answer: dict) -> str | None:
         if answer.get("recycle"):
-            return answer.get("restore_error") or "the job raised an unexpected error"
+            return answer["recycle"]
         if self.worker.jobs_done >= self.policy.max_jobs_per_worker:
             return f"{self.worker.jobs_done} jobs done (max_jobs_per_worker)"
         bound, rss = self.policy.max_worker_rss_mb, answer.get("rss_mb")

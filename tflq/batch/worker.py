@@ -75,10 +75,11 @@ def run_payload(payload: dict) -> dict:
     """Runs the conversion job of one payload in this process; never raises.
 
     Returns:
-      ``{"exit_code", "error", "gate_failures", "files", "recycle"}``; ``recycle`` is True
-      when this process should not take another job (out of memory, unexpected error).
+      ``{"exit_code", "error", "gate_failures", "files", "recycle"}``; ``recycle`` says why
+      this process should not take another job (out of memory, an unexpected error), or
+      is None.
     """
-    result = {"exit_code": 1, "error": None, "gate_failures": [], "files": [], "recycle": False}
+    result = {"exit_code": 1, "error": None, "gate_failures": [], "files": [], "recycle": None}
     try:
         from tflq import runtime
         from tflq.jobs import convert as convert_job
@@ -92,12 +93,14 @@ def run_payload(payload: dict) -> dict:
     except ValueError as e:
         result.update(exit_code=runtime.EXIT_BAD_INPUT, error=str(e).splitlines()[0])
     except MemoryError:
-        result.update(exit_code=1, recycle=True, error="out of memory (MemoryError); raise "
-                      "max_memory_mb or use a smaller model or batch_size")
+        result.update(exit_code=1, recycle="the job ran out of memory (MemoryError)",
+                      error="out of memory (MemoryError); raise max_memory_mb or use a smaller "
+                      "model or batch_size")
     except Exception as e:  # anything else: one line for the manifest, the trace in the log
         traceback.print_exc()
         first = str(e).splitlines()[0] if str(e) else ""
-        result.update(exit_code=1, recycle=True, error=f"{type(e).__name__}: {first}")
+        result.update(exit_code=1, recycle=f"the job raised {type(e).__name__}",
+                      error=f"{type(e).__name__}: {first}")
     return result
 
 
@@ -227,7 +230,7 @@ def serve(threads: int = 0) -> int:
         try:
             state.restore()
         except Exception as e:  # a job broke the process beyond repair: replace it
-            result.update(recycle=True, restore_error=f"{type(e).__name__}: {e}")
+            result["recycle"] = f"restoring the worker's state failed: {type(e).__name__}: {e}"
         result["rss_mb"] = _rss_mb()
         protocol.write(json.dumps(result) + "\n")
         protocol.flush()
