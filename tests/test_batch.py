@@ -364,3 +364,35 @@ def test_ray_address_is_passed_to_ray_init(capsys, workdir, monkeypatch):
         run_cli(capsys, spec=spec, out=str(workdir / "out"), backend="ray",
                 ray_address="127.0.0.1:6379")
     assert seen["address"] == "127.0.0.1:6379"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("max_jobs_per_worker", 0, "max_jobs_per_worker must be a positive integer. Received: "
+                               "max_jobs_per_worker=0"),
+    ("max_worker_rss_mb", -5, "max_worker_rss_mb must be a positive integer (MB)"),
+])
+def test_cli_worker_flag_errors(capsys, workdir, flag, value, message):
+    spec = write_spec(workdir, '\n[[jobs]]\nmodel = "tiny.keras"\n')
+    before = snapshot(workdir)
+    code, _, err = run_cli(capsys, spec=spec, out=str(workdir / "out"), **{flag: value})
+    assert code == 2 and err == f"error: {message}" + err[len(f"error: {message}"):]
+    assert err.count("\n") == 1 and snapshot(workdir) == before
+    assert not os.path.exists(workdir / "out")
+
+
+def test_cli_worker_flags_override_the_spec(capsys, workdir):
+    body = ('\n[workers]\nmax_jobs_per_worker = 5\nmax_worker_rss_mb = 90000\n'
+            '\n[[jobs]]\nname = "a"\nmodel = "tiny.keras"\nmodes = ["float16"]\n'
+            '\n[[jobs]]\nname = "b"\nmodel = "tiny.keras"\nmodes = ["float16"]\n')
+    out = workdir / "out"
+    code, _, _ = run_cli(capsys, spec=write_spec(workdir, body), out=str(out),
+                         max_jobs_per_worker=1, max_worker_rss_mb=80000)
+    assert code == 0
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["worker_policy"] == {"isolation": "warm", "max_jobs_per_worker": 1,
+                                         "max_worker_rss_mb": 80000}
+    a, b = manifest["jobs"]
+    assert a["worker"]["job_number"] == b["worker"]["job_number"] == 1
+    assert a["worker"]["pid"] != b["worker"]["pid"]
+    assert a["worker"]["recycled"] == "1 jobs done (max_jobs_per_worker)"
+    assert os.listdir(out / "logs" / "workers")  # start-up logs of both workers
