@@ -137,8 +137,11 @@ def compare(out: str, models: list[str], ways: tuple[str, ...], repeats: int) ->
     for r in range(repeats):
         order = ways[r % len(ways):] + ways[:r % len(ways)]
         print(f"N={len(models)} repeat {r + 1}/{repeats}", flush=True)
-        rounds.append([run_way(w, spec_path, os.path.join(out, f"n{len(models)}_{w}"))
-                       for w in order])
+        rounds.append([])
+        for way in order:
+            rounds[-1].append(run_way(way, spec_path, os.path.join(out, f"n{len(models)}_{way}")))
+            with open(os.path.join(out, f"runs_n{len(models)}.json"), "w") as f:
+                json.dump(rounds, f)  # kept should a later run fail
     return rounds
 
 

@@ -220,7 +220,7 @@ class WarmSlot:
         if kind == "message":
             worker.jobs_done += 1
             status, error = outcome.status_of_exit(message["exit_code"], message, payload["log"])
-            info["rss_mb"] = message.get("rss_mb")
+            info.update(rss_mb=message.get("rss_mb"), restore_seconds=message.get("restore_seconds"))
             reason = self._recycle_reason(message)
             if reason:
                 info["recycled"] = reason
