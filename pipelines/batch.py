@@ -15,6 +15,7 @@ line, the traceback in <out>/error.log; finished jobs stay cached); 2 bad spec o
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from absl import flags
@@ -31,6 +32,14 @@ _FORCE = flags.DEFINE_bool("force", False, "Rebuild jobs even when their cache m
 _TIMEOUT = define("float", "timeout", None, "Seconds per job unless the spec sets timeout "
                   "(default: 3600).")
 _QUIET = define("bool", "quiet", False, "No progress bar.")
+_ISOLATION = flags.DEFINE_enum(
+    "isolation", None, ["warm", "process"], "warm: long-lived isolated workers that import "
+    "TensorFlow once; process: a fresh process per job (default: the spec's [workers], else warm).")
+_MAX_JOBS_PER_WORKER = flags.DEFINE_integer(
+    "max_jobs_per_worker", None, "Replace a warm worker after this many jobs (default: spec, else 50).")
+_MAX_WORKER_RSS_MB = flags.DEFINE_integer(
+    "max_worker_rss_mb", None, "Replace a warm worker whose resident memory after a job exceeds "
+    "this many MB (default: spec, else no bound).")
 
 
 def output_folder() -> str:
@@ -54,8 +63,7 @@ def _check_ray() -> None:
 
 def _batch(argv) -> int:
     check_no_arguments(argv)
-    from tflq import batch
-    from tflq.console import progress as show_progress
+    from tflq import batch, console
 
     out = output_folder()
     if not _SPEC.value:
@@ -74,15 +82,15 @@ def _batch(argv) -> int:
     check_output_dir(out)
     spec = batch.load_spec(_SPEC.value, out, default_timeout=_TIMEOUT.value or
                            batch.DEFAULT_TIMEOUT)
-    setting = progress_setting(_QUIET.value)
-    progress = None
-    if setting:
-        def progress(items, total):
-            return show_progress(setting, "batch", total, unit="job")(items)
+    overrides = {"isolation": _ISOLATION.value, "max_jobs_per_worker": _MAX_JOBS_PER_WORKER.value,
+                 "max_worker_rss_mb": _MAX_WORKER_RSS_MB.value}
+    policy = dataclasses.replace(spec.policy, **{k: v for k, v in overrides.items()
+                                                 if v is not None})
 
     result = batch.run_batch(spec, out, workers=_WORKERS.value, backend=_BACKEND.value or "local",
                              ray_address=_RAY_ADDRESS.value, force=_FORCE.value,
-                             progress=progress)
+                             progress=console.wants_bars(progress_setting(_QUIET.value)),
+                             policy=policy)
     print(batch.format_summary(result))
     print(f"\n{len(result.outcomes)} job(s) in {result.seconds:.1f} s; manifest: "
           f"{result.manifest_path}")

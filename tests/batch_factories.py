@@ -23,3 +23,53 @@ def tiny():
     from conftest import build_tiny_cnn
 
     return build_tiny_cnn(seed=1)
+
+
+LEAK_VARIABLE = "TFLQ_TEST_LEAKED"
+
+
+def leaky():
+    """Leaves every kind of state a job can leave: an environment variable, a global custom
+    object, consumed random numbers, Keras layer-name counters, a module of its own."""
+    import random
+
+    from tflq.models import tf, tf_keras
+
+    os.environ[LEAK_VARIABLE] = "1"
+    tf_keras.utils.get_custom_objects()["LeakedLayer"] = tf_keras.layers.Dense
+    random.random(), np.random.rand(100), tf.random.uniform((100,))
+    return _train_cnn()
+
+
+def unseeded_cnn():
+    """A tiny CNN with unnamed layers, initialised and trained from the global seeds (the
+    worker's per-job seed); refuses to run on state leaked by an earlier job."""
+    from tflq.models import tf_keras
+
+    if LEAK_VARIABLE in os.environ or "LeakedLayer" in tf_keras.utils.get_custom_objects():
+        raise ValueError("state leaked from an earlier job")
+    return _train_cnn()
+
+
+def _train_cnn():
+    from conftest import tiny_data
+
+    from tflq.models import tf_keras
+
+    model = tf_keras.Sequential([
+        tf_keras.Input((8, 8, 1), name="img"),
+        tf_keras.layers.Conv2D(4, 3, activation="relu"),
+        tf_keras.layers.Flatten(),
+        tf_keras.layers.Dense(3),
+    ])
+    model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = tiny_data(64, 3)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    return model
+
+
+def keras_choice():
+    """Fails with a message telling which Keras ``tf.keras`` is in this worker."""
+    from tflq.models import legacy_keras_active
+
+    raise ValueError(f"tf.keras is tf_keras: {legacy_keras_active()}")

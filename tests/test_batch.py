@@ -100,6 +100,14 @@ BAD_SPECS = {
                         "leaves the batch folder"),
     "bad name": ('\n[[jobs]]\nname = "a b"\nmodel = "tiny.keras"\n', "may hold only letters"),
     "bad gate": ('\n[[jobs]]\nmodel = "tiny.keras"\nmin_agreement = 2\n', "min_agreement must"),
+    "unknown workers key": ('\n[workers]\nisolation = "warm"\nmax_jobs = 3\n[[jobs]]\nmodel = "tiny.keras"\n',
+                            r"line 10: unknown key 'max_jobs' in \[workers\]"),
+    "workers wrong type": ('\n[workers]\nmax_worker_rss_mb = "1G"\n[[jobs]]\nmodel = "tiny.keras"\n',
+                           r"line 9: workers.max_worker_rss_mb must be int. Received: '1G'"),
+    "unknown isolation": ('\n[workers]\nisolation = "thread"\n[[jobs]]\nmodel = "tiny.keras"\n',
+                          r"line 9: \[workers\]: Unknown isolation 'thread'. Available: \['warm', 'process'\]"),
+    "zero jobs per worker": ('\n[workers]\nmax_jobs_per_worker = 0\n[[jobs]]\nmodel = "tiny.keras"\n',
+                             r"line 9: \[workers\]: max_jobs_per_worker must be a positive integer"),
 }
 
 
@@ -166,11 +174,13 @@ def test_batch_runs_caches_resumes_and_forces(capsys, workdir):
     jobs = {j["name"]: j for j in manifest["jobs"]}
     assert {j["status"] for j in jobs.values()} == {"ok"}
     for job in jobs.values():
-        assert job["seconds"] > 0 and os.path.exists(job["log"])
+        assert job["seconds"] > 0 and os.path.exists(out / job["log"])
+        assert job["log"] == f"logs/{job['name']}.log" and job["out"] == job["name"]
         names = {os.path.basename(a["path"]) for a in job["artifacts"]}
         assert "report.json" in names
         for artifact in job["artifacts"]:
-            data = open(artifact["path"], "rb").read()
+            assert not os.path.isabs(artifact["path"])
+            data = open(out / artifact["path"], "rb").read()
             assert artifact["size_bytes"] == len(data)
             assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
     assert set(jobs["other"]["metrics"]["modes"]) == {"float16", "dynamic"}
@@ -201,7 +211,8 @@ def test_batch_runs_caches_resumes_and_forces(capsys, workdir):
     assert os.path.getmtime(out / "tiny" / "tiny_int8.tflite") > first_mtime
 
 
-def test_a_bad_job_never_takes_the_batch_down(capsys, workdir):
+@pytest.mark.parametrize("isolation", ["warm", "process"])
+def test_a_bad_job_never_takes_the_batch_down(capsys, workdir, isolation):
     body = """
 [[jobs]]
 model = "tiny.keras"
@@ -231,9 +242,11 @@ data = "nan.npz"
     np.savez(workdir / "nan.npz", x=x)
     spec = write_spec(workdir, body)
     out = workdir / "out"
-    code, stdout, err = run_cli(capsys, spec=spec, out=str(out), workers=2)
+    code, stdout, err = run_cli(capsys, spec=spec, out=str(out), workers=2, isolation=isolation)
     assert code == 1
-    jobs = {j["name"]: j for j in json.load(open(out / "manifest.json"))["jobs"]}
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["worker_policy"]["isolation"] == isolation
+    jobs = {j["name"]: j for j in manifest["jobs"]}
     assert jobs["tiny"]["status"] == "ok"
     assert jobs["crash"]["status"] == "crashed" and "SIGSEGV" in jobs["crash"]["error"]
     assert jobs["hang"]["status"] == "timeout" and "timed out after 8 s" in jobs["hang"]["error"]
@@ -243,6 +256,15 @@ data = "nan.npz"
     assert "crash: crashed: worker killed by SIGSEGV" in err
     assert not os.path.exists(out / ".tflq-cache" / "crash.json")
     assert os.path.getsize(out / "logs" / "hang.log") > 0
+    if isolation == "process":
+        assert all("worker" not in j for j in jobs.values())
+        return
+    # Warm: the crashed, hung and out-of-memory workers were replaced, not reused.
+    assert jobs["crash"]["worker"]["recycled"] == "exited"
+    assert jobs["hang"]["worker"]["recycled"] == "timeout"
+    assert jobs["oom"]["worker"]["recycled"] == "the job ran out of memory (MemoryError)"
+    pids = [j["worker"]["pid"] for j in jobs.values()]
+    assert len(set(pids)) >= 4  # 2 first workers + at least 2 replacements
 
 
 def test_gate_breach_exits_3(capsys, workdir):
@@ -260,16 +282,19 @@ def test_gate_breach_exits_3(capsys, workdir):
 
 
 def test_ray_backend_same_results(capsys, workdir):
-    spec = write_spec(workdir, TWO_JOBS)
+    crash = '\n[[jobs]]\nname = "crash"\nmodel = "batch_factories:segfault"\n'
+    spec = write_spec(workdir, TWO_JOBS + crash)
     code, stdout, _ = run_cli(capsys, spec=spec, out=str(workdir / "ray"), workers=2,
                               backend="ray")
-    assert code == 0
+    assert code == 1
     manifest = json.load(open(workdir / "ray" / "manifest.json"))
-    assert manifest["backend"] == "ray"
-    assert [j["status"] for j in manifest["jobs"]] == ["ok", "ok"]
+    assert manifest["backend"] == "ray" and manifest["worker_policy"]["isolation"] == "warm"
+    assert [j["status"] for j in manifest["jobs"]] == ["ok", "ok", "crashed"]
+    assert "SIGSEGV" in manifest["jobs"][2]["error"]
+    assert all(j["worker"]["pid"] > 0 for j in manifest["jobs"])  # ran on warm actor workers
     assert os.path.exists(workdir / "ray" / "other" / "other_dynamic.tflite")
     code, stdout, _ = run_cli(capsys, spec=spec, out=str(workdir / "ray"), backend="ray")
-    assert "| tiny | ok (cached) |" in stdout
+    assert "| tiny | ok (cached) |" in stdout and "| crash | crashed |" in stdout
 
 
 def test_run_batch_argument_checks(workdir):
@@ -294,19 +319,24 @@ def test_worker_usage_error():
     assert result.returncode == 2 and "usage" in result.stderr
 
 
-def test_benchmark_batch_spec_has_eight_jobs(tmp_path):
+def test_benchmark_batch_spec(tmp_path):
     from benchmarks import benchmark_batch
 
+    plan = benchmark_batch.model_plan(48)
+    assert len({(w, d, seed) for _, w, d, seed in plan}) == 48  # distinct models
     models = []
-    for name in benchmark_batch.WIDTHS:
+    for name, *_ in plan[:12]:
         path = tmp_path / f"{name}.keras"
         path.write_bytes(b"placeholder")  # load_spec checks existence only
         models.append(str(path))
     spec_path = tmp_path / "jobs.toml"
-    benchmark_batch.write_spec(str(spec_path), models)
+    benchmark_batch.write_spec(str(spec_path), models, faults=True)
     spec = batch.load_spec(str(spec_path), str(tmp_path / "out"))
-    assert len(spec.jobs) == 8
-    assert {j.job.modes for j in spec.jobs} == {("int8",), ("dynamic",)}
+    assert len(spec.jobs) == 15 and spec.policy.max_jobs_per_worker == 1000
+    assert {j.job.modes for j in spec.jobs} == {("int8",)}
+    assert {j.job.num_eval_samples for j in spec.jobs} == {1000}
+    faults = {j.name: j for j in spec.jobs[12:]}
+    assert faults["hang"].timeout == 10 and faults["oom"].max_memory_mb == 12000
 
 
 def test_timeout_flag_applies_to_jobs_without_their_own(capsys, workdir):
@@ -334,3 +364,35 @@ def test_ray_address_is_passed_to_ray_init(capsys, workdir, monkeypatch):
                            ray_address="127.0.0.1:6379")
     assert code == 1 and err.startswith("internal error: Stop")  # the contract's exit 1
     assert seen["address"] == "127.0.0.1:6379"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("max_jobs_per_worker", 0, "max_jobs_per_worker must be a positive integer. Received: "
+                               "max_jobs_per_worker=0"),
+    ("max_worker_rss_mb", -5, "max_worker_rss_mb must be a positive integer (MB)"),
+])
+def test_cli_worker_flag_errors(capsys, workdir, flag, value, message):
+    spec = write_spec(workdir, '\n[[jobs]]\nmodel = "tiny.keras"\n')
+    before = snapshot(workdir)
+    code, _, err = run_cli(capsys, spec=spec, out=str(workdir / "out"), **{flag: value})
+    assert code == 2 and err == f"error: {message}" + err[len(f"error: {message}"):]
+    assert err.count("\n") == 1 and snapshot(workdir) == before
+    assert not os.path.exists(workdir / "out")
+
+
+def test_cli_worker_flags_override_the_spec(capsys, workdir):
+    body = ('\n[workers]\nmax_jobs_per_worker = 5\nmax_worker_rss_mb = 90000\n'
+            '\n[[jobs]]\nname = "a"\nmodel = "tiny.keras"\nmodes = ["float16"]\n'
+            '\n[[jobs]]\nname = "b"\nmodel = "tiny.keras"\nmodes = ["float16"]\n')
+    out = workdir / "out"
+    code, _, _ = run_cli(capsys, spec=write_spec(workdir, body), out=str(out),
+                         max_jobs_per_worker=1, max_worker_rss_mb=80000)
+    assert code == 0
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["worker_policy"] == {"isolation": "warm", "max_jobs_per_worker": 1,
+                                         "max_worker_rss_mb": 80000}
+    a, b = manifest["jobs"]
+    assert a["worker"]["job_number"] == b["worker"]["job_number"] == 1
+    assert a["worker"]["pid"] != b["worker"]["pid"]
+    assert a["worker"]["recycled"] == "1 jobs done (max_jobs_per_worker)"
+    assert os.listdir(out / "logs" / "workers")  # start-up logs of both workers

@@ -1,11 +1,14 @@
-"""Batch conversion: job specs, isolated worker processes, an incremental cache, backends.
+"""Batch conversion: job specs, isolated workers, an incremental cache, backends.
 
-A spec (TOML, or YAML) lists jobs with shared defaults; every job runs ``tflq.batch.worker`` in
-its own process with a time limit (and optionally a memory limit), so a crash, a hang or
-running out of memory fails that job only. Finished jobs leave a cache record keyed by the
-model's bytes, a fingerprint of the data, the job's settings and the versions of tflq,
-TensorFlow and LiteRT; an unchanged job is skipped and its artifacts reused, which also
-makes an interrupted batch resume where it stopped. ``manifest.json`` records every job.
+A spec (TOML, or YAML) lists jobs with shared defaults. Jobs run isolated, each with a time
+limit (and optionally a memory limit), so a crash, a hang or running out of memory fails
+that job only: by default on warm workers (:mod:`tflq.batch.pool`, TensorFlow imported
+once per worker), or with ``isolation="process"`` in a fresh ``tflq.batch.worker`` process
+per job. Jobs start longest first (:mod:`tflq.batch.schedule`). Finished jobs leave a
+cache record keyed by the model's bytes, a fingerprint of the data, the job's settings and
+the versions of tflq, TensorFlow and LiteRT; an unchanged job is skipped and its artifacts
+reused, which also makes an interrupted batch resume where it stopped. ``manifest.json``
+records every job, with paths relative to the batch folder.
 
 Importing this module does not import TensorFlow: a fully cached batch never loads it.
 
@@ -20,6 +23,10 @@ Spec example (paths are relative to the spec file)::
     [output]
     layout = "{name}"          # folder per job under --out
 
+    [workers]
+    isolation = "warm"         # or "process"
+    max_jobs_per_worker = 50
+
     [[jobs]]
     name = "cnn"
     model = "models/cnn.keras"
@@ -31,34 +38,31 @@ Spec example (paths are relative to the spec file)::
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import importlib.util
 import json
 import os
+import queue
 import resource
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
 
 from tflq import report, runtime
+from tflq.batch import outcome, pool, schedule
+from tflq.batch.outcome import STATUS_CRASHED, STATUS_FAILED, STATUS_GATE, STATUS_OK, STATUS_TIMEOUT
 from tflq.batch.spec import BatchSpec, JobSpec
 from tflq.factories import FACTORY_RE
-from tflq.fileio import sha256_of, update_digest
+from tflq.fileio import sha256_of, update_digest, write_atomic
 
 __all__ = ["STATUS_OK", "STATUS_GATE", "STATUS_FAILED", "STATUS_TIMEOUT", "STATUS_CRASHED",
     "BACKENDS", "versions", "cache_key", "execute_job", "BatchResult", "run_batch",
     "format_summary"]
 
-STATUS_OK = "ok"
-STATUS_GATE = "gate_failed"
-STATUS_FAILED = "failed"
-STATUS_TIMEOUT = "timeout"
-STATUS_CRASHED = "crashed"
 BACKENDS = ("local", "ray")
 
 
@@ -103,17 +107,6 @@ def _cache_path(out: str, name: str) -> str:
     return os.path.join(out, ".tflq-cache", f"{name}.json")
 
 
-def _artifacts(folder: str) -> list[dict]:
-    found = []
-    if os.path.isdir(folder):
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            if os.path.isfile(path) and not name.startswith("."):
-                found.append({"path": path, "sha256": sha256_of(path),
-                              "size_bytes": os.path.getsize(path)})
-    return found
-
-
 def _cached_outcome(out: str, spec: JobSpec, key: str) -> dict | None:
     try:
         with open(_cache_path(out, spec.name)) as f:
@@ -123,42 +116,27 @@ def _cached_outcome(out: str, spec: JobSpec, key: str) -> dict | None:
     if record.get("cache_key") != key:
         return None
     for artifact in record.get("artifacts", []):
-        if not os.path.isfile(artifact["path"]) or sha256_of(artifact["path"]) != artifact["sha256"]:
+        path = os.path.join(out, artifact["path"])  # relative to out (absolute in old records)
+        if not os.path.isfile(path) or sha256_of(path) != artifact["sha256"]:
             return None
-    return {**record, "cached": True, "seconds": 0.0, "build_seconds": record.get("seconds")}
+    return {**outcome.relative_outcome(record, out), "cached": True, "seconds": 0.0,
+            "build_seconds": record.get("seconds")}
 
 
-# ---- running one job ----
+# ---- running one job in a fresh process ----
 
 
-def _metrics(report_path: str) -> dict:
-    try:
-        with open(report_path) as f:
-            rep = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return {
-        "float_accuracy": rep.get("float", {}).get("accuracy"),
-        "modes": {m["mode"]: {k: m.get(k) for k in ("accuracy", "accuracy_drop_pp",
-                                                   "top1_agreement", "size_bytes", "size_ratio")}
-                  for m in rep.get("modes", [])},
-        "gates_passed": rep.get("gates", {}).get("passed"),
-    }
-
-
-def _signal_name(code: int) -> str:
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
+def _job_env(payload: dict) -> dict:
+    return {**os.environ, **payload.get("env", {})}
 
 
 def execute_job(payload: dict) -> dict:
     """Runs one job in a fresh ``python -m tflq.batch.worker`` process and describes the outcome.
 
     ``payload`` holds ``name``, ``out``, ``log``, ``timeout``, ``max_memory_mb``,
-    ``threads`` and the job (``ConvertJob.to_dict()``). Runs anywhere tflq is installed (the
-    Ray backend ships it to cluster nodes).
+    ``threads``, ``env`` (variables for the worker, e.g. ``TF_USE_LEGACY_KERAS``) and the
+    job (``ConvertJob.to_dict()``). Runs anywhere tflq is installed (the Ray backend ships
+    it to cluster nodes).
     """
     start = time.perf_counter()
     os.makedirs(os.path.dirname(payload["log"]), exist_ok=True)
@@ -174,10 +152,10 @@ def execute_job(payload: dict) -> dict:
                 limit = int(memory) * 1024 * 1024
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-        status, error = STATUS_OK, None
+        status = error = None
         with open(payload["log"], "wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "tflq.batch.worker", job_file],
-                                       stdout=log, stderr=subprocess.STDOUT,
+                                       stdout=log, stderr=subprocess.STDOUT, env=_job_env(payload),
                                        preexec_fn=limit_memory, start_new_session=True)
             try:
                 code = process.wait(timeout=payload["timeout"])
@@ -192,24 +170,8 @@ def execute_job(payload: dict) -> dict:
             with open(result_file) as f:
                 result = json.load(f)
     if code is not None:
-        if code < 0:
-            status = STATUS_CRASHED
-            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-            error = f"worker killed by {_signal_name(code)}{hint}"
-        elif code == runtime.EXIT_GATE:
-            status, error = STATUS_GATE, "; ".join(result.get("gate_failures", []))
-        elif code != 0:
-            status = STATUS_FAILED
-            error = result.get("error") or f"worker exited with code {code}; see {payload['log']}"
-    report_path = os.path.join(payload["out"], "report.json")
-    produced = status in (STATUS_OK, STATUS_GATE)
-    return {
-        "name": payload["name"], "status": status, "error": error, "cached": False,
-        "seconds": time.perf_counter() - start, "log": payload["log"], "out": payload["out"],
-        "artifacts": _artifacts(payload["out"]) if produced else [],
-        "metrics": _metrics(report_path) if produced else {},
-        "peak_rss_mb": result.get("peak_rss_mb"),
-    }
+        status, error = outcome.status_of_exit(code, result, payload["log"])
+    return outcome.describe(payload, status, error, time.perf_counter() - start, result)
 
 
 # ---- the batch ----
@@ -217,6 +179,8 @@ def execute_job(payload: dict) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class BatchResult:
+    """Every job's outcome (the manifest records: paths relative to the batch folder)."""
+
     outcomes: tuple[dict, ...]
     manifest_path: str
     seconds: float
@@ -231,18 +195,21 @@ class BatchResult:
 
 
 def _payload(spec: JobSpec, out: str, threads: int) -> dict:
+    # The worker's tf.keras choice is fixed when it imports TensorFlow: a warm worker only
+    # takes jobs asking for the choice it was started with (see tflq.batch.pool).
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS", "1")
     return {"name": spec.name, "out": spec.out, "log": os.path.join(out, "logs", f"{spec.name}.log"),
             "timeout": spec.timeout, "max_memory_mb": spec.max_memory_mb, "threads": threads,
-            "job": spec.job.to_dict()}
+            "env": {"TF_USE_LEGACY_KERAS": legacy}, "job": spec.job.to_dict()}
 
 
 def _write_manifest(out: str, spec: BatchSpec, outcomes: dict, started: str, seconds: float,
-                    backend: str, workers: int) -> str:
-    from tflq.fileio import write_atomic
-
+                    backend: str, workers: int, policy: pool.WorkerPolicy) -> str:
     manifest = {
-        "schema_version": 1, "spec": os.path.abspath(spec.path), "started_utc": started,
-        "seconds": seconds, "backend": backend, "workers": workers, "versions": versions(),
+        "schema_version": 2, "paths": "relative to this manifest's folder",
+        "spec": os.path.relpath(os.path.abspath(spec.path), os.path.abspath(out)),
+        "started_utc": started, "seconds": seconds, "backend": backend, "workers": workers,
+        "worker_policy": policy.to_dict(), "versions": versions(),
         "jobs": [outcomes[s.name] for s in spec.jobs if s.name in outcomes],
     }
     path = os.path.join(out, "manifest.json")
@@ -251,18 +218,20 @@ def _write_manifest(out: str, spec: BatchSpec, outcomes: dict, started: str, sec
 
 
 def run_batch(spec: BatchSpec, out: str, workers: int = 1, backend: str = "local",
-              ray_address: str | None = None, force: bool = False,
-              progress: Callable | None = None) -> BatchResult:
-    """Runs every job of a checked spec; returns the outcomes and writes manifest.json.
+              ray_address: str | None = None, force: bool = False, progress: bool = False,
+              policy: pool.WorkerPolicy | None = None) -> BatchResult:
+    """Runs every job of a checked spec, longest first; returns the outcomes and writes
+    manifest.json.
 
     Args:
       spec: from :func:`load_spec`.
       out: the batch output folder.
-      workers: jobs run at once (local processes or Ray tasks).
+      workers: jobs run at once (local workers or Ray actors/tasks).
       backend: ``local`` or ``ray``.
       ray_address: for Ray: ``auto``, ``HOST:PORT``, or None to start a local Ray.
       force: rebuild jobs whose cache record matches.
-      progress: wraps an iterator of finished outcomes (e.g. a tqdm factory).
+      progress: show a progress bar with an ETA on stderr.
+      policy: isolation and worker recycling; None takes the spec's ``[workers]`` table.
     """
     import datetime
 
@@ -270,53 +239,85 @@ def run_batch(spec: BatchSpec, out: str, workers: int = 1, backend: str = "local
         raise ValueError(f"workers must be at least 1. Received: workers={workers}")
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}. Available: {list(BACKENDS)}")
+    policy = policy or spec.policy
     runtime.check_output_dir(out)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
+    history = schedule.previous_seconds(out, [j.name for j in spec.jobs])
     os.makedirs(os.path.join(out, ".tflq-cache"), exist_ok=True)
-    outcomes, todo, keys = {}, [], {}
+    outcomes, todo, keys = {}, {}, {}
     for job in spec.jobs:
         keys[job.name] = cache_key(job)
         cached = None if force else _cached_outcome(out, job, keys[job.name])
         if cached is not None:
             outcomes[job.name] = cached
         else:
-            todo.append(job)
+            todo[job.name] = job
+    order, estimates = schedule.longest_first(list(todo), history)
     threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo) or 1)))
-    payloads = [_payload(job, out, threads) for job in todo]
-    finished = _run_local(payloads, workers) if backend == "local" else _run_ray(
-        payloads, workers, ray_address)
-    if progress is not None:
-        finished = progress(finished, total=len(payloads))
-    for outcome in finished:
-        name = outcome["name"]
-        outcome["cache_key"] = keys[name]
-        outcomes[name] = outcome
-        if outcome["status"] in (STATUS_OK, STATUS_GATE):
-            from tflq.fileio import write_atomic
-
-            write_atomic(_cache_path(out, name), report.to_json(outcome))
-        # Written after every job: an interrupted batch leaves an accurate manifest.
-        _write_manifest(out, spec, outcomes, started, time.perf_counter() - start, backend,
-                        workers)
+    payloads = [_payload(todo[name], out, threads) for name in order]
+    run = _run_local if backend == "local" else _run_ray
+    bar = schedule.ProgressBar(progress, estimates)
+    try:
+        for finished in run(payloads, workers, policy, ray_address):
+            name = finished["name"]
+            finished = {**outcome.relative_outcome(finished, out), "cache_key": keys[name]}
+            outcomes[name] = finished
+            if finished["status"] in (STATUS_OK, STATUS_GATE):
+                write_atomic(_cache_path(out, name), report.to_json(finished))
+            bar.update(name)
+            # Written after every job: an interrupted batch leaves an accurate manifest.
+            _write_manifest(out, spec, outcomes, started, time.perf_counter() - start, backend,
+                            workers, policy)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - start
-    path = _write_manifest(out, spec, outcomes, started, seconds, backend, workers)
+    path = _write_manifest(out, spec, outcomes, started, seconds, backend, workers, policy)
     return BatchResult(outcomes=tuple(outcomes[j.name] for j in spec.jobs), manifest_path=path,
                        seconds=seconds)
 
 
-def _run_local(payloads: list[dict], workers: int):
-    if not payloads:
-        return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(execute_job, p) for p in payloads]
-        for future in concurrent.futures.as_completed(futures):
-            yield future.result()
+def _lost(payload: dict, error: BaseException) -> dict:
+    """The outcome of a job whose runner itself failed (never silently dropped)."""
+    return outcome.describe(payload, STATUS_FAILED, f"batch runner error: {type(error).__name__}: "
+                            f"{error}", 0.0)
 
 
-def _run_ray(payloads: list[dict], workers: int, address: str | None):
+def _run_local(payloads: list[dict], workers: int, policy: pool.WorkerPolicy, _address=None):
+    """Yields outcomes as jobs finish; ``workers`` threads take jobs in the given order, each
+    on its own warm worker (or a fresh process per job)."""
     if not payloads:
         return
+    jobs, results, slots = queue.SimpleQueue(), queue.SimpleQueue(), []
+    for payload in payloads:
+        jobs.put(payload)
+
+    def serve(slot):
+        while True:
+            try:
+                payload = jobs.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                results.put(slot.run(payload) if slot else execute_job(payload))
+            except Exception as e:
+                results.put(_lost(payload, e))
+        if slot:
+            slot.close()
+
+    for _ in range(min(workers, len(payloads))):
+        slots.append(pool.WarmSlot(policy) if policy.isolation == "warm" else None)
+        threading.Thread(target=serve, args=(slots[-1],), daemon=True).start()
+    try:
+        for _ in payloads:
+            yield results.get()
+    finally:  # interrupted: no worker outlives the batch
+        for slot in slots:
+            if slot:
+                slot.kill()
+
+
+def _start_ray(workers: int, address: str | None):
     try:
         import ray
     except ImportError as e:
@@ -329,15 +330,59 @@ def _run_ray(payloads: list[dict], workers: int, address: str | None):
             # A private Ray on this machine, bound to loopback only.
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
                      _node_ip_address="127.0.0.1")
+    return ray, started_here
+
+
+def _run_ray(payloads: list[dict], workers: int, policy: pool.WorkerPolicy, address: str | None):
+    """Ray: warm actors (each a :class:`tflq.batch.pool.WorkerHost`, replaced if it dies), or
+    one task per job in a fresh process for ``isolation="process"``."""
+    if not payloads:
+        return
+    ray, started_here = _start_ray(workers, address)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(execute_job)
-        pending = [remote.remote(p) for p in payloads]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+        if policy.isolation == "process":
+            remote = ray.remote(num_cpus=1, max_retries=0)(execute_job)
+            pending = [remote.remote(p) for p in payloads]
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+            return
+        yield from _run_ray_actors(ray, payloads, workers, policy)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _run_ray_actors(ray, payloads: list[dict], workers: int, policy: pool.WorkerPolicy):
+    host = ray.remote(num_cpus=1, max_restarts=0)(pool.WorkerHost)
+    todo = list(payloads)
+    running = {}  # object ref -> (actor, payload)
+
+    def assign(actor):
+        if todo:
+            payload = todo.pop(0)
+            running[actor.run.remote(payload)] = (actor, payload)
+        else:
+            ray.get(actor.close.remote())
+
+    for _ in range(min(workers, len(payloads))):
+        assign(host.remote(policy))
+    try:
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            actor, payload = running.pop(ref)
+            try:
+                finished = ray.get(ref)
+            except ray.exceptions.RayActorError as e:  # the actor itself died: replace it
+                finished = outcome.describe(payload, STATUS_CRASHED, "Ray actor died: "
+                                            f"{str(e).splitlines()[0]}", 0.0)
+                ray.kill(actor)
+                actor = host.remote(policy)
+            yield finished
+            assign(actor)
+    finally:
+        for actor, _ in running.values():
+            ray.kill(actor)
 
 
 def format_summary(result: BatchResult) -> str:

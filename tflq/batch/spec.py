@@ -9,12 +9,13 @@ import re
 from collections.abc import Sequence
 
 from tflq import options, report
+from tflq.batch.pool import WorkerPolicy
 from tflq.data import DataOptions
 from tflq.factories import FACTORY_RE
 from tflq.jobs import convert as convert_job
 
 __all__ = ["DEFAULT_TIMEOUT", "SETTING_TYPES", "JOB_ONLY_KEYS", "TOP_KEYS", "OUTPUT_KEYS",
-    "JobSpec", "BatchSpec", "load_spec"]
+    "WORKER_KEYS", "JobSpec", "BatchSpec", "load_spec"]
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -36,10 +37,16 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
 JOB_ONLY_KEYS = ("name", "out")
 
 
-TOP_KEYS = ("defaults", "jobs", "output")
+TOP_KEYS = ("defaults", "jobs", "output", "workers")
 
 
 OUTPUT_KEYS = ("layout",)
+
+
+# The [workers] table: how jobs are isolated (see tflq.batch.pool.WorkerPolicy).
+WORKER_KEYS: dict[str, tuple[type, ...]] = {
+    "isolation": (str,), "max_jobs_per_worker": (int,), "max_worker_rss_mb": (int,),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +63,11 @@ class JobSpec:
 
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
+    """A checked spec: its file, its jobs and the ``[workers]`` policy."""
+
     path: str
     jobs: tuple[JobSpec, ...]
+    policy: WorkerPolicy = WorkerPolicy()
 
 
 def _line_of(text_lines: Sequence[str], key: str, start: int = 0) -> int | None:
@@ -127,9 +137,9 @@ def _check_keys(path, lines, table: dict, allowed: Sequence[str], where: str, st
                              f"Known: {sorted(allowed)}")
 
 
-def _check_types(path, lines, table: dict, where: str, start: int = 0):
+def _check_types(path, lines, table: dict, where: str, start: int = 0, types=None):
     for key, value in table.items():
-        accepted = SETTING_TYPES.get(key)
+        accepted = (types or SETTING_TYPES).get(key)
         if accepted is None:
             continue
         if isinstance(value, bool) and bool not in accepted:
@@ -188,14 +198,16 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
     _check_keys(path, lines, data, TOP_KEYS, "the spec")
     defaults = data.get("defaults", {}) or {}
     output = data.get("output", {}) or {}
+    pool = data.get("workers", {}) or {}
     jobs = data.get("jobs", []) or []
-    if not isinstance(defaults, dict) or not isinstance(output, dict):
-        raise ValueError(f"{path}: [defaults] and [output] must be tables.")
+    if not all(isinstance(t, dict) for t in (defaults, output, pool)):
+        raise ValueError(f"{path}: [defaults], [output] and [workers] must be tables.")
     if not isinstance(jobs, list) or not jobs:
         raise ValueError(f"{path}: no jobs: add at least one [[jobs]] entry with a model.")
     _check_keys(path, lines, defaults, tuple(SETTING_TYPES), "[defaults]")
     _check_types(path, lines, defaults, "defaults")
     _check_keys(path, lines, output, OUTPUT_KEYS, "[output]")
+    policy = _policy(path, lines, pool)
     layout = output.get("layout", "{name}")
     starts = _job_lines(lines, yaml_format)
     specs, names, outs = [], {}, {}
@@ -250,6 +262,18 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
             raise ValueError(f"{path}: {at}{where}: timeout and max_memory_mb must be positive.")
         specs.append(JobSpec(name=name, out=job_out, job=job, timeout=timeout,
                              max_memory_mb=memory, line=line))
-    return BatchSpec(path=path, jobs=tuple(specs))
+    return BatchSpec(path=path, jobs=tuple(specs), policy=policy)
+
+
+def _policy(path: str, lines: Sequence[str], table: dict) -> WorkerPolicy:
+    start = next((i for i, ln in enumerate(lines) if ln.strip() in ("[workers]", "workers:")), 0)
+    _check_keys(path, lines, table, tuple(WORKER_KEYS), "[workers]", start)
+    _check_types(path, lines, table, "workers", start, types=WORKER_KEYS)
+    try:
+        return WorkerPolicy(**table)
+    except ValueError as e:
+        key = next((k for k in table if k in str(e)), None)
+        line = _line_of(lines, key, start) if key else None
+        raise ValueError(f"{path}: {f'line {line}: ' if line else ''}[workers]: {e}") from e
 
 
