@@ -112,39 +112,69 @@ def _run_mct(method: str, model_path: str, npz: str, out: str, epochs: int) -> d
     return record
 
 
+def _cached(out_dir: str, method: str, key: str, convert_fn) -> dict:
+    """``convert_fn()``'s record (``content`` bytes, seconds...), kept beside the .tflite as
+    ``<method>.record.json``: a rerun with the same calibration data and settings (``key``)
+    reuses it instead of converting again (the recorded seconds are the original run's)."""
+    from tflq.fileio import write_atomic
+
+    path = os.path.join(out_dir, f"{method}.record.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("key") == key and os.path.exists(os.path.join(out_dir, f"{method}.tflite")):
+            if "error" not in record:
+                with open(os.path.join(out_dir, f"{method}.tflite"), "rb") as f:
+                    record["content"] = f.read()
+            return record
+    record = {**convert_fn(), "key": key}
+    if "content" in record:
+        write_atomic(os.path.join(out_dir, f"{method}.tflite"), record["content"])
+    else:
+        write_atomic(os.path.join(out_dir, f"{method}.tflite"), b"")
+    write_atomic(path, json.dumps({k: v for k, v in record.items() if k != "content"},
+                                  default=str).encode())
+    print(f"  {method}: {record['seconds']:.0f} s {record.get('winner', '')}"
+          f"{record.get('error', '')}", flush=True)
+    return record
+
+
 def _convert_all(model, samples, out_dir, iterations, mct_model_path, npz, gptq_epochs, skip_mct):
     """{method: {"content": bytes, "seconds": s, ...} or {"error": ...}}."""
     import dataclasses
 
+    from tflq.fileio import sha256_of
     from tflq.options import ConvertOptions
     from tflq.ptq import auto, convert
 
+    key = f"{sha256_of(npz)}:{iterations}:{gptq_epochs}"
     base = ConvertOptions(adaround_iterations=iterations)
-    converted = {}
-    for name, changes in METHODS.items():
+
+    def tflq_method(changes):
         start = time.perf_counter()
         try:
             conversion = convert.convert_model(model, "int8", out_dir, lambda: iter(samples),
                                                dataclasses.replace(base, **changes))
-            converted[name] = {"content": conversion.content, "notes": list(conversion.notes),
-                               "seconds": time.perf_counter() - start}
         except ValueError as e:
-            converted[name] = {"error": str(e).splitlines()[0],
-                               "seconds": time.perf_counter() - start}
-        print(f"  {name}: {converted[name]['seconds']:.0f} s", flush=True)
-    start = time.perf_counter()
-    conversion, record = auto.search(model, samples, base, out_dir)
-    converted["auto"] = {"content": conversion.content, "seconds": time.perf_counter() - start,
-                         "winner": record["winner"], "candidates": record["candidates"],
-                         "selection_samples": record["selection_samples"]}
-    print(f"  auto: {record['winner']}, {converted['auto']['seconds']:.0f} s", flush=True)
-    if not skip_mct:
-        for method in ("ptq", "gptq"):
-            converted[f"mct_{method}"] = _run_mct(method, mct_model_path, npz,
-                                                  os.path.join(out_dir, f"mct_{method}.tflite"),
-                                                  gptq_epochs)
-            print(f"  mct_{method}: {converted[f'mct_{method}']['seconds']:.0f} s "
-                  f"{converted[f'mct_{method}'].get('error', '')}", flush=True)
+            return {"error": str(e).splitlines()[0], "seconds": time.perf_counter() - start}
+        return {"content": conversion.content, "notes": list(conversion.notes),
+                "seconds": time.perf_counter() - start}
+
+    def tflq_auto():
+        start = time.perf_counter()
+        conversion, record = auto.search(model, samples, base, out_dir)
+        return {"content": conversion.content, "seconds": time.perf_counter() - start,
+                "winner": record["winner"], "candidates": record["candidates"],
+                "selection_samples": record["selection_samples"]}
+
+    converted = {name: _cached(out_dir, name, key, lambda c=changes: tflq_method(c))
+                 for name, changes in METHODS.items()}
+    converted["auto"] = _cached(out_dir, "auto", key, tflq_auto)
+    for method in () if skip_mct else ("ptq", "gptq"):
+        converted[f"mct_{method}"] = _cached(
+            out_dir, f"mct_{method}", key,
+            lambda m=method: _run_mct(m, mct_model_path, npz,
+                                      os.path.join(out_dir, f"mct_{m}.tflite"), gptq_epochs))
     return converted
 
 
@@ -204,6 +234,7 @@ def method_checks(results: dict) -> dict:
 def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gptq_epochs,
                cache, out, skip_mct) -> dict:
     from tflq import models
+    from tflq.tflite_inspect import find_float_ops
 
     entry = corpus.MODELS[name]
     path = corpus.fetch_model(name, cache)
@@ -228,10 +259,9 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
         if "error" in record:
             results[method] = {"error": record["error"], "seconds": record["seconds"]}
             continue
-        with open(os.path.join(folder, f"{method}.tflite"), "wb") as f:
-            f.write(record["content"])
         scored = _score(record["content"], input_name, eval_x, reference)
         results[method] = {**scored, "seconds": record["seconds"], "size_bytes": len(record["content"]),
+                           "float_ops": len(find_float_ops(record["content"])),
                            **{k: v for k, v in record.items()
                               if k in ("notes", "winner", "candidates", "selection_samples",
                                        "gptq_epochs", "mct")}}
@@ -256,34 +286,40 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
 def run(models: list[str], out: str, json_path: str, num_cal: int, num_eval: int,
         iterations: int, gptq_epochs: int, cache: str | None, skip_mct: bool = False) -> dict:
     """Runs the benchmark on ``models`` and writes ``json_path``; returns the summary."""
-    from tflq import runtime
     from tflq.fileio import write_atomic
 
     cache = cache or corpus.DEFAULT_CACHE
     photos = corpus.fetch_images(cache)
     split = photo_crops.split_photos(photos, seed=SEED)
+    from tflq.report import to_json
+
     start = time.perf_counter()
     per_model = {}
-    for name in models:
+    for name in models:  # the JSON is rewritten after each model: a long run keeps what it did
         print(f"{name}:", flush=True)
         model_start = time.perf_counter()
         per_model[name] = _run_model(name, photos, split, num_cal, num_eval, iterations,
                                      gptq_epochs, cache, out, skip_mct)
         per_model[name]["wall_seconds"] = time.perf_counter() - model_start
-    summary = {"benchmark": "hard_ptq", "machine": runtime.machine_description(),
-               "versions": runtime.versions(), "mct": "model-compression-toolkit 2.6.1, "
-               "tensorflow 2.15.1 (own virtualenv)",
-               "calibration_photos": split[0], "evaluation_photos": split[1],
-               "calibration_samples": num_cal, "evaluation_samples": num_eval,
-               "crops": {"min_side_fraction": photo_crops.CROP_MIN_FRACTION, "flip": 0.5,
-                         "seed": SEED},
-               "adaround_iterations": iterations, "gptq_epochs": gptq_epochs,
-               "gptq_hessian_weights": False, "targets": TARGETS, "models": per_model,
-               "wall_seconds": time.perf_counter() - start}
-    from tflq.report import to_json
-
-    write_atomic(json_path, to_json(summary))
+        summary = _summary(per_model, models, split, num_cal, num_eval, iterations, gptq_epochs,
+                           time.perf_counter() - start)
+        write_atomic(json_path, to_json(summary))
     return summary
+
+
+def _summary(per_model, models, split, num_cal, num_eval, iterations, gptq_epochs, seconds):
+    from tflq import runtime
+
+    return {"benchmark": "hard_ptq", "machine": runtime.machine_description(),
+            "versions": runtime.versions(), "mct": "model-compression-toolkit 2.6.1, "
+            "tensorflow 2.15.1 (own virtualenv)",
+            "calibration_photos": split[0], "evaluation_photos": split[1],
+            "calibration_samples": num_cal, "evaluation_samples": num_eval,
+            "crops": {"min_side_fraction": photo_crops.CROP_MIN_FRACTION, "flip": 0.5,
+                      "seed": SEED},
+            "adaround_iterations": iterations, "gptq_epochs": gptq_epochs,
+            "gptq_hessian_weights": False, "targets": TARGETS, "models": per_model,
+            "complete": list(per_model) == list(models), "wall_seconds": seconds}
 
 
 def main(argv):
