@@ -71,7 +71,8 @@ def render_hard_ptq(data: Mapping) -> dict[str, str]:
     minutes = sum(r["seconds"] for m in models.values() for r in m["results"].values()) / 60
     intro = (
         f"`python -m benchmarks.benchmark_hard_ptq --out bench_hard_ptq` ({minutes:.0f} minutes "
-        f"of conversion time summed over all methods, on 2 cores shared with other jobs) runs {len(models)} real pretrained models "
+        f"of conversion time summed over all methods, on 2 cores shared with other jobs) runs "
+        f"{len(models)} real pretrained models "
         f"fetched from registry packages by `benchmarks/corpus.py` (sha256 checked): "
         + "; ".join(f"`{name}` ({m['source']['registry']} {m['source']['package']} "
                     f"{m['source']['version']}, {m['source']['license']})"
