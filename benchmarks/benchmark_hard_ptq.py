@@ -101,8 +101,10 @@ def _run_mct(method: str, model_path: str, npz: str, out: str, epochs: int) -> d
                "--model", model_path, "--calibration", npz, "--method", method,
                "--gptq_epochs", str(epochs), "--out", out]
     start = time.perf_counter()
+    # tflq sets TF_USE_LEGACY_KERAS=1 (tf_keras); MCT's TF 2.15 has its own Keras 2.15.
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "PYTHONPATH")}
     done = subprocess.run(command, capture_output=True, text=True, check=False,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
+                          env={**env, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
     if done.returncode != 0:
         tail = [ln for ln in done.stderr.splitlines() if ln.strip()][-3:]
         return {"error": " | ".join(tail)[-600:], "seconds": time.perf_counter() - start}
@@ -115,17 +117,18 @@ def _run_mct(method: str, model_path: str, npz: str, out: str, epochs: int) -> d
 def _cached(out_dir: str, method: str, key: str, convert_fn) -> dict:
     """``convert_fn()``'s record (``content`` bytes, seconds...), kept beside the .tflite as
     ``<method>.record.json``: a rerun with the same calibration data and settings (``key``)
-    reuses it instead of converting again (the recorded seconds are the original run's)."""
+    reuses it instead of converting again (the recorded seconds are the original run's);
+    a failed method is tried again."""
     from tflq.fileio import write_atomic
 
     path = os.path.join(out_dir, f"{method}.record.json")
     if os.path.exists(path):
         with open(path) as f:
             record = json.load(f)
-        if record.get("key") == key and os.path.exists(os.path.join(out_dir, f"{method}.tflite")):
-            if "error" not in record:
-                with open(os.path.join(out_dir, f"{method}.tflite"), "rb") as f:
-                    record["content"] = f.read()
+        if (record.get("key") == key and "error" not in record
+                and os.path.exists(os.path.join(out_dir, f"{method}.tflite"))):
+            with open(os.path.join(out_dir, f"{method}.tflite"), "rb") as f:
+                record["content"] = f.read()
             return record
     record = {**convert_fn(), "key": key}
     if "content" in record:
