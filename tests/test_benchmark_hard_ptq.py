@@ -165,4 +165,5 @@ def test_benchmark_end_to_end_on_a_tiny_subset(tmp_path):
                            "warning_fires_when_2pp_below"}
     gap = 100 * (results["converter_per_channel"]["top1_agreement"]
                  - results["adaround_4bit"]["top1_agreement"])
-    assert checks["adaround_4bit_within_5pp"] == {"value": pytest.approx(gap), "met": gap <= 5.0}
+    assert checks["adaround_4bit_within_5pp"] == {"value": pytest.approx(gap),
+                                                 "met": gap <= 5.0 + bench.GAP_SLACK_PP}
