@@ -167,3 +167,38 @@ def test_benchmark_end_to_end_on_a_tiny_subset(tmp_path):
                  - results["adaround_4bit"]["top1_agreement"])
     assert checks["adaround_4bit_within_5pp"] == {"value": pytest.approx(gap),
                                                  "met": gap <= 5.0 + bench.GAP_SLACK_PP}
+
+
+def _row(agreement, sqnr=30.0):
+    return {"top1_agreement": agreement, "sqnr_db": sqnr}
+
+
+def test_method_checks_apply_the_issue_targets():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(100, 3))
+    test = ref.copy()
+    test[:10] = test[:10, ::-1]  # some flipped outputs: the converter agrees on ~90 %
+    plain = float(np.mean(np.argmax(ref, 1) == np.argmax(test, 1)))
+    results = {
+        "converter_per_channel": {**_row(plain, 30.0), "_arrays": (ref, test)},
+        "converter_per_tensor": {**_row(plain - 0.10, 20.0), "_arrays": (ref, test[::-1])},
+        "equalize_per_tensor": _row(plain - 0.03, 25.0),  # exactly 3 pp: within
+        "adaround_4bit": _row(plain - 0.06, 15.0),  # 6 pp: not within 5
+        "mse": _row(plain - 0.025),  # > 2 pp below: must be warned about
+        "auto": _row(plain, 31.0),
+        "mct_ptq": _row(plain, 31.5),
+        "mct_gptq": {"error": "boom", "seconds": 1.0},
+    }
+    checks = bench.method_checks(results)
+    assert checks["per_tensor_cle_within_3pp"]["met"]
+    assert checks["per_tensor_cle_within_3pp"]["value"] == pytest.approx(3.0)
+    assert not checks["adaround_4bit_within_5pp"]["met"]
+    assert checks["auto_ge_mct_best"]["value"]["sqnr_db"] == pytest.approx(-0.5)
+    assert not checks["auto_ge_mct_best"]["met"]  # equal agreement, lower SQNR
+    assert checks["auto_not_below_converter"]["met"]
+    warning = checks["warning_fires_when_2pp_below"]
+    assert sorted(warning["value"]["below"]) == ["adaround_4bit", "mse"]
+    assert sorted(warning["value"]["warned"]) == ["adaround_4bit", "mse"] and warning["met"]
+    del results["mct_ptq"]
+    assert bench.method_checks(results)["auto_ge_mct_best"] == {
+        "value": None, "met": False, "why": "MCT did not run"}
