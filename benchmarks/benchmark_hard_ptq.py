@@ -61,10 +61,17 @@ GAP_SLACK_PP = 1e-9
 SEED = 0
 
 
-def _probabilities(y: np.ndarray) -> np.ndarray:
+def _is_probability(y: np.ndarray) -> bool:
+    return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-2))
+
+
+def _probabilities(y: np.ndarray, probabilities: bool) -> np.ndarray:
+    """Class probabilities: ``y`` renormalized when the model outputs probabilities (a
+    quantized softmax sums to 1 only within its steps), else softmax(``y``)."""
     y = y.reshape(len(y), -1).astype(np.float64)
-    if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-2):
-        return y / y.sum(axis=1, keepdims=True)
+    if probabilities:
+        y = np.clip(y, 0.0, None)
+        return y / np.maximum(y.sum(axis=1, keepdims=True), 1e-12)
     e = np.exp(y - y.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -80,7 +87,10 @@ def output_metrics(reference: np.ndarray, test: np.ndarray) -> dict:
 
     order_ref = np.argsort(-reference.reshape(len(reference), -1), axis=1)[:, :2]
     order_test = np.argsort(-test.reshape(len(test), -1), axis=1)[:, :2]
-    p, q = _probabilities(reference), _probabilities(test)
+    # The float model decides whether its outputs are probabilities; the quantized one is
+    # read the same way.
+    kind = _is_probability(reference.reshape(len(reference), -1))
+    p, q = _probabilities(reference, kind), _probabilities(test, kind)
     return {"top1_agreement": metrics.top1_agreement(reference, test),
             "top2_agreement": float(np.mean(np.all(order_ref == order_test, axis=1))),
             "sqnr_db": metrics.sqnr_db(reference, test),

@@ -62,7 +62,7 @@ def _check_value(key: str, check: Mapping) -> str:
         return f"below by > 2 pp: {below}; warned: {', '.join(value['warned']) or 'none'}"
     if isinstance(value, Mapping):
         return f"{_num(value['agreement_pp'], signed=True)} pp, {_num(value['sqnr_db'], 1, True)} dB"
-    return f"{_num(value)} pp below"
+    return f"{_num(value)} pp below" if value >= 0 else f"{_num(-value)} pp above"
 
 
 def render_hard_ptq(data: Mapping) -> dict[str, str]:

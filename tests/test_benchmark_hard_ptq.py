@@ -202,3 +202,17 @@ def test_method_checks_apply_the_issue_targets():
     del results["mct_ptq"]
     assert bench.method_checks(results)["auto_ge_mct_best"] == {
         "value": None, "met": False, "why": "MCT did not run"}
+
+
+def test_total_variation_reads_both_outputs_the_same_way():
+    # A quantized softmax sums to 1 only within its steps: it is still read as probabilities.
+    ref = np.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
+    test = np.array([[0.72, 0.2, 0.1], [0.25, 0.27, 0.5]])  # sums 1.02
+    q = test / test.sum(axis=1, keepdims=True)
+    expected = np.mean(0.5 * np.abs(ref - q).sum(axis=1))
+    assert bench.output_metrics(ref, test)["mean_total_variation"] == pytest.approx(expected)
+    logits = np.array([[2.0, -1.0, 0.5]])  # not probabilities: softmax of both
+    p = np.exp(logits) / np.exp(logits).sum()
+    t = np.exp(logits + [[0.1, 0, 0]]) / np.exp(logits + [[0.1, 0, 0]]).sum()
+    assert bench.output_metrics(logits, logits + [[0.1, 0, 0]])["mean_total_variation"] == \
+        pytest.approx(0.5 * np.abs(p - t).sum())
