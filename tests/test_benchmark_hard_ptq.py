@@ -216,3 +216,24 @@ def test_total_variation_reads_both_outputs_the_same_way():
     t = np.exp(logits + [[0.1, 0, 0]]) / np.exp(logits + [[0.1, 0, 0]]).sum()
     assert bench.output_metrics(logits, logits + [[0.1, 0, 0]])["mean_total_variation"] == \
         pytest.approx(0.5 * np.abs(p - t).sum())
+
+
+def test_cached_records_are_reused_only_for_the_same_key_and_never_after_an_error(tmp_path):
+    calls = []
+
+    def convert(result):
+        def run():
+            calls.append(result)
+            return dict(result)
+        return run
+
+    good = {"content": b"TFL3 bytes", "seconds": 2.0, "notes": ["n"]}
+    first = bench._cached(str(tmp_path), "m", "k1", convert(good))
+    again = bench._cached(str(tmp_path), "m", "k1", convert({"content": b"other", "seconds": 1.0}))
+    assert first["content"] == again["content"] == b"TFL3 bytes" and again["seconds"] == 2.0
+    assert len(calls) == 1
+    changed = bench._cached(str(tmp_path), "m", "k2", convert({"content": b"new", "seconds": 1.0}))
+    assert changed["content"] == b"new" and len(calls) == 2
+    bench._cached(str(tmp_path), "e", "k1", convert({"error": "boom", "seconds": 1.0}))
+    retried = bench._cached(str(tmp_path), "e", "k1", convert({"content": b"ok", "seconds": 1.0}))
+    assert retried["content"] == b"ok" and len(calls) == 4
