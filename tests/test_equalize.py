@@ -258,3 +258,27 @@ def test_pairs_inside_a_nested_backbone_are_found_and_reported(tmp_path):
                                    ConvertOptions(equalize=True))
     assert any(note.startswith("cross-layer equalization: 1 pairs") for note in result.notes), \
         result.notes
+
+
+def test_nearly_dead_channels_are_not_scaled():
+    """A BatchNorm gamma of 1e-30 (as in the MLPerf Tiny VWW MobileNetV1) leaves a channel
+    whose folded kernel is ~1e-30 of the others: scaling it by sqrt(r1/r2) ~ 1e-15 would divide
+    its bias by that and blow the activation range up. It is left unscaled and counted."""
+    model = _block()
+    bn = model.layers[2]
+    gamma, beta, mean, var = bn.get_weights()
+    gamma[3] = 1e-30
+    beta[3] = 0.5  # the dead channel still carries a constant
+    bn.set_weights([gamma, beta, mean, var])
+    equalized, record = equalize.equalize(model)
+    first = record["pairs"][0]
+    assert (first["first"], first["dead_channels_left"]) == ("c1", 1)
+    assert first["spread_before"] < 1e6  # the dead channel is not what the spread reports
+    bias = equalized.get_layer("c1").get_weights()[1]
+    assert np.all(np.isfinite(bias)) and np.abs(bias).max() < 1e3
+    x = _x()
+    a, b = model.predict(x, verbose=0), equalized.predict(x, verbose=0)
+    assert np.abs(a - b).max() <= RTOL * np.abs(a).max()
+    r1 = equalize._out_ranges(equalized.get_layer("c1"))
+    folded = equalize._out_ranges(equalize.equalize(model, iterations=0)[0].get_layer("c1"))
+    assert r1[3] == pytest.approx(folded[3])  # untouched

@@ -66,6 +66,18 @@ def test_figures_against_raw_json_arithmetic():
     calibration = RESULTS["benchmark_calibration"]["results"]
     assert f"| {100 * calibration['tflq_kl']['accuracy']:.2f} % |" in \
         regions["table:benchmark_calibration"]
+    hard = RESULTS["benchmark_hard_ptq"]["models"]
+    table = regions["table:benchmark_hard_ptq"]
+    for name, model in hard.items():
+        plain = model["results"]["converter_per_channel"]
+        assert (f"| plain converter, per-channel | {100 * plain['top1_agreement']:.1f} % | "
+                f"{100 * plain['top2_agreement']:.1f} % |") in table
+        for key, check in model["checks"].items():
+            assert ((f"| {name} | met |" if check["met"] else f"| {name} | **not met** |")
+                    in table), (name, key)
+    met = sum(c["met"] for m in hard.values() for c in m["checks"].values())
+    total = sum(len(m["checks"]) for m in hard.values())
+    assert f"{met} of {total} target checks met." in regions["notes:benchmark_hard_ptq"]
 
 
 CHANGES = [  # benchmark, path in its JSON, new value, {region that must differ: its new text}
@@ -80,6 +92,8 @@ CHANGES = [  # benchmark, path in its JSON, new value, {region that must differ:
      {"table:benchmark_compress": "46,170", "notes:benchmark_compress": "46,170"}),
     ("benchmark_calibration", ("results", "tflq_kl", "sqnr_db"), 8.15,
      {"table:benchmark_calibration": "| 8.2 |", "notes:benchmark_calibration": "SQNR 8.2 dB"}),
+    ("benchmark_hard_ptq", ("models", "resnet8_cifar10", "results", "mse", "top1_agreement"),
+     0.1234, {"table:benchmark_hard_ptq": "| tflq `--range_estimator mse` | 12.3 % |"}),
 ]
 
 
@@ -242,3 +256,19 @@ def test_cli_usage_errors_exit_2(capsys, tmp_path):
     code, out, err = _run(capsys, "--readme", str(tmp_path / "nope.md"))
     assert code == 2
     assert err.startswith("error: cannot read README") and err.count("\n") == 1
+
+
+def test_hard_ptq_renders_failures_and_a_missing_peer():
+    data = copy.deepcopy(RESULTS["benchmark_hard_ptq"])
+    name = next(iter(data["models"]))
+    model = data["models"][name]
+    model["results"]["mse"] = {"error": "Conversion to int8 failed: ValueError: a|b", "seconds": 3.0}
+    model["checks"]["auto_ge_mct_best"] = {"value": None, "met": False, "why": "MCT did not run"}
+    parts = rt.render_all({"benchmark_hard_ptq": data})
+    table = parts["table:benchmark_hard_ptq"]
+    assert ("| tflq `--range_estimator mse` | failed: Conversion to int8 failed: ValueError: a/b "
+            "| – | – | – | 3 |") in table
+    assert f"| `--auto` ≥ MCT's best (agreement and SQNR) | {name} | **not met** | MCT did not " \
+        "run |" in table
+    assert f"`--auto` ≥ MCT's best (agreement and SQNR) on {name}" in \
+        rt.RENDERERS["benchmark_hard_ptq"](data)["notes"]

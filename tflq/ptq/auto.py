@@ -79,7 +79,7 @@ def search(model, samples: list, options: ConvertOptions, workdir: str,
     Returns:
       ``(winning Conversion, record)``; the record lists every candidate's score, seconds
       and error (a candidate the model cannot take, e.g. an estimator on a per-tensor
-      model, is recorded with its error and skipped).
+      model, or whose .tflite LiteRT cannot run, is recorded with its error and skipped).
     """
     candidates = dict(CANDIDATES if candidates is None else candidates)
     calibration, selection = split_samples(samples)
@@ -98,8 +98,14 @@ def search(model, samples: list, options: ConvertOptions, workdir: str,
             row.update(error=str(e).splitlines()[0], seconds=time.perf_counter() - start)
             rows.append(row)
             continue
-        row.update(_score(model, conversion.content, selection, num_threads),
-                   seconds=time.perf_counter() - start)
+        try:
+            row.update(_score(model, conversion.content, selection, num_threads),
+                       seconds=time.perf_counter() - start)
+        except RuntimeError as e:  # LiteRT cannot run it (e.g. rejected quantization params)
+            row.update(error=f"LiteRT could not run it: {str(e).splitlines()[0]}",
+                       seconds=time.perf_counter() - start)
+            rows.append(row)
+            continue
         rows.append(row)
         key = (row["sqnr_db"], row["top1_agreement"])
         if best_score is None or key > best_score:

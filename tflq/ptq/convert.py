@@ -246,7 +246,9 @@ def _equalize_note(record: dict) -> str:
     worst = max(p["spread_before"] for p in pairs)
     line = (f"cross-layer equalization: {len(pairs)} pairs (largest channel-range spread "
             f"{worst:.0f}x -> {max(p['spread_after'] for p in pairs):.1f}x), "
-            f"{len(record['skipped'])} weight layers not paired; bias correction on "
+            f"{len(record['skipped'])} weight layers not paired, "
+            f"{sum(p['dead_channels_left'] for p in pairs)} dead channels left unscaled; "
+            "bias correction on "
             f"{len(record['bias_corrected'])} layers")
     if record["relu6_replaced"]:
         cost = record["relu6_cost"]

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["find_pairs", "equalize", "relu6_cost", "quantize_weights", "bias_correct"]
+__all__ = ["DEAD_CHANNEL_FRACTION", "find_pairs", "equalize", "relu6_cost", "quantize_weights", "bias_correct"]
 
 _WEIGHT = {"Conv2D", "DepthwiseConv2D"}
+DEAD_CHANNEL_FRACTION = 1e-6  # channel range below this share of the layer's largest: not scaled
 
 
 def _act(layer) -> str:
@@ -90,8 +91,9 @@ def find_pairs(model, relu6: bool = False) -> tuple[list[tuple[str, str]], list[
 
 
 def _spread(ranges: np.ndarray) -> float:
-    """Largest over smallest non-zero channel range: what one per-tensor scale must span."""
-    live = ranges[ranges > 0]
+    """Largest over smallest live channel range (dead ones, below
+    :data:`DEAD_CHANNEL_FRACTION` of the largest, excluded): what one per-tensor scale must span."""
+    live = ranges[ranges > DEAD_CHANNEL_FRACTION * ranges.max()] if ranges.size else ranges
     return float(live.max() / live.min()) if live.size else 1.0
 
 
@@ -108,6 +110,15 @@ def _in_ranges(layer) -> np.ndarray:
     if type(layer).__name__ == "DepthwiseConv2D":
         return np.abs(kernel).max(axis=(0, 1, 3))
     return np.abs(kernel).max(axis=(0, 1, 3))
+
+
+def _live(first, second) -> np.ndarray:
+    """Channels equalization may scale: both ranges above :data:`DEAD_CHANNEL_FRACTION` of
+    their layer's largest. A (nearly) dead channel, e.g. a BatchNorm gamma of 1e-30 folded
+    in, would get a scale of ~1e-15: its bias, divided by it, would then dominate the
+    layer's activation range (and give the runtime absurd quantization parameters)."""
+    r1, r2 = _out_ranges(first), _in_ranges(second)
+    return (r1 > DEAD_CHANNEL_FRACTION * r1.max()) & (r2 > DEAD_CHANNEL_FRACTION * r2.max())
 
 
 def _scale_out(layer, s):
@@ -162,13 +173,16 @@ def equalize(model, iterations: int = 20, relu6_as_relu: bool = True,
         for first, second in pairs:
             a, b = prepared.get_layer(first), prepared.get_layer(second)
             r1, r2 = _out_ranges(a), _in_ranges(b)
-            ok = (r1 > 0) & (r2 > 0)
+            ok = _live(a, b)
             s = np.ones_like(r1)
             s[ok] = np.sqrt(r1[ok] / r2[ok])
             _scale_out(a, s)
             _scale_in(b, s)
+    dead = {first: int(np.sum(~_live(prepared.get_layer(first), prepared.get_layer(second))))
+            for first, second in pairs}
     record = {
         "pairs": [{"first": first, "second": second, "spread_before": before[first],
+                   "dead_channels_left": dead[first],
                    "spread_after": _spread(_out_ranges(prepared.get_layer(first)))}
                   for first, second in pairs],
         "skipped": skipped, "relu6_replaced": replaced}

