@@ -356,13 +356,7 @@ def _selective(job, model, conversions, representative, calib, calib_indices) ->
                          "has no labels, so --max_accuracy_drop cannot be its budget: pass "
                          "--min_agreement (top-1 agreement with the float model) instead.")
     use_drop = max_drop is not None and labelled
-    references = [model.predict(batch) for batch, _ in batches]
-    float_accuracy = None
-    if use_drop:
-        seen = metrics.Comparison()
-        for (_, labels), reference in zip(batches, references, strict=True):
-            seen.update(reference, reference, labels)
-        float_accuracy = seen.result()["accuracy"]
+    references, float_accuracy = _float_references(model, batches, use_drop)
     calibration = sampling.representative_dataset(calib, model.inputs, calibrate_on)
     scratch = tempfile.mkdtemp(prefix="tflq-selective-")
     try:
@@ -400,18 +394,8 @@ def _selective(job, model, conversions, representative, calib, calib_indices) ->
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     content = found["content"]
-    # What keeping ops in float costs: size and latency against the all-int8 model.
-    first = batches[0][0]
-    all_int8 = found.pop("all_int8_content")
-    latency = interpreter.measure_latency(
-        {"all_int8": interpreter.TfliteModel(all_int8, model.output_names,
-                                             num_threads=job.num_threads),
-         "selective": interpreter.TfliteModel(content, model.output_names,
-                                              num_threads=job.num_threads)},
-        first, runs=job.latency_runs)
-    found["cost"] = {"all_int8_bytes": len(all_int8), "selective_bytes": len(content),
-                     "all_int8_latency_ms": latency["all_int8"]["median"],
-                     "selective_latency_ms": latency["selective"]["median"]}
+    found["cost"] = _float_ops_cost(job, model, found.pop("all_int8_content"), content,
+                                    batches[0][0])
     found["budget"] = {"max_accuracy_drop": max_drop if use_drop else None,
                        "min_agreement": min_agreement, "labelled": labelled,
                        "chosen_on": {"samples": len(choose_on),
@@ -424,6 +408,33 @@ def _selective(job, model, conversions, representative, calib, calib_indices) ->
         seconds=conversions[options.Mode.INT8].seconds)
     found["ranked"] = [dc.asdict(s) for s in ranked]
     return found
+
+
+def _float_references(model, batches, with_accuracy: bool):
+    """The float model's outputs on ``batches`` and, when asked, its accuracy on their labels."""
+    from tflq import metrics
+
+    references = [model.predict(batch) for batch, _ in batches]
+    if not with_accuracy:
+        return references, None
+    seen = metrics.Comparison()
+    for (_, labels), reference in zip(batches, references, strict=True):
+        seen.update(reference, reference, labels)
+    return references, seen.result()["accuracy"]
+
+
+def _float_ops_cost(job, model, all_int8: bytes, content: bytes, sample) -> dict:
+    """What keeping ops in float costs: size and latency against the all-int8 model,
+    measured side by side."""
+    from tflq import interpreter
+
+    runners = {name: interpreter.TfliteModel(model_bytes, model.output_names,
+                                             num_threads=job.num_threads)
+               for name, model_bytes in (("all_int8", all_int8), ("selective", content))}
+    latency = interpreter.measure_latency(runners, sample, runs=job.latency_runs)
+    return {"all_int8_bytes": len(all_int8), "selective_bytes": len(content),
+            "all_int8_latency_ms": latency["all_int8"]["median"],
+            "selective_latency_ms": latency["selective"]["median"]}
 
 
 def _evaluate(job: ConvertJob, model, evaluation, eval_indices, runners):
