@@ -36,7 +36,8 @@ _MODELS = flags.DEFINE_list("models", ["vww_mobilenet_v1", "nsfwjs_mobilenet_v2"
                             "Corpus models to run.")
 _NUM_CAL = flags.DEFINE_integer("num_calibration", 200, "Calibration crops.")
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 400, "Evaluation crops.")
-_ITERATIONS = flags.DEFINE_integer("adaround_iterations", 300, "AdaRound steps per layer.")
+_ITERATIONS = flags.DEFINE_integer("bench_adaround_iterations", 300, "AdaRound steps per layer "
+                                   "(pipelines.convert has --adaround_iterations).")
 _GPTQ_EPOCHS = flags.DEFINE_integer("gptq_epochs", 5, "MCT GPTQ epochs.")
 _CACHE = define("string", "cache", None, "Download cache (default: ~/.cache/tflq-corpus).")
 _SKIP_MCT = flags.DEFINE_bool("skip_mct", False, "Do not run Sony MCT.")
