@@ -123,3 +123,26 @@ def test_bad_arguments():
         options.ConvertOptions(adaround=True, adaround_iterations=0)
     with pytest.raises(ValueError, match="adaround_reg must be >= 0"):
         options.ConvertOptions(adaround=True, adaround_reg=-1.0)
+
+
+def test_nearly_dead_channels_are_deployed_exactly(tmp_path):
+    """The converter floors a channel's weight range at 1e-6 (scale 1e-6/254): AdaRound must
+    round such a channel on that scale too (VWW's MobileNetV1 has many such channels)."""
+    model = _model()
+    pw = model.get_layer("pw")
+    kernel, bias = pw.get_weights()
+    kernel[..., 2] *= 1e-8 / np.abs(kernel[..., 2]).max()  # max |w| = 1e-8
+    pw.set_weights([kernel, bias])
+    loaded = wrap_model(model, "ada")
+    name = loaded.input_names[0]
+    x = _x()
+    settings = options.ConvertOptions(adaround=True, adaround_iterations=20)
+    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
+                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
+                                       settings)
+    record = conversion.details["adaround"]
+    assert [r["deployed_exactly"] for r in record["layers"]] == [True] * 4
+    interp = Interpreter(model_content=conversion.content)
+    scales = [t["quantization_parameters"]["scales"] for t in interp.get_tensor_details()
+              if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) == 6]
+    assert len(scales) == 1 and scales[0][2] == pytest.approx(1e-6 / 254, rel=1e-6)

@@ -29,16 +29,18 @@ channel (or per tensor):
 **Deployment is exact.** The converter quantizes a kernel with scale max|w_c|/127; the
 largest weight of each channel is kept at its code ±127 (never rounded), so the converter's
 scale is s and its rounding returns exactly the learned codes: :func:`check_deployed` reads
-them back from the .tflite.
+them back from the .tflite. A (nearly) dead channel, whose range 2·max|w_c| is below
+:data:`CONVERTER_MIN_RANGE`, gets the converter's floor scale 1e-6/254 on both sides.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GRIDS", "levels", "apply", "check_deployed"]
+__all__ = ["GRIDS", "CONVERTER_MIN_RANGE", "levels", "apply", "check_deployed"]
 
 GRIDS = (8, 4)
+CONVERTER_MIN_RANGE = 1e-6  # the TFLite converter's smallest per-channel weight range
 _ZETA, _GAMMA = 1.1, -0.1
 _WEIGHT_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
 
@@ -62,9 +64,12 @@ def _channels_last(kind: str, kernel: np.ndarray) -> np.ndarray:
 
 
 def _scales(flat: np.ndarray, per_channel: bool) -> np.ndarray:
+    """The converter's weight scales: max|w| / 127, with its floor for (nearly) dead
+    channels: a range 2·max|w| below :data:`CONVERTER_MIN_RANGE` gets scale
+    CONVERTER_MIN_RANGE / 254 (read back from converted models)."""
     axes = tuple(range(flat.ndim - 1)) if per_channel else None
     top = np.abs(flat).max(axis=axes, keepdims=per_channel)
-    return np.where(top > 0, top / 127.0, 1.0)
+    return np.where(2.0 * top < CONVERTER_MIN_RANGE, CONVERTER_MIN_RANGE / 254.0, top / 127.0)
 
 
 def _bounds(codes: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
