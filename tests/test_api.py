@@ -199,7 +199,7 @@ def test_qat_from_a_dataset(tiny_model, data, tmp_path):
                       batch_size=32, verbose=0, latency_runs=2, layer_error_samples=0)
     assert list(result.modes) == ["int8"]
     assert result.report["data"]["calibration"] == {"source": "<tf.data.Dataset>",
-                                                    "num_samples": 64}
+                                                    "num_samples": 64, "has_labels": True}
     assert result.report["settings"]["model"] == "<in-memory model>"
     assert f"{tiny_model.name}_qat.h5" in result.files
     runner = interpreter.TfliteModel(result.modes["int8"].tflite)
