@@ -34,7 +34,7 @@ from pipelines.common import define
 
 _OUT = define("string", "out", None, "Output folder (default: bench_batch).")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Interleaved repeats for N=12.")
-_JSON = flags.DEFINE_string("json", None, "Result JSON (default: benchmarks/results/"
+_JSON = define("string", "json", None, "Result JSON (default: benchmarks/results/"
                             "benchmark_batch.json).")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

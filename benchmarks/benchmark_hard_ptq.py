@@ -30,7 +30,7 @@ from pipelines.common import define
 __all__ = ["METHODS", "TARGETS", "GAP_SLACK_PP", "MCT_PYTHON", "output_metrics", "method_checks", "run", "main"]
 
 _OUT = define("string", "out", None, "Output folder for .tflite files (default: bench_hard_ptq).")
-_JSON = flags.DEFINE_string("json", None, "Result JSON (default: benchmarks/results/"
+_JSON = define("string", "json", None, "Result JSON (default: benchmarks/results/"
                             "benchmark_hard_ptq.json).")
 _MODELS = flags.DEFINE_list("models", ["vww_mobilenet_v1", "resnet8_cifar10"],
                             "Corpus models to run (also: nsfwjs_mobilenet_v2, slow on 2 cores).")
