@@ -67,8 +67,8 @@ def _imports(module: str, path: pathlib.Path) -> list[tuple[str, list[str], int]
             submodules = [f"{node.module}.{n}" for n in names if f"{node.module}.{n}" in MODULES]
             found += [(m, [], node.lineno) for m in submodules]
             rest = [n for n in names if f"{node.module}.{n}" not in MODULES]
-            if rest:
-                found.append((node.module, rest, node.lineno))
+            # ``from package import module`` runs the package's __init__ first: an edge too.
+            found.append((node.module, rest, node.lineno))
     return found
 
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from tflq.batch import outcome
+import tflq.batch.outcome as outcome
 
 __all__ = ["ISOLATIONS", "STARTUP_TIMEOUT", "WorkerPolicy", "rss_of", "WarmWorker", "WarmSlot",
     "WorkerHost"]

@@ -52,8 +52,10 @@ import tempfile
 import threading
 import time
 
+import tflq.batch.outcome as outcome
+import tflq.batch.pool as pool
+import tflq.batch.schedule as schedule
 from tflq import report, runtime
-from tflq.batch import outcome, pool, schedule
 from tflq.batch.outcome import STATUS_CRASHED, STATUS_FAILED, STATUS_GATE, STATUS_OK, STATUS_TIMEOUT
 from tflq.batch.spec import BatchSpec, JobSpec
 from tflq.factories import FACTORY_RE
