@@ -65,6 +65,14 @@ def define_gates() -> tuple[flags.FlagHolder, flags.FlagHolder]:
                    "Gate: smallest top-1 agreement (0..1) with the float model."))
 
 
+def define_output_losses() -> flags.FlagHolder:
+    """--output_losses of the training commands (qat, compress)."""
+    return define(
+        "string", "output_losses", None, "Loss per model output, e.g. 'boxes=mse,classes=kl' "
+        "(kl: classification, cross-entropy on labels and KL distillation; mse: regression). "
+        "Outputs not named are inferred (softmax or class-named logits: kl; otherwise mse).")
+
+
 def report_gates(result) -> int:
     """Prints one ``quality gate failed:`` line on stderr when a gate failed; returns the job's
     exit code (0, or 3 for a failed gate)."""

@@ -24,6 +24,7 @@ from pipelines.common import (
     check_no_arguments,
     define,
     define_gates,
+    define_output_losses,
     guard,
     keras_verbose,
     report_gates,
@@ -69,10 +70,7 @@ _NUM_CALIBRATION_SAMPLES = define(
     "integer", "num_calibration_samples", None,
     "Calibration samples drawn from --data with --seed (default: 500).")
 _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
-_OUTPUT_LOSSES = define(
-    "string", "output_losses", None, "Loss per model output, e.g. 'boxes=mse,classes=kl' (kl: "
-    "classification, cross-entropy on labels and KL distillation; mse: regression). Outputs not "
-    "named are inferred (softmax or class-named logits: kl; otherwise mse).")
+_OUTPUT_LOSSES = define_output_losses()
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 

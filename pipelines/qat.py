@@ -20,6 +20,7 @@ from pipelines.common import (
     check_no_arguments,
     define,
     define_gates,
+    define_output_losses,
     guard,
     keras_verbose,
     report_gates,
@@ -63,10 +64,7 @@ _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
 _LAYER_ERROR_SAMPLES = define(
     "integer", "layer_error_samples", None, "Calibration (QAT: training) samples for the per-layer "
     "error of every quantized mode (default: 16; 0 turns it off).")
-_OUTPUT_LOSSES = define(
-    "string", "output_losses", None, "Loss per model output, e.g. 'boxes=mse,classes=kl' (kl: "
-    "classification, cross-entropy on labels and KL distillation; mse: regression). Outputs not "
-    "named are inferred (softmax or class-named logits: kl; otherwise mse).")
+_OUTPUT_LOSSES = define_output_losses()
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
 
 

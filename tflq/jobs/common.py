@@ -12,7 +12,8 @@ from tflq.data import open_data
 from tflq.fileio import write_atomic
 
 __all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate", "array_batches",
-           "load_training_data", "base_report", "finish", "write_outputs", "report_files",
+           "load_training_data", "evaluate_trained", "base_report", "finish", "write_outputs",
+           "report_files",
            "add_layer_error", "render_outputs", "write_files", "job_settings", "refuse_in_memory",
            "IN_MEMORY_FIELDS", "given", "tflite_output_names", "TrainingTargets",
            "training_targets", "rebuild_notes"]
@@ -144,6 +145,21 @@ def array_batches(x: dict, y, batch_size: int):
     for start in range(0, total, batch_size):
         yield ({n: v[start:start + batch_size] for n, v in x.items()},
                None if y is None else y[start:start + batch_size])
+
+
+def evaluate_trained(job, float_model, runner, float32: bytes, x_eval: dict, targets, observer):
+    """The evaluation of a training job (QAT, compress): the float model and the int8 .tflite
+    on the evaluation data, with ``observer`` for the job's own comparisons, then latency of
+    the float32 and int8 .tflite side by side. Returns (float result, comparisons, latency)."""
+    from tflq import interpreter
+
+    float_result, compared, _ = evaluate(
+        float_model, array_batches(x_eval, targets.eval_class_labels, job.batch_size),
+        {"int8": runner}, observers=[observer], primary=targets.primary)
+    latency = interpreter.measure_latency(
+        {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
+         "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)
+    return float_result, compared, latency
 
 
 def load_training_data(job, model, labelled: bool = True):

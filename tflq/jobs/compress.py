@@ -32,10 +32,9 @@ from tflq import options, report, runtime
 from tflq.inmemory import describe
 from tflq.jobs.common import (
     JobResult,
-    array_batches,
     base_report,
     check_samples,
-    evaluate,
+    evaluate_trained,
     finish,
     job_settings,
     load_training_data,
@@ -228,13 +227,9 @@ def run_compress_job(job: CompressJob) -> JobResult:
         seen[0] += n
         per_output.update(reference, outputs["int8"], per_labels)
 
-    float_result, compared, _ = evaluate(
-        float_model, array_batches(x_eval, targets.eval_class_labels, job.batch_size),
-        {"int8": runner}, observers=[observe], primary=targets.primary)
+    float_result, compared, latency = evaluate_trained(job, float_model, runner, float32, x_eval,
+                                                       targets, observe)
     base = float_result["accuracy"]
-    latency = interpreter.measure_latency(
-        {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
-         "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)
     weights = sum(row["weights"] for row in stats)
     zeros = sum(row["weights"] * row["sparsity"] for row in stats)
     stem = float_model.stem

@@ -13,10 +13,9 @@ from tflq.inmemory import describe
 from tflq.jobs.common import (
     JobResult,
     add_layer_error,
-    array_batches,
     base_report,
     check_samples,
-    evaluate,
+    evaluate_trained,
     finish,
     given,
     job_settings,
@@ -210,13 +209,9 @@ def _validate_and_report(job, float_model, source, student, feed, targets, x_tra
                                      num_threads=job.num_threads)
     steps = [runner.output_scale(n) for n in runner.output_names]
     parity = _Parity(student, feed, keras_names, targets, steps)
-    float_result, compared, _ = evaluate(
-        float_model, array_batches(x_eval, targets.eval_class_labels, job.batch_size),
-        {"int8": runner}, observers=[parity], primary=targets.primary)
+    float_result, compared, latency = evaluate_trained(job, float_model, runner, float32, x_eval,
+                                                       targets, parity)
     base = float_result["accuracy"]
-    latency = interpreter.measure_latency(
-        {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
-         "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)
     chosen = schemes.get_scheme(job.scheme)
     if not chosen.exact:
         notes.append(f"{job.scheme} weights do not fit TFLite's int8 weight format: the converter "
