@@ -242,7 +242,7 @@ def test_qat_job_failure_after_fit_drops_the_checkpoint_without_the_cli(tmp_path
 def test_compress_internal_error(capsys, tmp_path, tiny_files, monkeypatch):
     from tflq.jobs import compress as compress_job
 
-    monkeypatch.setattr(compress_job, "evaluate", _boom)
+    monkeypatch.setattr(compress_job, "evaluate_trained", _boom)
     out = tmp_path / "out"
     before = _prefilled(out)
     code, err = _run(compress, capsys, model=tiny_files["model"], train_data=tiny_files["data"],
