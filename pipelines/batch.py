@@ -20,7 +20,8 @@ import sys
 
 from absl import flags
 
-from pipelines.common import BACKEND_HELP, check_no_arguments, define, guard, progress_setting, run_main
+from pipelines.common import check_no_arguments, define, guard, progress_setting, run_main
+from tflq.jobs.convert import BACKEND_HELP
 
 _SPEC = flags.DEFINE_string("spec", None, "Job spec (.toml, or .yaml/.yml).")
 _OUT = define("string", "out", None, "Batch output folder (default: tflq_batch).")

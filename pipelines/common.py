@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from tflq import settings
+
 _DEFINED: dict[str, tuple[str, object]] = {}  # registry: flag name -> (kind, default)
 
 
@@ -38,7 +40,10 @@ def define(kind: str, name: str, default, help_text: str, **kwargs) -> flags.Fla
                 f"{_DEFINED[name]} vs {(kind, default)}. Give both None and resolve the default "
                 "in main().")
         return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-    holder = getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
+    if kind == "enum":
+        holder = flags.DEFINE_enum(name, default, kwargs.pop("enum_values"), help_text, **kwargs)
+    else:
+        holder = getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
     _DEFINED[name] = (kind, default)
     return holder
 
@@ -50,27 +55,42 @@ def require(**values) -> None:
             raise ValueError(f"--{name} is required.")
 
 
-# One --backend flag, two meanings (scripts share a process in tests): each script checks
-# its own values.
-BACKEND_HELP = ("pipelines.batch: where jobs run, local or ray (default local). "
-                "pipelines.convert: who quantizes, converter, litert (LiteRT Quantizer "
-                "--recipes) or both side by side (default converter).")
+def define_settings(job_class, skip: tuple[str, ...] = ()) -> dict[str, flags.FlagHolder]:
+    """Defines one flag per setting of ``job_class`` (:func:`tflq.settings.settings_of`): its
+    name, kind, default, help text and, for an enum, allowed values come from the job's field.
+
+    Args:
+      job_class: a job dataclass, e.g. :class:`tflq.jobs.convert.ConvertJob`.
+      skip: settings the command defines itself.
+
+    Returns:
+      ``{setting name: FlagHolder}``; read them with :func:`setting_values`.
+    """
+    holders = {}
+    for item in settings.settings_of(job_class):
+        if not item.cli or item.name in skip:
+            continue
+        extra = {}
+        if item.flag_kind == "enum":
+            extra["enum_values"] = [str(c) for c in item.choices]
+        holders[item.name] = define(item.flag_kind, item.name, item.flag_default, item.help,
+                                    **extra)
+    return holders
 
 
-def define_gates() -> tuple[flags.FlagHolder, flags.FlagHolder]:
-    """The two quality-gate flags every job command takes (shared when scripts share a process)."""
-    return (define("float", "max_accuracy_drop", None,
-                   "Gate: largest accuracy drop (percentage points) of any mode."),
-            define("float", "min_agreement", None,
-                   "Gate: smallest top-1 agreement (0..1) with the float model."))
+def setting_values(job_class, holders: dict[str, flags.FlagHolder]) -> dict:
+    """The values the user set (flags left at None are left out: the job's default applies),
+    as :func:`tflq.settings.build` takes them.
 
-
-def define_output_losses() -> flags.FlagHolder:
-    """--output_losses of the training commands (qat, compress)."""
-    return define(
-        "string", "output_losses", None, "Loss per model output, e.g. 'boxes=mse,classes=kl' "
-        "(kl: classification, cross-entropy on labels and KL distillation; mse: regression). "
-        "Outputs not named are inferred (softmax or class-named logits: kl; otherwise mse).")
+    Raises:
+      ValueError: a flag value that does not parse (naming the flag).
+    """
+    values = {}
+    for item in settings.settings_of(job_class):
+        holder = holders.get(item.name)
+        if holder is not None and holder.value is not None:
+            values[item.name] = settings.from_flag(item, holder.value, f"--{item.name}")
+    return values
 
 
 def report_gates(result) -> int:
@@ -223,8 +243,9 @@ def check_no_arguments(argv) -> None:
 def help_text(module) -> str:
     """The command's docstring (its examples exactly as written) and its flags: those the
     module holds (``_NAME = define(...)``) and the ones every command takes."""
-    holders = [v for v in (*vars(module).values(), _VERBOSE, _PROGRESS, _VERSION)
-               if isinstance(v, flags.FlagHolder)]
+    found = [*vars(module).values(), _VERBOSE, _PROGRESS, _VERSION]
+    found += [h for v in vars(module).values() if isinstance(v, dict) for h in v.values()]
+    holders = [v for v in found if isinstance(v, flags.FlagHolder)]
     parts = [(module.__doc__ or "").strip("\n"), "", "Flags:"]
     for name in sorted({h.name for h in holders}):
         flag = flags.FLAGS[name]

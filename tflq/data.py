@@ -22,6 +22,7 @@ import numpy as np
 
 from tflq.factories import import_callable, is_factory
 from tflq.inmemory import CallableSource, DataSource, Sample, is_in_memory, open_in_memory
+from tflq.settings import setting
 from tflq.signature import TensorSpec
 
 __all__ = ["NORMALIZATIONS", "IMAGE_SUFFIXES", "Sample", "DataOptions", "normalize_pixels",
@@ -41,8 +42,11 @@ class DataOptions:
         model's input size.
     """
 
-    normalize: str = "0_1"
-    image_size: tuple[int, int] | None = None
+    normalize: str = setting(
+        "How IDX and image-folder pixels are scaled: x/255, x/127.5-1, or raw 0..255.", "0_1",
+        choices=NORMALIZATIONS)
+    image_size: tuple[int, int] | None = setting(
+        "HxW to resize image-folder images to (default: the model's size).", None, kind="size")
 
     def __post_init__(self):
         if self.normalize not in NORMALIZATIONS:

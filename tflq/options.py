@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from tflq.settings import setting
+
 __all__ = ["Mode", "ALL_MODES", "RANGE_ESTIMATORS", "parse_modes", "ConvertOptions"]
 
 
@@ -72,18 +74,36 @@ class ConvertOptions:
         slice of the calibration data held apart for selection (:mod:`tflq.ptq.auto`).
     """
 
-    integer_io: bool = False
-    per_channel: bool = True
-    allow_float_ops: bool = False
-    range_estimator: str | None = None
-    percentile: float = 99.99
-    equalize: bool = False
-    selective: bool = False
-    adaround: bool = False
-    adaround_bits: int = 8
-    adaround_iterations: int = 500
-    adaround_reg: float = 0.01
-    auto: bool = False
+    integer_io: bool = setting(
+        "int8/int16x8 models take and return integers instead of float32.", False)
+    per_channel: bool = setting("int8 weights per tensor instead of per channel.", True,
+                                flag="per_tensor", negate=True)
+    allow_float_ops: bool = setting(
+        "Let int8/int16x8 keep ops without integer kernels in float.", False)
+    range_estimator: str | None = setting(
+        "int8 activation ranges from tflq's estimators instead of the converter's min/max "
+        "(tf_keras models).", None, choices=RANGE_ESTIMATORS)
+    percentile: float = setting("Percentile for --range_estimator=percentile.", 99.99)
+    equalize: bool = setting("int8 after cross-layer equalization and bias correction "
+                             "(tf_keras models).", False)
+    selective: bool = setting(
+        "int8 keeps the fewest most sensitive ops in float (TFLite's QuantizationDebugger "
+        "RMSE/scale) that bring the accuracy drop within --max_accuracy_drop (labelled data) "
+        "and/or the top-1 agreement above --min_agreement, chosen on one calibration sample in "
+        "five held apart (never on --eval_data); if even all-float misses it, the best model is "
+        "written and the gate exits 3.", False)
+    adaround: bool = setting(
+        "int8 weights rounded by AdaRound (learned up/down rounding, layer by layer on the "
+        "calibration data); the .tflite carries exactly the learned codes.", False)
+    adaround_bits: int = setting(
+        "AdaRound weight grid: 8 (int8) or 4 (15 int8 code levels per channel: 0, ±18, …, ±108, "
+        "±127).", 8, choices=(8, 4))
+    adaround_iterations: int = setting("AdaRound optimizer steps per layer.", 500)
+    adaround_reg: float = setting("AdaRound rounding-regularizer weight λ.", 0.01)
+    auto: bool = setting(
+        "int8 from the best of the plain converter, the range estimators and equalization, "
+        "chosen on one calibration sample in five held apart (never on --eval_data); the report "
+        "lists every candidate's score.", False)
 
     def __post_init__(self):
         if self.range_estimator is not None:

@@ -8,6 +8,8 @@ import io
 import json
 import math
 
+from tflq.settings import setting
+
 __all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
            "format_qat", "format_selective", "format_table", "to_markdown",
            "format_compression", "format_device_table", "to_png", "format_findings",
@@ -31,8 +33,10 @@ class Gates:
       min_agreement: smallest allowed top-1 agreement with the float model, in [0, 1].
     """
 
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
+    max_accuracy_drop: float | None = setting(
+        "Gate: largest accuracy drop (percentage points) of any mode.", None, kind="float")
+    min_agreement: float | None = setting(
+        "Gate: smallest top-1 agreement (0..1) with the float model.", None, kind="float")
 
     def __post_init__(self):
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:

@@ -41,6 +41,12 @@ def given(value) -> bool:
     return value is not None and not (isinstance(value, str) and not value)
 
 
+# --output_losses of the training jobs (qat, compress): one text for both.
+OUTPUT_LOSSES_HELP = (
+    "Loss per model output, e.g. 'boxes=mse,classes=kl' (kl: classification, cross-entropy on "
+    "labels and KL distillation; mse: regression). Outputs not named are inferred (softmax or "
+    "class-named logits: kl; otherwise mse).")
+
 def job_settings(job) -> dict:
     """``dataclasses.asdict(job)`` with in-memory inputs replaced by their descriptions
     (``<in-memory model>``, ``<numpy arrays (N samples)>``, ...)."""

@@ -11,6 +11,7 @@ import numpy as np
 from tflq import metrics, report
 from tflq.inmemory import describe
 from tflq.jobs.common import (
+    OUTPUT_LOSSES_HELP,
     JobResult,
     add_layer_error,
     base_report,
@@ -26,10 +27,12 @@ from tflq.jobs.common import (
 )
 from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
+from tflq.settings import setting
 
-__all__ = ["DISTRIBUTIONS", "LSB_SLACK", "QATJob", "run_qat_job"]
+__all__ = ["DISTRIBUTIONS", "STRATEGIES", "LSB_SLACK", "QATJob", "run_qat_job"]
 
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
+STRATEGIES = ("gradient", "statistics", "distill")  # those of tflq.quant.qat, named here
 
 
 # QAT Keras outputs and int8 TFLite outputs are compared in units of the output's
@@ -45,33 +48,51 @@ class QATJob:
     held in memory (:func:`tflq.data.open_data`); ``out`` None writes nothing (the files are
     in the result's ``contents``; an interrupted run then cannot resume)."""
 
-    model: object
-    train_data: object
-    eval_data: object
-    out: str | None
-    scheme: str = "default_int8"
-    strategy: str = "gradient"
-    teacher: str | None = None
-    epochs: int = 2
-    batch_size: int = 64
-    learning_rate: float = 1e-4
-    quant_error_weight: float = 0.0
-    temperature: float = 4.0
-    alpha: float = 0.5
-    overrides: tuple = ()
-    activation_ranges: str | None = None
-    range_k: float = 3.0
-    distribution: str = "default"
-    num_train_samples: int | None = None
-    seed: int = 0
+    model: object = setting("Float tf_keras model to train (.keras/.h5/SavedModel/"
+                            "module:function).", kind="str", is_path=True)
+    train_data: object = setting(
+        "Training data (same kinds as pipelines.convert --data); labels per output as "
+        "y_<output name> in an .npz; unlabelled with distillation.", kind="str", is_path=True)
+    eval_data: object = setting("Evaluation data (labels optional).", kind="str", is_path=True)
+    out: str | None = setting("Output folder (default: tflq_qat).", kind="str")
+    scheme: str = setting("QAT weight scheme: default_int8, pow2, asymmetric, log_companding, "
+                          "linear or lsq.", "default_int8")
+    strategy: str = setting("gradient (STE, optional quantization-error loss), statistics "
+                            "(moving-average ranges, weights frozen), distill (teacher).",
+                            "gradient", choices=STRATEGIES)
+    teacher: str | None = setting("Float teacher for --strategy=distill.", None, kind="str",
+                                  is_path=True)
+    # The commands train 10 epochs; a notebook's quick try (tflq.qat) 2.
+    epochs: int = setting("Training epochs.", 2, cli_default=10)
+    batch_size: int = setting("Batch size (default: 64).", 64, flag_none=True)
+    learning_rate: float = setting("Adam learning rate.", 1e-4)
+    quant_error_weight: float = setting("λ of the quantization-error loss (gradient strategy).",
+                                        0.0)
+    temperature: float = setting("Distillation temperature.", 4.0)
+    alpha: float = setting("Weight of the label loss against distillation.", 0.5)
+    overrides: tuple = setting("JSON list of per-layer overrides, e.g. "
+                               '\'[{"match": "^conv2d$", "weight_bits": 8}]\'.', (),
+                               kind="json", flag_none=True)
+    activation_ranges: str | None = setting(
+        "Activation ranges: moving averages of batch min/max (default: tfmot's quantizer; "
+        "minmax: tflq's) or of mean ± k·σ (meanstd, clipped to min/max).", None,
+        choices=("minmax", "meanstd"), none_as="default")
+    range_k: float = setting("k for --activation_ranges=meanstd.", 3.0)
+    distribution: str = setting("tf.distribute strategy (multi_worker reads TF_CONFIG).",
+                                "default", choices=DISTRIBUTIONS)
+    num_train_samples: int | None = setting("Train on at most this many samples (seeded draw).",
+                                            None, kind="int")
+    seed: int = setting("Seed for sampling and initialization.", 0)
     num_threads: int = 1
     latency_runs: int = 50
     verbose: int = 2
     gates: report.Gates = report.Gates()
-    layer_error_samples: int = DEFAULT_SAMPLES  # training samples for per-layer error; 0: off
+    layer_error_samples: int = setting(
+        "Calibration (QAT: training) samples for the per-layer error of every quantized mode "
+        "(default: 16; 0 turns it off).", DEFAULT_SAMPLES, flag_none=True)
     # Loss per output name, "kl" (classification) or "mse" (regression); the rest is inferred
     # (tflq.quant.heads.infer_heads). A mapping, "name=kind,..." or (name, kind) pairs.
-    output_losses: tuple = ()
+    output_losses: tuple = setting(OUTPUT_LOSSES_HELP, (), kind="losses", flag_none=True)
 
     def __post_init__(self):
         from tflq.quant import heads, schemes
