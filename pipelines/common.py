@@ -240,14 +240,22 @@ def check_no_arguments(argv) -> None:
                              "written --name=value).")
 
 
+COMMON_FLAGS = frozenset({_VERBOSE.name, _PROGRESS.name, _VERSION.name})  # every command's
+
+
+def command_flags(module) -> set[str]:
+    """The flags a command module defines (``_NAME = define(...)`` and the ``{name: holder}`` of
+    :func:`define_settings`), without :data:`COMMON_FLAGS`."""
+    found = list(vars(module).values())
+    found += [h for v in vars(module).values() if isinstance(v, dict) for h in v.values()]
+    return {h.name for h in found if isinstance(h, flags.FlagHolder)} - COMMON_FLAGS
+
+
 def help_text(module) -> str:
     """The command's docstring (its examples exactly as written) and its flags: those the
     module holds (``_NAME = define(...)``) and the ones every command takes."""
-    found = [*vars(module).values(), _VERBOSE, _PROGRESS, _VERSION]
-    found += [h for v in vars(module).values() if isinstance(v, dict) for h in v.values()]
-    holders = [v for v in found if isinstance(v, flags.FlagHolder)]
     parts = [(module.__doc__ or "").strip("\n"), "", "Flags:"]
-    for name in sorted({h.name for h in holders}):
+    for name in sorted(command_flags(module) | COMMON_FLAGS):
         flag = flags.FLAGS[name]
         default = "" if flag.default is None else f" (default: {flag.default_as_str})"
         parts.append(textwrap.fill(f"--{name}: {flag.help}{default}", width=100,

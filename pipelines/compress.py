@@ -36,6 +36,17 @@ from tflq.jobs.compress import CompressJob
 _SETTINGS = define_settings(CompressJob)
 
 
+def build_job() -> CompressJob:
+    """Turns the flags into a CompressJob (ValueError naming the flag on a bad value)."""
+    from tflq import settings
+
+    values = setting_values(CompressJob, _SETTINGS)
+    require(model=values.get("model"), train_data=values.get("train_data"),
+            eval_data=values.get("eval_data"))
+    values["out"] = output_folder()
+    return settings.build(CompressJob, values, verbose=keras_verbose())
+
+
 def output_folder() -> str:
     return _SETTINGS["out"].value or "tflq_compress"
 
@@ -48,14 +59,10 @@ def main(argv) -> int:
 def _compress(argv) -> int:
     check_no_arguments(argv)
     logging.set_verbosity(logging.WARNING)
-    from tflq import report, settings
+    from tflq import report
     from tflq.jobs import compress as compress_job
 
-    values = setting_values(CompressJob, _SETTINGS)
-    require(model=values.get("model"), train_data=values.get("train_data"),
-            eval_data=values.get("eval_data"))
-    values["out"] = output_folder()
-    job = settings.build(CompressJob, values, verbose=keras_verbose())
+    job = build_job()
     result = compress_job.run_compress_job(job)
     print(report.format_table(result.report))
     c = result.report["compression"]

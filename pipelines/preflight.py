@@ -23,6 +23,15 @@ from tflq.jobs.preflight import PreflightJob
 _SETTINGS = define_settings(PreflightJob)
 
 
+def build_job() -> PreflightJob:
+    """Turns the flags into a PreflightJob (ValueError naming the flag on a bad value)."""
+    from tflq import settings
+
+    values = setting_values(PreflightJob, _SETTINGS)
+    require(model=values.get("model"))
+    return settings.build(PreflightJob, values)
+
+
 def output_folder() -> str | None:
     return _SETTINGS["out"].value
 
@@ -35,12 +44,10 @@ def main(argv) -> int:
 def _preflight(argv) -> int:
     check_no_arguments(argv)
     logging.set_verbosity(logging.WARNING)
-    from tflq import report, settings
+    from tflq import report
     from tflq.jobs import preflight as preflight_job
 
-    values = setting_values(PreflightJob, _SETTINGS)
-    require(model=values.get("model"))
-    job = settings.build(PreflightJob, values)
+    job = build_job()
     result = preflight_job.run_preflight_job(job)
     print(report.format_findings(result.report["findings"]))
     if result.files:

@@ -30,6 +30,17 @@ from tflq.jobs.qat import QATJob
 _SETTINGS = define_settings(QATJob)
 
 
+def build_job() -> QATJob:
+    """Turns the flags into a QATJob (ValueError naming the flag on a bad value)."""
+    from tflq import settings
+
+    values = setting_values(QATJob, _SETTINGS)
+    require(model=values.get("model"), train_data=values.get("train_data"),
+            eval_data=values.get("eval_data"))
+    values["out"] = output_folder()
+    return settings.build(QATJob, values, verbose=keras_verbose())
+
+
 def output_folder() -> str:
     return _SETTINGS["out"].value or "tflq_qat"
 
@@ -42,14 +53,10 @@ def main(argv) -> int:
 def _qat(argv) -> int:
     check_no_arguments(argv)
     logging.set_verbosity(logging.WARNING)
-    from tflq import report, settings
+    from tflq import report
     from tflq.jobs import qat as qat_job
 
-    values = setting_values(QATJob, _SETTINGS)
-    require(model=values.get("model"), train_data=values.get("train_data"),
-            eval_data=values.get("eval_data"))
-    values["out"] = output_folder()
-    job = settings.build(QATJob, values, verbose=keras_verbose())
+    job = build_job()
     result = qat_job.run_qat_job(job)
     print(report.format_table(result.report))
     parity = result.report["qat"]["parity"]

@@ -30,10 +30,10 @@ _FLAG_KINDS = {"bool": "bool", "int": "integer", "float": "float", "str": "strin
                "enum": "enum", "list": "list", "size": "string", "json": "string",
                "losses": "string"}
 # What a spec value of each kind must be, as said in errors.
-_EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a number",
-             "str": "a string", "list": "a list of strings (or one comma-separated string)",
-             "size": "[height, width] (two positive integers)",
-             "json": "a list of tables", "losses": "a table of output = loss, or 'name=loss,...'"}
+_EXPECTED = {"bool": "bool", "int": "int", "float": "int or float", "str": "str",
+             "list": "list or str (a list of strings, or one comma-separated string)",
+             "size": "list [height, width] of two positive ints", "json": "list of tables",
+             "losses": "str or table (output = loss, or 'name=loss,...')"}
 _MISSING = dataclasses.MISSING
 
 
@@ -228,7 +228,7 @@ def check_value(item: Setting, value, where: str):
     (a comma string for a list becomes a list).
 
     Raises:
-      ValueError: ``"<where>: <key> must be <what>. Received: <value>"``; for an enum the
+      ValueError: ``"<where>.<key> must be <what>. Received: <value>"``; for an enum the
         allowed values.
     """
     if value is None and item.default is None:
@@ -236,9 +236,9 @@ def check_value(item: Setting, value, where: str):
     if not _fits(item, value):
         expected = (f"one of {list(item.choices)}" if item.kind == "enum"
                     else _EXPECTED[item.kind])
-        raise ValueError(f"{where}: {item.name} must be {expected}. Received: {value!r}")
+        raise ValueError(f"{where}.{item.name} must be {expected}. Received: {value!r}")
     if item.kind == "enum" and value not in item.choices:
-        raise ValueError(f"{where}: {item.name} must be one of {list(item.choices)}. "
+        raise ValueError(f"{where}.{item.name} must be one of {list(item.choices)}. "
                          f"Received: {value!r}")
     if item.kind == "list" and isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]

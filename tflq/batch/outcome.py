@@ -77,7 +77,8 @@ def describe(payload: dict, status: str, error: str | None, seconds: float,
     result = result or {}
     produced = status in (STATUS_OK, STATUS_GATE)
     return {
-        "name": payload["name"], "status": status, "error": error, "cached": False,
+        "name": payload["name"], "kind": payload.get("kind", "convert"), "status": status,
+        "error": error, "cached": False,
         "seconds": seconds, "log": payload["log"], "out": payload["out"],
         "artifacts": _artifacts(payload["out"]) if produced else [],
         "metrics": _metrics(os.path.join(payload["out"], "report.json")) if produced else {},

@@ -60,6 +60,8 @@ from tflq.batch.outcome import STATUS_CRASHED, STATUS_FAILED, STATUS_GATE, STATU
 from tflq.batch.spec import BatchSpec, JobSpec
 from tflq.factories import FACTORY_RE
 from tflq.fileio import sha256_of, update_digest, write_atomic
+from tflq.jobs.common import job_settings
+from tflq.settings import settings_of
 
 __all__ = ["STATUS_OK", "STATUS_GATE", "STATUS_FAILED", "STATUS_TIMEOUT", "STATUS_CRASHED",
     "BACKENDS", "versions", "cache_key", "execute_job", "BatchResult", "run_batch",
@@ -93,13 +95,18 @@ def versions() -> dict:
 def cache_key(spec: JobSpec) -> str:
     """sha256 over the model bytes, the data bytes, the job's settings and the versions."""
     digest = hashlib.sha256()
-    for label in ("model", "data", "eval_data"):
+    if spec.kind != "convert":  # (convert jobs keep the keys they had before kinds existed)
+        digest.update(f"\0kind\0{spec.kind}".encode())
+    for label in [s.name for s in settings_of(type(spec.job)) if s.is_path]:
         value = getattr(spec.job, label)
         digest.update(f"\0{label}\0".encode())
         if value:
             _hash_path(digest, value)
-    settings = spec.job.settings()
-    settings["gates"] = spec.job.gates.to_dict()
+    if spec.kind == "convert":
+        settings = spec.job.settings()
+        settings["gates"] = spec.job.gates.to_dict()
+    else:
+        settings = job_settings(spec.job)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(json.dumps(versions(), sort_keys=True).encode())
     return digest.hexdigest()
@@ -136,8 +143,8 @@ def execute_job(payload: dict) -> dict:
     """Runs one job in a fresh ``python -m tflq.batch.worker`` process and describes the outcome.
 
     ``payload`` holds ``name``, ``out``, ``log``, ``timeout``, ``max_memory_mb``,
-    ``threads``, ``env`` (variables for the worker, e.g. ``TF_USE_LEGACY_KERAS``) and the
-    job (``ConvertJob.to_dict()``). Runs anywhere tflq is installed (the Ray backend ships
+    ``threads``, ``env`` (variables for the worker, e.g. ``TF_USE_LEGACY_KERAS``), the job's
+    ``kind`` and the job (its ``to_dict()``). Runs anywhere tflq is installed (the Ray backend ships
     it to cluster nodes).
     """
     start = time.perf_counter()
@@ -202,7 +209,7 @@ def _payload(spec: JobSpec, out: str, threads: int) -> dict:
     legacy = os.environ.get("TF_USE_LEGACY_KERAS", "1")
     return {"name": spec.name, "out": spec.out, "log": os.path.join(out, "logs", f"{spec.name}.log"),
             "timeout": spec.timeout, "max_memory_mb": spec.max_memory_mb, "threads": threads,
-            "env": {"TF_USE_LEGACY_KERAS": legacy}, "job": spec.job.to_dict()}
+            "env": {"TF_USE_LEGACY_KERAS": legacy}, "kind": spec.kind, "job": spec.job.to_dict()}
 
 
 def _write_manifest(out: str, spec: BatchSpec, outcomes: dict, started: str, seconds: float,

@@ -1,7 +1,7 @@
 """Batch job runner processes.
 
 ``python -m tflq.batch.worker job.json`` runs one job (fresh-process isolation): it reads
-the payload written by :func:`tflq.batch.runner.execute_job`, runs the conversion and
+the payload written by :func:`tflq.batch.runner.execute_job`, runs the job and
 writes ``{"exit_code", "error", "gate_failures", "files", "peak_rss_mb"}`` to the result
 file. Exit code: the job's (0, 2 or 3), or 1 for an unexpected error or running out of
 memory. Output goes to the job's log file.
@@ -74,8 +74,25 @@ def _seed_everything(seed: int) -> None:
         sys.modules["keras"].utils.set_random_seed(seed)
 
 
+def _job_kind(kind: str):
+    """(job class, run function) of a payload's ``kind`` (those of :data:`tflq.batch.spec.JOB_KINDS`)."""
+    if kind == "qat":
+        from tflq.jobs import qat
+
+        return qat.QATJob, qat.run_qat_job
+    if kind == "compress":
+        from tflq.jobs import compress
+
+        return compress.CompressJob, compress.run_compress_job
+    if kind != "convert":
+        raise ValueError(f"Unknown job kind {kind!r}. Available: ['convert', 'qat', 'compress']")
+    from tflq.jobs import convert
+
+    return convert.ConvertJob, convert.run_job
+
+
 def run_payload(payload: dict) -> dict:
-    """Runs the conversion job of one payload in this process; never raises.
+    """Runs the job (convert, qat or compress: the payload's ``kind``) of one payload in this process; never raises.
 
     Returns:
       ``{"exit_code", "error", "gate_failures", "files", "recycle"}``; ``recycle`` says why
@@ -85,12 +102,14 @@ def run_payload(payload: dict) -> dict:
     result = {"exit_code": 1, "error": None, "gate_failures": [], "files": [], "recycle": None}
     try:
         from tflq import runtime
-        from tflq.jobs import convert as convert_job
 
-        job = convert_job.ConvertJob.from_dict(payload["job"])
+        kind = payload.get("kind", "convert")
+        job_class, run_job = _job_kind(kind)
+        job = job_class.from_dict(payload["job"])
         _seed_everything(job.seed)
-        print(f"tflq worker {os.getpid()}: job {payload['name']!r} -> {job.out}", flush=True)
-        outcome = convert_job.run_job(job)
+        print(f"tflq worker {os.getpid()}: {kind} job {payload['name']!r} -> {job.out}",
+              flush=True)
+        outcome = run_job(job)
         result.update(exit_code=outcome.exit_code, gate_failures=list(outcome.gate_failures),
                       files=list(outcome.files))
     except ValueError as e:
@@ -219,7 +238,9 @@ def serve(threads: int = 0) -> int:
     import keras  # noqa: F401
 
     import tflq.interpreter  # noqa: F401
+    import tflq.jobs.compress  # noqa: F401
     import tflq.jobs.convert  # noqa: F401
+    import tflq.jobs.qat  # noqa: F401
     import tflq.ptq.convert  # noqa: F401
 
     # The modules' objects live as long as the worker: kept out of every later collection,

@@ -38,7 +38,9 @@ from tflq.jobs.common import (
     check_samples,
     evaluate_trained,
     finish,
+    job_from_dict,
     job_settings,
+    job_to_dict,
     load_training_data,
     rebuild_notes,
     tflite_output_names,
@@ -121,8 +123,8 @@ class CompressJob:
     num_calibration_samples: int = setting(
         "Calibration samples drawn from --data with --seed (default: 500).", 500, flag_none=True)
     seed: int = setting("Seed for sampling and initialization.", 0)
-    num_threads: int = 1
-    latency_runs: int = 50
+    num_threads: int = setting("Interpreter threads.", 1)
+    latency_runs: int = setting("Timed batch-1 runs per mode (default: 50).", 50, flag_none=True)
     verbose: int = 2
     gates: report.Gates = report.Gates()
     output_losses: tuple = setting(OUTPUT_LOSSES_HELP, (), kind="losses", flag_none=True)
@@ -183,6 +185,14 @@ class CompressJob:
     @property
     def clusters_weights(self) -> bool:
         return self.clusters >= 2
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (paths only); :meth:`from_dict` rebuilds an equal job."""
+        return job_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CompressJob:
+        return job_from_dict(cls, data)
 
 
 def sparse_encoded_size(make_converter) -> dict:

@@ -19,7 +19,9 @@ from tflq.jobs.common import (
     evaluate_trained,
     finish,
     given,
+    job_from_dict,
     job_settings,
+    job_to_dict,
     load_training_data,
     rebuild_notes,
     tflite_output_names,
@@ -83,8 +85,8 @@ class QATJob:
     num_train_samples: int | None = setting("Train on at most this many samples (seeded draw).",
                                             None, kind="int")
     seed: int = setting("Seed for sampling and initialization.", 0)
-    num_threads: int = 1
-    latency_runs: int = 50
+    num_threads: int = setting("Interpreter threads.", 1)
+    latency_runs: int = setting("Timed batch-1 runs per mode (default: 50).", 50, flag_none=True)
     verbose: int = 2
     gates: report.Gates = report.Gates()
     layer_error_samples: int = setting(
@@ -120,6 +122,14 @@ class QATJob:
         for override in self.overrides:
             schemes.Override.from_dict(dict(override))
         schemes.activation_quantizer(self.activation_ranges, self.range_k)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (paths only); :meth:`from_dict` rebuilds an equal job."""
+        return job_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QATJob:
+        return job_from_dict(cls, data)
 
 
 def _distribution(name: str):
