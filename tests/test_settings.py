@@ -33,7 +33,8 @@ COMMAND_ONLY = {"convert": {"quiet"}, "qat": set(), "compress": set(), "prefligh
 # Spec keys of the batch itself, not flags of the job commands.
 BATCH_ONLY = {"name", "kind", "timeout", "max_memory_mb"}
 # Where the commands' default differs from the Python API's (declared with cli_default).
-CLI_DEFAULTS = {"qat": {"epochs": (2, 10)}, "compress": {"epochs": (2, 10)}}
+CLI_DEFAULTS = {"qat": {"epochs": (2, 10)}, "compress": {"epochs": (2, 10)},
+                "convert": {"backend": (None, "converter")}}
 
 
 @pytest.mark.parametrize("kind", ["convert", "qat", "compress"])
@@ -104,7 +105,7 @@ def test_flags_left_alone_give_the_jobs_own_defaults(tmp_path):
     paths = {"model": "m.keras", "eval_data": "e.npz", "out": str(tmp_path / "o")}
     with flagsaver.flagsaver(data="d.npz", quiet=True, **paths):
         job = convert_cli.build_job()
-    assert job == ConvertJob(data="d.npz", progress=False, **paths)
+    assert job == ConvertJob(data="d.npz", progress=False, backend="converter", **paths)
     for module, job_class in ((qat_cli, QATJob), (compress_cli, CompressJob)):
         with flagsaver.flagsaver(train_data="t.npz", **paths):
             job = module.build_job()

@@ -179,7 +179,7 @@ class _Reader:
         line = _line_of(self.lines, key, start) if key else None
         return f"line {line}: " if line else ""
 
-    def settings(self, kind: str, entry: dict, where: str, start: int) -> dict:
+    def settings(self, kind: str, entry: dict, where: str, start: int, at_job: str) -> dict:
         """The job's values: its kind's keys from [defaults], then its own, each checked."""
         known = spec_settings(kind)
         values = {}
@@ -202,7 +202,7 @@ class _Reader:
             if item.is_path and values.get(key):
                 values[key] = _resolve_path(self.base, values[key])
                 if not FACTORY_RE.match(values[key]) and not os.path.exists(values[key]):
-                    raise ValueError(f"{self.path}: {self.at(None, start)}{where}: {key} not "
+                    raise ValueError(f"{self.path}: {at_job}{where}: {key} not "
                                      f"found: {values[key]!r}")
         return values
 
@@ -272,7 +272,7 @@ def _job_spec(reader: _Reader, entry, i: int, start: int, line: int | None, out:
         raise ValueError(f"{path}: {at}{where} must be a table.")
     kind = _job_kind(reader, entry, where, start)
     _check_types(path, reader.lines, entry, where, start, types=BATCH_KEYS)
-    values = reader.settings(kind, entry, where, start)
+    values = reader.settings(kind, entry, where, start, at)
     for item in spec_settings(kind).values():
         if item.required and not values.get(item.name):
             raise ValueError(f"{path}: {at}{where} has no {item.name!r} (a {kind} job needs it; "

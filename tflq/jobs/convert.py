@@ -108,7 +108,9 @@ class ConvertJob:
     layer_error_samples: int = setting(
         "Calibration (QAT: training) samples for the per-layer error of every quantized mode "
         "(default: 16; 0 turns it off).", DEFAULT_SAMPLES, flag_none=True)
-    backend: str | None = setting(BACKEND_HELP, None, choices=BACKENDS, flag_kind="string")
+    # None (the API): as modes and recipes say; commands and specs: converter unless told.
+    backend: str | None = setting(BACKEND_HELP, None, choices=BACKENDS, flag_kind="string",
+                                  flag_none=True, cli_default="converter")
 
     def __post_init__(self):
         self._resolve_backend()
