@@ -19,7 +19,7 @@ from pipelines import compress as compress_cli
 from pipelines import convert as convert_cli
 from pipelines import preflight as preflight_cli
 from pipelines import qat as qat_cli
-from tflq import settings
+from tflq import report, settings
 from tflq.batch import spec as batch_spec
 from tflq.jobs.compress import CompressJob
 from tflq.jobs.convert import ConvertJob
@@ -266,3 +266,16 @@ def test_convert_backend_sets_modes_and_recipes():
         ConvertJob(model="m", data="d", out=None, backend="litert", modes=("int8",))
     with pytest.raises(ValueError, match=r"Unknown --backend 'ray' for pipelines.convert"):
         ConvertJob(model="m", data="d", out=None, backend="ray")
+
+
+def test_qat_and_compress_jobs_round_trip_through_their_dict():
+    qat = QATJob(model="m.keras", train_data="t.npz", eval_data="e.npz", out="o",
+                 overrides=({"match": "^d", "weight_bits": 8},), output_losses="logits=kl",
+                 activation_ranges="meanstd")
+    data = json.loads(json.dumps(qat.to_dict()))  # as a batch payload travels
+    assert QATJob.from_dict(data) == qat
+    compress = CompressJob(model="m.keras", train_data="t.npz", eval_data="e.npz", out="o",
+                           layer_types=("Dense",), sparsity=0.5, gates=report.Gates(min_agreement=0.5))
+    assert CompressJob.from_dict(json.loads(json.dumps(compress.to_dict()))) == compress
+    with pytest.raises(ValueError, match=r"QATJob.to_dict: model=<object> is held in memory"):
+        QATJob(model=object(), train_data="t.npz", eval_data="e.npz", out=None).to_dict()

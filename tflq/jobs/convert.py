@@ -72,6 +72,11 @@ class ConvertJob:
         the float32 .tflite, reported beside the converter modes as ``litert:<recipe>``.
       layer_error_samples: calibration samples for the per-layer error of every mode but
         float32 (:mod:`tflq.layer_error`); 0 turns it off.
+      backend: who quantizes, as ``--backend``: ``converter`` (no recipes), ``litert`` (the
+        float32 reference and ``recipes``, default :data:`DEFAULT_RECIPES`) or ``both``; None
+        takes ``modes`` and ``recipes`` as given.
+
+    Each user-facing field is a :func:`tflq.settings.setting`: its flag and spec key.
     """
 
     model: object = setting(
