@@ -178,6 +178,26 @@ def test_a_spec_job_equals_the_command_with_the_same_settings(tmp_path, kind, va
     assert dataclasses.replace(from_flags, **quiet) == loaded.job
     defaults = {n: s.default for n, s in batch_spec.spec_settings(kind).items()}
     assert all(as_key[k] != defaults[k] for k in as_key), "a value equal to its default proves nothing"
+    # every value reached its field (read back without tflq.settings)
+    job, plain = loaded.job, {"convert_options", "data_options", "gates"}
+    fields = {f.name: getattr(job, f.name) for f in dataclasses.fields(job) if f.name not in plain}
+    for owner in plain & {f.name for f in dataclasses.fields(job)}:
+        fields.update(dataclasses.asdict(getattr(job, owner)))
+    for key, value in as_key.items():
+        if key in TRANSLATED:
+            assert TRANSLATED[key](job) == value, key
+        elif key not in ("data", "train_data", "teacher"):  # paths: resolved against the spec
+            got = fields[key]
+            assert (list(got) if isinstance(got, tuple) else got) == value, key
+
+
+# Keys whose field holds them in another form: how to read the key's value back from the job.
+TRANSLATED = {
+    "per_tensor": lambda job: not job.convert_options.per_channel,
+    "output_losses": lambda job: ",".join(f"{name}={loss}" for name, loss in job.output_losses),
+    "overrides": lambda job: [dict(o) for o in job.overrides],
+    "modes": lambda job: list(job.modes),
+}
 
 
 BAD_KEYS = {
