@@ -53,6 +53,8 @@ METHODS = {  # name -> ConvertOptions changes (int8)
     "equalize_per_tensor": {"equalize": True, "per_channel": False},
     "adaround_8bit": {"adaround": True},
     "adaround_4bit": {"adaround": True, "adaround_bits": 4},
+    "range_search": {"range_search": True},
+    "equalize_range_search": {"equalize": True, "range_search": True},
 }
 TARGETS = {"per_tensor_cle_within_pp": 3.0, "adaround_4bit_within_pp": 5.0,
            "warning_above_pp": 2.0}

@@ -126,6 +126,7 @@ CONVERT = {"data": "d.npz", "modes": ("int8,float16", ["int8", "float16"]), "see
            "batch_size": 5, "latency_runs": 3, "integer_io": True, "per_tensor": True,
            "allow_float_ops": True, "percentile": 99.9, "adaround": True,
            "adaround_bits": ("4", 4), "adaround_iterations": 7, "adaround_reg": 0.1,
+           "range_search": True,
            "normalize": "-1_1", "image_size": ("8x8", [8, 8]), "max_accuracy_drop": 1.5,
            "min_agreement": 0.5, "layer_error_samples": 0, "backend": "both",
            "recipes": ("static_wi8_ai8", ["static_wi8_ai8"])}

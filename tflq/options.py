@@ -70,6 +70,9 @@ class ConvertOptions:
       adaround: ``int8`` weights rounded by AdaRound (:mod:`tflq.ptq.adaround`) on the
         calibration data; ``adaround_bits`` 8 (int8) or 4 (15 int8 code levels),
         ``adaround_iterations`` steps per layer, ``adaround_reg`` the regularizer weight λ.
+      range_search: ``int8`` activation ranges searched tensor by tensor for the smallest
+        model output error on the calibration samples, starting from the ``percentile``
+        estimator, set in the converter's own calibrated model (:mod:`tflq.ptq.thresholds`).
       auto: ``int8`` from the best of the plain converter and tflq's methods, scored on a
         slice of the calibration data held apart for selection (:mod:`tflq.ptq.auto`).
     """
@@ -101,9 +104,14 @@ class ConvertOptions:
     adaround_iterations: int = setting("AdaRound optimizer steps per layer.", 500)
     adaround_reg: float = setting("AdaRound rounding-regularizer weight λ.", 0.01)
     auto: bool = setting(
-        "int8 from the best of the plain converter, the range estimators and equalization, "
+        "int8 from the best of the plain converter, the range estimators, range search, "
+        "equalization and AdaRound, "
         "chosen on one calibration sample in five held apart (never on --eval_data); the report "
         "lists every candidate's score.", False)
+    range_search: bool = setting(
+        "int8 activation ranges searched tensor by tensor for the smallest model output error "
+        "on the calibration samples (changes kept only when better on both halves), set in the "
+        "converter's own calibrated model and quantized by the converter.", False)
 
     def __post_init__(self):
         if self.range_estimator is not None:
@@ -116,11 +124,14 @@ class ConvertOptions:
         if self.selective and (self.integer_io or self.range_estimator or self.equalize):
             raise ValueError("--selective works on the converter's own int8 with float I/O: "
                              "drop --integer_io, --range_estimator and --equalize.")
+        if self.range_search and (self.range_estimator or self.selective):
+            raise ValueError("--range_search sets the activation ranges itself, in the "
+                             "converter's own int8: drop --range_estimator and --selective.")
         if self.auto and (self.range_estimator or self.equalize or self.selective
-                          or self.adaround):
-            raise ValueError("--auto chooses the range estimator, equalization and AdaRound "
-                             "itself: drop --range_estimator, --equalize, --adaround and "
-                             "--selective.")
+                          or self.adaround or self.range_search):
+            raise ValueError("--auto chooses the range estimator, range search, equalization "
+                             "and AdaRound itself: drop --range_estimator, --range_search, "
+                             "--equalize, --adaround and --selective.")
         if self.adaround_bits not in (8, 4):
             raise ValueError(f"adaround_bits must be 8 or 4. Received: {self.adaround_bits!r}")
         if self.adaround_bits != 8 and not self.adaround:
