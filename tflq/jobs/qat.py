@@ -312,9 +312,24 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
     return student, history, content, float32, qat_h5
 
 
-# Words of TensorFlow's lines that say which peer was lost and how (the first line of its
+# What TensorFlow's error says about the lost peer, most telling first (the first line of the
 # error is a bare "Graph execution error:").
-_PEER_LOST_WORDS = ("unhealthy", "crashed", "reset by peer", "/job:", "heartbeat", "Socket closed")
+_UNHEALTHY = "The following tasks are unhealthy"
+_PEER_LOST_WORDS = ("reset by peer", "Socket closed", "crashed", "heartbeat", "/job:")
+
+
+def _peer_lost_summary(text: str) -> str:
+    """The part of a collective-op error that names the lost worker, on one line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if _UNHEALTHY in line:
+            tasks = [ln for ln in lines[i + 1:i + 4] if ln.startswith("/job:")]
+            return " ".join([line[line.index(_UNHEALTHY):], *tasks])[:200]
+    for word in _PEER_LOST_WORDS:
+        for line in lines:
+            if word in line:
+                return line[:200]
+    return lines[0][:200] if lines else ""
 
 
 def _fit(job, trainer, x, y, backup_dir, keep, callbacks):
@@ -338,10 +353,8 @@ def _fit(job, trainer, x, y, backup_dir, keep, callbacks):
         where = (f"the checkpoint of epoch {finished[-1] + 1} of {job.epochs} is in {keep[0]}"
                  if finished and keep else "no epoch finished in this run" if keep
                  else "nothing to resume from (no output folder)")
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        telling = [ln for ln in lines if any(w in ln for w in _PEER_LOST_WORDS)] or lines or [""]
         raise Interrupted(f"QAT training lost a worker of the multi_worker cluster "
-                          f"({type(e).__name__}: {telling[0][:200]}); {where}: run the same command on "
+                          f"({type(e).__name__}: {_peer_lost_summary(str(e))}); {where}: run the same command on "
                           "every worker again to resume.", keep=keep) from e
 
 
