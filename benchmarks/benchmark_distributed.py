@@ -7,9 +7,9 @@ r"""Distributed paths run for real on this machine; writes benchmarks/results/be
    pipelines.batch --backend ray --ray_address HOST:PORT --workers 2`` over ``--jobs`` tiny
    conversion jobs (each waits ``--job_sleep`` seconds in its model factory, so jobs are
    running when the node dies) plus one job that kills the Ray actor running it every time.
-   As soon as a job runs on the second node, that node is killed whole (every process of
-   its session, SIGKILL). Then the same command runs again: finished jobs come from the
-   cache, only the rest run.
+   While the second node runs its ``--kill_on_job``-th job, that node is killed whole (every
+   process of its session, SIGKILL). Then the same command runs again: finished jobs come
+   from the cache, only the rest run.
 2. **Multi-worker QAT, one worker killed.** Two ``python -m pipelines.qat --distribution
    multi_worker`` processes from a TF_CONFIG on loopback ports picked at run time, on a tiny
    CNN and synthetic 8×8 images; worker 1 is killed (SIGKILL) once worker 0 has checkpointed
@@ -95,15 +95,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_when_busy(cluster: RayCluster, markers: str, node: str, started: float, found: dict):
-    """Kills ``node`` once a job runs there (its worker's parent is one of the node's
-    processes); records when, which job workers ran there, and whether they outlived it."""
+def _kill_when_busy(cluster: RayCluster, markers: str, node: str, started: float, found: dict,
+                    on_job: int = 1):
+    """Kills ``node`` once its ``on_job``-th job runs there (a job whose worker's parent is one
+    of the node's processes); records when, which job workers ran there, and whether they
+    outlived it."""
     while "error" not in found:
         on_node = [m for m in _markers(markers) if m["ppid"] in set(cluster.pids(node))]
-        if on_node:
+        if len(on_node) >= on_job:
             time.sleep(1.0)  # well inside the job: it waits TFLQ_TEST_SLEEP seconds
             found["kill_seconds"] = time.perf_counter() - started
-            found["workers_on_node"] = [m["pid"] for m in on_node]
+            found["kill_on_job"] = on_job
+            found["workers_on_node"] = sorted({m["pid"] for m in on_node})
             found["processes_killed"] = cluster.kill_node(node)
             deadline = time.monotonic() + 10
             while any(_alive(p) for p in found["workers_on_node"]) and time.monotonic() < deadline:
@@ -141,8 +144,9 @@ def _jobs_summary(manifest: dict, node_names: dict) -> dict:
     }
 
 
-def run_ray_scenario(folder: str, jobs: int = 6, job_sleep: float = 4.0) -> dict:
-    """Runs scenario 1 in ``folder``; returns its figures (the manifests stay in ``folder``)."""
+def run_ray_scenario(folder: str, jobs: int = 6, job_sleep: float = 4.0, kill_on_job: int = 1) -> dict:
+    """Runs scenario 1 in ``folder``, killing the second node when its ``kill_on_job``-th job
+    starts; returns its figures (the manifests stay in ``folder``)."""
     spec = ray_spec(folder, jobs)
     markers = os.path.join(folder, "markers")
     os.makedirs(markers, exist_ok=True)
@@ -154,7 +158,8 @@ def run_ray_scenario(folder: str, jobs: int = 6, job_sleep: float = 4.0) -> dict
         kill = {}
         started = time.perf_counter()
         killer = threading.Thread(target=_kill_when_busy,
-                                  args=(cluster, markers, "node_b", started, kill), daemon=True)
+                                  args=(cluster, markers, "node_b", started, kill, kill_on_job),
+                                  daemon=True)
         killer.start()
         try:
             code, seconds, output = _batch(spec, out, cluster.address, env)
@@ -326,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=6)
     parser.add_argument("--job_sleep", type=float, default=4.0)
+    parser.add_argument("--kill_on_job", type=int, default=2,
+                        help="kill the second node when its N-th job starts")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--kill_after_epoch", type=int, default=3)
     parser.add_argument("--out", default=RESULT)
@@ -338,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tflq-dist-") as folder:
         os.makedirs(os.path.join(folder, "ray"))
         result["ray_batch"] = run_ray_scenario(os.path.join(folder, "ray"), args.jobs,
-                                               args.job_sleep)
+                                               args.job_sleep, args.kill_on_job)
         os.makedirs(os.path.join(folder, "qat"))
         result["multi_worker_qat"] = run_qat_scenario(os.path.join(folder, "qat"), args.epochs,
                                                       args.kill_after_epoch)

@@ -82,11 +82,12 @@ SLEEP_VARIABLE = "TFLQ_TEST_SLEEP"  # seconds slow_tiny waits before building it
 
 
 def _leave_marker(kind: str) -> str:
-    """Writes ``<markers>/<kind>-<pid>.json`` with this worker's pid and its parent's."""
+    """Writes ``<markers>/<kind>-<pid>-<ns>.json`` with this worker's pid and its parent's
+    (one file per job: a warm worker runs several)."""
     import json
 
     folder = os.environ[MARKERS_VARIABLE]
-    path = os.path.join(folder, f"{kind}-{os.getpid()}.json")
+    path = os.path.join(folder, f"{kind}-{os.getpid()}-{time.time_ns()}.json")
     with open(path + ".tmp", "w") as f:
         json.dump({"pid": os.getpid(), "ppid": os.getppid(), "time": time.time()}, f)
     os.replace(path + ".tmp", path)
