@@ -141,7 +141,9 @@ def guard(body: Callable[[], int], out: str | None, keep_partial: bool = False) 
     ``<out>/error.log`` (on stderr with --verbose), exit 1. On either, files and folders the
     run created under ``out`` are removed again (``keep_partial`` keeps them, for a batch
     whose finished jobs are its resumable cache and which checks its whole spec before
-    writing anything). KeyboardInterrupt passes through.
+    writing anything). :class:`tflq.runtime.Interrupted` (a lost peer of a multi-worker run):
+    one ``interrupted:`` line, exit 1, and only what the rerun resumes from is kept.
+    KeyboardInterrupt passes through.
 
     Args:
       body: the command; returns 0 or 3 (or 1 for a batch with a failed job).
@@ -160,9 +162,17 @@ def guard(body: Callable[[], int], out: str | None, keep_partial: bool = False) 
             _remove_new(out, before)
         print(f"error: {_os_error_message(e)}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - every other exception is ours: exit 1
+    except Exception as e:  # noqa: BLE001 - an interruption, else ours: exit 1
+        from tflq.runtime import Interrupted
+
+        interrupted = isinstance(e, Interrupted)
         if not keep_partial:
-            _remove_new(out, before)
+            _remove_new(out, before, keep=e.keep if interrupted else ())
+        if interrupted:
+            if _VERBOSE.value:
+                traceback.print_exc()
+            print(f"interrupted: {e}", file=sys.stderr)
+            return 1
         where = _report_internal_error(out, traceback.format_exc())
         summary = str(e).splitlines()[0][:300] if str(e) else ""
         print(f"internal error: {type(e).__name__}{': ' + summary if summary else ''} "
@@ -218,15 +228,24 @@ def _listing(out: str | None) -> set[str] | None:
     return found
 
 
-def _remove_new(out: str | None, before: set[str] | None) -> None:
-    """Removes what a failed run created under ``out``: the folder itself if it was new."""
+def _remove_new(out: str | None, before: set[str] | None, keep: tuple[str, ...] = ()) -> None:
+    """Removes what a failed run created under ``out`` (the folder itself if it was new),
+    except the ``keep`` paths and the folders holding them."""
     if out is None or not os.path.isdir(out):
         return
-    if before is None:
+    kept = [os.path.relpath(os.path.abspath(k), os.path.abspath(out)) for k in keep]
+    if before is None and not kept:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for name in sorted(_listing(out) - before, key=len):
+
+    def is_kept(name: str) -> bool:
+        return any(name == k or name.startswith(k + os.sep) or k.startswith(name + os.sep)
+                   for k in kept)
+
+    for name in sorted(_listing(out) - (before or set()), key=len):
         path = os.path.join(out, name)
+        if is_kept(name):
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.lexists(path):

@@ -17,6 +17,10 @@ imported afresh next time); every job starts from the same seeds. A job that rai
 ``MemoryError`` or an unexpected exception asks to be replaced (``recycle``). Objects from
 start-up are frozen out of garbage collection (``gc.freeze``), so the collection after each
 job only walks what the job created.
+
+Both kinds watch their parent (:func:`watch_parent`): a worker whose parent died (a Ray actor
+killed, its node lost, the batch process killed) kills itself and its process group instead
+of finishing an orphaned job that a rerun elsewhere may be writing at the same time.
 """
 
 from __future__ import annotations
@@ -26,12 +30,38 @@ import gc
 import json
 import os
 import resource
+import signal
 import sys
 import sysconfig
+import threading
 import time
 import traceback
 
-__all__ = ["main", "run_payload", "serve"]
+__all__ = ["PARENT_POLL_SECONDS", "main", "run_payload", "serve", "watch_parent"]
+
+PARENT_POLL_SECONDS = 0.5  # how often a worker checks that its parent is still alive
+
+
+def watch_parent(poll: float = PARENT_POLL_SECONDS) -> threading.Thread:
+    """Starts a daemon thread that kills this process (SIGKILL; its whole process group when
+    it leads one) once its parent is gone: the parent process id changes when the parent
+    dies and the process is re-parented.
+
+    Workers run in their own session (``start_new_session``), so nothing else delivers the
+    parent's death to them.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        if os.getpgid(0) == os.getpid():  # its own group: the job's children go too
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="tflq-watch-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def _peak_rss_mb() -> float:
@@ -127,6 +157,7 @@ def run_payload(payload: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    watch_parent()
     if argv[1:2] == ["--serve"]:
         threads = int(argv[3]) if len(argv) == 4 and argv[2] == "--threads" else 0
         return serve(threads)

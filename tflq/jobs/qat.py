@@ -169,6 +169,11 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
         check_output_dir(job.out)
     out_existed = job.out is None or os.path.isdir(job.out)
     distribution = _distribution(job.distribution)
+    backup_dir = os.path.join(job.out, ".qat_backup") if job.out is not None else None
+    if not distribution.extended.should_checkpoint:
+        # A non-chief worker of a multi-worker cluster: it trains with the others (sharing the
+        # chief's checkpoint) and writes nothing; the chief writes the outputs.
+        job = dataclasses.replace(job, out=None)
     with distribution.scope():  # every variable the trainer touches is created in the scope
         float_model = load_model(job.model)
         teacher_model = load_model(job.teacher) if given(job.teacher) else None
@@ -188,7 +193,6 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
         qat.check_teacher(teacher, source)
     notes = [f"QAT ({job.scheme}, {job.strategy}); ranges from training, no calibration",
              *rebuild_notes(float_model)]
-    backup_dir = os.path.join(job.out, ".qat_backup") if job.out is not None else None
     try:
         student, history, content, float32, qat_h5 = _train_and_convert(
             job, distribution, float_model, source, teacher, targets, feed, x_train, samples,
@@ -205,7 +209,8 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     except Exception:
         _drop_backup(backup_dir, job.out, out_existed)
         raise
-    _drop_backup(backup_dir, None, True)
+    if job.out is not None:  # the chief (or the only worker)
+        _drop_backup(backup_dir, None, True)
     return result
 
 
@@ -286,6 +291,7 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
 
     tf_keras.utils.set_random_seed(job.seed)
     scratch = tempfile.mkdtemp(prefix="tflq-qat-")
+    keep = (backup_dir,) if backup_dir else ()
     backup_dir = backup_dir or os.path.join(scratch, ".qat_backup")  # in memory: no resume
     try:
         with distribution.scope():
@@ -313,10 +319,11 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
                             tf_keras.optimizers.SGD(0.0))
             trainer(feed({n: v[:1] for n, v in x_train.items()}))  # build: BackupAndRestore needs it
         # Checkpoint every epoch; an interrupted run resumes from the last one.
-        history = trainer.fit(feed(x_train), targets.fit_labels, epochs=job.epochs,
-                              batch_size=job.batch_size, verbose=job.verbose,
-                              callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir),
-                                         tf_keras.callbacks.TerminateOnNaN(), *callbacks])
+        history = _fit(job, trainer, feed(x_train), targets.fit_labels, backup_dir, keep,
+                       callbacks)
+        if history.epoch and history.epoch[0] > 0:
+            notes.append(f"resumed from the checkpoint of epoch {history.epoch[0]} "
+                         f"({backup_dir}): {len(history.epoch)} epoch(s) trained in this run")
         losses = history.history.get("loss", [])
         if not all(np.isfinite(losses)):
             raise _Diverged(f"QAT training diverged (loss {losses[-1]} in epoch {len(losses)}); "
@@ -336,6 +343,52 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
     return student, history, content, float32, qat_h5
 
 
+# What TensorFlow's error says about the lost peer, most telling first (the first line of the
+# error is a bare "Graph execution error:").
+_UNHEALTHY = "The following tasks are unhealthy"
+_PEER_LOST_WORDS = ("reset by peer", "Socket closed", "crashed", "heartbeat", "/job:")
+
+
+def _peer_lost_summary(text: str) -> str:
+    """The part of a collective-op error that names the lost worker, on one line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if _UNHEALTHY in line:
+            tasks = [ln for ln in lines[i + 1:i + 4] if ln.startswith("/job:")]
+            return " ".join([line[line.index(_UNHEALTHY):], *tasks])[:200]
+    for word in _PEER_LOST_WORDS:
+        for line in lines:
+            if word in line:
+                return line[:200]
+    return lines[0][:200] if lines else ""
+
+
+def _fit(job, trainer, x, y, backup_dir, keep, callbacks):
+    """``trainer.fit`` with a checkpoint every epoch (``BackupAndRestore``: a rerun resumes
+    from the last finished epoch). A multi-worker run whose peer was lost raises
+    :class:`tflq.runtime.Interrupted`, keeping ``keep`` (the checkpoint folder, which every
+    worker shares) for the rerun."""
+    from tflq.models import tf, tf_keras
+    from tflq.runtime import Interrupted
+
+    finished = []
+    count = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: finished.append(epoch))
+    try:
+        return trainer.fit(x, y, epochs=job.epochs, batch_size=job.batch_size, verbose=job.verbose,
+                           callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir),
+                                      tf_keras.callbacks.TerminateOnNaN(), count, *callbacks])
+    except (tf.errors.UnavailableError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError) as e:
+        if job.distribution != "multi_worker":
+            raise
+        where = (f"the checkpoint of epoch {finished[-1] + 1} of {job.epochs} is in {keep[0]}"
+                 if finished and keep else "no epoch finished in this run" if keep
+                 else "nothing to resume from (no output folder)")
+        raise Interrupted(f"QAT training lost a worker of the multi_worker cluster "
+                          f"({type(e).__name__}: {_peer_lost_summary(str(e))}); {where}: run the same command on "
+                          "every worker again to resume.", keep=keep) from e
+
+
 def _qat_section(job, chosen, parity, targets, student, content, history) -> dict:
     from tflq import tflite_inspect
 
@@ -351,6 +404,7 @@ def _qat_section(job, chosen, parity, targets, student, content, history) -> dic
         "outputs": targets.to_dict(),
         "weights": tflite_inspect.weight_requantization(student, content),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "epochs_trained": [int(e) + 1 for e in history.epoch],  # fewer after a resume
     }
     if job.strategy == "distill":
         section["distillation"] = (
