@@ -4,6 +4,7 @@ file and line. Importing this module does not import TensorFlow."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -14,8 +15,8 @@ from tflq.data import DataOptions
 from tflq.factories import FACTORY_RE
 from tflq.jobs import convert as convert_job
 
-__all__ = ["DEFAULT_TIMEOUT", "SETTING_TYPES", "JOB_ONLY_KEYS", "TOP_KEYS", "OUTPUT_KEYS",
-    "WORKER_KEYS", "JobSpec", "BatchSpec", "load_spec"]
+__all__ = ["DEFAULT_TIMEOUT", "SETTING_TYPES", "JOB_ONLY_KEYS", "JOB_ONLY_TYPES", "TOP_KEYS",
+    "OUTPUT_KEYS", "OUTPUT_TYPES", "WORKER_KEYS", "JobSpec", "BatchSpec", "load_spec"]
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -35,12 +36,14 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
 
 
 JOB_ONLY_KEYS = ("name", "out")
+JOB_ONLY_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "out": (str,)}
 
 
 TOP_KEYS = ("defaults", "jobs", "output", "workers")
 
 
 OUTPUT_KEYS = ("layout",)
+OUTPUT_TYPES: dict[str, tuple[type, ...]] = {"layout": (str,)}
 
 
 # The [workers] table: how jobs are isolated (see tflq.batch.pool.WorkerPolicy).
@@ -207,6 +210,7 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
     _check_keys(path, lines, defaults, tuple(SETTING_TYPES), "[defaults]")
     _check_types(path, lines, defaults, "defaults")
     _check_keys(path, lines, output, OUTPUT_KEYS, "[output]")
+    _check_types(path, lines, output, "output", types=OUTPUT_TYPES)
     policy = _policy(path, lines, pool)
     layout = output.get("layout", "{name}")
     starts = _job_lines(lines, yaml_format)
@@ -219,7 +223,7 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
         if not isinstance(entry, dict):
             raise ValueError(f"{path}: {at}{where} must be a table.")
         _check_keys(path, lines, entry, tuple(SETTING_TYPES) + JOB_ONLY_KEYS, where, start)
-        _check_types(path, lines, entry, where, start)
+        _check_types(path, lines, entry, where, start, types={**SETTING_TYPES, **JOB_ONLY_TYPES})
         settings = {**defaults, **entry}
         for required in ("model", "data"):
             if not settings.get(required):
@@ -258,8 +262,9 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
             raise ValueError(f"{path}: {at}{where} ({name}): {e}") from e
         timeout = float(settings.get("timeout", default_timeout))
         memory = settings.get("max_memory_mb")
-        if timeout <= 0 or (memory is not None and memory < 1):
-            raise ValueError(f"{path}: {at}{where}: timeout and max_memory_mb must be positive.")
+        if not 0 < timeout < math.inf or (memory is not None and memory < 1):
+            raise ValueError(f"{path}: {at}{where}: timeout and max_memory_mb must be positive "
+                             f"(and finite). Received: timeout={timeout}, max_memory_mb={memory}")
         specs.append(JobSpec(name=name, out=job_out, job=job, timeout=timeout,
                              max_memory_mb=memory, line=line))
     return BatchSpec(path=path, jobs=tuple(specs), policy=policy)
