@@ -110,6 +110,10 @@ BAD_SPECS = {
     # accepted):
     "layout not a string": ('\n[output]\nlayout = false\n[[jobs]]\nmodel = "tiny.keras"\n',
                             r"line 9: output.layout must be str. Received: False"),
+    "layout with an attribute": ('\n[output]\nlayout = "{name.x}"\n[[jobs]]\nmodel = "tiny.keras"\n',
+                                 r"\[output\] layout '\{name.x\}' may use only \{name\}"),
+    "layout with a bad conversion": ('\n[output]\nlayout = "{name!z}"\n[[jobs]]\nmodel = "tiny.keras"\n',
+                                     r"\[output\] layout '\{name!z\}' may use only \{name\}"),
     "out not a string": ('\n[[jobs]]\nmodel = "tiny.keras"\nout = 5\n',
                          r"line 10: jobs\[0\].out must be str. Received: 5"),
     "nan timeout": ('\n[[jobs]]\nmodel = "tiny.keras"\ntimeout = nan\n',

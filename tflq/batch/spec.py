@@ -247,7 +247,7 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
         names[name] = i
         try:
             relative = entry.get("out") or layout.format(name=name)
-        except (KeyError, IndexError) as e:
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as e:
             raise ValueError(f"{path}: [output] layout {layout!r} may use only {{name}}.") from e
         job_out = os.path.normpath(os.path.join(out, relative))
         if job_out in outs:
