@@ -85,9 +85,12 @@ def _qat(argv) -> int:
 
     require(model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value)
     try:
-        overrides = tuple(json.loads(_OVERRIDES.value)) if _OVERRIDES.value else ()
+        overrides = json.loads(_OVERRIDES.value) if _OVERRIDES.value else []
     except json.JSONDecodeError as e:
         raise ValueError(f"--overrides is not valid JSON: {e}") from e
+    if not isinstance(overrides, list):  # a dict or a string would silently become its keys
+        raise ValueError(f"--overrides must be a JSON list of overrides. Received: {_OVERRIDES.value}")
+    overrides = tuple(overrides)
     job = qat_job.QATJob(
         model=_MODEL.value, train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
         out=output_folder(), verbose=keras_verbose(), scheme=_SCHEME.value,
