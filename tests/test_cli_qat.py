@@ -131,6 +131,9 @@ BAD = {
                              "--overrides must be a JSON list of overrides"),
     "override of the wrong type": ({"overrides": '[{"match": 5}]'},
                                    "Override match must be str. Received: match=5"),
+    "mse on class labels": ({"output_losses": "logits=mse"},  # InvalidArgumentError in fit
+                            r"Output 'logits' learns by mse from targets shaped like the output "
+                            r"\(N, 3\); its labels have shape \(\d+,\)"),
     "zero epochs": ({"epochs": 0}, "epochs must be positive"),
     "training diverges": ({"learning_rate": 1e38}, "QAT training diverged"),
     "missing model": ({"model": "/no/model.keras"}, "Model path not found"),
