@@ -1,20 +1,19 @@
 """What the fuzz tests share: Hypothesis profiles, the outcome counter, corrupted bytes, and
 running a command in-process under the exit-code contract.
 
-Profiles: ``ci`` (the default: a few derandomized examples per target, so the suite stays
-fast and a failure reproduces) and ``many`` (``TFLQ_FUZZ_EXAMPLES`` examples per target,
-default 200, for ``@pytest.mark.slow`` and ``benchmarks/benchmark_fuzz.py``). Every
-example a target runs is counted in :data:`OUTCOMES` (target → {outcome: count}).
+Two settings (:func:`profile`): CI's (a few derandomized examples per target, see
+:data:`CI_EXAMPLES`: the suite stays fast and a failure reproduces) and ``many``
+(``TFLQ_FUZZ_EXAMPLES`` examples per target, default 200, random, for the
+``@pytest.mark.slow`` twins and ``benchmarks/benchmark_fuzz.py``). No deadline (the machine
+is shared) and no shrinking. Every example a target runs is counted in :data:`OUTCOMES`
+(target → {outcome: count}).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections import Counter, defaultdict
 
@@ -24,8 +23,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 __all__ = ["CI_EXAMPLES", "MANY_EXAMPLES", "OUTCOMES", "profile", "record", "corrupt",
-           "CliRun", "run_cli", "call_main", "check_cli_outcome", "output_folder",
-           "prefilled_folder"]
+           "CliRun", "run_cli", "check_cli_outcome", "output_folder", "prefilled_folder",
+           "remove_tree"]
 
 CI_EXAMPLES = {"cheap": 10, "model": 4, "job": 3}
 MANY_EXAMPLES = int(os.environ.get("TFLQ_FUZZ_EXAMPLES", "200"))
@@ -73,18 +72,6 @@ class CliRun:
         self.code, self.stdout, self.stderr = code, stdout, stderr
 
 
-@contextlib.contextmanager
-def _captured():
-    """sys.stdout/stderr into strings (the commands print through them)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    try:
-        yield out, err
-    finally:
-        sys.stdout, sys.stderr = saved
-
-
 def run_cli(module, argv: list[str], capfd) -> CliRun:
     """``module``'s command line as ``tflq-X argv`` would run it (flag parsing, the contract,
     the capture of descriptors 1 and 2), in this process; flags are restored afterwards.
@@ -101,13 +88,6 @@ def run_cli(module, argv: list[str], capfd) -> CliRun:
             code = e.code if isinstance(e.code, int) else 1
     captured = capfd.readouterr()
     return CliRun(code, captured.out, captured.err)
-
-
-def call_main(module, **flag_values) -> CliRun:
-    """``module.main`` with typed flag values (no parsing), under the contract."""
-    with flagsaver.flagsaver(**flag_values), _captured() as (out, err):
-        code = module.main(["tflq"])
-    return CliRun(code, out.getvalue(), err.getvalue())
 
 
 def check_cli_outcome(target: str, run: CliRun, out: str | None, before: dict | None,
