@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["OUTCOME_COLUMNS", "render_fuzz"]
+__all__ = ["OUTCOME_COLUMNS", "BROKEN", "render_fuzz"]
 
-# Table columns, in order; "broken" (a traceback or exit 1) must read 0.
+# Table columns, in order (any other outcome the JSON holds gets a column after them); the
+# broken outcomes (a traceback or exit 1) are summed in the last column, which must read 0.
 OUTCOME_COLUMNS = ("exit 0", "exit 2", "exit 3", "result", "ValueError")
+BROKEN = ("traceback", "exit 1")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -32,13 +34,15 @@ def render_fuzz(data: Mapping) -> dict[str, str]:
         f"{versions['tensorflow']}, Hypothesis {versions['hypothesis']}). A command must end in "
         "exit 0 (the input happened to be valid), 2 (one `error:` line, the output folder as "
         "it was) or, with a gate flag drawn, 3; the library in a result or a `ValueError`:")
+    seen = {o for t in data["targets"].values() for o in t["outcomes"]}
+    columns = [*OUTCOME_COLUMNS, *sorted(seen - set(OUTCOME_COLUMNS) - set(BROKEN))]
     rows = []
     for name, target in data["targets"].items():
         counts = target["outcomes"]
         rows.append([name, f"{target['inputs']:,}",
-                     *[f"{counts[c]:,}" if counts.get(c) else "–" for c in OUTCOME_COLUMNS],
+                     *[f"{counts[c]:,}" if counts.get(c) else "–" for c in columns],
                      str(target["broken"])])
-    table = _table(["target", "inputs", *OUTCOME_COLUMNS, "traceback or exit 1"], rows)
+    table = _table(["target", "inputs", *columns, "traceback or exit 1"], rows)
     verdict = ("every run kept the contract" if data["total_broken"] == 0 and
                data["pytest_exit_code"] == 0 else
                f"**{data['total_broken']} runs broke the contract** (pytest exit "
