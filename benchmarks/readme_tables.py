@@ -27,6 +27,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 
 from benchmarks.readme_distributed import render_distributed
+from benchmarks.readme_fuzz import render_fuzz
 from benchmarks.readme_hard_ptq import render_hard_ptq
 from benchmarks.readme_regions import compare, replace_regions
 from tflq.fileio import write_atomic
@@ -346,6 +347,7 @@ RENDERERS: dict[str, Callable[[Mapping], dict[str, str]]] = {
     "benchmark_calibration": render_calibration,
     "benchmark_hard_ptq": render_hard_ptq,
     "benchmark_distributed": render_distributed,
+    "benchmark_fuzz": render_fuzz,
 }
 
 

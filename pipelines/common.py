@@ -155,12 +155,12 @@ def guard(body: Callable[[], int], out: str | None, keep_partial: bool = False) 
     except (ValueError, app.UsageError) as e:
         if not keep_partial:
             _remove_new(out, before)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
         if not keep_partial:
             _remove_new(out, before)
-        print(f"error: {_os_error_message(e)}", file=sys.stderr)
+        print(f"error: {one_line(_os_error_message(e))}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - an interruption, else ours: exit 1
         from tflq.runtime import Interrupted
@@ -178,6 +178,11 @@ def guard(body: Callable[[], int], out: str | None, keep_partial: bool = False) 
         print(f"internal error: {type(e).__name__}{': ' + summary if summary else ''} "
               f"({where}; please report it)", file=sys.stderr)
         return 1
+
+
+def one_line(message: str) -> str:
+    """A message on one line (parsers such as PyYAML's put the position on a second line)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _os_error_message(e: OSError) -> str:

@@ -127,6 +127,9 @@ class ArraySource(DataSource):
                 array = np.load(path, mmap_mode="r", allow_pickle=False)
             except Exception as e:
                 raise ValueError(f"Data file {path!r} is not a readable .npy file: {e}") from e
+            if array.ndim == 0:
+                raise ValueError(f"Data file {path!r} holds a single value (shape ()); expected "
+                                 "an array of samples along its first axis.")
             if len(names) != 1:
                 raise ValueError(
                     f"Data file {path!r} holds one array but the model has inputs {names}; "

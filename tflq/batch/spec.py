@@ -9,6 +9,7 @@ any kind; each job takes those its kind has."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -20,8 +21,9 @@ from tflq.jobs.compress import CompressJob
 from tflq.jobs.convert import ConvertJob
 from tflq.jobs.qat import QATJob
 
-__all__ = ["DEFAULT_TIMEOUT", "JOB_KINDS", "BATCH_KEYS", "JOB_ONLY_KEYS", "TOP_KEYS",
-    "OUTPUT_KEYS", "WORKER_KEYS", "spec_settings", "JobSpec", "BatchSpec", "load_spec"]
+__all__ = ["DEFAULT_TIMEOUT", "JOB_KINDS", "BATCH_KEYS", "JOB_ONLY_KEYS", "JOB_ONLY_TYPES",
+    "TOP_KEYS", "OUTPUT_KEYS", "OUTPUT_TYPES", "WORKER_KEYS", "spec_settings", "JobSpec",
+    "BatchSpec", "load_spec"]
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -38,6 +40,8 @@ BATCH_KEYS: dict[str, tuple[type, ...]] = {"timeout": (int, float), "max_memory_
 
 
 JOB_ONLY_KEYS = ("name", "out", "kind")
+JOB_ONLY_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "out": (str,), "kind": (str,)}
+OUTPUT_TYPES: dict[str, tuple[type, ...]] = {"layout": (str,)}
 
 
 TOP_KEYS = ("defaults", "jobs", "output", "workers")
@@ -241,8 +245,9 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
     every_key = {k for kind in JOB_KINDS for k in spec_settings(kind)}
     _check_keys(path, lines, defaults, sorted(every_key | set(BATCH_KEYS) | {"kind"}),
                 "[defaults]")
-    _check_types(path, lines, defaults, "defaults", types=BATCH_KEYS)
+    _check_types(path, lines, defaults, "defaults", types={**BATCH_KEYS, "kind": (str,)})
     _check_keys(path, lines, output, OUTPUT_KEYS, "[output]")
+    _check_types(path, lines, output, "output", types=OUTPUT_TYPES)
     policy = _policy(path, lines, pool)
     reader = _Reader(path, lines, os.path.dirname(os.path.abspath(path)), defaults)
     starts = _job_lines(lines, yaml_format)
@@ -270,8 +275,8 @@ def _job_spec(reader: _Reader, entry, i: int, start: int, line: int | None, out:
     path, at, where = reader.path, f"line {line}: " if line else "", f"jobs[{i}]"
     if not isinstance(entry, dict):
         raise ValueError(f"{path}: {at}{where} must be a table.")
+    _check_types(path, reader.lines, entry, where, start, types={**BATCH_KEYS, **JOB_ONLY_TYPES})
     kind = _job_kind(reader, entry, where, start)
-    _check_types(path, reader.lines, entry, where, start, types=BATCH_KEYS)
     values = reader.settings(kind, entry, where, start, at)
     for item in spec_settings(kind).values():
         if item.required and not values.get(item.name):
@@ -289,7 +294,7 @@ def _job_spec(reader: _Reader, entry, i: int, start: int, line: int | None, out:
     names[name] = i
     try:
         relative = entry.get("out") or layout.format(name=name)
-    except (KeyError, IndexError) as e:
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: [output] layout {layout!r} may use only {{name}}.") from e
     job_out = os.path.normpath(os.path.join(out, relative))
     if job_out in outs:
@@ -307,8 +312,9 @@ def _job_spec(reader: _Reader, entry, i: int, start: int, line: int | None, out:
              **{k: v for k, v in entry.items() if k in BATCH_KEYS}}
     timeout = float(batch.get("timeout", default_timeout))
     memory = batch.get("max_memory_mb")
-    if timeout <= 0 or (memory is not None and memory < 1):
-        raise ValueError(f"{path}: {at}{where}: timeout and max_memory_mb must be positive.")
+    if not 0 < timeout < math.inf or (memory is not None and memory < 1):
+        raise ValueError(f"{path}: {at}{where}: timeout and max_memory_mb must be positive "
+                         f"(and finite). Received: timeout={timeout}, max_memory_mb={memory}")
     return JobSpec(name=name, out=job_out, job=job, timeout=timeout, max_memory_mb=memory,
                    line=line, kind=kind)
 

@@ -120,7 +120,8 @@ class QATJob:
             raise ValueError("layer_error_samples must be an integer >= 0 (0 turns per-layer error "
                              f"off). Received: layer_error_samples={self.layer_error_samples!r}")
         for override in self.overrides:
-            schemes.Override.from_dict(dict(override))
+            if not isinstance(override, schemes.Override):
+                schemes.Override.from_dict(override)
         schemes.activation_quantizer(self.activation_ranges, self.range_k)
 
     def to_dict(self) -> dict:
