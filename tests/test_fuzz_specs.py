@@ -26,7 +26,15 @@ from pipelines import batch
 from tflq import batch as batch_lib
 from tflq.batch import spec as spec_module
 
-SETTINGS = sorted(spec_module.SETTING_TYPES)
+# Spec keys of every job kind (derived from the job dataclasses) and the batch's own keys,
+# with the Python types each accepts.
+_KIND_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,),
+               "enum": (str,), "list": (list, str), "size": (list,), "json": (list,),
+               "losses": (str, dict)}
+SETTING_TYPES = {**{item.name: _KIND_TYPES[item.kind] for kind in spec_module.JOB_KINDS
+                    for item in spec_module.spec_settings(kind).values()},
+                 **spec_module.BATCH_KEYS}
+SETTINGS = sorted(SETTING_TYPES) + ["kind"]
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +61,11 @@ def setting(draw, key: str, files: dict):
              "normalize": st.sampled_from(["0_1", "-1_1", "none", "0_2"]),
              "image_size": st.lists(st.integers(-1, 9), max_size=3),
              "name": st.sampled_from(["job-1", "a b", "../x", "", "ok.v2"]),
-             "out": st.sampled_from(["sub", "../outside", "/abs", "", "a/../../b"])}
+             "out": st.sampled_from(["sub", "../outside", "/abs", "", "a/../../b"]),
+             "kind": st.sampled_from(["convert", "qat", "compress", "ptq", ""])}
     typed = {int: st.integers(-2, 600), bool: st.booleans(), str: st.text(max_size=6),
              float: st.floats(-1, 200) | st.sampled_from([math.nan, math.inf])}
-    accepted = spec_module.SETTING_TYPES.get(key, (str,))
+    accepted = SETTING_TYPES.get(key, (str,))
     right_type = st.one_of(*[typed[t] for t in accepted if t in typed]) if key not in valid else valid[key]
     # Four in five values have the type the key takes: the checks past the type check run too.
     return draw(right_type if draw(st.integers(0, 4)) else _scalar())
