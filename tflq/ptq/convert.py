@@ -253,7 +253,9 @@ def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details
         medians = [r["clip_ratio_median"] for r in layers]
         clipping = (f"; 4-bit grid clipped per channel at T_c/max|w_c| with per-layer medians "
                     f"{min(medians):.2f}–{max(medians):.2f} (median {np.median(medians):.2f}), "
-                    f"{sum(r['clipped_channels'] for r in layers)} channels clipped")
+                    f"{sum(r['clipped_channels'] for r in layers)} channels clipped; "
+                    f"bias corrected in {sum(r.get('bias_corrected_channels', 0) for r in layers)}"
+                    f" channels")
     notes.append(f"AdaRound {rounding['num_bits']}-bit weights: learned rounding kept in "
                  f"{learned} of {len(layers)} layers (the others round to nearest: lower "
                  f"error there); codes deployed exactly in {exact} of {len(layers)}{clipping}")
