@@ -257,3 +257,23 @@ def test_nearly_dead_channels_are_deployed_exactly(tmp_path):
     scales = [t["quantization_parameters"]["scales"] for t in interp.get_tensor_details()
               if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) == 6]
     assert len(scales) == 1 and scales[0][2] == pytest.approx(1e-6 / 254, rel=1e-6)
+
+
+def test_four_bit_per_tensor_is_deployed_exactly(tmp_path):
+    """Per tensor: one clipping threshold for the whole kernel (its largest weight pinned at
+    ±127), read back exactly from the .tflite."""
+    model = _model(outliers=True)
+    loaded = wrap_model(model, "ada")
+    name = loaded.input_names[0]
+    x = _x()
+    settings = options.ConvertOptions(per_channel=False, adaround=True, adaround_bits=4,
+                                      adaround_iterations=20)
+    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
+                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
+                                       settings)
+    layers = conversion.details["adaround"]["layers"]
+    assert [r["deployed_exactly"] for r in layers] == [True] * 4
+    for row in layers:  # one ratio per tensor
+        assert row["clip_ratio_min"] == row["clip_ratio_median"]
+    tensors = tflite_inspect.int8_weight_tensors(conversion.content)
+    assert tensors and all(t["scales"].size == 1 for t in tensors)
