@@ -15,6 +15,7 @@ from conftest import EXAMPLE_DIR, REPO, snapshot, tiny_data
 
 from pipelines import convert as cli
 from tflq.models import tf_keras
+from tflq.ptq.adaround import CLIP_RATIOS
 
 EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
 EXAMPLE_EVAL = os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz")
@@ -637,6 +638,9 @@ def test_adaround_flags_reach_the_report(capsys, tmp_path, tiny_files):
     record = r["modes"][0]["methods"]["adaround"]
     assert (record["num_bits"], record["iterations"], record["reg"]) == (4, 30, 0.02)
     assert all(layer["deployed_exactly"] for layer in record["layers"])
+    assert all(min(CLIP_RATIOS) <= layer["clip_ratio_min"] <= layer["clip_ratio_median"] <= 1.0
+               for layer in record["layers"])
+    assert "4-bit grid clipped per channel" in err
     assert r["settings"]["adaround"] is True and r["settings"]["adaround_bits"] == 4
 
 

@@ -99,8 +99,10 @@ class ConvertOptions:
         "int8 weights rounded by AdaRound (learned up/down rounding, layer by layer on the "
         "calibration data); the .tflite carries exactly the learned codes.", False)
     adaround_bits: int = setting(
-        "AdaRound weight grid: 8 (int8) or 4 (15 int8 code levels per channel: 0, ±18, …, ±108, "
-        "±127).", 8, choices=(8, 4))
+        "AdaRound weight grid: 8 (int8) or 4 (15 int8 code levels per channel: 0, ±18, ±36, "
+        "±54, ±73, ±91, ±109, ±127, times T_c/127 with a clipping threshold T_c chosen per "
+        "channel for the smallest layer output error; biases then corrected).", 8,
+        choices=(8, 4))
     adaround_iterations: int = setting("AdaRound optimizer steps per layer.", 500)
     adaround_reg: float = setting("AdaRound rounding-regularizer weight λ.", 0.01)
     auto: bool = setting(

@@ -243,13 +243,22 @@ def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details
     deployed = {row["layer"]: row["exact"] for row in adaround.check_deployed(keras, rounding,
                                                                                content)}
     layers = [{**row, "deployed_exactly": deployed[row["layer"]]} for row in rounding["layers"]]
-    details["adaround"] = {k: v for k, v in rounding.items() if k not in ("codes", "layers")}
+    details["adaround"] = {k: v for k, v in rounding.items()
+                           if k not in ("codes", "layers", "scales")}
     details["adaround"]["layers"] = layers
     learned = sum(r["kept"] == "adaround" for r in layers)
     exact = sum(r["deployed_exactly"] for r in layers)
+    clipping = ""
+    if rounding["num_bits"] == 4:
+        medians = [r["clip_ratio_median"] for r in layers]
+        clipping = (f"; 4-bit grid clipped per channel at T_c/max|w_c| with per-layer medians "
+                    f"{min(medians):.2f}–{max(medians):.2f} (median {np.median(medians):.2f}), "
+                    f"{sum(r['clipped_channels'] for r in layers)} channels clipped; "
+                    f"bias corrected in {sum(r.get('bias_corrected_channels', 0) for r in layers)}"
+                    f" channels")
     notes.append(f"AdaRound {rounding['num_bits']}-bit weights: learned rounding kept in "
                  f"{learned} of {len(layers)} layers (the others round to nearest: lower "
-                 f"error there); codes deployed exactly in {exact} of {len(layers)}")
+                 f"error there); codes deployed exactly in {exact} of {len(layers)}{clipping}")
 
 
 def _ranges_note(record: dict) -> str:
