@@ -98,9 +98,9 @@ def _preflight(path, data):
     return {"findings": len(result.report.get("findings", []))}
 
 
+MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 CELLS = {
-    **{mode: (lambda p, d, m=mode: _convert(p, d, m))
-       for mode in ("float32", "float16", "dynamic", "int8", "int16x8")},
+    **{mode: (lambda p, d, m=mode: _convert(p, d, m)) for mode in MODES},
     **{name: (lambda p, d, n=name: _convert(p, d, range_estimator=n))
        for name in ("minmax", "percentile", "mse", "kl")},
     "equalize": lambda p, d: _convert(p, d, equalize=True),
@@ -118,6 +118,31 @@ CELLS = {
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _mode_cells(path: str, data: dict, modes) -> dict | None:
+    """The converter-mode cells from ONE tflq.convert call (the model loaded, exported and
+    evaluated once): each cell's ``seconds`` is its mode's conversion time, ``call_seconds``
+    the whole call's. None when the call fails (then each mode runs alone, for its message)."""
+    import tflq
+
+    start = time.perf_counter()
+    try:
+        result = tflq.convert(path, data["calibration"], data["eval"], modes=tuple(modes),
+                              num_calibration_samples=CAL_SAMPLES, progress=False, **_QUIET)
+    except Exception:  # noqa: BLE001 - each mode is retried alone and records its own error
+        return None
+    call = round(time.perf_counter() - start, 2)
+    cells = {}
+    for row in result.report["modes"]:
+        figures = _mode_figures(row)
+        status = "ok"
+        if row["mode"] in ("int8", "int16x8") and figures["float_ops"]:
+            status, figures = "error", {**figures, "message": f"{figures['float_ops']} float ops left"}
+        cells[row["mode"]] = {"status": status, **figures,
+                              "seconds": round(row.get("conversion_seconds") or 0.0, 2),
+                              "call_seconds": call}
+    return cells
 
 
 def run_cell(column: str, path: str, data: dict) -> dict:
@@ -164,9 +189,14 @@ def run_row(name: str, columns, cache: str | None = None, log=print) -> dict:
         for side in ("train", "eval"):
             targets = conformance_data.pseudo_labels(model, data[side])
             data[f"{side}_npz"] = conformance_data.write_npz(folder, data[side], targets, side)
+        modes = [c for c in columns if c in MODES]
+        together = _mode_cells(path, data, modes) if modes else {}
         for column in columns:
-            if column != "load":
+            if column in (together or {}):
+                cells[column] = together[column]
+            elif column != "load":
                 cells[column] = run_cell(column, path, data)
+            if column != "load":
                 log(f"{name} {column}: {cells[column]}")
     return {"source": _source(entry), "commit": _commit(), "cells": cells}
 
@@ -224,6 +254,7 @@ def run(models, columns, json_path: str, cache: str | None = None, update: bool 
                    "settings": {"calibration_samples": CAL_SAMPLES, "eval_samples": EVAL_SAMPLES,
                                 "train_samples": TRAIN_SAMPLES, "batch_size": BATCH, "epochs": 1,
                                 "selective_min_agreement": SELECTIVE_MIN_AGREEMENT, "seed": SEED},
+                   "planned_rows": list(DEFAULT_MODELS),
                    "rows": {n: rows[n] for n in sorted(rows, key=_order)},
                    "complete": all(n in rows for n in DEFAULT_MODELS),
                    "wall_seconds": round(time.perf_counter() - start, 1)}

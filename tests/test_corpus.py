@@ -130,3 +130,41 @@ def test_unknown_derivation_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Unknown derivation 'nope'. Available"):
         corpus_derive.derive("nope", "in.h5", str(tmp_path / "out"))
     assert corpus_derive.main(["nope", "a", "b"]) == 2
+
+
+def test_readme_corpus_table_is_the_manifest():
+    from benchmarks import readme_conformance, readme_regions, readme_tables
+
+    with open(readme_tables.README, encoding="utf-8") as f:
+        readme = f.read()
+    rendered = readme_conformance.render_corpus(corpus.MODELS)
+    mismatches = readme_regions.compare(readme, rendered)
+    assert not mismatches, "README corpus table differs from benchmarks/corpus.json (run " \
+        "`python -m benchmarks.readme_tables --write`):\n" + "\n".join(m.diff for m in mismatches)
+    table = rendered["table:corpus"]
+    for name, entry in corpus.MODELS.items():  # independent of the renderer's formatting
+        assert f"`{name}`" in table and f"`{entry['package']}=={entry['version']}`" in table
+        assert entry["license"] in table
+
+
+def test_conformance_cells_render_their_figure_or_a_lettered_failure():
+    from benchmarks import readme_conformance as rc
+
+    assert rc.cell_text("int8", {"status": "ok", "top1_agreement": 0.921875}) == "ok 92"
+    assert rc.cell_text("int8", {"status": "ok", "top1_agreement": None, "sqnr_db": -3.4}) \
+        == "ok \u22123 dB"
+    assert rc.cell_text("load", {"status": "ok", "flavor": "keras3"}) == "ok keras3"
+    assert rc.cell_text("preflight", {"status": "ok", "findings": 2}) == "ok (2)"
+    assert rc.cell_text("mse", {"status": "error", "message": "x"}, "b") == "✗b"
+    data = {"columns": ["load", "int8"], "settings": {
+        "calibration_samples": 1, "eval_samples": 2, "train_samples": 3, "batch_size": 4,
+        "selective_min_agreement": 0.95}, "machine": "m", "versions": {"tensorflow": "t"},
+        "wall_seconds": 120, "planned_rows": ["a", "b"],
+        "rows": {"a": {"source": {"format": "tf_keras .h5 (x)", "data": {"kind": "tones"}},
+                       "cells": {"load": {"status": "ok", "flavor": "tf_keras", "seconds": 30},
+                                 "int8": {"status": "error", "message": "ValueError: no `int8`",
+                                          "seconds": 30}}}}}
+    regions = rc.render_conformance(data)
+    assert "| `a` | tf_keras .h5 | ok tf_keras | ✗a | 1 |" in regions["table"]
+    assert "(a) a int8: `ValueError: no int8`" in regions["notes"]
+    assert "1 of 2 cells ok" in regions["notes"] and "`b`" in regions["notes"]
