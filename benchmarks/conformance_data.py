@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks import corpus, photo_crops
 
-__all__ = ["SAMPLE_RATE", "SCALES", "inputs_for", "pseudo_labels", "write_npz"]
+__all__ = ["SAMPLE_RATE", "SCALES", "make_tones", "inputs_for", "pseudo_labels", "write_npz"]
 
 SAMPLE_RATE = 22050
 SCALES = {"raw": (1.0, 0.0), "unit": (1.0 / 255.0, 0.0), "signed": (1.0 / 127.5, -1.0)}
@@ -40,7 +40,7 @@ def _vocabulary(model) -> int:
     raise ValueError(f"{model.source}: token inputs need an Embedding layer; none found")
 
 
-def _tones(count: int, length: int, rng: np.random.Generator) -> np.ndarray:
+def make_tones(count: int, length: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(length) / SAMPLE_RATE
     out = np.empty((count, length, 1), np.float32)
     for i in range(count):
@@ -81,7 +81,7 @@ def inputs_for(model, data: dict, counts: dict[str, int], seed: int = 0,
         elif kind == "tokens":
             array = rng.integers(1, _vocabulary(model), (count, *shape))
         elif kind == "tones":
-            array = _tones(count, shape[0], rng)
+            array = make_tones(count, shape[0], rng)
         else:
             raise ValueError(f"Unknown data kind {kind!r}. Available: photos, features, "
                              "tokens, tones")

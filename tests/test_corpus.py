@@ -168,3 +168,34 @@ def test_conformance_cells_render_their_figure_or_a_lettered_failure():
     assert "| `a` | tf_keras .h5 | ok tf_keras | ✗a | 1 |" in regions["table"]
     assert "(a) a int8: `ValueError: no int8`" in regions["notes"]
     assert "1 of 2 cells ok" in regions["notes"] and "`b`" in regions["notes"]
+
+
+def test_pseudo_label_files_hold_top1_or_every_output(tmp_path):
+    import numpy as np
+
+    from benchmarks import conformance_data
+
+    x = {"img": np.zeros((3, 2), np.float32)}
+    probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], np.float32)
+    path = conformance_data.write_npz(str(tmp_path), x, {"out": probs}, "a")
+    with np.load(path) as z:
+        assert sorted(z.files) == ["x", "y"] and z["y"].tolist() == [1, 0, 1]
+    sigmoid = np.array([[0.2], [0.7], [0.51]], np.float32)
+    with np.load(conformance_data.write_npz(str(tmp_path), x, {"out": sigmoid}, "b")) as z:
+        assert z["y"].tolist() == [0, 1, 1]
+    heads = {"note": np.ones((3, 4, 2)), "onset": np.zeros((3, 4, 2))}
+    with np.load(conformance_data.write_npz(str(tmp_path), x, heads, "c")) as z:
+        assert sorted(z.files) == ["x", "y_note", "y_onset"]
+        np.testing.assert_array_equal(z["y_note"], heads["note"])
+
+
+def test_synthetic_tones_are_seeded_and_bounded():
+    import numpy as np
+
+    from benchmarks import conformance_data
+
+    a = conformance_data.make_tones(2, 4000, np.random.default_rng(1))
+    b = conformance_data.make_tones(2, 4000, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, 4000, 1) and a.dtype == np.float32
+    assert 0.01 < np.abs(a).max() <= 3 * 0.2 + 0.05  # three partials of 0.2 plus noise
