@@ -75,6 +75,7 @@ def render_conformance(data: Mapping) -> dict[str, str]:
                           + [f"{seconds / 60:.0f}"])
     header = ["model", "format"] + [COLUMN_LABELS[c] for c in columns] + ["min"]
     cells = [c for r in rows.values() for c in r["cells"].values()]
+    total_seconds = sum(c["seconds"] for c in cells)
     ok = sum(c["status"] == "ok" for c in cells)
     missing = [n for n in data.get("planned_rows", []) if n not in rows]
     intro = (
@@ -88,7 +89,7 @@ def render_conformance(data: Mapping) -> dict[str, str]:
         f"for several outputs). Selective quantization's budget is top-1 agreement "
         f"≥ {settings['selective_min_agreement']:g}. Ran on {data['machine']}, TensorFlow "
         f"{data['versions']['tensorflow']}, on cores shared with other jobs "
-        f"({data['wall_seconds'] / 60:.0f} minutes). Source: "
+        f"({total_seconds / 60:.0f} minutes of cell time). Source: "
         f"`benchmarks/results/benchmark_conformance.json` (seconds per cell there).")
     inputs = "; ".join(f"`{n}`: {DATA_LABELS[r['source']['data']['kind']]}"
                        for n, r in rows.items())

@@ -26,6 +26,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping
 
+from benchmarks.readme_conformance import render_conformance, render_corpus
 from benchmarks.readme_hard_ptq import render_hard_ptq
 from benchmarks.readme_regions import compare, replace_regions
 from tflq.fileio import write_atomic
@@ -344,6 +345,7 @@ RENDERERS: dict[str, Callable[[Mapping], dict[str, str]]] = {
     "benchmark_compress": render_compress,
     "benchmark_calibration": render_calibration,
     "benchmark_hard_ptq": render_hard_ptq,
+    "benchmark_conformance": render_conformance,
 }
 
 
@@ -385,6 +387,12 @@ def render_all(results: Mapping[str, Mapping]) -> dict[str, str]:
     return regions
 
 
+def _corpus_manifest() -> dict:
+    """The corpus manifest (``benchmarks/corpus.json``), rendered as ``table:corpus``."""
+    with open(os.path.join(ROOT, "benchmarks", "corpus.json"), encoding="utf-8") as f:
+        return json.load(f)["models"]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one `error:` line and exit 2, like every tflq command
         print(f"error: {message}", file=sys.stderr)
@@ -409,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rendered = render_all(load_results(args.results_dir))
+        benchmarks = len(rendered)
+        rendered.update(render_corpus(_corpus_manifest()))
         if args.write:
             updated = replace_regions(readme, rendered)
             if updated != readme:
@@ -426,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(m.region for m in mismatches)}. Fix the README or run --write.",
               file=sys.stderr)
         return 1
-    print(f"{args.readme}: all {len(rendered)} benchmark regions match the JSON")
+    print(f"{args.readme}: all {benchmarks} benchmark regions match the JSON, and the corpus "
+          "table matches benchmarks/corpus.json")
     return 0
 
 

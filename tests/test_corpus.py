@@ -159,7 +159,7 @@ def test_conformance_cells_render_their_figure_or_a_lettered_failure():
     data = {"columns": ["load", "int8"], "settings": {
         "calibration_samples": 1, "eval_samples": 2, "train_samples": 3, "batch_size": 4,
         "selective_min_agreement": 0.95}, "machine": "m", "versions": {"tensorflow": "t"},
-        "wall_seconds": 120, "planned_rows": ["a", "b"],
+        "planned_rows": ["a", "b"],
         "rows": {"a": {"source": {"format": "tf_keras .h5 (x)", "data": {"kind": "tones"}},
                        "cells": {"load": {"status": "ok", "flavor": "tf_keras", "seconds": 30},
                                  "int8": {"status": "error", "message": "ValueError: no `int8`",
