@@ -235,7 +235,8 @@ def _existing_rows(json_path: str) -> dict:
 def run(models, columns, json_path: str, cache: str | None = None, update: bool = False) -> dict:
     """Runs the matrix, rewriting ``json_path`` after every row; returns the summary.
 
-    ``update`` keeps the rows of the existing ``json_path`` that are not run now."""
+    ``update`` keeps the rows of the existing ``json_path`` that are not run now, and the
+    cells of a row that a run of fewer columns does not redo."""
     from tflq import runtime
     from tflq.fileio import write_atomic
     from tflq.report import to_json
@@ -248,9 +249,17 @@ def run(models, columns, json_path: str, cache: str | None = None, update: bool 
     rows = _existing_rows(json_path) if update else {}
     summary = {}
     for name in models:
-        rows[name] = run_row(name, columns, cache)
+        row = run_row(name, columns, cache)
+        if update and name in rows and set(columns) != set(COLUMNS):
+            # A partial rerun replaces only its cells; each says which commit it ran on.
+            for cell in row["cells"].values():
+                cell["commit"] = row["commit"]
+            rows[name]["cells"].update(row["cells"])
+        else:
+            rows[name] = row
         summary = {"benchmark": "conformance", "machine": runtime.machine_description(),
-                   "versions": runtime.versions(), "columns": list(columns),
+                   "versions": runtime.versions(),
+                   "columns": [c for c in COLUMNS if any(c in r["cells"] for r in rows.values())],
                    "settings": {"calibration_samples": CAL_SAMPLES, "eval_samples": EVAL_SAMPLES,
                                 "train_samples": TRAIN_SAMPLES, "batch_size": BATCH, "epochs": 1,
                                 "selective_min_agreement": SELECTIVE_MIN_AGREEMENT, "seed": SEED},

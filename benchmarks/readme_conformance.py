@@ -9,6 +9,7 @@ reads ``✗`` plus a letter; the notes give each letter's one-line message.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 
@@ -29,6 +30,7 @@ DATA_LABELS = {
     "tones": "synthetic tones (3 sine partials + noise, 22.05 kHz)",
 }
 MINUS = "\u2212"
+MESSAGE_CHARS = 200  # a failure's message as quoted in the notes
 
 
 def cell_text(column: str, cell: Mapping, letter: str | None = None) -> str:
@@ -55,7 +57,7 @@ def render_conformance(data: Mapping) -> dict[str, str]:
     """Regions: intro (what ran, on what data), table (the matrix), notes (every failure)."""
     columns, rows, settings = data["columns"], data["rows"], data["settings"]
     letters = iter(string.ascii_lowercase + string.ascii_uppercase)
-    failures, table_rows = [], []
+    failures, table_rows, by_message = [], [], {}
     for name, row in rows.items():
         texts = []
         for column in columns:
@@ -65,9 +67,15 @@ def render_conformance(data: Mapping) -> dict[str, str]:
                 continue
             letter = None
             if cell["status"] != "ok":
-                letter = next(letters)
-                failures.append(f"({letter}) {name} {COLUMN_LABELS[column]}: "
-                                f"`{cell['message'].replace('`', '')}`")
+                # One letter per distinct message (TensorFlow's function ids ignored).
+                text = cell["message"].replace("`", "").replace("|", "/")
+                key = re.sub(r"_\d+", "", text)[:MESSAGE_CHARS]
+                if key not in by_message:
+                    by_message[key] = next(letters)
+                    failures.append((by_message[key], text[:MESSAGE_CHARS], []))
+                letter = by_message[key]
+                next(f for f in failures if f[0] == letter)[2].append(
+                    f"{name} {COLUMN_LABELS[column]}")
             texts.append(cell_text(column, cell, letter))
         seconds = sum(c["seconds"] for c in row["cells"].values())
         source = row["source"]
@@ -97,7 +105,9 @@ def render_conformance(data: Mapping) -> dict[str, str]:
              f"float model, or output SQNR (dB) for the multi-output model, preflight's number "
              f"of findings, the load flavour; `min` is the row's minutes. Inputs per row: "
              f"{inputs}. ")
-    notes += ("Not ok: " + "; ".join(failures) + "." if failures else "Every cell ok.")
+    notes += ("Not ok: " + "; ".join(f"({letter}) {', '.join(where)}: `{text}`"
+                                     for letter, text, where in failures) + "."
+              if failures else "Every cell ok.")
     if missing:
         notes += (f" Not run in the committed JSON (time on the shared cores): "
                   f"{', '.join(f'`{n}`' for n in missing)}.")
