@@ -26,6 +26,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping
 
+from benchmarks.readme_conformance import render_conformance, render_corpus
 from benchmarks.readme_distributed import render_distributed
 from benchmarks.readme_fuzz import render_fuzz
 from benchmarks.readme_hard_ptq import render_hard_ptq
@@ -350,6 +351,7 @@ RENDERERS: dict[str, Callable[[Mapping], dict[str, str]]] = {
     "benchmark_hard_ptq": render_hard_ptq,
     "benchmark_distributed": render_distributed,
     "benchmark_fuzz": render_fuzz,
+    "benchmark_conformance": render_conformance,
 }
 
 
@@ -391,6 +393,12 @@ def render_all(results: Mapping[str, Mapping]) -> dict[str, str]:
     return regions
 
 
+def _corpus_manifest() -> dict:
+    """The corpus manifest (``benchmarks/corpus.json``), rendered as ``table:corpus``."""
+    with open(os.path.join(ROOT, "benchmarks", "corpus.json"), encoding="utf-8") as f:
+        return json.load(f)["models"]
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one `error:` line and exit 2, like every tflq command
         print(f"error: {message}", file=sys.stderr)
@@ -415,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rendered = render_all(load_results(args.results_dir))
+        benchmarks = len(rendered)
+        rendered.update(render_corpus(_corpus_manifest()))
         if args.write:
             updated = replace_regions(readme, rendered)
             if updated != readme:
@@ -432,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(m.region for m in mismatches)}. Fix the README or run --write.",
               file=sys.stderr)
         return 1
-    print(f"{args.readme}: all {len(rendered)} benchmark regions match the JSON")
+    print(f"{args.readme}: all {benchmarks} benchmark regions match the JSON, and the corpus "
+          "table matches benchmarks/corpus.json")
     return 0
 
 
