@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 __all__ = ["ops_details", "tflite_layout", "int8_weight_tensors", "weight_requantization",
-           "find_float_ops", "gzip_size", "weight_stats"]
+           "find_float_ops", "quantize_islands", "gzip_size", "weight_stats"]
 
 
 def ops_details(interpreter) -> list[dict]:
@@ -131,6 +131,49 @@ def find_float_ops(content: bytes) -> list[str]:
         if any(i in tensors and tensors[i]["dtype"] in _FLOAT_DTYPES for i in indices):
             found.append(f"{name}#{op['index']}")
     return found
+
+
+def quantize_islands(content: bytes) -> dict:
+    """Where float ops split an integer graph: the QUANTIZE and DEQUANTIZE ops inserted
+    between ops (not those converting the model's own inputs and outputs, nor DEQUANTIZE of
+    constant weights, as float16 and dynamic-range models hold them), and the float compute
+    ops next to them (the ops responsible), as ``NAME#index`` and counted by op type.
+
+    Returns:
+      ``{"quantize": n, "dequantize": n, "float_ops": [...], "by_type": {op: count}}``.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    ops = ops_details(interpreter)
+    produced = {int(t): op for op in ops for t in op["outputs"] if int(t) >= 0}
+    consumers: dict[int, list] = {}
+    for op in ops:
+        for t in op["inputs"]:
+            consumers.setdefault(int(t), []).append(op)
+    model_io = {d["index"] for d in interpreter.get_input_details()} | {
+        d["index"] for d in interpreter.get_output_details()}
+    counts = {"QUANTIZE": 0, "DEQUANTIZE": 0}
+    responsible: dict[int, dict] = {}
+    for op in ops:
+        if op["op_name"] not in counts or not len(op["inputs"]):
+            continue
+        source, target = int(op["inputs"][0]), int(op["outputs"][0])
+        if source in model_io or target in model_io or source not in produced:
+            continue  # converts the model's I/O, or dequantizes a constant
+        counts[op["op_name"]] += 1
+        # QUANTIZE takes a float op's output; DEQUANTIZE feeds float ops.
+        near = ([produced[source]] if op["op_name"] == "QUANTIZE"
+                else consumers.get(target, []))
+        for other in near:
+            if other["op_name"] not in _BOUNDARY_OPS:
+                responsible[other["index"]] = other
+    names = [f"{responsible[i]['op_name']}#{i}" for i in sorted(responsible)]
+    by_type: dict[str, int] = {}
+    for i in sorted(responsible):
+        by_type[responsible[i]["op_name"]] = by_type.get(responsible[i]["op_name"], 0) + 1
+    return {"quantize": counts["QUANTIZE"], "dequantize": counts["DEQUANTIZE"],
+            "float_ops": names, "by_type": by_type}
 
 
 _WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}

@@ -30,6 +30,7 @@ from tflq.jobs.common import (
 )
 from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
+from tflq.task_metrics import normalize_output_tasks
 
 __all__ = ["ConvertJob", "run_job", "below_converter_warnings", "WARN_BELOW_CONVERTER_PP",
            "BASELINE"]
@@ -62,6 +63,9 @@ class ConvertJob:
         the float32 .tflite, reported beside the converter modes as ``litert:<recipe>``.
       layer_error_samples: calibration samples for the per-layer error of every mode but
         float32 (:mod:`tflq.layer_error`); 0 turns it off.
+      output_tasks: the task each named output is measured as (``{name: task}``, a string
+        ``"name=task,..."`` or pairs; :data:`tflq.task_metrics.TASKS`); the others are
+        inferred from their shape and final activation (:mod:`tflq.jobs.outputs`).
     """
 
     model: object
@@ -81,9 +85,11 @@ class ConvertJob:
     progress: bool | str = True
     recipes: tuple[str, ...] = ()
     layer_error_samples: int = DEFAULT_SAMPLES
+    output_tasks: tuple = ()
 
     def __post_init__(self):
         options.parse_modes(list(self.modes))
+        object.__setattr__(self, "output_tasks", normalize_output_tasks(self.output_tasks))
         from tflq.ptq import litert_backend
 
         for recipe in self.recipes:
@@ -139,6 +145,7 @@ class ConvertJob:
             "batch_size": self.batch_size,
             "latency_runs": self.latency_runs,
             "layer_error_samples": self.layer_error_samples,
+            "output_tasks": dict(self.output_tasks),
             **self.convert_options.to_dict(),
             "normalize": self.data_options.normalize,
             "image_size": list(self.data_options.image_size) if self.data_options.image_size else None,
@@ -170,6 +177,7 @@ def run_job(job: ConvertJob) -> JobResult:
       ValueError: bad input of any kind; nothing has been written.
     """
     from tflq import interpreter
+    from tflq.jobs import outputs
     from tflq.models import load_model
     from tflq.ptq import preflight
 
@@ -177,6 +185,8 @@ def run_job(job: ConvertJob) -> JobResult:
     if job.out is not None:
         check_output_dir(job.out)
     model = load_model(job.model)
+    observer = outputs.start(model, job.output_tasks, job.gates,
+                             [m.value for m in modes] + [f"litert:{r}" for r in job.recipes])
     calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats = prepare_data(
         job, model)
     representative = sampling.representative_dataset(calib, model.inputs, calib_indices)
@@ -190,13 +200,15 @@ def run_job(job: ConvertJob) -> JobResult:
         runners[BASELINE] = interpreter.TfliteModel(baseline, model.output_names,
                                                     num_threads=job.num_threads)
     float_result, comparisons, first_batch = _evaluate(job, model, evaluation, eval_indices,
-                                                       runners)
+                                                       runners, observer)
     runners.pop(BASELINE, None)
     latency = interpreter.measure_latency(
         {m.value: r for m, r in runners.items()}, first_batch, runs=job.latency_runs)
     mode_rows = _mode_rows(job, model, modes, conversions, comparisons, float_result, latency,
                            selective)
     float_size = len(conversions[options.Mode.FLOAT32].content)
+    slow = outputs.complete(mode_rows, observer, {m.value: conversions[m].content for m in modes},
+                            job.num_threads)
     measured = add_layer_error(mode_rows, conversions[options.Mode.FLOAT32].content,
                                {m.value: conversions[m].content for m in modes},
                                representative(), job.layer_error_samples)
@@ -214,7 +226,8 @@ def run_job(job: ConvertJob) -> JobResult:
         float_section={"accuracy": float_result["accuracy"], "float32_tflite_bytes": float_size},
         modes=mode_rows, gates=job.gates,
         preflight=[f.to_dict() for f in preflight.static_findings(model)],
-        warnings=below_converter_warnings(mode_rows, comparisons))
+        warnings=below_converter_warnings(mode_rows, comparisons) + slow,
+        output_tasks=observer.section)
     if baseline is not None:
         full_report["plain_converter_int8"] = {
             k: v for k, v in comparisons[BASELINE].result().items() if k != "accuracy"}
@@ -437,8 +450,9 @@ def _float_ops_cost(job, model, all_int8: bytes, content: bytes, sample) -> dict
             "selective_latency_ms": latency["selective"]["median"]}
 
 
-def _evaluate(job: ConvertJob, model, evaluation, eval_indices, runners):
-    """:func:`tflq.jobs.common.evaluate` over the job's evaluation samples, in its batches."""
+def _evaluate(job: ConvertJob, model, evaluation, eval_indices, runners, observer):
+    """:func:`tflq.jobs.common.evaluate` over the job's evaluation samples, in its batches,
+    with the per-output ``observer``; the headline columns count its headline output."""
     batches = sampling.iter_batches(evaluation, model.inputs, job.batch_size, eval_indices)
     bar = progress(job.progress, "validate", -(-len(eval_indices) // job.batch_size), "batch")
-    return evaluate(model, batches, runners, bar)
+    return evaluate(model, batches, runners, bar, [observer], observer.headline)
