@@ -65,6 +65,18 @@ def define_gates() -> tuple[flags.FlagHolder, flags.FlagHolder]:
                    "Gate: smallest top-1 agreement (0..1) with the float model."))
 
 
+def define_output_checks() -> tuple[flags.FlagHolder, flags.FlagHolder]:
+    """--output_tasks (what each output is measured as) and the repeatable --gate rule."""
+    return (define("string", "output_tasks", None,
+                   "Task each model output is measured as, e.g. 'contour=multilabel,"
+                   "onset=multilabel' (classification, multilabel, regression, detection, "
+                   "segmentation). Outputs not named are inferred from their shape and final "
+                   "activation; the report says how."),
+            define("multi_string", "gate", None,
+                   "Gate rule [output:]metric OP value, repeatable, e.g. 'onset:f1>=0.95' or "
+                   "'sqnr_db>=30' (OP: >=, <=, >, <). Exit 3 when a mode breaks it."))
+
+
 def define_output_losses() -> flags.FlagHolder:
     """--output_losses of the training commands (qat, compress)."""
     return define(

@@ -23,6 +23,7 @@ from pipelines.common import (
     check_no_arguments,
     define,
     define_gates,
+    define_output_checks,
     guard,
     progress_setting,
     report_gates,
@@ -103,6 +104,7 @@ _NORMALIZE = flags.DEFINE_enum(
 _IMAGE_SIZE = flags.DEFINE_string(
     "image_size", None, "HxW to resize image-folder images to (default: the model's size).")
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
+_OUTPUT_TASKS, _GATE = define_output_checks()
 _QUIET = define("bool", "quiet", False, "No progress bars.")
 _LAYER_ERROR_SAMPLES = define(
     "integer", "layer_error_samples", None, "Calibration (QAT: training) samples for the per-layer "
@@ -164,7 +166,8 @@ def build_job():
         data_options=tflq.DataOptions(normalize=_NORMALIZE.value,
                                       image_size=parse_image_size(_IMAGE_SIZE.value)),
         gates=tflq.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
-                         min_agreement=_MIN_AGREEMENT.value),
+                         min_agreement=_MIN_AGREEMENT.value, gate=tuple(_GATE.value or ())),
+        output_tasks=_OUTPUT_TASKS.value,
         progress=progress_setting(_QUIET.value),
         layer_error_samples=_default(_LAYER_ERROR_SAMPLES.value, 16),
     )

@@ -31,6 +31,7 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "integer_io": (bool,), "per_tensor": (bool,), "allow_float_ops": (bool,),
     "normalize": (str,), "image_size": (list,), "max_accuracy_drop": (int, float),
     "min_agreement": (int, float), "timeout": (int, float), "max_memory_mb": (int,),
+    "output_tasks": (str, dict), "gate": (list, str),
 }
 
 
@@ -177,8 +178,9 @@ def _convert_job(settings: dict, out: str) -> convert_job.ConvertJob:
             normalize=settings.get("normalize", "0_1"),
             image_size=tuple(image_size) if image_size else None),
         gates=report.Gates(max_accuracy_drop=settings.get("max_accuracy_drop"),
-                           min_agreement=settings.get("min_agreement")),
-        **kwargs)
+                           min_agreement=settings.get("min_agreement"),
+                           gate=settings.get("gate", ())),
+        output_tasks=settings.get("output_tasks"), **kwargs)
 
 
 def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> BatchSpec:

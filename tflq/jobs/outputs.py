@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from tflq import task_metrics
 
-__all__ = ["SLOWER_MARGIN", "OutputObserver", "choose_tasks", "headline_output",
+__all__ = ["SLOWER_MARGIN", "SLOWER_MIN_MS", "OutputObserver", "choose_tasks", "headline_output",
            "tasks_section", "add_per_output", "performance_warnings", "start", "complete"]
 
 # Interleaved medians on a shared machine move by a few percent between runs: a mode counts as
 # slower than float32 when its median latency exceeds float32's by more than this factor.
 SLOWER_MARGIN = 1.05
+# ... and by more than this many milliseconds (below it, tiny models' medians are timer noise).
+SLOWER_MIN_MS = 0.05
 
 
 def choose_tasks(model, output_tasks) -> tuple[list, list[dict]]:
@@ -92,7 +94,8 @@ def add_per_output(mode_rows: list[dict], observer: OutputObserver, headline: st
 def performance_warnings(mode_rows: list[dict], contents: dict[str, bytes],
                          num_threads: int) -> list[str]:
     """Adds ``row["performance"]`` to every mode but float32 and returns one warning line per
-    mode slower than float32 (median latency, same threads, beyond :data:`SLOWER_MARGIN`) or
+    mode slower than float32 (median latency, same threads, beyond :data:`SLOWER_MARGIN` and
+    :data:`SLOWER_MIN_MS`) or
     split by float ops into quantize/dequantize islands, naming the ops responsible."""
     from tflq import tflite_inspect
 
@@ -104,7 +107,8 @@ def performance_warnings(mode_rows: list[dict], contents: dict[str, bytes],
         islands = tflite_inspect.quantize_islands(contents[row["mode"]])
         ratio = (row["latency_ms"]["median"] / base["latency_ms"]["median"]
                  if base and base["latency_ms"]["median"] > 0 else None)
-        slower = ratio is not None and ratio > SLOWER_MARGIN
+        slower = ratio is not None and ratio > SLOWER_MARGIN and (
+            row["latency_ms"]["median"] - base["latency_ms"]["median"] > SLOWER_MIN_MS)
         row["performance"] = {**islands, "latency_vs_float32": ratio, "slower": slower,
                               "num_threads": num_threads}
         inserted = islands["quantize"] + islands["dequantize"]
