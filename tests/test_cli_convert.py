@@ -214,10 +214,22 @@ def test_allow_float_ops(capsys, tmp_path):
     code, _, err = run_cli(capsys, model="test_cli_convert:make_cos_model", data=data, out=out,
                            modes="int8", num_calibration_samples=50)
     assert code == 2 and "--allow_float_ops" in err and not os.path.exists(out)
-    code, _, _ = run_cli(capsys, model="test_cli_convert:make_cos_model", data=data, out=out,
-                         modes="int8", num_calibration_samples=50, allow_float_ops=True)
+    code, _, err = run_cli(capsys, model="test_cli_convert:make_cos_model", data=data, out=out,
+                           modes="float32,int8", num_calibration_samples=50, allow_float_ops=True)
     assert code == 0
-    assert any(op.startswith("COS") for op in load_report(out)["modes"][0]["float_ops"])
+    int8 = load_report(out)["modes"][1]
+    assert any(op.startswith("COS") for op in int8["float_ops"])
+    # Dense (int8) → DEQUANTIZE → COS (float) → QUANTIZE → Dense (int8): one island, by
+    # construction; the model's own input QUANTIZE and output DEQUANTIZE do not count.
+    performance = int8["performance"]
+    assert (performance["quantize"], performance["dequantize"], performance["by_type"]) == (
+        1, 1, {"COS": 1})
+    assert performance["latency_vs_float32"] == pytest.approx(
+        int8["latency_ms"]["median"] / load_report(out)["modes"][0]["latency_ms"]["median"])
+    line = "1 QUANTIZE and 1 DEQUANTIZE op(s) inserted around COS×1"
+    assert "warning: int8: " in err and line in err
+    assert line in open(os.path.join(out, "report.md")).read()
+    assert line in open(os.path.join(out, "report.html")).read()
 
 
 def test_gate_breach_exits_3_and_still_writes(capsys, tmp_path):
