@@ -87,6 +87,7 @@ def main(argv) -> int:
                "--modes", "float32,float16,dynamic,int8", "--allow_float_ops",
                "--num_calibration_samples", str(calib), "--batch_size", "16",
                "--out", os.path.join(out, "convert"), "--quiet"]
+    load_average = os.getloadavg()  # other work on the machine moves the latency figures
     done = subprocess.run(command, capture_output=True, text=True)
     sys.stderr.write(done.stderr[-4000:])
     if done.returncode not in (0, 3):
@@ -100,6 +101,7 @@ def main(argv) -> int:
                   "calibration": calib, "evaluation": evaluation,
                   "first_eval_windows": sources[calib:calib + 5]},
         "machine": report["machine"], "created_utc": report["created_utc"],
+        "load_average": [round(v, 2) for v in load_average],
         "versions": report["versions"], "output_tasks": report["output_tasks"],
         "modes": [{k: m.get(k) for k in ("mode", "size_bytes", "float_ops", "top1_agreement",
                                           "sqnr_db", "latency_ms", "per_output", "performance",

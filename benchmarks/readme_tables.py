@@ -26,6 +26,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping
 
+from benchmarks.readme_basic_pitch import render_basic_pitch
 from benchmarks.readme_hard_ptq import render_hard_ptq
 from benchmarks.readme_regions import compare, replace_regions
 from tflq.fileio import write_atomic
@@ -344,6 +345,7 @@ RENDERERS: dict[str, Callable[[Mapping], dict[str, str]]] = {
     "benchmark_compress": render_compress,
     "benchmark_calibration": render_calibration,
     "benchmark_hard_ptq": render_hard_ptq,
+    "basic_pitch_outputs": render_basic_pitch,
 }
 
 

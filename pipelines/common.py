@@ -85,6 +85,12 @@ def define_output_losses() -> flags.FlagHolder:
         "Outputs not named are inferred (softmax or class-named logits: kl; otherwise mse).")
 
 
+def report_warnings(result) -> None:
+    """Prints each of the report's warnings as one ``warning:`` line on stderr."""
+    for line in result.report.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def report_gates(result) -> int:
     """Prints one ``quality gate failed:`` line on stderr when a gate failed; returns the job's
     exit code (0, or 3 for a failed gate)."""

@@ -24,10 +24,12 @@ from pipelines.common import (
     check_no_arguments,
     define,
     define_gates,
+    define_output_checks,
     define_output_losses,
     guard,
     keras_verbose,
     report_gates,
+    report_warnings,
     require,
     run_main,
 )
@@ -72,6 +74,7 @@ _NUM_CALIBRATION_SAMPLES = define(
 _SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
 _OUTPUT_LOSSES = define_output_losses()
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
+_OUTPUT_TASKS, _GATE = define_output_checks()
 
 
 def output_folder() -> str:
@@ -102,8 +105,9 @@ def _compress(argv) -> int:
         num_train_samples=_NUM_TRAIN_SAMPLES.value,
         num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value,
         output_losses=_OUTPUT_LOSSES.value or (),
+        output_tasks=_OUTPUT_TASKS.value,
         gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
-                           min_agreement=_MIN_AGREEMENT.value))
+                           min_agreement=_MIN_AGREEMENT.value, gate=tuple(_GATE.value or ())))
     result = compress_job.run_compress_job(job)
     print(report.format_table(result.report))
     c = result.report["compression"]
@@ -112,6 +116,7 @@ def _compress(argv) -> int:
           f"(float32 gzip {c['float32_gzip_bytes']:,} B); weight sparsity "
           f"{100 * c['weight_sparsity']:.1f}%; sparse encoding {c['sparse_encoding']['size_bytes']:,} B "
           f"({c['sparse_encoding']['sparse_tensors']} tensor(s) encoded)")
+    report_warnings(result)
     return report_gates(result)
 
 

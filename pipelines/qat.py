@@ -20,10 +20,12 @@ from pipelines.common import (
     check_no_arguments,
     define,
     define_gates,
+    define_output_checks,
     define_output_losses,
     guard,
     keras_verbose,
     report_gates,
+    report_warnings,
     require,
     run_main,
 )
@@ -66,6 +68,7 @@ _LAYER_ERROR_SAMPLES = define(
     "error of every quantized mode (default: 16; 0 turns it off).")
 _OUTPUT_LOSSES = define_output_losses()
 _MAX_ACCURACY_DROP, _MIN_AGREEMENT = define_gates()
+_OUTPUT_TASKS, _GATE = define_output_checks()
 
 
 def output_folder() -> str:
@@ -101,13 +104,15 @@ def _qat(argv) -> int:
         seed=_SEED.value,
         output_losses=_OUTPUT_LOSSES.value or (),
         layer_error_samples=16 if _LAYER_ERROR_SAMPLES.value is None else _LAYER_ERROR_SAMPLES.value,
+        output_tasks=_OUTPUT_TASKS.value,
         gates=report.Gates(max_accuracy_drop=_MAX_ACCURACY_DROP.value,
-                           min_agreement=_MIN_AGREEMENT.value))
+                           min_agreement=_MIN_AGREEMENT.value, gate=tuple(_GATE.value or ())))
     result = qat_job.run_qat_job(job)
     print(report.format_table(result.report))
     parity = result.report["qat"]["parity"]
     print(f"\nQAT Keras vs TFLite int8: top-1 agreement {100 * parity['top1_agreement']:.2f}%, "
           f"{100 * parity['within_1_lsb']:.2f}% of outputs within one LSB")
+    report_warnings(result)
     return report_gates(result)
 
 

@@ -147,15 +147,17 @@ def array_batches(x: dict, y, batch_size: int):
                None if y is None else y[start:start + batch_size])
 
 
-def evaluate_trained(job, float_model, runner, float32: bytes, x_eval: dict, targets, observer):
+def evaluate_trained(job, float_model, runner, float32: bytes, x_eval: dict, targets, observer,
+                     more_observers=()):
     """The evaluation of a training job (QAT, compress): the float model and the int8 .tflite
-    on the evaluation data, with ``observer`` for the job's own comparisons, then latency of
-    the float32 and int8 .tflite side by side. Returns (float result, comparisons, latency)."""
+    on the evaluation data, with ``observer`` (and ``more_observers``) for the job's own
+    comparisons, then latency of the float32 and int8 .tflite side by side. Returns (float
+    result, comparisons, latency)."""
     from tflq import interpreter
 
     float_result, compared, _ = evaluate(
         float_model, array_batches(x_eval, targets.eval_class_labels, job.batch_size),
-        {"int8": runner}, observers=[observer], primary=targets.primary)
+        {"int8": runner}, observers=[observer, *more_observers], primary=targets.primary)
     latency = interpreter.measure_latency(
         {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
          "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)

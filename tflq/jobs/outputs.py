@@ -13,7 +13,8 @@ from __future__ import annotations
 from tflq import task_metrics
 
 __all__ = ["SLOWER_MARGIN", "SLOWER_MIN_MS", "OutputObserver", "choose_tasks", "headline_output",
-           "tasks_section", "add_per_output", "performance_warnings", "start", "complete"]
+           "tasks_section", "add_per_output", "performance_warnings", "check_names", "start",
+           "complete"]
 
 # Interleaved medians on a shared machine move by a few percent between runs: a mode counts as
 # slower than float32 when its median latency exceeds float32's by more than this factor.
@@ -91,15 +92,17 @@ def add_per_output(mode_rows: list[dict], observer: OutputObserver, headline: st
             row["headline_output"] = headline
 
 
-def performance_warnings(mode_rows: list[dict], contents: dict[str, bytes],
-                         num_threads: int) -> list[str]:
+def performance_warnings(mode_rows: list[dict], contents: dict[str, bytes], num_threads: int,
+                         float32_latency: dict | None = None) -> list[str]:
     """Adds ``row["performance"]`` to every mode but float32 and returns one warning line per
     mode slower than float32 (median latency, same threads, beyond :data:`SLOWER_MARGIN` and
-    :data:`SLOWER_MIN_MS`) or
+    :data:`SLOWER_MIN_MS`; ``float32_latency`` when no row is float32) or
     split by float ops into quantize/dequantize islands, naming the ops responsible."""
     from tflq import tflite_inspect
 
     base = next((r for r in mode_rows if r["mode"] == "float32"), None)
+    if base is None and float32_latency is not None:
+        base = {"latency_ms": float32_latency}
     warnings = []
     for row in mode_rows:
         if row["mode"] == "float32" or row["mode"] not in contents:
@@ -131,25 +134,34 @@ def performance_warnings(mode_rows: list[dict], contents: dict[str, bytes],
     return warnings
 
 
-def start(model, output_tasks, gates, keys) -> OutputObserver:
+def check_names(model, output_tasks, gates) -> None:
+    """Raises ValueError when ``output_tasks`` or a gate rule names an output the model does
+    not have (cheap: run it before anything long)."""
+    from tflq import output_gates
+
+    names = list(model.output_names)
+    task_metrics.check_output_names([n for n, _ in output_tasks or ()], names, "output_tasks")
+    named = [output_gates.parse_gate(rule).output for rule in gates.gate]
+    task_metrics.check_output_names([n for n in named if n], names, "--gate")
+
+
+def start(model, output_tasks, gates, keys, headline: int | None = None) -> OutputObserver:
     """Chooses every output's task and checks that the gates name outputs the model has
     (ValueError otherwise, before anything runs); returns the observer for
     :func:`tflq.jobs.common.evaluate` (its ``headline`` is the output the headline columns
-    count, ``section`` the report's ``output_tasks``)."""
-    from tflq import output_gates
-
+    count: ``headline``, or the first classification output; ``section`` is the report's
+    ``output_tasks``)."""
+    check_names(model, output_tasks, gates)
     tasks, activations = choose_tasks(model, output_tasks)
-    named = [output_gates.parse_gate(rule).output for rule in gates.gate]
-    task_metrics.check_output_names([n for n in named if n], list(model.output_names), "--gate")
-    headline = headline_output(tasks)
+    headline = headline_output(tasks) if headline is None else headline
     observer = OutputObserver(tasks, keys, headline)
     observer.section = tasks_section(tasks, activations, headline)
     return observer
 
 
 def complete(mode_rows: list[dict], observer: OutputObserver, contents: dict[str, bytes],
-             num_threads: int) -> list[str]:
+             num_threads: int, float32_latency: dict | None = None) -> list[str]:
     """Puts the per-output groups and performance figures in the mode rows; returns the
-    performance warnings."""
+    performance warnings (``float32_latency``: float32's, when no row is float32)."""
     add_per_output(mode_rows, observer, observer.section["headline"]["output"])
-    return performance_warnings(mode_rows, contents, num_threads)
+    return performance_warnings(mode_rows, contents, num_threads, float32_latency)
