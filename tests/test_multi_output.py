@@ -124,7 +124,8 @@ def check_parity(report, expected):
 
 def test_qat_with_labels_per_output(capsys, files, tmp_path):
     out = tmp_path / "out"
-    code, stdout, err = run(qat_cli, capsys, **base(files, out))
+    code, stdout, err = run(qat_cli, capsys, **base(files, out, output_tasks="boxes=detection",
+                                                    gate=["classes:top5_agreement>=1"]))
     assert code == 0, err
     report = json.load(open(out / "report.json"))
     assert report["qat"]["outputs"]["boxes"]["loss"] == "mse"
@@ -139,6 +140,14 @@ def test_qat_with_labels_per_output(capsys, files, tmp_path):
     md = open(out / "report.md").read()
     assert "| boxes | regression |" in md and "| classes | classification |" in md
     assert any("losses per output: boxes=mse" in n for n in row["notes"])
+    # --output_tasks and --gate reach the QAT report: boxes measured as detection, the class
+    # head (2 classes: top-5 always holds) gated; the groups count the float model vs int8
+    assert report["output_tasks"]["outputs"]["boxes"]["task"] == "detection"
+    assert report["output_tasks"]["headline"]["output"] == "classes"
+    assert report["gates"]["gate"] == ["classes:top5_agreement>=1"] and report["gates"]["passed"]
+    assert row["per_output"]["classes"]["top1_agreement"] == pytest.approx(
+        row["outputs"]["classes"]["top1_agreement"])
+    assert 0 <= row["per_output"]["boxes"]["mean_iou"] <= 1
 
 
 def test_qat_distilled_without_labels_covers_every_output(capsys, files, tmp_path):
