@@ -202,3 +202,20 @@ def test_performance_warning_names_a_slower_mode():
     assert "performance" not in rows[0]
     full = {"warnings": found, "modes": []}
     assert found[0] in report_outputs.to_html(full)
+
+
+def test_an_unreadable_graph_loses_only_the_inference():
+    class Untraceable:
+        output_names = ("a", "b")
+
+        def graph_function(self):
+            raise TypeError("cannot trace")
+
+    found = output_tasks.output_activations(Untraceable())
+    assert found == [{"shape": None, "activation": None,
+                      "source": "graph not readable (TypeError)"}] * 2
+    tasks = output_tasks.model_tasks(Untraceable(), {"b": "multilabel"})
+    assert [(t.task, t.reason) for t in tasks] == [
+        ("regression", "graph not readable: shape and activation unknown (name the task with "
+                       "output_tasks)"),
+        ("multilabel", "set by output_tasks")]

@@ -38,21 +38,22 @@ def output_activations(model) -> list[dict]:
     """Per output of a :class:`tflq.models.LoadedModel`, in ``output_names`` order:
     ``{"shape": (None, …), "activation": str or None, "source": where it was read}``.
 
-    The graph is frozen first (function calls inlined); a graph that cannot be read gives
-    activation None, which :func:`tflq.task_metrics.infer_task` takes as linear and says so.
+    The graph is frozen first (function calls inlined); a graph that cannot be traced or
+    frozen gives shape and activation None, which :func:`tflq.task_metrics.infer_task` takes
+    as regression and says so.
     """
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
 
-    function = model.graph_function()
-    shapes = [tuple(None if d is None else int(d) for d in t.shape) for t in function.outputs]
     try:
-        frozen = convert_variables_to_constants_v2(function)
-        tensors = list(frozen.outputs)
+        function = model.graph_function()
+        shapes = [tuple(None if d is None else int(d) for d in t.shape) for t in function.outputs]
+        tensors = list(convert_variables_to_constants_v2(function).outputs)
     except Exception as e:  # noqa: BLE001 - an unreadable graph only loses the inference
         reason = f"graph not readable ({type(e).__name__})"
-        return [{"shape": s, "activation": None, "source": reason} for s in shapes]
+        return [{"shape": None, "activation": None, "source": reason}
+                for _ in model.output_names]
     found = []
     for shape, tensor in zip(shapes, tensors, strict=True):
         activation, source = _activation_of(tensor)

@@ -150,11 +150,15 @@ def infer_task(name: str, shape: Sequence, activation: str | None,
 
     Args:
       name: the output's name.
-      shape: its shape, batch axis first (None where unknown).
+      shape: its shape, batch axis first (None where unknown); None when the graph could not
+        be read.
       activation: ``softmax``, ``sigmoid``, ``linear``, another activation's name, or None
         when it could not be found (treated as linear).
       num_outputs: how many outputs the model has.
     """
+    if shape is None:
+        return OutputTask(name, "regression", "graph not readable: shape and activation "
+                          "unknown (name the task with output_tasks)")
     rank = len(shape)
     last = shape[-1] if rank > 1 else 1
     size = math.prod(d for d in shape[1:] if d is not None) if rank > 1 else 1

@@ -50,7 +50,7 @@ def headline_output(tasks) -> int:
 def tasks_section(tasks, activations, headline: int) -> dict:
     """report["output_tasks"]: per output, its task, why, threshold, shape and the activation
     read from the graph; and which output the headline columns measure."""
-    outputs = {t.name: {**t.to_dict(), "shape": list(a["shape"]),
+    outputs = {t.name: {**t.to_dict(), "shape": None if a["shape"] is None else list(a["shape"]),
                         "activation": a["activation"], "activation_source": a["source"]}
                for t, a in zip(tasks, activations, strict=True)}
     for row in outputs.values():
