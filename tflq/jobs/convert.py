@@ -193,7 +193,8 @@ def run_job(job: ConvertJob) -> JobResult:
     conversions, modes, baseline = _convert_all(job, model, modes, representative)
     selective = None
     if job.convert_options.selective:
-        selective = _selective(job, model, conversions, representative, calib, calib_indices)
+        selective = _selective(job, model, conversions, representative, calib,
+                               calib_indices, observer.headline)
     runners = {mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
                                              num_threads=job.num_threads) for mode in modes}
     if baseline is not None:
@@ -340,7 +341,8 @@ def below_converter_warnings(mode_rows: list[dict], comparisons: dict) -> list[s
     return found
 
 
-def _selective(job, model, conversions, representative, calib, calib_indices) -> dict:
+def _selective(job, model, conversions, representative, calib, calib_indices,
+               headline: int = 0) -> dict:
     """Replaces the int8 conversion with the selectively quantized model (see
     :mod:`tflq.ptq.selective`); returns the search record.
 
@@ -348,7 +350,7 @@ def _selective(job, model, conversions, representative, calib, calib_indices) ->
     :data:`tflq.ptq.auto.HOLDOUT_EVERY`-th; the rest calibrates), never on the evaluation data
     the report then measures. Its budget: ``max_accuracy_drop`` when those samples have
     labels, and/or ``min_agreement`` (top-1 agreement with the float model, no labels needed);
-    a candidate passes when every budget it can measure is met."""
+    a candidate passes when every budget it can measure is met (on output ``headline``)."""
     import dataclasses as dc
 
     from tflq import interpreter, metrics, tflite_inspect
@@ -369,7 +371,7 @@ def _selective(job, model, conversions, representative, calib, calib_indices) ->
                          "has no labels, so --max_accuracy_drop cannot be its budget: pass "
                          "--min_agreement (top-1 agreement with the float model) instead.")
     use_drop = max_drop is not None and labelled
-    references, float_accuracy = _float_references(model, batches, use_drop)
+    references, float_accuracy = _float_references(model, batches, use_drop, headline)
     calibration = sampling.representative_dataset(calib, model.inputs, calibrate_on)
     scratch = tempfile.mkdtemp(prefix="tflq-selective-")
     try:
@@ -390,7 +392,7 @@ def _selective(job, model, conversions, representative, calib, calib_indices) ->
         def measure(content: bytes) -> dict:
             runner = interpreter.TfliteModel(content, model.output_names,
                                              num_threads=job.num_threads)
-            compared = metrics.Comparison()
+            compared = metrics.Comparison(headline)
             for (batch, labels), reference in zip(batches, references, strict=True):
                 compared.update(reference, runner.run(batch), labels if use_drop else None)
             found = compared.result()
@@ -423,14 +425,14 @@ def _selective(job, model, conversions, representative, calib, calib_indices) ->
     return found
 
 
-def _float_references(model, batches, with_accuracy: bool):
+def _float_references(model, batches, with_accuracy: bool, headline: int = 0):
     """The float model's outputs on ``batches`` and, when asked, its accuracy on their labels."""
     from tflq import metrics
 
     references = [model.predict(batch) for batch, _ in batches]
     if not with_accuracy:
         return references, None
-    seen = metrics.Comparison()
+    seen = metrics.Comparison(headline)
     for (_, labels), reference in zip(batches, references, strict=True):
         seen.update(reference, reference, labels)
     return references, seen.result()["accuracy"]
@@ -451,8 +453,8 @@ def _float_ops_cost(job, model, all_int8: bytes, content: bytes, sample) -> dict
 
 
 def _evaluate(job: ConvertJob, model, evaluation, eval_indices, runners, observer):
-    """:func:`tflq.jobs.common.evaluate` over the job's evaluation samples, in its batches,
-    with the per-output ``observer``; the headline columns count its headline output."""
+    """:func:`tflq.jobs.common.evaluate` over the job's samples and batches, with the
+    per-output ``observer`` (the headline columns count its headline output)."""
     batches = sampling.iter_batches(evaluation, model.inputs, job.batch_size, eval_indices)
     bar = progress(job.progress, "validate", -(-len(eval_indices) // job.batch_size), "batch")
     return evaluate(model, batches, runners, bar, [observer], observer.headline)
