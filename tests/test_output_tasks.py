@@ -179,6 +179,8 @@ def test_five_heads_convert_with_every_output_measured(tmp_path):
     assert "measure output `classes` (its first classification output)" in md
     for name, (task, _, _) in EXPECTED_TASKS.items():
         assert f"**{name} " in md and f": {task} (" in md
+    assert "**frames (None, 32, 6): multilabel (sigmoid: independent probabilities, threshold " \
+        "0.5)**" in md  # the threshold said once
     assert "| mode | mean IoU | matched at IoU≥0.5 | score agreement | SQNR dB |" in md
     assert "| mode | pixel agreement | mIoU vs float |" in md
     page = (tmp_path / "out" / "report.html").read_text()

@@ -53,8 +53,8 @@ def output_tables(report: dict) -> list[dict]:
         if task == "classification" and all(m["per_output"][name].get("accuracy") is None
                                              for m in rows):
             keys = keys[:2]
-        threshold = f", threshold {info['threshold']:g}" if info.get("threshold") is not None \
-            else ""
+        threshold = (f", threshold {info['threshold']:g}" if info.get("threshold") is not None
+                     and "threshold" not in first["reason"] else "")
         shape = f" {tuple(info['shape'])}" if info.get("shape") else ""
         title = f"{name}{shape}: {task} ({first['reason']}{threshold})"
         head = ["mode", *(METRIC_LABELS[k][0] for k in keys), *(c[1] for c in _COMMON)]
