@@ -269,6 +269,8 @@ def test_output_tasks_and_gate_rules(capsys, tmp_path, tiny_files):
     assert (section["task"], section["reason"], section["threshold"]) == (
         "multilabel", "set by output_tasks", 0.0)  # a linear output: logits, threshold 0
     assert section["activation"] == "linear" and section["shape"] == [None, 3]
+    assert r["output_tasks"]["headline"]["why"].startswith(
+        "output 0, measured as multilabel, not classification: the headline top-1 agreement")
     # independent: the float model and the written .tflite, thresholded at 0, F1 by counting
     x = np.load(tiny_files["eval_data"])["x"]
     reference = tf_keras.models.load_model(tiny_files["model"], compile=False)(x).numpy() > 0

@@ -143,7 +143,8 @@ def test_qat_with_labels_per_output(capsys, files, tmp_path):
     # --output_tasks and --gate reach the QAT report: boxes measured as detection, the class
     # head (2 classes: top-5 always holds) gated; the groups count the float model vs int8
     assert report["output_tasks"]["outputs"]["boxes"]["task"] == "detection"
-    assert report["output_tasks"]["headline"]["output"] == "classes"
+    assert report["output_tasks"]["headline"] == {
+        "output": "classes", "why": "the first classification head of the training losses"}
     assert report["gates"]["gate"] == ["classes:top5_agreement>=1"] and report["gates"]["passed"]
     assert row["per_output"]["classes"]["top1_agreement"] == pytest.approx(
         row["outputs"]["classes"]["top1_agreement"])

@@ -47,7 +47,7 @@ def headline_output(tasks) -> int:
     return next((i for i, t in enumerate(tasks) if t.task == "classification"), 0)
 
 
-def tasks_section(tasks, activations, headline: int) -> dict:
+def tasks_section(tasks, activations, headline: int, why: str | None = None) -> dict:
     """report["output_tasks"]: per output, its task, why, threshold, shape and the activation
     read from the graph; and which output the headline columns measure."""
     outputs = {t.name: {**t.to_dict(), "shape": None if a["shape"] is None else list(a["shape"]),
@@ -56,9 +56,11 @@ def tasks_section(tasks, activations, headline: int) -> dict:
     for row in outputs.values():
         row.pop("name")
     name = tasks[headline].name
-    why = ("its first classification output" if tasks[headline].task == "classification" else
-           "output 0: the model has no classification output, so the headline top-1 agreement "
-           "is an arg-max over this output; read the per-output task metrics instead")
+    if why is None and tasks[headline].task == "classification":
+        why = "its first classification output"
+    elif why is None:
+        why = (f"output {headline}, measured as {tasks[headline].task}, not classification: the "
+               "headline top-1 agreement is an arg-max over it; read its task metrics instead")
     return {"outputs": outputs, "headline": {"output": name, "why": why}}
 
 
@@ -153,9 +155,12 @@ def start(model, output_tasks, gates, keys, headline: int | None = None) -> Outp
     ``output_tasks``)."""
     check_names(model, output_tasks, gates)
     tasks, activations = choose_tasks(model, output_tasks)
+    given = headline is not None
     headline = headline_output(tasks) if headline is None else headline
+    why = ("the first classification head of the training losses"
+           if given and tasks[headline].task == "classification" else None)
     observer = OutputObserver(tasks, keys, headline)
-    observer.section = tasks_section(tasks, activations, headline)
+    observer.section = tasks_section(tasks, activations, headline, why)
     return observer
 
 
