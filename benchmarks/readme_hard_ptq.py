@@ -19,6 +19,8 @@ LABELS = {
     "equalize_per_tensor": "tflq `--equalize --per_tensor`",
     "adaround_8bit": "tflq `--adaround` (8-bit weights)",
     "adaround_4bit": "tflq `--adaround --adaround_bits 4`",
+    "range_search": "tflq `--range_search`",
+    "equalize_range_search": "tflq `--equalize --range_search`",
     "auto": "tflq `--auto`",
     "mct_ptq": "Sony MCT 2.6.1 default PTQ",
     "mct_gptq": "Sony MCT 2.6.1 GPTQ",

@@ -20,7 +20,8 @@ import sys
 
 from absl import flags
 
-from pipelines.common import BACKEND_HELP, check_no_arguments, define, guard, progress_setting, run_main
+from pipelines.common import check_no_arguments, define, guard, progress_setting, run_main
+from tflq.jobs.convert import BACKEND_HELP
 
 _SPEC = flags.DEFINE_string("spec", None, "Job spec (.toml, or .yaml/.yml).")
 _OUT = define("string", "out", None, "Batch output folder (default: tflq_batch).")
@@ -70,8 +71,8 @@ def _batch(argv) -> int:
         raise ValueError("--spec is required (a .toml or .yaml job spec).")
     if _WORKERS.value < 1:
         raise ValueError(f"--workers must be at least 1. Received: {_WORKERS.value}")
-    if _TIMEOUT.value is not None and _TIMEOUT.value <= 0:
-        raise ValueError(f"--timeout must be positive. Received: {_TIMEOUT.value}")
+    if _TIMEOUT.value is not None and not 0 < _TIMEOUT.value < float("inf"):
+        raise ValueError(f"--timeout must be a positive number of seconds. Received: {_TIMEOUT.value}")
     if (_BACKEND.value or "local") not in batch.BACKENDS:
         raise ValueError(f"Unknown --backend {_BACKEND.value!r} for pipelines.batch. "
                          f"Available: {list(batch.BACKENDS)}")

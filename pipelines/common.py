@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from tflq import settings
+
 _DEFINED: dict[str, tuple[str, object]] = {}  # registry: flag name -> (kind, default)
 
 
@@ -38,7 +40,10 @@ def define(kind: str, name: str, default, help_text: str, **kwargs) -> flags.Fla
                 f"{_DEFINED[name]} vs {(kind, default)}. Give both None and resolve the default "
                 "in main().")
         return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-    holder = getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
+    if kind == "enum":
+        holder = flags.DEFINE_enum(name, default, kwargs.pop("enum_values"), help_text, **kwargs)
+    else:
+        holder = getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
     _DEFINED[name] = (kind, default)
     return holder
 
@@ -50,39 +55,42 @@ def require(**values) -> None:
             raise ValueError(f"--{name} is required.")
 
 
-# One --backend flag, two meanings (scripts share a process in tests): each script checks
-# its own values.
-BACKEND_HELP = ("pipelines.batch: where jobs run, local or ray (default local). "
-                "pipelines.convert: who quantizes, converter, litert (LiteRT Quantizer "
-                "--recipes) or both side by side (default converter).")
+def define_settings(job_class, skip: tuple[str, ...] = ()) -> dict[str, flags.FlagHolder]:
+    """Defines one flag per setting of ``job_class`` (:func:`tflq.settings.settings_of`): its
+    name, kind, default, help text and, for an enum, allowed values come from the job's field.
+
+    Args:
+      job_class: a job dataclass, e.g. :class:`tflq.jobs.convert.ConvertJob`.
+      skip: settings the command defines itself.
+
+    Returns:
+      ``{setting name: FlagHolder}``; read them with :func:`setting_values`.
+    """
+    holders = {}
+    for item in settings.settings_of(job_class):
+        if not item.cli or item.name in skip:
+            continue
+        extra = {}
+        if item.flag_kind == "enum":
+            extra["enum_values"] = [str(c) for c in item.choices]
+        holders[item.name] = define(item.flag_kind, item.name, item.flag_default, item.help,
+                                    **extra)
+    return holders
 
 
-def define_gates() -> tuple[flags.FlagHolder, flags.FlagHolder]:
-    """The two quality-gate flags every job command takes (shared when scripts share a process)."""
-    return (define("float", "max_accuracy_drop", None,
-                   "Gate: largest accuracy drop (percentage points) of any mode."),
-            define("float", "min_agreement", None,
-                   "Gate: smallest top-1 agreement (0..1) with the float model."))
+def setting_values(job_class, holders: dict[str, flags.FlagHolder]) -> dict:
+    """The values the user set (flags left at None are left out: the job's default applies),
+    as :func:`tflq.settings.build` takes them.
 
-
-def define_output_checks() -> tuple[flags.FlagHolder, flags.FlagHolder]:
-    """--output_tasks (what each output is measured as) and the repeatable --gate rule."""
-    return (define("string", "output_tasks", None,
-                   "Task each model output is measured as, e.g. 'contour=multilabel,"
-                   "onset=multilabel' (classification, multilabel, regression, detection, "
-                   "segmentation). Outputs not named are inferred from their shape and final "
-                   "activation; the report says how."),
-            define("multi_string", "gate", None,
-                   "Gate rule [output:]metric OP value, repeatable, e.g. 'onset:f1>=0.95' or "
-                   "'sqnr_db>=30' (OP: >=, <=, >, <). Exit 3 when a mode breaks it."))
-
-
-def define_output_losses() -> flags.FlagHolder:
-    """--output_losses of the training commands (qat, compress)."""
-    return define(
-        "string", "output_losses", None, "Loss per model output, e.g. 'boxes=mse,classes=kl' "
-        "(kl: classification, cross-entropy on labels and KL distillation; mse: regression). "
-        "Outputs not named are inferred (softmax or class-named logits: kl; otherwise mse).")
+    Raises:
+      ValueError: a flag value that does not parse (naming the flag).
+    """
+    values = {}
+    for item in settings.settings_of(job_class):
+        holder = holders.get(item.name)
+        if holder is not None and holder.value is not None:
+            values[item.name] = settings.from_flag(item, holder.value, f"--{item.name}")
+    return values
 
 
 def report_warnings(result) -> None:
@@ -139,7 +147,9 @@ def guard(body: Callable[[], int], out: str | None, keep_partial: bool = False) 
     ``<out>/error.log`` (on stderr with --verbose), exit 1. On either, files and folders the
     run created under ``out`` are removed again (``keep_partial`` keeps them, for a batch
     whose finished jobs are its resumable cache and which checks its whole spec before
-    writing anything). KeyboardInterrupt passes through.
+    writing anything). :class:`tflq.runtime.Interrupted` (a lost peer of a multi-worker run):
+    one ``interrupted:`` line, exit 1, and only what the rerun resumes from is kept.
+    KeyboardInterrupt passes through.
 
     Args:
       body: the command; returns 0 or 3 (or 1 for a batch with a failed job).
@@ -151,21 +161,34 @@ def guard(body: Callable[[], int], out: str | None, keep_partial: bool = False) 
     except (ValueError, app.UsageError) as e:
         if not keep_partial:
             _remove_new(out, before)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
         if not keep_partial:
             _remove_new(out, before)
-        print(f"error: {_os_error_message(e)}", file=sys.stderr)
+        print(f"error: {one_line(_os_error_message(e))}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - every other exception is ours: exit 1
+    except Exception as e:  # noqa: BLE001 - an interruption, else ours: exit 1
+        from tflq.runtime import Interrupted
+
+        interrupted = isinstance(e, Interrupted)
         if not keep_partial:
-            _remove_new(out, before)
+            _remove_new(out, before, keep=e.keep if interrupted else ())
+        if interrupted:
+            if _VERBOSE.value:
+                traceback.print_exc()
+            print(f"interrupted: {e}", file=sys.stderr)
+            return 1
         where = _report_internal_error(out, traceback.format_exc())
         summary = str(e).splitlines()[0][:300] if str(e) else ""
         print(f"internal error: {type(e).__name__}{': ' + summary if summary else ''} "
               f"({where}; please report it)", file=sys.stderr)
         return 1
+
+
+def one_line(message: str) -> str:
+    """A message on one line (parsers such as PyYAML's put the position on a second line)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _os_error_message(e: OSError) -> str:
@@ -216,15 +239,24 @@ def _listing(out: str | None) -> set[str] | None:
     return found
 
 
-def _remove_new(out: str | None, before: set[str] | None) -> None:
-    """Removes what a failed run created under ``out``: the folder itself if it was new."""
+def _remove_new(out: str | None, before: set[str] | None, keep: tuple[str, ...] = ()) -> None:
+    """Removes what a failed run created under ``out`` (the folder itself if it was new),
+    except the ``keep`` paths and the folders holding them."""
     if out is None or not os.path.isdir(out):
         return
-    if before is None:
+    kept = [os.path.relpath(os.path.abspath(k), os.path.abspath(out)) for k in keep]
+    if before is None and not kept:
         shutil.rmtree(out, ignore_errors=True)
         return
-    for name in sorted(_listing(out) - before, key=len):
+
+    def is_kept(name: str) -> bool:
+        return any(name == k or name.startswith(k + os.sep) or k.startswith(name + os.sep)
+                   for k in kept)
+
+    for name in sorted(_listing(out) - (before or set()), key=len):
         path = os.path.join(out, name)
+        if is_kept(name):
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.lexists(path):
@@ -238,13 +270,22 @@ def check_no_arguments(argv) -> None:
                              "written --name=value).")
 
 
+COMMON_FLAGS = frozenset({_VERBOSE.name, _PROGRESS.name, _VERSION.name})  # every command's
+
+
+def command_flags(module) -> set[str]:
+    """The flags a command module defines (``_NAME = define(...)`` and the ``{name: holder}`` of
+    :func:`define_settings`), without :data:`COMMON_FLAGS`."""
+    found = list(vars(module).values())
+    found += [h for v in vars(module).values() if isinstance(v, dict) for h in v.values()]
+    return {h.name for h in found if isinstance(h, flags.FlagHolder)} - COMMON_FLAGS
+
+
 def help_text(module) -> str:
     """The command's docstring (its examples exactly as written) and its flags: those the
     module holds (``_NAME = define(...)``) and the ones every command takes."""
-    holders = [v for v in (*vars(module).values(), _VERBOSE, _PROGRESS, _VERSION)
-               if isinstance(v, flags.FlagHolder)]
     parts = [(module.__doc__ or "").strip("\n"), "", "Flags:"]
-    for name in sorted({h.name for h in holders}):
+    for name in sorted(command_flags(module) | COMMON_FLAGS):
         flag = flags.FLAGS[name]
         default = "" if flag.default is None else f" (default: {flag.default_as_str})"
         parts.append(textwrap.fill(f"--{name}: {flag.help}{default}", width=100,

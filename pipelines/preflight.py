@@ -16,23 +16,24 @@ import os
 
 from absl import logging
 
-from pipelines.common import check_no_arguments, define, guard, require, run_main
+from pipelines.common import check_no_arguments, define_settings, guard, require, run_main, setting_values
+from tflq.jobs.preflight import PreflightJob
 
-_MODEL = define("string", "model", None, "Model to check (.keras/.h5/SavedModel/"
-                "module:function).")
-_DATA = define("string", "data", None, "Calibration data: .npz/.npy, IDX images file, image "
-               "folder, or package.module:function. Required with --model.")
-_EVAL_DATA = define("string", "eval_data", None, "Labelled evaluation data.")
-_NUM_CALIBRATION_SAMPLES = define(
-    "integer", "num_calibration_samples", None,
-    "Calibration samples drawn from --data with --seed (default: 500).")
-_SEED = define("integer", "seed", 0, "Seed for sampling and initialization.")
-_OUT = define("string", "out", None, "Output folder for preflight.json/md (default: print "
-              "only).")
+# Every flag is a field of tflq.jobs.preflight.PreflightJob (help, default).
+_SETTINGS = define_settings(PreflightJob)
+
+
+def build_job() -> PreflightJob:
+    """Turns the flags into a PreflightJob (ValueError naming the flag on a bad value)."""
+    from tflq import settings
+
+    values = setting_values(PreflightJob, _SETTINGS)
+    require(model=values.get("model"))
+    return settings.build(PreflightJob, values)
 
 
 def output_folder() -> str | None:
-    return _OUT.value
+    return _SETTINGS["out"].value
 
 
 def main(argv) -> int:
@@ -46,15 +47,11 @@ def _preflight(argv) -> int:
     from tflq import report
     from tflq.jobs import preflight as preflight_job
 
-    require(model=_MODEL.value)
-    job = preflight_job.PreflightJob(
-        model=_MODEL.value, data=_DATA.value, eval_data=_EVAL_DATA.value,
-        num_calibration_samples=_NUM_CALIBRATION_SAMPLES.value or 500, seed=_SEED.value,
-        out=_OUT.value)
+    job = build_job()
     result = preflight_job.run_preflight_job(job)
     print(report.format_findings(result.report["findings"]))
     if result.files:
-        print(f"\nwrote preflight.json and preflight.md to {os.path.abspath(_OUT.value)}")
+        print(f"\nwrote preflight.json and preflight.md to {os.path.abspath(job.out)}")
     return 0
 
 

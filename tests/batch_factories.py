@@ -73,3 +73,54 @@ def keras_choice():
     from tflq.models import legacy_keras_active
 
     raise ValueError(f"tf.keras is tf_keras: {legacy_keras_active()}")
+
+
+# ---- Ray: jobs that report where they run, and jobs that kill the actor running them ----
+
+MARKERS_VARIABLE = "TFLQ_TEST_MARKERS"  # folder where each started job leaves a marker
+SLEEP_VARIABLE = "TFLQ_TEST_SLEEP"  # seconds slow_tiny waits before building its model
+
+
+def _leave_marker(kind: str) -> str:
+    """Writes ``<markers>/<kind>-<pid>-<ns>.json`` with this worker's pid and its parent's
+    (one file per job: a warm worker runs several)."""
+    import json
+
+    folder = os.environ[MARKERS_VARIABLE]
+    path = os.path.join(folder, f"{kind}-{os.getpid()}-{time.time_ns()}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"pid": os.getpid(), "ppid": os.getppid(), "time": time.time()}, f)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def _kill_ray_host() -> None:
+    """SIGKILLs this worker's parent, which must be a Ray actor (``ray::WorkerHost``)."""
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+        parent = f.read().split(b"\0")[0].decode()
+    if not parent.startswith("ray::"):
+        raise ValueError(f"kill_host factories run only under a Ray actor, not {parent!r}")
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(3600)  # the worker's parent watch ends this process
+
+
+def slow_tiny():
+    """The tiny CNN, after leaving a marker and waiting ``TFLQ_TEST_SLEEP`` seconds."""
+    _leave_marker("slow")
+    time.sleep(float(os.environ.get(SLEEP_VARIABLE, "3")))
+    return tiny()
+
+
+def kill_host():
+    """Kills the Ray actor running it, every time."""
+    _leave_marker("kill")
+    _kill_ray_host()
+
+
+def kill_host_once():
+    """Kills the Ray actor running it the first time; builds the tiny CNN the second time."""
+    first = not any(n.startswith("once-") for n in os.listdir(os.environ[MARKERS_VARIABLE]))
+    _leave_marker("once")
+    if first:
+        _kill_ray_host()
+    return tiny()

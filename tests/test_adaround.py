@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from tflq import options
+from tflq import options, tflite_inspect
 from tflq.models import tf_keras, wrap_model
 from tflq.ptq import adaround, convert
 from tflq.quant import graph
@@ -13,13 +13,20 @@ from tflq.quant import graph
 L = tf_keras.layers
 
 
-def _model(seed=0):
+def _model(seed=0, outliers=False):
     tf_keras.utils.set_random_seed(seed)
     inp = L.Input((10, 10, 3))
     x = L.Conv2D(8, 3, activation="relu", name="conv")(inp)
     x = L.DepthwiseConv2D(3, activation="relu", name="dw")(x)
     x = L.Conv2D(6, 1, name="pw")(x)
-    return tf_keras.Model(inp, L.Dense(4, name="head")(L.GlobalAveragePooling2D()(x)))
+    model = tf_keras.Model(inp, L.Dense(4, name="head")(L.GlobalAveragePooling2D()(x)))
+    if outliers:  # one weight per channel at 4x the layer's largest: 4-bit must clip
+        for name in ("conv", "pw"):
+            kernel, bias = model.get_layer(name).get_weights()
+            flat = kernel.reshape(-1, kernel.shape[-1])
+            flat[0] = 4.0 * np.abs(flat).max()
+            model.get_layer(name).set_weights([flat.reshape(kernel.shape), bias])
+    return model
 
 
 def _x(n=48, seed=1):
@@ -47,15 +54,105 @@ def _nearest(model, num_bits):
 def test_grids():
     np.testing.assert_array_equal(adaround.levels(8), np.arange(-127, 128))
     four = adaround.levels(4)
-    assert four.size == 15 and four.max() == 127 and 0 in four and 18 in four and -108 in four
-    np.testing.assert_array_equal(four, -four[::-1])
+    np.testing.assert_array_equal(four, [-127, -109, -91, -73, -54, -36, -18, 0,
+                                         18, 36, 54, 73, 91, 109, 127])
     with pytest.raises(ValueError, match=r"num_bits must be one of \[8, 4\]. Received: 3"):
         adaround.levels(3)
 
 
+def test_the_converter_rounds_uniform_4bit_weights_to_the_grid_codes(tmp_path):
+    """Weights at k·T_c/7 (k = −7…7, a different T_c per channel) come out of the plain
+    converter as the codes round(127k/7) = levels(4), and weights at code·T_c/127 (what
+    AdaRound writes) read back as exactly those codes with scale T_c/127."""
+    tops = np.array([0.5, 0.031, 2.7], np.float32)
+    k = np.arange(-7, 8, dtype=np.float32)
+    uniform = (k[:, None] * tops[None, :] / 7.0).reshape(1, 1, 15, 3)
+    on_codes = (np.round(127 * k / 7)[:, None] * (tops[None, :] / 127)).reshape(1, 1, 15, 3)
+    x = np.random.default_rng(3).uniform(0, 1, size=(8, 4, 4, 15)).astype(np.float32)
+    for kernel in (uniform, on_codes):
+        inp = L.Input((4, 4, 15))
+        model = tf_keras.Model(inp, L.Conv2D(3, 1, name="c")(inp))
+        model.get_layer("c").set_weights([kernel.astype(np.float32), np.zeros(3, np.float32)])
+        loaded = wrap_model(model, "grid")
+        name = loaded.input_names[0]
+        content = convert.convert_model(
+            loaded, "int8", str(tmp_path),
+            lambda n=name: ({n: x[i:i + 1]} for i in range(8))).content
+        tensors = [t for t in tflite_inspect.int8_weight_tensors(content)
+                   if t["codes"].size == 45]
+        assert len(tensors) == 1
+        codes = tensors[0]["codes"].reshape(3, 15).T  # TFLite layout (out, h, w, in)
+        np.testing.assert_array_equal(codes, np.round(127 * k / 7)[:, None].repeat(3, axis=1))
+        np.testing.assert_array_equal(np.unique(codes), adaround.levels(4))
+        np.testing.assert_allclose(tensors[0]["scales"], tops / 127, rtol=1e-6)
+
+
+def test_four_bit_clipping_is_the_output_error_argmin_per_channel():
+    """A Dense layer with an outlier weight per channel: each channel's threshold T_c is the
+    candidate whose clipped, nearest-rounded weights give the smallest output error
+    (numpy reference), below max|w_c|, and the learned codes use T_c/127 as scale."""
+    tf_keras.utils.set_random_seed(4)
+    inp = L.Input((16,))
+    model = tf_keras.Model(inp, L.Dense(5, name="head")(inp))
+    kernel, bias = model.get_layer("head").get_weights()
+    kernel[3] = 5.0 * np.abs(kernel).max(axis=0)
+    model.get_layer("head").set_weights([kernel, bias])
+    x = np.random.default_rng(5).normal(size=(64, 16)).astype(np.float32)
+    x[:, 3] *= 0.02  # the outliers' input is small: clipping them costs little output
+    want = x.astype(np.float64) @ kernel + bias
+    record = adaround.apply(model, lambda: iter([x]), 4, True, iterations=30)
+    grid = adaround.levels(4)
+    top = np.abs(kernel).max(axis=0).astype(np.float64)
+    errors = []
+    for ratio in adaround.CLIP_RATIOS:
+        scale = ratio * top / 127
+        codes = np.clip(kernel / scale, -127, 127)
+        nearest = grid[np.abs(codes[..., None] - grid).argmin(axis=-1)]
+        errors.append(np.mean((x @ (nearest * scale) + bias - want) ** 2, axis=0))
+    best = np.asarray(adaround.CLIP_RATIOS)[np.argmin(errors, axis=0)]
+    assert np.all(best < 1.0)
+    np.testing.assert_allclose(record["scales"]["head"], best * top / 127, rtol=1e-9)
+    stats = record["layers"][0]
+    assert stats["clipped_channels"] == 5
+    assert stats["clip_ratio_median"] == pytest.approx(np.median(best))
+    codes = record["codes"]["head"]
+    np.testing.assert_array_equal(np.abs(codes).max(axis=0), 127)
+    np.testing.assert_allclose(model.get_layer("head").get_weights()[0],
+                               codes * record["scales"]["head"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_bits", [8, 4])
+def test_four_bit_bias_correction_against_numpy(num_bits):
+    """4-bit: each channel's bias gains the mean output error of the rounded kernel on the
+    calibration inputs (numpy reference, a linear Dense layer, where that shift always
+    lowers the MSE); 8-bit leaves the bias alone."""
+    tf_keras.utils.set_random_seed(6)
+    inp = L.Input((12,))
+    model = tf_keras.Model(inp, L.Dense(5, name="head")(inp))
+    kernel, _ = model.get_layer("head").get_weights()
+    bias = np.linspace(-0.3, 0.3, 5).astype(np.float32)
+    model.get_layer("head").set_weights([kernel, bias])
+    x = np.random.default_rng(7).uniform(0, 1, size=(64, 12)).astype(np.float32)
+    record = adaround.apply(model, lambda: iter([x]), num_bits, True, iterations=20)
+    rounded, corrected = model.get_layer("head").get_weights()
+    if num_bits == 8:
+        np.testing.assert_array_equal(corrected, bias)
+        assert "bias_corrected" not in record["layers"][0]
+        return
+    shift = np.mean(x.astype(np.float64) @ (kernel - rounded), axis=0)
+    np.testing.assert_allclose(corrected, bias + shift, rtol=1e-5, atol=1e-7)
+    stats = record["layers"][0]
+    assert stats["bias_corrected"] is True and stats["bias_corrected_channels"] == 5
+    want = x @ kernel + bias
+    before = np.mean((x @ rounded + bias - want) ** 2)
+    after = np.mean((x @ rounded + corrected - want) ** 2)
+    assert after < before
+    assert stats["output_mse_bias_corrected"] == pytest.approx(after, rel=1e-4)
+
+
 @pytest.mark.parametrize("num_bits", [8, 4])
 def test_learned_codes_lie_on_the_grid_and_keep_each_channel_scale(num_bits):
-    model = graph.prepare(_model())
+    model = graph.prepare(_model(outliers=True))
     before = {layer.name: layer.get_weights()[0] for layer in model.layers if layer.weights}
     record = adaround.apply(model, lambda: iter([_x()]), num_bits, True, iterations=60)
     grid = set(adaround.levels(num_bits))
@@ -66,8 +163,19 @@ def test_learned_codes_lie_on_the_grid_and_keep_each_channel_scale(num_bits):
         np.testing.assert_array_equal(np.abs(flat).max(axis=0), 127)  # scale kept
         kernel = model.get_layer(layer_name).get_weights()[0]
         original = before[layer_name].reshape(codes.shape)
-        scale = np.abs(original.reshape(-1, codes.shape[-1])).max(axis=0) / 127.0
+        top = np.abs(original.reshape(-1, codes.shape[-1])).max(axis=0)
+        scale = record["scales"][layer_name]
+        if num_bits == 8:  # the converter's own scale
+            np.testing.assert_allclose(scale, top / 127.0, rtol=1e-6)
+        else:  # a clipping threshold T_c = 127·scale from the candidates
+            ratios = scale * 127.0 / top
+            assert np.all(np.min(np.abs(ratios[:, None] - adaround.CLIP_RATIOS), axis=1) < 1e-6)
         np.testing.assert_allclose(kernel.reshape(codes.shape), codes * scale, rtol=1e-6)
+    clipped = {r["layer"]: r["clipped_channels"] for r in record["layers"]}
+    if num_bits == 8:
+        assert set(clipped.values()) == {0}
+    else:  # the outliers planted in conv and pw are clipped away
+        assert clipped["conv"] > 0 and clipped["pw"] > 0
 
 
 def test_four_bit_adaround_beats_rounding_to_nearest():
@@ -83,7 +191,7 @@ def test_four_bit_adaround_beats_rounding_to_nearest():
 
 @pytest.mark.parametrize("num_bits", [8, 4])
 def test_the_tflite_holds_exactly_the_learned_codes(tmp_path, num_bits):
-    model = _model()
+    model = _model(outliers=True)
     loaded = wrap_model(model, "ada")
     name = loaded.input_names[0]
     x = _x()
@@ -110,6 +218,9 @@ def test_the_tflite_holds_exactly_the_learned_codes(tmp_path, num_bits):
         codes = interp.get_tensor(tensors[int(op["inputs"][1])]["index"])
         assert set(np.unique(codes)) <= grid
     assert conversion.notes[-1].startswith(f"AdaRound {num_bits}-bit weights")
+    if num_bits == 4:  # clipped channels deployed exactly too, at scale T_c / 127
+        assert sum(r["clipped_channels"] for r in record["layers"]) > 0
+        assert "4-bit grid clipped per channel" in conversion.notes[-1]
 
 
 def test_bad_arguments():
@@ -146,3 +257,23 @@ def test_nearly_dead_channels_are_deployed_exactly(tmp_path):
     scales = [t["quantization_parameters"]["scales"] for t in interp.get_tensor_details()
               if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) == 6]
     assert len(scales) == 1 and scales[0][2] == pytest.approx(1e-6 / 254, rel=1e-6)
+
+
+def test_four_bit_per_tensor_is_deployed_exactly(tmp_path):
+    """Per tensor: one clipping threshold for the whole kernel (its largest weight pinned at
+    ±127), read back exactly from the .tflite."""
+    model = _model(outliers=True)
+    loaded = wrap_model(model, "ada")
+    name = loaded.input_names[0]
+    x = _x()
+    settings = options.ConvertOptions(per_channel=False, adaround=True, adaround_bits=4,
+                                      adaround_iterations=20)
+    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
+                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
+                                       settings)
+    layers = conversion.details["adaround"]["layers"]
+    assert [r["deployed_exactly"] for r in layers] == [True] * 4
+    for row in layers:  # one ratio per tensor
+        assert row["clip_ratio_min"] == row["clip_ratio_median"]
+    tensors = tflite_inspect.int8_weight_tensors(conversion.content)
+    assert tensors and all(t["scales"].size == 1 for t in tensors)

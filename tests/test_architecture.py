@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "tflq"
 
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = (
-    ("leaves", ("tflq.options", "tflq.signature", "tflq.runtime", "tflq.console", "tflq.fileio",
+    ("leaves", ("tflq.settings", "tflq.options", "tflq.signature", "tflq.runtime", "tflq.console", "tflq.fileio",
                 "tflq.factories", "tflq.report", "tflq.report_html", "tflq.metrics",
                 "tflq.explorer", "tflq.task_metrics", "tflq.output_gates", "tflq.report_outputs")),
     ("data and models", ("tflq.inmemory", "tflq.data", "tflq.sampling", "tflq.models", "tflq.keras3",

@@ -122,6 +122,19 @@ BAD_SPECS = {
                            r"line 9: workers.max_worker_rss_mb must be int. Received: '1G'"),
     "unknown isolation": ('\n[workers]\nisolation = "thread"\n[[jobs]]\nmodel = "tiny.keras"\n',
                           r"line 9: \[workers\]: Unknown isolation 'thread'. Available: \['warm', 'process'\]"),
+    # Found by the spec fuzzer (each crashed with an AttributeError/TypeError, exit 1, or was
+    # accepted):
+    "layout not a string": ('\n[output]\nlayout = false\n[[jobs]]\nmodel = "tiny.keras"\n',
+                            r"line 9: output.layout must be str. Received: False"),
+    "layout with an attribute": ('\n[output]\nlayout = "{name.x}"\n[[jobs]]\nmodel = "tiny.keras"\n',
+                                 r"\[output\] layout '\{name.x\}' may use only \{name\}"),
+    "layout with a bad conversion": ('\n[output]\nlayout = "{name!z}"\n[[jobs]]\nmodel = "tiny.keras"\n',
+                                     r"\[output\] layout '\{name!z\}' may use only \{name\}"),
+    "out not a string": ('\n[[jobs]]\nmodel = "tiny.keras"\nout = 5\n',
+                         r"line 10: jobs\[0\].out must be str. Received: 5"),
+    "nan timeout": ('\n[[jobs]]\nmodel = "tiny.keras"\ntimeout = nan\n',
+                    r"timeout and max_memory_mb must be positive \(and finite\). Received: timeout=nan"),
+    "inf timeout": ('\n[[jobs]]\nmodel = "tiny.keras"\ntimeout = inf\n', r"Received: timeout=inf"),
     "zero jobs per worker": ('\n[workers]\nmax_jobs_per_worker = 0\n[[jobs]]\nmodel = "tiny.keras"\n',
                              r"line 9: \[workers\]: max_jobs_per_worker must be a positive integer"),
 }
@@ -162,7 +175,9 @@ def test_malformed_yaml_names_the_line(workdir):
 @pytest.mark.parametrize("values, message", [
     ({}, "--spec is required"),
     ({"spec": "x.toml", "workers": 0}, "--workers must be at least 1"),
-    ({"spec": "x.toml", "timeout": -1.0}, "--timeout must be positive"),
+    ({"spec": "x.toml", "timeout": -1.0}, "--timeout must be a positive number of seconds"),
+    ({"spec": "x.toml", "timeout": float("nan")}, "--timeout must be a positive number of seconds. "
+                                                  "Received: nan"),
     ({"spec": "/no/jobs.toml"}, "Spec file not found"),
 ])
 def test_cli_flag_errors(capsys, tmp_path, values, message):

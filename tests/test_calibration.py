@@ -62,6 +62,14 @@ def test_npz_length_mismatch(tmp_path):
         open_data(str(path), IMG)
 
 
+def test_a_scalar_npy_is_refused_by_name(tmp_path):
+    # Found by the fuzz tests: a 0-d .npy raised "TypeError: len() of unsized object" (exit 1).
+    path = tmp_path / "scalar.npy"
+    np.save(path, np.array(0.5, np.float32))
+    with pytest.raises(ValueError, match=r"scalar.npy' holds a single value \(shape \(\)\)"):
+        open_data(str(path), IMG)
+
+
 def test_npy_is_memory_mapped(tmp_path):
     x = np.arange(10 * 64, dtype=np.float32).reshape(10, 8, 8, 1)
     path = tmp_path / "x.npy"

@@ -471,3 +471,17 @@ def test_internal_error_log_keeps_what_was_captured_until_the_error(capfd, tmp_p
     log = (out / "error.log").read_text()
     assert log.index("RuntimeError: boom") < log.index("C++ chatter before the bug")
     assert os.listdir(out) == ["error.log"]
+
+
+def test_a_multi_line_parser_message_becomes_one_error_line(capsys, tmp_path):
+    # Found by the spec fuzzer: PyYAML puts the position on a second line, which made the
+    # `error:` output two lines.
+    spec = tmp_path / "jobs.yaml"
+    spec.write_bytes(b"jobs:\n  - model: m\x13.keras\n")
+    out = tmp_path / "out"
+    before = _prefilled(out)
+    code, err = _run(batch, capsys, spec=str(spec), out=str(out), quiet=True)
+    assert code == 2
+    assert_one_error_line(err, r"malformed YAML: unacceptable character #x0013: special characters "
+                               r"are not allowed in \"<unicode string>\", position 18$")
+    assert snapshot(out) == before

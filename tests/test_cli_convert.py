@@ -15,6 +15,7 @@ from conftest import EXAMPLE_DIR, REPO, snapshot, tiny_data
 
 from pipelines import convert as cli
 from tflq.models import tf_keras
+from tflq.ptq.adaround import CLIP_RATIOS
 
 EXAMPLE_MODEL = os.path.join(EXAMPLE_DIR, "fashion_mnist_cnn.keras")
 EXAMPLE_EVAL = os.path.join(EXAMPLE_DIR, "evaluation-images-idx3-ubyte.gz")
@@ -643,7 +644,7 @@ def test_auto_refuses_the_methods_it_chooses_itself(capsys, tmp_path, tiny_files
     before = snapshot(tmp_path)
     code, stdout, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "o"), modes="int8",
                                 auto=True, equalize=True)
-    assert code == 2 and "--auto chooses the range estimator, equalization" in err
+    assert code == 2 and "--auto chooses the range estimator, range search, equalization" in err
     assert snapshot(tmp_path) == before and stdout == ""
 
 
@@ -693,7 +694,35 @@ def test_adaround_flags_reach_the_report(capsys, tmp_path, tiny_files):
     record = r["modes"][0]["methods"]["adaround"]
     assert (record["num_bits"], record["iterations"], record["reg"]) == (4, 30, 0.02)
     assert all(layer["deployed_exactly"] for layer in record["layers"])
+    assert all(min(CLIP_RATIOS) <= layer["clip_ratio_min"] <= layer["clip_ratio_median"] <= 1.0
+               for layer in record["layers"])
+    assert "4-bit grid clipped per channel" in err
     assert r["settings"]["adaround"] is True and r["settings"]["adaround_bits"] == 4
+
+
+def test_range_search_flag_reaches_the_report_per_tensor_too(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="int8", range_search=True,
+                           per_tensor=True, num_calibration_samples=40)
+    assert code == 0, err
+    r = load_report(out)
+    record = r["modes"][0]["methods"]["range_search"]
+    assert record["tensors"] >= 1 and 0 <= record["changed"] <= record["tensors"]
+    assert record["start"] in ("converter", "percentile", "mse")
+    assert "tflq: range search:" in err
+    assert r["settings"]["range_search"] is True and r["settings"]["per_channel"] is False
+
+
+@pytest.mark.parametrize("flags_", [{"range_estimator": "mse"}, {"selective": True},
+                                    {"auto": True}])
+def test_range_search_with_another_range_method_exits_2_and_writes_nothing(
+        capsys, tmp_path, tiny_files, flags_):
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "o"), modes="int8",
+                           range_search=True, **flags_)
+    assert code == 2
+    assert err.count("error:") == 1 and "--range_search" in err
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("flags_, message", [

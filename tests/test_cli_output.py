@@ -151,6 +151,22 @@ def test_output_capture_keeps_descriptor_writes_warnings_and_logs(capfd):
     assert capfd.readouterr().err == "after the capture\n"
 
 
+def test_output_capture_gives_a_handler_on_real_stderr_its_stream_back():
+    # Found by the fuzz tests: a handler already writing to sys.__stderr__ came back from a
+    # capture with stream None (setStream returns None for an unchanged stream), and every
+    # later record on it printed a "--- Logging error ---" traceback.
+    logger = logging.getLogger("tflq-test-capture")
+    handler = logging.StreamHandler(sys.__stderr__)
+    logger.addHandler(handler)
+    try:
+        for _ in range(2):
+            with console.OutputCapture():
+                logger.warning("inside the capture")
+            assert handler.stream is sys.__stderr__
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_installed_commands_exist():
     for name in SCRIPTS:
         assert os.access(script(name), os.X_OK), f"{name} missing: run pip install -e ."

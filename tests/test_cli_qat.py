@@ -125,6 +125,15 @@ BAD = {
                                  "matches no layer"),
     "bits out of range": ({"overrides": '[{"match": "conv", "weight_bits": 1}]'},
                           r"weight_bits must be in \[2, 8\]"),
+    # Found by the flag fuzzer (TypeError, exit 1; a JSON object silently became its keys):
+    "override not a table": ({"overrides": "[1]"}, r"An override is a table .* Received: 1$"),
+    "overrides not a list": ({"overrides": '{"match": "conv"}'},
+                             "--overrides must be a JSON list"),
+    "override of the wrong type": ({"overrides": '[{"match": 5}]'},
+                                   "Override match must be str. Received: match=5"),
+    "mse on class labels": ({"output_losses": "logits=mse"},  # InvalidArgumentError in fit
+                            r"Output 'logits' learns by mse from targets shaped like the output "
+                            r"\(N, 3\); its labels have shape \(\d+,\)"),
     "zero epochs": ({"epochs": 0}, "epochs must be positive"),
     "training diverges": ({"learning_rate": 1e38}, "QAT training diverged"),
     "missing model": ({"model": "/no/model.keras"}, "Model path not found"),

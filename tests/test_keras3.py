@@ -181,3 +181,30 @@ def test_real_keras3_files_rebuild_exactly(name):
     assert model.rebuild_notes["max_relative_error"] <= keras3.KERAS3_RTOL
     np.testing.assert_allclose(rebuilt(x).numpy(), model.predict({spec.name: x})[0], atol=1e-5)
     wrap_model(rebuilt)  # a tf_keras model tflq takes like any other
+
+
+def test_selective_converts_a_keras3_model_after_the_first_scratch_is_gone(three_files, tmp_path):
+    """Found by the conformance benchmark on the drowsiness CNN (Keras-3-written .h5): the
+    job deletes its scratch folder, which held the cached Keras 3 export, before selective
+    quantization asks for a new converter ("SavedModel file does not exist")."""
+    import shutil
+
+    import tflq
+    from tflq import tflite_inspect
+
+    model = load_model(three_files["keras3_h5"])
+    first = tmp_path / "first"
+    first.mkdir()
+    model.make_converter(str(first))
+    shutil.rmtree(first)
+    second = tmp_path / "second"
+    second.mkdir()
+    assert model.make_converter(str(second)).convert()  # exported again into `second`
+    x = _images(40, seed=4)
+    result = tflq.convert(three_files["keras3_h5"], {"img": x[:24]}, {"img": x[24:]},
+                          modes=("int8",), selective=True, min_agreement=0.5,
+                          num_calibration_samples=24, latency_runs=1, layer_error_samples=0,
+                          progress=False)
+    row = result.modes["int8"].metrics
+    assert row["float_ops"] == list(tflite_inspect.find_float_ops(result.modes["int8"].tflite))
+    assert "selective" in " ".join(row["notes"])

@@ -295,6 +295,11 @@ def test_infer_heads_rules_and_overrides():
     assert heads.infer_heads(model, {"boxes": "kl"})[0].kind == "kl"
     labels = [np.zeros(2, np.int64), None, None, None, None]
     assert heads.infer_heads(model, labels=labels)[0].kind == "kl"
+    labels[0] = np.zeros((2, 4), np.float32)  # float targets shaped like the output
+    assert heads.infer_heads(model, labels=labels)[0].kind == "mse"
+    with pytest.raises(ValueError, match=r"Output 'boxes' learns by mse .* \(N, 4\); its labels "
+                                         r"have shape \(2, 3\)"):
+        heads.infer_heads(model, labels=[np.zeros((2, 3), np.float32), None, None, None, None])
     single = tf_keras.Model(inp, tf_keras.layers.Dense(3)(inp))
     assert heads.infer_heads(single)[0].kind == "kl"  # tflq's convention: logits
     assert heads.parse_output_losses(" boxes=mse, p=kl ") == {"boxes": "mse", "p": "kl"}

@@ -272,3 +272,18 @@ def test_hard_ptq_renders_failures_and_a_missing_peer():
         "run |" in table
     assert f"`--auto` ≥ MCT's best (agreement and SQNR) on {name}" in \
         rt.RENDERERS["benchmark_hard_ptq"](data)["notes"]
+
+
+def test_fuzz_counts_against_raw_json():
+    """The fuzz table's counts from the raw JSON; the committed run kept the contract."""
+    fuzz = RESULTS["benchmark_fuzz"]
+    regions = readme_regions.read_regions(README)
+    targets = fuzz["targets"]
+    total = sum(sum(t["outcomes"].values()) for t in targets.values())
+    assert total == fuzz["total_inputs"] and f"{total:,} inputs in all" in regions["notes:benchmark_fuzz"]
+    table = regions["table:benchmark_fuzz"].splitlines()
+    assert len(table) == 2 + len(targets)
+    for name, target in targets.items():
+        assert f"| {name} | {sum(target['outcomes'].values()):,} |" in regions["table:benchmark_fuzz"]
+    assert fuzz["pytest_exit_code"] == 0
+    assert not any(t["outcomes"].get("traceback") or t["outcomes"].get("exit 1") for t in targets.values())

@@ -91,7 +91,10 @@ class OutputCapture:
         for logger in logging.Logger.manager.loggerDict.values():
             for handler in getattr(logger, "handlers", ()):
                 if isinstance(handler, logging.StreamHandler) and handler.stream in consoles:
-                    self._redirected.append((handler, handler.setStream(log_stream)))
+                    # setStream returns None when the stream is unchanged: keep our own copy,
+                    # or a handler already on sys.__stderr__ ends up with no stream at all.
+                    self._redirected.append((handler, handler.stream))
+                    handler.setStream(log_stream)
         sys.stdout, sys.stderr = out_stream, err_stream
         _ACTIVE.append(self)
         return self

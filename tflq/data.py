@@ -22,6 +22,7 @@ import numpy as np
 
 from tflq.factories import import_callable, is_factory
 from tflq.inmemory import CallableSource, DataSource, Sample, is_in_memory, open_in_memory
+from tflq.settings import setting
 from tflq.signature import TensorSpec
 
 __all__ = ["NORMALIZATIONS", "IMAGE_SUFFIXES", "Sample", "DataOptions", "normalize_pixels",
@@ -41,8 +42,11 @@ class DataOptions:
         model's input size.
     """
 
-    normalize: str = "0_1"
-    image_size: tuple[int, int] | None = None
+    normalize: str = setting(
+        "How IDX and image-folder pixels are scaled: x/255, x/127.5-1, or raw 0..255.", "0_1",
+        choices=NORMALIZATIONS)
+    image_size: tuple[int, int] | None = setting(
+        "HxW to resize image-folder images to (default: the model's size).", None, kind="size")
 
     def __post_init__(self):
         if self.normalize not in NORMALIZATIONS:
@@ -123,6 +127,9 @@ class ArraySource(DataSource):
                 array = np.load(path, mmap_mode="r", allow_pickle=False)
             except Exception as e:
                 raise ValueError(f"Data file {path!r} is not a readable .npy file: {e}") from e
+            if array.ndim == 0:
+                raise ValueError(f"Data file {path!r} holds a single value (shape ()); expected "
+                                 "an array of samples along its first axis.")
             if len(names) != 1:
                 raise ValueError(
                     f"Data file {path!r} holds one array but the model has inputs {names}; "

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["METHOD", "DEFAULT_SAMPLES", "match_ops", "isolate_ops", "measure"]
+__all__ = ["METHOD", "DEFAULT_SAMPLES", "preserving_interpreter", "match_ops", "isolate_ops", "measure"]
 
 DEFAULT_SAMPLES = 16
 
@@ -47,7 +47,8 @@ _BOUNDARY = frozenset({"QUANTIZE", "DEQUANTIZE"})
 _CONTROL_FLOW = frozenset({"WHILE", "IF", "CALL_ONCE", "CALL"})
 
 
-def _interpreter(content: bytes):
+def preserving_interpreter(content: bytes):
+    """A LiteRT interpreter of ``content`` that keeps every intermediate tensor readable."""
     import warnings
 
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -249,7 +250,7 @@ class _ModeRun:
     """One quantized .tflite: its interpreter, its isolated-op copy, matches and sums."""
 
     def __init__(self, content: bytes, float_ops: list[dict]):
-        self.interp = _interpreter(content)
+        self.interp = preserving_interpreter(content)
         self.ops = _compute_ops(self.interp)
         self.pairs = match_ops(float_ops, self.ops)
         self.stats = {i: _Stats() for i in self.pairs}
@@ -259,7 +260,7 @@ class _ModeRun:
                   _CONTROL_FLOW]
         try:
             isolated, self.feeds = isolate_ops(content, wanted)
-            self.isolated = _interpreter(isolated)
+            self.isolated = preserving_interpreter(isolated)
         except (ValueError, RuntimeError) as e:  # an op the rewrite cannot isolate
             self.layer_note = f"per-layer view unavailable: {str(e).splitlines()[0][:200]}"
         self.inputs = self.interp.get_signature_runner().get_input_details()
@@ -326,7 +327,7 @@ def measure(float_content: bytes, quantized: Mapping[str, bytes],
       ValueError: a sample lacks an input of the float model.
     """
     start = time.perf_counter()
-    reference = _interpreter(float_content)
+    reference = preserving_interpreter(float_content)
     float_ops = _compute_ops(reference)
     float_by_index = {o["index"]: o for o in float_ops}
     float_inputs_detail = reference.get_signature_runner().get_input_details()

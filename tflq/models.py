@@ -191,11 +191,15 @@ class LoadedModel:
         """Returns a fresh TFLite converter for this model.
 
         Args:
-          workdir: a scratch folder; Keras 3 models are exported there once.
+          workdir: a scratch folder; Keras 3 models are exported there once (again if the
+            folder of the earlier export no longer exists).
         """
         if self.flavor == FLAVOR_TF_KERAS:
             return tf.lite.TFLiteConverter.from_keras_model(self.keras_model)
-        if self.flavor == FLAVOR_KERAS3 and self._saved_model_dir is None:
+        if self.flavor == FLAVOR_KERAS3 and (self._saved_model_dir is None
+                                             or not os.path.isdir(self._saved_model_dir)):
+            # Exported again when the scratch folder of an earlier export is gone (a job
+            # deletes its scratch folder; selective quantization then asks in a new one).
             export_dir = os.path.join(workdir, "keras3_export")
             self.keras_model.export(export_dir, verbose=False)
             self._saved_model_dir = export_dir

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from tflq.settings import setting
+
 __all__ = ["Mode", "ALL_MODES", "RANGE_ESTIMATORS", "parse_modes", "ConvertOptions"]
 
 
@@ -68,22 +70,50 @@ class ConvertOptions:
       adaround: ``int8`` weights rounded by AdaRound (:mod:`tflq.ptq.adaround`) on the
         calibration data; ``adaround_bits`` 8 (int8) or 4 (15 int8 code levels),
         ``adaround_iterations`` steps per layer, ``adaround_reg`` the regularizer weight λ.
+      range_search: ``int8`` activation ranges searched tensor by tensor for the smallest
+        model output error on the calibration samples, starting from the ``percentile``
+        estimator, set in the converter's own calibrated model (:mod:`tflq.ptq.thresholds`).
       auto: ``int8`` from the best of the plain converter and tflq's methods, scored on a
         slice of the calibration data held apart for selection (:mod:`tflq.ptq.auto`).
     """
 
-    integer_io: bool = False
-    per_channel: bool = True
-    allow_float_ops: bool = False
-    range_estimator: str | None = None
-    percentile: float = 99.99
-    equalize: bool = False
-    selective: bool = False
-    adaround: bool = False
-    adaround_bits: int = 8
-    adaround_iterations: int = 500
-    adaround_reg: float = 0.01
-    auto: bool = False
+    integer_io: bool = setting(
+        "int8/int16x8 models take and return integers instead of float32.", False)
+    per_channel: bool = setting("int8 weights per tensor instead of per channel.", True,
+                                flag="per_tensor", negate=True)
+    allow_float_ops: bool = setting(
+        "Let int8/int16x8 keep ops without integer kernels in float.", False)
+    range_estimator: str | None = setting(
+        "int8 activation ranges from tflq's estimators instead of the converter's min/max "
+        "(tf_keras models).", None, choices=RANGE_ESTIMATORS)
+    percentile: float = setting("Percentile for --range_estimator=percentile.", 99.99)
+    equalize: bool = setting("int8 after cross-layer equalization and bias correction "
+                             "(tf_keras models).", False)
+    selective: bool = setting(
+        "int8 keeps the fewest most sensitive ops in float (TFLite's QuantizationDebugger "
+        "RMSE/scale) that bring the accuracy drop within --max_accuracy_drop (labelled data) "
+        "and/or the top-1 agreement above --min_agreement, chosen on one calibration sample in "
+        "five held apart (never on --eval_data); if even all-float misses it, the best model is "
+        "written and the gate exits 3.", False)
+    adaround: bool = setting(
+        "int8 weights rounded by AdaRound (learned up/down rounding, layer by layer on the "
+        "calibration data); the .tflite carries exactly the learned codes.", False)
+    adaround_bits: int = setting(
+        "AdaRound weight grid: 8 (int8) or 4 (15 int8 code levels per channel: 0, ±18, ±36, "
+        "±54, ±73, ±91, ±109, ±127, times T_c/127 with a clipping threshold T_c chosen per "
+        "channel for the smallest layer output error; biases then corrected).", 8,
+        choices=(8, 4))
+    adaround_iterations: int = setting("AdaRound optimizer steps per layer.", 500)
+    adaround_reg: float = setting("AdaRound rounding-regularizer weight λ.", 0.01)
+    auto: bool = setting(
+        "int8 from the best of the plain converter, the range estimators, range search, "
+        "equalization and AdaRound, "
+        "chosen on one calibration sample in five held apart (never on --eval_data); the report "
+        "lists every candidate's score.", False)
+    range_search: bool = setting(
+        "int8 activation ranges searched tensor by tensor for the smallest model output error "
+        "on the calibration samples (changes kept only when better on both halves), set in the "
+        "converter's own calibrated model and quantized by the converter.", False)
 
     def __post_init__(self):
         if self.range_estimator is not None:
@@ -96,11 +126,14 @@ class ConvertOptions:
         if self.selective and (self.integer_io or self.range_estimator or self.equalize):
             raise ValueError("--selective works on the converter's own int8 with float I/O: "
                              "drop --integer_io, --range_estimator and --equalize.")
+        if self.range_search and (self.range_estimator or self.selective):
+            raise ValueError("--range_search sets the activation ranges itself, in the "
+                             "converter's own int8: drop --range_estimator and --selective.")
         if self.auto and (self.range_estimator or self.equalize or self.selective
-                          or self.adaround):
-            raise ValueError("--auto chooses the range estimator, equalization and AdaRound "
-                             "itself: drop --range_estimator, --equalize, --adaround and "
-                             "--selective.")
+                          or self.adaround or self.range_search):
+            raise ValueError("--auto chooses the range estimator, range search, equalization "
+                             "and AdaRound itself: drop --range_estimator, --range_search, "
+                             "--equalize, --adaround and --selective.")
         if self.adaround_bits not in (8, 4):
             raise ValueError(f"adaround_bits must be 8 or 4. Received: {self.adaround_bits!r}")
         if self.adaround_bits != 8 and not self.adaround:

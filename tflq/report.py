@@ -9,6 +9,7 @@ import json
 import math
 
 from tflq import output_gates, report_outputs
+from tflq.settings import setting
 
 __all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
            "format_qat", "format_selective", "format_table", "to_markdown",
@@ -35,9 +36,15 @@ class Gates:
         :mod:`tflq.output_gates`), checked on every mode.
     """
 
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
-    gate: tuple[str, ...] = ()
+    max_accuracy_drop: float | None = setting(
+        "Gate: largest accuracy drop (percentage points) of any mode.", None, kind="float")
+    min_agreement: float | None = setting(
+        "Gate: smallest top-1 agreement (0..1) with the float model.", None, kind="float")
+    # Repeatable on the command line (--gate a --gate b); a list (or one rule) in a spec.
+    gate: tuple[str, ...] = setting(
+        "Gate rule [output:]metric OP value, repeatable, e.g. 'onset:f1>=0.95' or "
+        "'sqnr_db>=30' (OP: >=, <=, >, <). Exit 3 when a mode breaks it.", (),
+        flag_kind="multi_string", flag_none=True)
 
     def __post_init__(self):
         rules = (self.gate,) if isinstance(self.gate, str) else tuple(self.gate or ())

@@ -7,14 +7,29 @@ import os
 import platform
 from importlib import metadata
 
-__all__ = ["EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_GATE", "configure_environment",
-           "check_output_dir", "versions", "machine_description"]
+__all__ = ["EXIT_OK", "EXIT_INTERNAL", "EXIT_BAD_INPUT", "EXIT_GATE", "Interrupted",
+           "configure_environment", "check_output_dir", "versions", "machine_description"]
 
 # The contract of every command (README "Exit codes").
 EXIT_OK = 0  # done
 EXIT_INTERNAL = 1  # tflq's own fault: one "internal error:" line, the traceback in error.log
 EXIT_BAD_INPUT = 2  # the user's input (flags, files, data) is wrong: one "error:" line
 EXIT_GATE = 3  # a quality gate failed: outputs written, one "quality gate failed:" line
+
+
+
+class Interrupted(RuntimeError):
+    """A run stopped by something outside it (a lost peer of a multi-worker cluster) that
+    left what lets the same command resume.
+
+    Commands exit 1 with one ``interrupted:`` line and keep the ``keep`` paths (and nothing
+    else the run created).
+    """
+
+    def __init__(self, message: str, keep: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.keep = tuple(keep)
+
 
 # Set before TensorFlow is imported (setdefault: a value the user exported wins).
 _QUIET_ENVIRONMENT = {

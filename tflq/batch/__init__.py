@@ -1,7 +1,8 @@
 """Batch conversion: specs (:mod:`~tflq.batch.spec`), warm isolated workers
 (:mod:`~tflq.batch.pool`, :mod:`~tflq.batch.worker`), job order (:mod:`~tflq.batch.schedule`),
-outcomes (:mod:`~tflq.batch.outcome`), the cache and the local/Ray backends
-(:mod:`~tflq.batch.runner`). Importing it does not import TensorFlow."""
+outcomes (:mod:`~tflq.batch.outcome`), the cache and the local backend
+(:mod:`~tflq.batch.runner`), the Ray backend (:mod:`~tflq.batch.ray_backend`). Importing it
+does not import TensorFlow."""
 
 from tflq.batch.pool import *  # noqa: F403
 from tflq.batch.pool import __all__ as _pool_all

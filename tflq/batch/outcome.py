@@ -14,7 +14,7 @@ from tflq import runtime
 from tflq.fileio import sha256_of
 
 __all__ = ["STATUS_OK", "STATUS_GATE", "STATUS_FAILED", "STATUS_TIMEOUT", "STATUS_CRASHED",
-    "signal_name", "status_of_exit", "describe", "relative_outcome"]
+    "signal_name", "status_of_exit", "describe", "runner_error", "relative_outcome"]
 
 STATUS_OK = "ok"
 STATUS_GATE = "gate_failed"
@@ -77,12 +77,19 @@ def describe(payload: dict, status: str, error: str | None, seconds: float,
     result = result or {}
     produced = status in (STATUS_OK, STATUS_GATE)
     return {
-        "name": payload["name"], "status": status, "error": error, "cached": False,
+        "name": payload["name"], "kind": payload.get("kind", "convert"), "status": status,
+        "error": error, "cached": False,
         "seconds": seconds, "log": payload["log"], "out": payload["out"],
         "artifacts": _artifacts(payload["out"]) if produced else [],
         "metrics": _metrics(os.path.join(payload["out"], "report.json")) if produced else {},
         "peak_rss_mb": result.get("peak_rss_mb"), **extra,
     }
+
+
+def runner_error(payload: dict, error: BaseException) -> dict:
+    """The outcome of a job whose runner itself failed (never silently dropped)."""
+    return describe(payload, STATUS_FAILED, f"batch runner error: {type(error).__name__}: "
+                    f"{error}", 0.0)
 
 
 def relative_outcome(outcome: dict, root: str) -> dict:

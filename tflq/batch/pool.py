@@ -30,7 +30,7 @@ import time
 import tflq.batch.outcome as outcome
 
 __all__ = ["ISOLATIONS", "STARTUP_TIMEOUT", "WorkerPolicy", "rss_of", "WarmWorker", "WarmSlot",
-    "WorkerHost"]
+    "WorkerHost", "ray_node_id"]
 
 ISOLATIONS = ("warm", "process")
 STARTUP_TIMEOUT = 600.0  # seconds for a worker to import TensorFlow (a loaded machine is slow)
@@ -254,6 +254,14 @@ class WarmSlot:
             self.worker = None
 
 
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on (inside a Ray worker), else None."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
 class WorkerHost:
     """A Ray actor body: one :class:`WarmSlot` that stays warm across the jobs it is given."""
 
@@ -261,7 +269,8 @@ class WorkerHost:
         self.slot = WarmSlot(policy)
 
     def run(self, payload: dict) -> dict:
-        return self.slot.run(payload)
+        """Runs one job; its outcome also names the Ray node (``ray_node_id``)."""
+        return {**self.slot.run(payload), "ray_node_id": ray_node_id()}
 
     def close(self) -> None:
         self.slot.close()

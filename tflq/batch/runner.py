@@ -39,6 +39,7 @@ Spec example (paths are relative to the spec file)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -54,12 +55,15 @@ import time
 
 import tflq.batch.outcome as outcome
 import tflq.batch.pool as pool
+import tflq.batch.ray_backend as ray_backend
 import tflq.batch.schedule as schedule
 from tflq import report, runtime
 from tflq.batch.outcome import STATUS_CRASHED, STATUS_FAILED, STATUS_GATE, STATUS_OK, STATUS_TIMEOUT
 from tflq.batch.spec import BatchSpec, JobSpec
 from tflq.factories import FACTORY_RE
 from tflq.fileio import sha256_of, update_digest, write_atomic
+from tflq.jobs.common import job_settings
+from tflq.settings import settings_of
 
 __all__ = ["STATUS_OK", "STATUS_GATE", "STATUS_FAILED", "STATUS_TIMEOUT", "STATUS_CRASHED",
     "BACKENDS", "versions", "cache_key", "execute_job", "BatchResult", "run_batch",
@@ -93,13 +97,18 @@ def versions() -> dict:
 def cache_key(spec: JobSpec) -> str:
     """sha256 over the model bytes, the data bytes, the job's settings and the versions."""
     digest = hashlib.sha256()
-    for label in ("model", "data", "eval_data"):
+    if spec.kind != "convert":  # (convert jobs keep the keys they had before kinds existed)
+        digest.update(f"\0kind\0{spec.kind}".encode())
+    for label in [s.name for s in settings_of(type(spec.job)) if s.is_path]:
         value = getattr(spec.job, label)
         digest.update(f"\0{label}\0".encode())
         if value:
             _hash_path(digest, value)
-    settings = spec.job.settings()
-    settings["gates"] = spec.job.gates.to_dict()
+    if spec.kind == "convert":
+        settings = spec.job.settings()
+        settings["gates"] = spec.job.gates.to_dict()
+    else:
+        settings = job_settings(spec.job)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(json.dumps(versions(), sort_keys=True).encode())
     return digest.hexdigest()
@@ -136,8 +145,8 @@ def execute_job(payload: dict) -> dict:
     """Runs one job in a fresh ``python -m tflq.batch.worker`` process and describes the outcome.
 
     ``payload`` holds ``name``, ``out``, ``log``, ``timeout``, ``max_memory_mb``,
-    ``threads``, ``env`` (variables for the worker, e.g. ``TF_USE_LEGACY_KERAS``) and the
-    job (``ConvertJob.to_dict()``). Runs anywhere tflq is installed (the Ray backend ships
+    ``threads``, ``env`` (variables for the worker, e.g. ``TF_USE_LEGACY_KERAS``), the job's
+    ``kind`` and the job (its ``to_dict()``). Runs anywhere tflq is installed (the Ray backend ships
     it to cluster nodes).
     """
     start = time.perf_counter()
@@ -202,7 +211,7 @@ def _payload(spec: JobSpec, out: str, threads: int) -> dict:
     legacy = os.environ.get("TF_USE_LEGACY_KERAS", "1")
     return {"name": spec.name, "out": spec.out, "log": os.path.join(out, "logs", f"{spec.name}.log"),
             "timeout": spec.timeout, "max_memory_mb": spec.max_memory_mb, "threads": threads,
-            "env": {"TF_USE_LEGACY_KERAS": legacy}, "job": spec.job.to_dict()}
+            "env": {"TF_USE_LEGACY_KERAS": legacy}, "kind": spec.kind, "job": spec.job.to_dict()}
 
 
 def _write_manifest(out: str, spec: BatchSpec, outcomes: dict, started: str, seconds: float,
@@ -258,7 +267,8 @@ def run_batch(spec: BatchSpec, out: str, workers: int = 1, backend: str = "local
     order, estimates = schedule.longest_first(list(todo), history)
     threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo) or 1)))
     payloads = [_payload(todo[name], out, threads) for name in order]
-    run = _run_local if backend == "local" else _run_ray
+    run = _run_local if backend == "local" else functools.partial(ray_backend.run_ray,
+                                                                    execute=execute_job)
     bar = schedule.ProgressBar(progress, estimates)
     try:
         for finished in run(payloads, workers, policy, ray_address):
@@ -279,12 +289,6 @@ def run_batch(spec: BatchSpec, out: str, workers: int = 1, backend: str = "local
                        seconds=seconds)
 
 
-def _lost(payload: dict, error: BaseException) -> dict:
-    """The outcome of a job whose runner itself failed (never silently dropped)."""
-    return outcome.describe(payload, STATUS_FAILED, f"batch runner error: {type(error).__name__}: "
-                            f"{error}", 0.0)
-
-
 def _run_local(payloads: list[dict], workers: int, policy: pool.WorkerPolicy, _address=None):
     """Yields outcomes as jobs finish; ``workers`` threads take jobs in the given order, each
     on its own warm worker (or a fresh process per job)."""
@@ -303,7 +307,7 @@ def _run_local(payloads: list[dict], workers: int, policy: pool.WorkerPolicy, _a
             try:
                 results.put(slot.run(payload) if slot else execute_job(payload))
             except Exception as e:
-                results.put(_lost(payload, e))
+                results.put(outcome.runner_error(payload, e))
         if slot:
             slot.close()
 
@@ -317,74 +321,6 @@ def _run_local(payloads: list[dict], workers: int, policy: pool.WorkerPolicy, _a
         for slot in slots:
             if slot:
                 slot.kill()
-
-
-def _start_ray(workers: int, address: str | None):
-    try:
-        import ray
-    except ImportError as e:
-        raise ValueError("The ray backend needs Ray: pip install 'ray[default]'.") from e
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # A private Ray on this machine, bound to loopback only.
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1")
-    return ray, started_here
-
-
-def _run_ray(payloads: list[dict], workers: int, policy: pool.WorkerPolicy, address: str | None):
-    """Ray: warm actors (each a :class:`tflq.batch.pool.WorkerHost`, replaced if it dies), or
-    one task per job in a fresh process for ``isolation="process"``."""
-    if not payloads:
-        return
-    ray, started_here = _start_ray(workers, address)
-    try:
-        if policy.isolation == "process":
-            remote = ray.remote(num_cpus=1, max_retries=0)(execute_job)
-            pending = [remote.remote(p) for p in payloads]
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(done[0])
-            return
-        yield from _run_ray_actors(ray, payloads, workers, policy)
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _run_ray_actors(ray, payloads: list[dict], workers: int, policy: pool.WorkerPolicy):
-    host = ray.remote(num_cpus=1, max_restarts=0)(pool.WorkerHost)
-    todo = list(payloads)
-    running = {}  # object ref -> (actor, payload)
-
-    def assign(actor):
-        if todo:
-            payload = todo.pop(0)
-            running[actor.run.remote(payload)] = (actor, payload)
-        else:
-            ray.get(actor.close.remote())
-
-    for _ in range(min(workers, len(payloads))):
-        assign(host.remote(policy))
-    try:
-        while running:
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            actor, payload = running.pop(ref)
-            try:
-                finished = ray.get(ref)
-            except ray.exceptions.RayActorError as e:  # the actor itself died: replace it
-                finished = outcome.describe(payload, STATUS_CRASHED, "Ray actor died: "
-                                            f"{str(e).splitlines()[0]}", 0.0)
-                ray.kill(actor)
-                actor = host.remote(policy)
-            yield finished
-            assign(actor)
-    finally:
-        for actor, _ in running.values():
-            ray.kill(actor)
 
 
 def format_summary(result: BatchResult) -> str:

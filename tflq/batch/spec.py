@@ -1,21 +1,29 @@
 """Batch specs (TOML or YAML): parsed and checked before any job starts; errors name the
-file and line. Importing this module does not import TensorFlow."""
+file, line, job and key. Importing this module does not import TensorFlow.
+
+A job's keys are the settings of its kind's job dataclass (:data:`JOB_KINDS`; the same names,
+defaults and allowed values as the command's flags, see :mod:`tflq.settings`), plus
+:data:`JOB_ONLY_KEYS` and the batch's own :data:`BATCH_KEYS`. ``[defaults]`` holds keys of
+any kind; each job takes those its kind has."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Sequence
 
-from tflq import options, report
+from tflq import settings
 from tflq.batch.pool import WorkerPolicy
-from tflq.data import DataOptions
 from tflq.factories import FACTORY_RE
-from tflq.jobs import convert as convert_job
+from tflq.jobs.compress import CompressJob
+from tflq.jobs.convert import ConvertJob
+from tflq.jobs.qat import QATJob
 
-__all__ = ["DEFAULT_TIMEOUT", "SETTING_TYPES", "JOB_ONLY_KEYS", "TOP_KEYS", "OUTPUT_KEYS",
-    "WORKER_KEYS", "JobSpec", "BatchSpec", "load_spec"]
+__all__ = ["DEFAULT_TIMEOUT", "JOB_KINDS", "BATCH_KEYS", "JOB_ONLY_KEYS", "JOB_ONLY_TYPES",
+    "TOP_KEYS", "OUTPUT_KEYS", "OUTPUT_TYPES", "WORKER_KEYS", "spec_settings", "JobSpec",
+    "BatchSpec", "load_spec"]
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -23,19 +31,17 @@ DEFAULT_TIMEOUT = 3600.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-# Settings a job (or [defaults]) may hold, with the JSON types accepted.
-SETTING_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,), "data": (str,), "eval_data": (str,), "modes": (list, str),
-    "num_calibration_samples": (int,), "num_eval_samples": (int,), "seed": (int,),
-    "num_threads": (int,), "batch_size": (int,), "latency_runs": (int,),
-    "integer_io": (bool,), "per_tensor": (bool,), "allow_float_ops": (bool,),
-    "normalize": (str,), "image_size": (list,), "max_accuracy_drop": (int, float),
-    "min_agreement": (int, float), "timeout": (int, float), "max_memory_mb": (int,),
-    "output_tasks": (str, dict), "gate": (list, str),
-}
+# What ``kind = "..."`` runs (default convert): the job dataclass whose settings are its keys.
+JOB_KINDS = {"convert": ConvertJob, "qat": QATJob, "compress": CompressJob}
 
 
-JOB_ONLY_KEYS = ("name", "out")
+# Keys of the batch itself that a job (or [defaults]) may hold, with the types accepted.
+BATCH_KEYS: dict[str, tuple[type, ...]] = {"timeout": (int, float), "max_memory_mb": (int,)}
+
+
+JOB_ONLY_KEYS = ("name", "out", "kind")
+JOB_ONLY_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "out": (str,), "kind": (str,)}
+OUTPUT_TYPES: dict[str, tuple[type, ...]] = {"layout": (str,)}
 
 
 TOP_KEYS = ("defaults", "jobs", "output", "workers")
@@ -50,16 +56,24 @@ WORKER_KEYS: dict[str, tuple[type, ...]] = {
 }
 
 
+def spec_settings(kind: str) -> dict[str, settings.Setting]:
+    """The settings a job of ``kind`` takes as spec keys (``out`` is a job-only key: it is
+    relative to the batch folder)."""
+    return {s.name: s for s in settings.settings_of(JOB_KINDS[kind])
+            if s.spec and s.name != "out"}
+
+
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
-    """One job of a batch: its name, output folder (relative to the batch's), settings."""
+    """One job of a batch: its name, output folder (relative to the batch's), kind, settings."""
 
     name: str
     out: str
-    job: convert_job.ConvertJob
+    job: ConvertJob | QATJob | CompressJob
     timeout: float
     max_memory_mb: int | None
     line: int | None
+    kind: str = "convert"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,14 +154,10 @@ def _check_keys(path, lines, table: dict, allowed: Sequence[str], where: str, st
 
 def _check_types(path, lines, table: dict, where: str, start: int = 0, types=None):
     for key, value in table.items():
-        accepted = (types or SETTING_TYPES).get(key)
+        accepted = types.get(key)
         if accepted is None:
             continue
-        if isinstance(value, bool) and bool not in accepted:
-            ok = False
-        else:
-            ok = isinstance(value, accepted)
-        if not ok:
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
             line = _line_of(lines, key, start)
             at = f"line {line}: " if line else ""
             names = " or ".join(t.__name__ for t in accepted)
@@ -160,27 +170,53 @@ def _resolve_path(base: str, value: str) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
-def _convert_job(settings: dict, out: str) -> convert_job.ConvertJob:
-    modes = settings.get("modes", list(options.ALL_MODES))
-    modes = options.parse_modes(modes if isinstance(modes, (list, str)) else [])
-    kwargs = {k: settings[k] for k in ("num_calibration_samples", "num_eval_samples", "seed",
-                                       "num_threads", "batch_size", "latency_runs")
-              if k in settings}
-    image_size = settings.get("image_size")
-    return convert_job.ConvertJob(
-        model=settings["model"], data=settings["data"], eval_data=settings.get("eval_data"),
-        out=out, modes=tuple(m.value for m in modes), progress=False,
-        convert_options=options.ConvertOptions(
-            integer_io=settings.get("integer_io", False),
-            per_channel=not settings.get("per_tensor", False),
-            allow_float_ops=settings.get("allow_float_ops", False)),
-        data_options=DataOptions(
-            normalize=settings.get("normalize", "0_1"),
-            image_size=tuple(image_size) if image_size else None),
-        gates=report.Gates(max_accuracy_drop=settings.get("max_accuracy_drop"),
-                           min_agreement=settings.get("min_agreement"),
-                           gate=settings.get("gate", ())),
-        output_tasks=settings.get("output_tasks"), **kwargs)
+@dataclasses.dataclass
+class _Reader:
+    """One spec file being checked: where things are, for errors that name the line."""
+
+    path: str
+    lines: Sequence[str]
+    base: str
+    defaults: dict
+
+    def at(self, key: str | None, start: int) -> str:
+        line = _line_of(self.lines, key, start) if key else None
+        return f"line {line}: " if line else ""
+
+    def settings(self, kind: str, entry: dict, where: str, start: int, at_job: str) -> dict:
+        """The job's values: its kind's keys from [defaults], then its own, each checked."""
+        known = spec_settings(kind)
+        values = {}
+        for source, table, first in (("[defaults]", self.defaults, 0), (where, entry, start)):
+            for key, value in table.items():
+                if key in JOB_ONLY_KEYS or key in BATCH_KEYS or (
+                        source == "[defaults]" and key not in known):
+                    continue
+                if key not in known:
+                    raise ValueError(
+                        f"{self.path}: {self.at(key, first)}unknown key {key!r} in {where} (a "
+                        f"{kind} job). Known: {sorted([*known, *JOB_ONLY_KEYS, *BATCH_KEYS])}")
+                label = where if source == where else "defaults"
+                try:
+                    values[key] = settings.check_value(known[key], value, label)
+                except ValueError as e:
+                    raise ValueError(f"{self.path}: {self.at(key, first)}{e} ({where} is a {kind} "
+                                     "job)") from e
+        for key, item in known.items():
+            if item.is_path and values.get(key):
+                values[key] = _resolve_path(self.base, values[key])
+                if not FACTORY_RE.match(values[key]) and not os.path.exists(values[key]):
+                    raise ValueError(f"{self.path}: {at_job}{where}: {key} not "
+                                     f"found: {values[key]!r}")
+        return values
+
+
+def _job_kind(reader: _Reader, entry: dict, where: str, start: int) -> str:
+    kind = entry.get("kind", reader.defaults.get("kind", "convert"))
+    if kind not in JOB_KINDS:
+        raise ValueError(f"{reader.path}: {reader.at('kind', start)}{where}.kind must be one of "
+                         f"{list(JOB_KINDS)}. Received: {kind!r}")
+    return kind
 
 
 def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> BatchSpec:
@@ -192,11 +228,11 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
       default_timeout: seconds per job unless the spec sets ``timeout``.
 
     Raises:
-      ValueError: malformed file (naming file and line), unknown keys, wrong types, no
-        jobs, duplicate names or outputs, a missing model or data file, bad settings.
+      ValueError: malformed file (naming file and line), unknown keys, wrong types or values
+        (naming the job and key), no jobs, duplicate names or outputs, a missing model or data
+        file, bad settings.
     """
     data, lines, yaml_format = _parse(path)
-    base = os.path.dirname(os.path.abspath(path))
     _check_keys(path, lines, data, TOP_KEYS, "the spec")
     defaults = data.get("defaults", {}) or {}
     output = data.get("output", {}) or {}
@@ -206,65 +242,81 @@ def load_spec(path: str, out: str, default_timeout: float = DEFAULT_TIMEOUT) -> 
         raise ValueError(f"{path}: [defaults], [output] and [workers] must be tables.")
     if not isinstance(jobs, list) or not jobs:
         raise ValueError(f"{path}: no jobs: add at least one [[jobs]] entry with a model.")
-    _check_keys(path, lines, defaults, tuple(SETTING_TYPES), "[defaults]")
-    _check_types(path, lines, defaults, "defaults")
+    every_key = {k for kind in JOB_KINDS for k in spec_settings(kind)}
+    _check_keys(path, lines, defaults, sorted(every_key | set(BATCH_KEYS) | {"kind"}),
+                "[defaults]")
+    _check_types(path, lines, defaults, "defaults", types={**BATCH_KEYS, "kind": (str,)})
     _check_keys(path, lines, output, OUTPUT_KEYS, "[output]")
+    _check_types(path, lines, output, "output", types=OUTPUT_TYPES)
     policy = _policy(path, lines, pool)
-    layout = output.get("layout", "{name}")
+    reader = _Reader(path, lines, os.path.dirname(os.path.abspath(path)), defaults)
     starts = _job_lines(lines, yaml_format)
     specs, names, outs = [], {}, {}
     for i, entry in enumerate(jobs):
         start = starts[i] - 1 if i < len(starts) else 0
         line = starts[i] if i < len(starts) else None
-        at = f"line {line}: " if line else ""
-        where = f"jobs[{i}]"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: {at}{where} must be a table.")
-        _check_keys(path, lines, entry, tuple(SETTING_TYPES) + JOB_ONLY_KEYS, where, start)
-        _check_types(path, lines, entry, where, start)
-        settings = {**defaults, **entry}
-        for required in ("model", "data"):
-            if not settings.get(required):
-                raise ValueError(f"{path}: {at}{where} has no {required!r} (set it in the job "
-                                 "or in [defaults]).")
-        for key in ("model", "data", "eval_data"):
-            if settings.get(key):
-                settings[key] = _resolve_path(base, settings[key])
-                value = settings[key]
-                if not FACTORY_RE.match(value) and not os.path.exists(value):
-                    raise ValueError(f"{path}: {at}{where}: {key} not found: {value!r}")
-        model = settings["model"]
-        name = entry.get("name") or (model.split(":")[-1] if FACTORY_RE.match(model)
-                                     else os.path.splitext(os.path.basename(model.rstrip("/")))[0])
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError(f"{path}: {at}{where}: job name {name!r} may hold only letters, "
-                             "digits, '.', '_' and '-'.")
-        if name in names:
-            raise ValueError(f"{path}: {at}{where}: two jobs are named {name!r} "
-                             f"(the other is jobs[{names[name]}]); give each a unique name.")
-        names[name] = i
-        try:
-            relative = entry.get("out") or layout.format(name=name)
-        except (KeyError, IndexError) as e:
-            raise ValueError(f"{path}: [output] layout {layout!r} may use only {{name}}.") from e
-        job_out = os.path.normpath(os.path.join(out, relative))
-        if job_out in outs:
-            raise ValueError(f"{path}: {at}{where}: jobs {outs[job_out]!r} and {name!r} write "
-                             f"to the same output {job_out!r}.")
-        if os.path.commonpath([os.path.abspath(job_out), os.path.abspath(out)]) != os.path.abspath(out):
-            raise ValueError(f"{path}: {at}{where}: output {relative!r} leaves the batch folder.")
-        outs[job_out] = name
-        try:
-            job = _convert_job(settings, job_out)
-        except ValueError as e:
-            raise ValueError(f"{path}: {at}{where} ({name}): {e}") from e
-        timeout = float(settings.get("timeout", default_timeout))
-        memory = settings.get("max_memory_mb")
-        if timeout <= 0 or (memory is not None and memory < 1):
-            raise ValueError(f"{path}: {at}{where}: timeout and max_memory_mb must be positive.")
-        specs.append(JobSpec(name=name, out=job_out, job=job, timeout=timeout,
-                             max_memory_mb=memory, line=line))
+        specs.append(_job_spec(reader, entry, i, start, line, out, output.get("layout", "{name}"),
+                               names, outs, default_timeout))
+    _check_defaults_used(reader, {s.kind for s in specs})
     return BatchSpec(path=path, jobs=tuple(specs), policy=policy)
+
+
+def _check_defaults_used(reader: _Reader, kinds: set[str]) -> None:
+    """A [defaults] key no job's kind has would silently do nothing: refused."""
+    used = {k for kind in kinds for k in spec_settings(kind)} | set(BATCH_KEYS) | {"kind"}
+    for key in reader.defaults:
+        if key not in used:
+            raise ValueError(f"{reader.path}: {reader.at(key, 0)}[defaults].{key} applies to no "
+                             f"job of this spec (its kinds: {sorted(kinds)}).")
+
+
+def _job_spec(reader: _Reader, entry, i: int, start: int, line: int | None, out: str, layout: str,
+              names: dict, outs: dict, default_timeout: float) -> JobSpec:
+    path, at, where = reader.path, f"line {line}: " if line else "", f"jobs[{i}]"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: {at}{where} must be a table.")
+    _check_types(path, reader.lines, entry, where, start, types={**BATCH_KEYS, **JOB_ONLY_TYPES})
+    kind = _job_kind(reader, entry, where, start)
+    values = reader.settings(kind, entry, where, start, at)
+    for item in spec_settings(kind).values():
+        if item.required and not values.get(item.name):
+            raise ValueError(f"{path}: {at}{where} has no {item.name!r} (a {kind} job needs it; "
+                             "set it in the job or in [defaults]).")
+    model = values["model"]
+    name = entry.get("name") or (model.split(":")[-1] if FACTORY_RE.match(model)
+                                 else os.path.splitext(os.path.basename(model.rstrip("/")))[0])
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"{path}: {at}{where}: job name {name!r} may hold only letters, "
+                         "digits, '.', '_' and '-'.")
+    if name in names:
+        raise ValueError(f"{path}: {at}{where}: two jobs are named {name!r} "
+                         f"(the other is jobs[{names[name]}]); give each a unique name.")
+    names[name] = i
+    try:
+        relative = entry.get("out") or layout.format(name=name)
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: [output] layout {layout!r} may use only {{name}}.") from e
+    job_out = os.path.normpath(os.path.join(out, relative))
+    if job_out in outs:
+        raise ValueError(f"{path}: {at}{where}: jobs {outs[job_out]!r} and {name!r} write "
+                         f"to the same output {job_out!r}.")
+    if os.path.commonpath([os.path.abspath(job_out), os.path.abspath(out)]) != os.path.abspath(out):
+        raise ValueError(f"{path}: {at}{where}: output {relative!r} leaves the batch folder.")
+    outs[job_out] = name
+    quiet = {"progress": False} if kind == "convert" else {}
+    try:
+        job = settings.build(JOB_KINDS[kind], values, out=job_out, **quiet)
+    except ValueError as e:
+        raise ValueError(f"{path}: {at}{where} ({name}): {e}") from e
+    batch = {**{k: v for k, v in reader.defaults.items() if k in BATCH_KEYS},
+             **{k: v for k, v in entry.items() if k in BATCH_KEYS}}
+    timeout = float(batch.get("timeout", default_timeout))
+    memory = batch.get("max_memory_mb")
+    if not 0 < timeout < math.inf or (memory is not None and memory < 1):
+        raise ValueError(f"{path}: {at}{where}: timeout and max_memory_mb must be positive "
+                         f"(and finite). Received: timeout={timeout}, max_memory_mb={memory}")
+    return JobSpec(name=name, out=job_out, job=job, timeout=timeout, max_memory_mb=memory,
+                   line=line, kind=kind)
 
 
 def _policy(path: str, lines: Sequence[str], table: dict) -> WorkerPolicy:

@@ -1,7 +1,7 @@
 """Batch job runner processes.
 
 ``python -m tflq.batch.worker job.json`` runs one job (fresh-process isolation): it reads
-the payload written by :func:`tflq.batch.runner.execute_job`, runs the conversion and
+the payload written by :func:`tflq.batch.runner.execute_job`, runs the job and
 writes ``{"exit_code", "error", "gate_failures", "files", "peak_rss_mb"}`` to the result
 file. Exit code: the job's (0, 2 or 3), or 1 for an unexpected error or running out of
 memory. Output goes to the job's log file.
@@ -17,6 +17,10 @@ imported afresh next time); every job starts from the same seeds. A job that rai
 ``MemoryError`` or an unexpected exception asks to be replaced (``recycle``). Objects from
 start-up are frozen out of garbage collection (``gc.freeze``), so the collection after each
 job only walks what the job created.
+
+Both kinds watch their parent (:func:`watch_parent`): a worker whose parent died (a Ray actor
+killed, its node lost, the batch process killed) kills itself and its process group instead
+of finishing an orphaned job that a rerun elsewhere may be writing at the same time.
 """
 
 from __future__ import annotations
@@ -26,12 +30,38 @@ import gc
 import json
 import os
 import resource
+import signal
 import sys
 import sysconfig
+import threading
 import time
 import traceback
 
-__all__ = ["main", "run_payload", "serve"]
+__all__ = ["PARENT_POLL_SECONDS", "main", "run_payload", "serve", "watch_parent"]
+
+PARENT_POLL_SECONDS = 0.5  # how often a worker checks that its parent is still alive
+
+
+def watch_parent(poll: float = PARENT_POLL_SECONDS) -> threading.Thread:
+    """Starts a daemon thread that kills this process (SIGKILL; its whole process group when
+    it leads one) once its parent is gone: the parent process id changes when the parent
+    dies and the process is re-parented.
+
+    Workers run in their own session (``start_new_session``), so nothing else delivers the
+    parent's death to them.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        if os.getpgid(0) == os.getpid():  # its own group: the job's children go too
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="tflq-watch-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def _peak_rss_mb() -> float:
@@ -74,8 +104,25 @@ def _seed_everything(seed: int) -> None:
         sys.modules["keras"].utils.set_random_seed(seed)
 
 
+def _job_kind(kind: str):
+    """(job class, run function) of a payload's ``kind`` (those of :data:`tflq.batch.spec.JOB_KINDS`)."""
+    if kind == "qat":
+        from tflq.jobs import qat
+
+        return qat.QATJob, qat.run_qat_job
+    if kind == "compress":
+        from tflq.jobs import compress
+
+        return compress.CompressJob, compress.run_compress_job
+    if kind != "convert":
+        raise ValueError(f"Unknown job kind {kind!r}. Available: ['convert', 'qat', 'compress']")
+    from tflq.jobs import convert
+
+    return convert.ConvertJob, convert.run_job
+
+
 def run_payload(payload: dict) -> dict:
-    """Runs the conversion job of one payload in this process; never raises.
+    """Runs the job (convert, qat or compress: the payload's ``kind``) of one payload in this process; never raises.
 
     Returns:
       ``{"exit_code", "error", "gate_failures", "files", "recycle"}``; ``recycle`` says why
@@ -85,12 +132,14 @@ def run_payload(payload: dict) -> dict:
     result = {"exit_code": 1, "error": None, "gate_failures": [], "files": [], "recycle": None}
     try:
         from tflq import runtime
-        from tflq.jobs import convert as convert_job
 
-        job = convert_job.ConvertJob.from_dict(payload["job"])
+        kind = payload.get("kind", "convert")
+        job_class, run_job = _job_kind(kind)
+        job = job_class.from_dict(payload["job"])
         _seed_everything(job.seed)
-        print(f"tflq worker {os.getpid()}: job {payload['name']!r} -> {job.out}", flush=True)
-        outcome = convert_job.run_job(job)
+        print(f"tflq worker {os.getpid()}: {kind} job {payload['name']!r} -> {job.out}",
+              flush=True)
+        outcome = run_job(job)
         result.update(exit_code=outcome.exit_code, gate_failures=list(outcome.gate_failures),
                       files=list(outcome.files))
     except ValueError as e:
@@ -108,6 +157,7 @@ def run_payload(payload: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    watch_parent()
     if argv[1:2] == ["--serve"]:
         threads = int(argv[3]) if len(argv) == 4 and argv[2] == "--threads" else 0
         return serve(threads)
@@ -219,7 +269,9 @@ def serve(threads: int = 0) -> int:
     import keras  # noqa: F401
 
     import tflq.interpreter  # noqa: F401
+    import tflq.jobs.compress  # noqa: F401
     import tflq.jobs.convert  # noqa: F401
+    import tflq.jobs.qat  # noqa: F401
     import tflq.ptq.convert  # noqa: F401
 
     # The modules' objects live as long as the worker: kept out of every later collection,

@@ -16,7 +16,8 @@ __all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate",
            "report_files",
            "add_layer_error", "render_outputs", "write_files", "job_settings", "refuse_in_memory",
            "IN_MEMORY_FIELDS", "given", "tflite_output_names", "TrainingTargets",
-           "training_targets", "rebuild_notes"]
+           "training_targets", "rebuild_notes", "OUTPUT_LOSSES_HELP", "OUTPUT_TASKS_HELP",
+           "job_to_dict", "job_from_dict"]
 
 # Job fields that may hold an in-memory model or data instead of a path.
 IN_MEMORY_FIELDS = ("model", "data", "eval_data", "train_data", "teacher")
@@ -41,6 +42,17 @@ def given(value) -> bool:
     return value is not None and not (isinstance(value, str) and not value)
 
 
+# --output_losses of the training jobs (qat, compress): one text for both.
+OUTPUT_LOSSES_HELP = (
+    "Loss per model output, e.g. 'boxes=mse,classes=kl' (kl: classification, cross-entropy on "
+    "labels and KL distillation; mse: regression). Outputs not named are inferred (softmax or "
+    "class-named logits: kl; otherwise mse).")
+# --output_tasks of every job (convert, qat, compress): one text for all.
+OUTPUT_TASKS_HELP = (
+    "Task each model output is measured as, e.g. 'contour=multilabel,onset=multilabel' "
+    "(classification, multilabel, regression, detection, segmentation). Outputs not named are "
+    "inferred from their shape and final activation; the report says how.")
+
 def job_settings(job) -> dict:
     """``dataclasses.asdict(job)`` with in-memory inputs replaced by their descriptions
     (``<in-memory model>``, ``<numpy arrays (N samples)>``, ...)."""
@@ -60,6 +72,29 @@ def _plain(value):
         return {k: _plain(v) for k, v in value.items()}
     return value
 
+
+def job_to_dict(job) -> dict:
+    """A JSON-ready dict of a job holding paths only; :func:`job_from_dict` rebuilds it.
+
+    Raises:
+      ValueError: the job holds an in-memory model or data (not serializable).
+    """
+    refuse_in_memory(job, f"{type(job).__name__}.to_dict")
+    return dataclasses.asdict(job)
+
+
+def job_from_dict(job_class, data: dict):
+    """The job :func:`job_to_dict` described: nested settings and tuples restored."""
+    values = dict(data)
+    for field in dataclasses.fields(job_class):
+        if field.name not in values:
+            continue
+        if dataclasses.is_dataclass(field.default):
+            values[field.name] = type(field.default)(**values[field.name])
+        elif isinstance(field.default, tuple):
+            values[field.name] = tuple(tuple(v) if isinstance(v, list) else v
+                                       for v in values[field.name])
+    return job_class(**values)
 
 def refuse_in_memory(job, what: str) -> None:
     """Raises the error a job holding in-memory inputs gives when it must be serialized."""

@@ -28,16 +28,21 @@ import re
 
 import numpy as np
 
+import tflq.quant.compress as quant_compress
 from tflq import options, report, runtime
 from tflq.inmemory import describe
 from tflq.jobs import outputs
 from tflq.jobs.common import (
+    OUTPUT_LOSSES_HELP,
+    OUTPUT_TASKS_HELP,
     JobResult,
     base_report,
     check_samples,
     evaluate_trained,
     finish,
+    job_from_dict,
     job_settings,
+    job_to_dict,
     load_training_data,
     rebuild_notes,
     tflite_output_names,
@@ -49,12 +54,12 @@ from tflq.quant.compress import (
     SCHEDULES,
     STRUCTURED_TYPES,
     STRUCTURES,
-    PreserveStructure,
     cluster,
     fine_tune,
     prune,
     select_layers,
 )
+from tflq.settings import setting
 from tflq.tflite_inspect import gzip_size, weight_stats
 
 __all__ = ["CompressJob", "sparse_encoded_size", "run_compress_job"]
@@ -80,35 +85,54 @@ class CompressJob:
         (:func:`tflq.quant.qat.make_trainer`: α·CE + (1 − α)·T²·KL, α 0.5, T 4); without
         labels every stage learns from it alone (α 0).
       output_losses: loss per output name (``kl``/``mse``), see :mod:`tflq.quant.heads`.
+      output_tasks: task each named output is measured as (:data:`tflq.task_metrics.TASKS`);
+        the rest is inferred (:mod:`tflq.jobs.outputs`).
     """
 
-    model: object  # a path, 'module:function' or a Keras model object
-    train_data: object  # a path, 'module:function' or data in memory (tflq.data.open_data)
-    eval_data: object
-    out: str | None  # None: nothing written (the result's contents hold the files)
-    sparsity: float = 0.0
-    schedule: str = "constant"
-    structure: str = "unstructured"
-    clusters: int = 0
-    layers: str | None = None
-    layer_types: tuple = ("Conv2D", "Dense")
-    quantization: str = "qat"
-    scheme: str = "default_int8"
-    epochs: int = 2
-    qat_epochs: int | None = None
-    batch_size: int = 64
-    learning_rate: float = 1e-4
-    qat_learning_rate: float | None = None
-    distill: bool = False
-    num_train_samples: int | None = None
-    num_calibration_samples: int = 500
-    seed: int = 0
-    num_threads: int = 1
-    latency_runs: int = 50
+    model: object = setting("Float tf_keras model (.keras/.h5/SavedModel/module:function); it "
+                            "must output logits.", kind="str", is_path=True)
+    train_data: object = setting(
+        "Training data (same kinds as pipelines.convert --data); labels per output as "
+        "y_<output name> in an .npz; unlabelled with distillation.", kind="str", is_path=True)
+    eval_data: object = setting("Evaluation data (labels optional).", kind="str", is_path=True)
+    out: str | None = setting("Output folder (default: tflq_compress).", kind="str")
+    sparsity: float = setting("Target fraction of zero weights in [0, 1) (0: no pruning).", 0.0)
+    schedule: str = setting("Pruning schedule: constant or polynomial (0 → --sparsity over the "
+                            "first 3/4 of training).", "constant", choices=SCHEDULES,
+                            flag_kind="string")
+    structure: str = setting("unstructured, or 2:4 (two zeros in every four input-channel "
+                             "weights; 50%).", "unstructured", choices=STRUCTURES,
+                             flag_kind="string")
+    clusters: int = setting("Weight clusters per layer (0: none; ≥ 2).", 0)
+    layers: str | None = setting("Regular expression on layer names: which layers to "
+                                 "prune/cluster (default: all of --layer_types).", None, kind="str")
+    layer_types: tuple = setting("Layer types to prune/cluster.", ("Conv2D", "Dense"))
+    quantization: str = setting("qat (structure-preserving QAT) or ptq (the TFLite converter "
+                                "with calibration).", "qat", choices=QUANTIZATIONS,
+                                flag_kind="string")
+    scheme: str = setting("QAT weight scheme: default_int8, pow2, asymmetric, log_companding, "
+                          "linear or lsq.", "default_int8")
+    # The commands train 10 epochs; a notebook's quick try (tflq.compress) 2.
+    epochs: int = setting("Training epochs.", 2, cli_default=10)
+    qat_epochs: int | None = setting("QAT epochs (default: --epochs, which counts the prune and "
+                                     "cluster stages).", None, kind="int")
+    batch_size: int = setting("Batch size (default: 64).", 64, flag_none=True)
+    learning_rate: float = setting("Adam learning rate.", 1e-4)
+    qat_learning_rate: float | None = setting(
+        "Adam learning rate of the QAT stage (default: --learning_rate).", None, kind="float")
+    distill: bool = setting("QAT stage also learns from the original float model as teacher "
+                            "(distillation).", False)
+    num_train_samples: int | None = setting("Train on at most this many samples (seeded draw).",
+                                            None, kind="int")
+    num_calibration_samples: int = setting(
+        "Calibration samples drawn from --data with --seed (default: 500).", 500, flag_none=True)
+    seed: int = setting("Seed for sampling and initialization.", 0)
+    num_threads: int = setting("Interpreter threads.", 1)
+    latency_runs: int = setting("Timed batch-1 runs per mode (default: 50).", 50, flag_none=True)
     verbose: int = 2
     gates: report.Gates = report.Gates()
-    output_losses: tuple = ()  # as :attr:`tflq.jobs.qat.QATJob.output_losses`
-    output_tasks: tuple = ()  # as :attr:`tflq.jobs.qat.QATJob.output_tasks`
+    output_losses: tuple = setting(OUTPUT_LOSSES_HELP, (), kind="losses", flag_none=True)
+    output_tasks: tuple = setting(OUTPUT_TASKS_HELP, (), kind="losses", flag_none=True)
 
     def __post_init__(self):
         from tflq.quant import heads, schemes
@@ -168,6 +192,14 @@ class CompressJob:
     @property
     def clusters_weights(self) -> bool:
         return self.clusters >= 2
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (paths only); :meth:`from_dict` rebuilds an equal job."""
+        return job_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CompressJob:
+        return job_from_dict(cls, data)
 
 
 def sparse_encoded_size(make_converter) -> dict:
@@ -311,7 +343,7 @@ def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
                 notes.append("prepare: no float rewrite needed (nothing to inline, split or fold)")
             reference = {layer.name: layer.get_weights()[0] for layer in model.layers
                          if layer.name in chosen and layer.get_weights()}
-            keep = PreserveStructure(student, chosen if stages else set(), job.clusters_weights,
+            keep = quant_compress.PreserveStructure(student, chosen if stages else set(), job.clusters_weights,
                                      reference)
             keep.apply()  # BatchNorm folding rescaled channels; start exactly on the structure
             teacher = model if (job.distill or labels is None) else None

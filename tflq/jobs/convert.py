@@ -15,9 +15,11 @@ import shutil
 import tempfile
 import time
 
+import tflq.jobs.convert_selective as convert_selective
 from tflq import options, report, sampling
 from tflq.data import DataOptions
 from tflq.jobs.common import (
+    OUTPUT_TASKS_HELP,
     JobResult,
     add_layer_error,
     base_report,
@@ -30,10 +32,19 @@ from tflq.jobs.common import (
 )
 from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
+from tflq.settings import setting
 from tflq.task_metrics import normalize_output_tasks
 
 __all__ = ["ConvertJob", "run_job", "below_converter_warnings", "WARN_BELOW_CONVERTER_PP",
-           "BASELINE"]
+           "BASELINE", "BACKENDS", "BACKEND_HELP", "DEFAULT_RECIPES"]
+
+# Who quantizes (the --backend of pipelines.convert; the flag is shared with pipelines.batch,
+# where it means where jobs run, hence one help text for both).
+BACKENDS = ("converter", "litert", "both")
+BACKEND_HELP = ("pipelines.batch: where jobs run, local or ray (default local). "
+                "pipelines.convert: who quantizes, converter, litert (LiteRT Quantizer "
+                "--recipes) or both side by side (default converter).")
+DEFAULT_RECIPES = ("static_wi8_ai8", "dynamic_wi8_afp32", "weight_only_wi8_afp32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,30 +77,58 @@ class ConvertJob:
       output_tasks: the task each named output is measured as (``{name: task}``, a string
         ``"name=task,..."`` or pairs; :data:`tflq.task_metrics.TASKS`); the others are
         inferred from their shape and final activation (:mod:`tflq.jobs.outputs`).
+      backend: who quantizes, as ``--backend``: ``converter`` (no recipes), ``litert`` (the
+        float32 reference and ``recipes``, default :data:`DEFAULT_RECIPES`) or ``both``; None
+        takes ``modes`` and ``recipes`` as given.
+
+    Each user-facing field is a :func:`tflq.settings.setting`: its flag and spec key.
     """
 
-    model: object
-    data: object
-    out: str | None
-    eval_data: object | None = None
-    modes: tuple[str, ...] = options.ALL_MODES
-    num_calibration_samples: int = 500
-    num_eval_samples: int | None = None
-    seed: int = 0
-    num_threads: int = 1
-    batch_size: int = 256
-    latency_runs: int = 50
+    model: object = setting(
+        "Model: .keras (Keras 3 or tf_keras), .h5, SavedModel folder, or package.module:function. "
+        "Default: the bundled Fashion-MNIST CNN.", kind="str", is_path=True)
+    data: object = setting(
+        "Calibration data: .npz/.npy, IDX images file, image folder, or package.module:function. "
+        "Required with --model.", kind="str", is_path=True)
+    out: str | None = setting("Output folder for .tflite files and reports (default: tflq_out).",
+                              kind="str")
+    eval_data: object | None = setting(
+        "Evaluation data (same kinds as --data). Default: the samples of --data not drawn for "
+        "calibration (the bundled evaluation slice for the example).", None, kind="str",
+        is_path=True)
+    modes: tuple[str, ...] = setting(
+        "Comma list of converter modes: " + ", ".join(options.ALL_MODES) + ".", options.ALL_MODES,
+        flag_kind="string")
+    num_calibration_samples: int = setting(
+        "Calibration samples drawn from --data with --seed (default: 500).", 500, flag_none=True)
+    num_eval_samples: int | None = setting(
+        "Evaluate on at most this many samples (default: all).", None, kind="int")
+    seed: int = setting("Seed for drawing calibration samples.", 0)
+    num_threads: int = setting("Interpreter threads.", 1)
+    batch_size: int = setting("Evaluation batch size (default: 256).", 256, flag_none=True)
+    latency_runs: int = setting("Timed batch-1 runs per mode (default: 50).", 50, flag_none=True)
     convert_options: options.ConvertOptions = options.ConvertOptions()
     data_options: DataOptions = DataOptions()
     gates: report.Gates = report.Gates()
     progress: bool | str = True
-    recipes: tuple[str, ...] = ()
-    layer_error_samples: int = DEFAULT_SAMPLES
-    output_tasks: tuple = ()
+    recipes: tuple[str, ...] = setting(
+        "Comma list of LiteRT Quantizer recipes for --backend litert/both (default: "
+        f"{','.join(DEFAULT_RECIPES)}; also static_wi8_ai16, dynamic_wi4_afp32, "
+        "weight_only_wi4_afp32).", (), flag_kind="string", flag_none=True)
+    layer_error_samples: int = setting(
+        "Calibration (QAT: training) samples for the per-layer error of every quantized mode "
+        "(default: 16; 0 turns it off).", DEFAULT_SAMPLES, flag_none=True)
+    # None (the API): as modes and recipes say; commands and specs: converter unless told.
+    backend: str | None = setting(BACKEND_HELP, None, choices=BACKENDS, flag_kind="string",
+                                  flag_none=True, cli_default="converter")
+    output_tasks: tuple = setting(OUTPUT_TASKS_HELP, (), kind="losses", flag_none=True)
 
     def __post_init__(self):
-        options.parse_modes(list(self.modes))
+        self._resolve_backend()
         object.__setattr__(self, "output_tasks", normalize_output_tasks(self.output_tasks))
+        object.__setattr__(self, "modes", tuple(m.value for m in options.parse_modes(
+            self.modes if isinstance(self.modes, str) else list(self.modes))))
+        object.__setattr__(self, "recipes", tuple(self.recipes))
         from tflq.ptq import litert_backend
 
         for recipe in self.recipes:
@@ -111,6 +150,25 @@ class ConvertJob:
         if self.out is not None and not self.out:
             raise ValueError("out must name an output folder (or be None: write nothing). "
                              "Received: out=''")
+
+    def _resolve_backend(self) -> None:
+        """``backend`` sets ``modes``/``recipes`` the way the command line does: ``litert`` keeps
+        only the float32 reference, ``litert``/``both`` default to :data:`DEFAULT_RECIPES`."""
+        if self.backend is None:
+            return
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Unknown --backend {self.backend!r} for pipelines.convert. "
+                             f"Available: {list(BACKENDS)}")
+        if self.backend == "converter" and self.recipes:
+            raise ValueError("--recipes needs --backend litert or --backend both.")
+        if self.backend != "converter" and not self.recipes:
+            object.__setattr__(self, "recipes", DEFAULT_RECIPES)
+        if self.backend == "litert":
+            if tuple(self.modes) not in (options.ALL_MODES, ("float32",)):
+                raise ValueError("--modes picks converter modes; with --backend litert use "
+                                 "--recipes (or --backend both for converter and LiteRT side by "
+                                 "side).")
+            object.__setattr__(self, "modes", ("float32",))
 
     def to_dict(self) -> dict:
         """A JSON-ready dict; :meth:`from_dict` rebuilds an equal job.
@@ -193,8 +251,8 @@ def run_job(job: ConvertJob) -> JobResult:
     conversions, modes, baseline = _convert_all(job, model, modes, representative)
     selective = None
     if job.convert_options.selective:
-        selective = _selective(job, model, conversions, representative, calib,
-                               calib_indices, observer.headline)
+        selective = convert_selective.run_selective(job, model, conversions, representative, calib,
+                                                     calib_indices, observer.headline)
     runners = {mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
                                              num_threads=job.num_threads) for mode in modes}
     if baseline is not None:
@@ -339,117 +397,6 @@ def below_converter_warnings(mode_rows: list[dict], comparisons: dict) -> list[s
                          f"{gap:.2f} pp below the plain converter's int8 ({100 * plain:.2f}%) "
                          "on the same evaluation data")
     return found
-
-
-def _selective(job, model, conversions, representative, calib, calib_indices,
-               headline: int = 0) -> dict:
-    """Replaces the int8 conversion with the selectively quantized model (see
-    :mod:`tflq.ptq.selective`); returns the search record.
-
-    The search chooses on a slice of the calibration samples held apart (every
-    :data:`tflq.ptq.auto.HOLDOUT_EVERY`-th; the rest calibrates), never on the evaluation data
-    the report then measures. Its budget: ``max_accuracy_drop`` when those samples have
-    labels, and/or ``min_agreement`` (top-1 agreement with the float model, no labels needed);
-    a candidate passes when every budget it can measure is met (on output ``headline``)."""
-    import dataclasses as dc
-
-    from tflq import interpreter, metrics, tflite_inspect
-    from tflq.ptq import auto, selective
-    from tflq.ptq import convert as converter
-
-    if options.Mode.INT8 not in conversions:
-        raise ValueError("--selective needs the int8 mode.")
-    max_drop, min_agreement = job.gates.max_accuracy_drop, job.gates.min_agreement
-    if max_drop is None and min_agreement is None:
-        raise ValueError("--selective needs --max_accuracy_drop (the accuracy budget) or "
-                         "--min_agreement (top-1 agreement with the float model as the budget).")
-    calibrate_on, choose_on = auto.split_samples(list(calib_indices), "--selective")
-    batches = list(sampling.iter_batches(calib, model.inputs, job.batch_size, choose_on))
-    labelled = all(labels is not None for _, labels in batches)
-    if max_drop is not None and not labelled and min_agreement is None:
-        raise ValueError(f"--selective chooses on calibration samples and {calib.description!r} "
-                         "has no labels, so --max_accuracy_drop cannot be its budget: pass "
-                         "--min_agreement (top-1 agreement with the float model) instead.")
-    use_drop = max_drop is not None and labelled
-    references, float_accuracy = _float_references(model, batches, use_drop, headline)
-    calibration = sampling.representative_dataset(calib, model.inputs, calibrate_on)
-    scratch = tempfile.mkdtemp(prefix="tflq-selective-")
-    try:
-        conv = model.make_converter(scratch)
-        converter.configure(conv, options.Mode.INT8,
-                            dc.replace(job.convert_options, allow_float_ops=True,
-                                       selective=False), calibration)
-        names = model.input_names
-
-        def debug_samples():
-            for i, sample in enumerate(calibration()):
-                if i >= 64:
-                    break
-                yield [sample[n] for n in names]
-
-        debugger, ranked = selective.sensitivities(conv, debug_samples)
-
-        def measure(content: bytes) -> dict:
-            runner = interpreter.TfliteModel(content, model.output_names,
-                                             num_threads=job.num_threads)
-            compared = metrics.Comparison(headline)
-            for (batch, labels), reference in zip(batches, references, strict=True):
-                compared.update(reference, runner.run(batch), labels if use_drop else None)
-            found = compared.result()
-            drop = 100.0 * (float_accuracy - found["accuracy"]) if use_drop else None
-            excess = []
-            if use_drop:
-                excess.append(drop - max_drop)
-            if min_agreement is not None:
-                excess.append(100.0 * (min_agreement - found["top1_agreement"]))
-            return {"score": max(excess), "drop_pp": drop,
-                    "agreement": found["top1_agreement"]}
-
-        found = selective.search(debugger, ranked, measure, 0.0)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    content = found["content"]
-    found["cost"] = _float_ops_cost(job, model, found.pop("all_int8_content"), content,
-                                    batches[0][0])
-    found["budget"] = {"max_accuracy_drop": max_drop if use_drop else None,
-                       "min_agreement": min_agreement, "labelled": labelled,
-                       "chosen_on": {"samples": len(choose_on),
-                                     "source": f"every {auto.HOLDOUT_EVERY}th calibration sample "
-                                               f"of {calib.description!r}, held apart",
-                                     "calibrated_on": len(calibrate_on)}}
-    conversions[options.Mode.INT8] = converter.Conversion(
-        mode=options.Mode.INT8, content=content,
-        float_ops=tuple(tflite_inspect.find_float_ops(content)),
-        seconds=conversions[options.Mode.INT8].seconds)
-    found["ranked"] = [dc.asdict(s) for s in ranked]
-    return found
-
-
-def _float_references(model, batches, with_accuracy: bool, headline: int = 0):
-    """The float model's outputs on ``batches`` and, when asked, its accuracy on their labels."""
-    from tflq import metrics
-
-    references = [model.predict(batch) for batch, _ in batches]
-    if not with_accuracy:
-        return references, None
-    seen = metrics.Comparison(headline)
-    for (_, labels), reference in zip(batches, references, strict=True):
-        seen.update(reference, reference, labels)
-    return references, seen.result()["accuracy"]
-
-
-def _float_ops_cost(job, model, all_int8: bytes, content: bytes, sample) -> dict:
-    """What keeping ops in float costs: size and latency against the all-int8 model,
-    measured side by side."""
-    from tflq import interpreter
-
-    runners = {name: interpreter.TfliteModel(model_bytes, model.output_names,
-                                             num_threads=job.num_threads)
-               for name, model_bytes in (("all_int8", all_int8), ("selective", content))}
-    latency = interpreter.measure_latency(runners, sample, runs=job.latency_runs)
-    return {"all_int8_bytes": len(all_int8), "selective_bytes": len(content),
-            "all_int8_latency_ms": latency["all_int8"]["median"],
-            "selective_latency_ms": latency["selective"]["median"]}
 
 
 def _evaluate(job: ConvertJob, model, evaluation, eval_indices, runners, observer):

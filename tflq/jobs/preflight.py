@@ -7,6 +7,7 @@ import dataclasses
 
 from tflq import inmemory, report, runtime, sampling
 from tflq.jobs.common import JobResult, given, write_files
+from tflq.settings import setting
 
 __all__ = ["PreflightJob", "run_preflight_job"]
 
@@ -25,12 +26,18 @@ class PreflightJob:
       out: folder for preflight.json and preflight.md (None: nothing written).
     """
 
-    model: object
-    data: object | None = None
-    eval_data: object | None = None
-    num_calibration_samples: int = 500
-    seed: int = 0
-    out: str | None = None
+    model: object = setting("Model to check (.keras/.h5/SavedModel/module:function).",
+                            kind="str", is_path=True)
+    data: object | None = setting(
+        "Calibration data: .npz/.npy, IDX images file, image folder, or package.module:function. "
+        "Required with --model.", None, kind="str", is_path=True)
+    eval_data: object | None = setting("Labelled evaluation data.", None, kind="str",
+                                       is_path=True)
+    num_calibration_samples: int = setting(
+        "Calibration samples drawn from --data with --seed (default: 500).", 500, flag_none=True)
+    seed: int = setting("Seed for sampling and initialization.", 0)
+    out: str | None = setting("Output folder for preflight.json/md (default: print only).", None,
+                              kind="str")
 
     def __post_init__(self):
         if not given(self.model):

@@ -12,6 +12,8 @@ from tflq import metrics, report
 from tflq.inmemory import describe
 from tflq.jobs import outputs
 from tflq.jobs.common import (
+    OUTPUT_LOSSES_HELP,
+    OUTPUT_TASKS_HELP,
     JobResult,
     add_layer_error,
     base_report,
@@ -19,7 +21,9 @@ from tflq.jobs.common import (
     evaluate_trained,
     finish,
     given,
+    job_from_dict,
     job_settings,
+    job_to_dict,
     load_training_data,
     rebuild_notes,
     tflite_output_names,
@@ -27,10 +31,12 @@ from tflq.jobs.common import (
 )
 from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
+from tflq.settings import setting
 
-__all__ = ["DISTRIBUTIONS", "LSB_SLACK", "QATJob", "run_qat_job"]
+__all__ = ["DISTRIBUTIONS", "STRATEGIES", "LSB_SLACK", "QATJob", "run_qat_job"]
 
 DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
+STRATEGIES = ("gradient", "statistics", "distill")  # those of tflq.quant.qat, named here
 
 
 # QAT Keras outputs and int8 TFLite outputs are compared in units of the output's
@@ -46,35 +52,53 @@ class QATJob:
     held in memory (:func:`tflq.data.open_data`); ``out`` None writes nothing (the files are
     in the result's ``contents``; an interrupted run then cannot resume)."""
 
-    model: object
-    train_data: object
-    eval_data: object
-    out: str | None
-    scheme: str = "default_int8"
-    strategy: str = "gradient"
-    teacher: str | None = None
-    epochs: int = 2
-    batch_size: int = 64
-    learning_rate: float = 1e-4
-    quant_error_weight: float = 0.0
-    temperature: float = 4.0
-    alpha: float = 0.5
-    overrides: tuple = ()
-    activation_ranges: str | None = None
-    range_k: float = 3.0
-    distribution: str = "default"
-    num_train_samples: int | None = None
-    seed: int = 0
-    num_threads: int = 1
-    latency_runs: int = 50
+    model: object = setting("Float tf_keras model to train (.keras/.h5/SavedModel/"
+                            "module:function).", kind="str", is_path=True)
+    train_data: object = setting(
+        "Training data (same kinds as pipelines.convert --data); labels per output as "
+        "y_<output name> in an .npz; unlabelled with distillation.", kind="str", is_path=True)
+    eval_data: object = setting("Evaluation data (labels optional).", kind="str", is_path=True)
+    out: str | None = setting("Output folder (default: tflq_qat).", kind="str")
+    scheme: str = setting("QAT weight scheme: default_int8, pow2, asymmetric, log_companding, "
+                          "linear or lsq.", "default_int8")
+    strategy: str = setting("gradient (STE, optional quantization-error loss), statistics "
+                            "(moving-average ranges, weights frozen), distill (teacher).",
+                            "gradient", choices=STRATEGIES)
+    teacher: str | None = setting("Float teacher for --strategy=distill.", None, kind="str",
+                                  is_path=True)
+    # The commands train 10 epochs; a notebook's quick try (tflq.qat) 2.
+    epochs: int = setting("Training epochs.", 2, cli_default=10)
+    batch_size: int = setting("Batch size (default: 64).", 64, flag_none=True)
+    learning_rate: float = setting("Adam learning rate.", 1e-4)
+    quant_error_weight: float = setting("λ of the quantization-error loss (gradient strategy).",
+                                        0.0)
+    temperature: float = setting("Distillation temperature.", 4.0)
+    alpha: float = setting("Weight of the label loss against distillation.", 0.5)
+    overrides: tuple = setting("JSON list of per-layer overrides, e.g. "
+                               '\'[{"match": "^conv2d$", "weight_bits": 8}]\'.', (),
+                               kind="json", flag_none=True)
+    activation_ranges: str | None = setting(
+        "Activation ranges: moving averages of batch min/max (default: tfmot's quantizer; "
+        "minmax: tflq's) or of mean ± k·σ (meanstd, clipped to min/max).", None,
+        choices=("minmax", "meanstd"), none_as="default")
+    range_k: float = setting("k for --activation_ranges=meanstd.", 3.0)
+    distribution: str = setting("tf.distribute strategy (multi_worker reads TF_CONFIG).",
+                                "default", choices=DISTRIBUTIONS)
+    num_train_samples: int | None = setting("Train on at most this many samples (seeded draw).",
+                                            None, kind="int")
+    seed: int = setting("Seed for sampling and initialization.", 0)
+    num_threads: int = setting("Interpreter threads.", 1)
+    latency_runs: int = setting("Timed batch-1 runs per mode (default: 50).", 50, flag_none=True)
     verbose: int = 2
     gates: report.Gates = report.Gates()
-    layer_error_samples: int = DEFAULT_SAMPLES  # training samples for per-layer error; 0: off
+    layer_error_samples: int = setting(
+        "Calibration (QAT: training) samples for the per-layer error of every quantized mode "
+        "(default: 16; 0 turns it off).", DEFAULT_SAMPLES, flag_none=True)
     # Loss per output name, "kl" (classification) or "mse" (regression); the rest is inferred
     # (tflq.quant.heads.infer_heads). A mapping, "name=kind,..." or (name, kind) pairs.
-    output_losses: tuple = ()
+    output_losses: tuple = setting(OUTPUT_LOSSES_HELP, (), kind="losses", flag_none=True)
     # Task each named output is measured as (tflq.task_metrics.TASKS); the rest is inferred.
-    output_tasks: tuple = ()
+    output_tasks: tuple = setting(OUTPUT_TASKS_HELP, (), kind="losses", flag_none=True)
 
     def __post_init__(self):
         from tflq.quant import heads, schemes
@@ -102,8 +126,17 @@ class QATJob:
             raise ValueError("layer_error_samples must be an integer >= 0 (0 turns per-layer error "
                              f"off). Received: layer_error_samples={self.layer_error_samples!r}")
         for override in self.overrides:
-            schemes.Override.from_dict(dict(override))
+            if not isinstance(override, schemes.Override):
+                schemes.Override.from_dict(override)
         schemes.activation_quantizer(self.activation_ranges, self.range_k)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (paths only); :meth:`from_dict` rebuilds an equal job."""
+        return job_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QATJob:
+        return job_from_dict(cls, data)
 
 
 def _distribution(name: str):
@@ -143,6 +176,11 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
         check_output_dir(job.out)
     out_existed = job.out is None or os.path.isdir(job.out)
     distribution = _distribution(job.distribution)
+    backup_dir = os.path.join(job.out, ".qat_backup") if job.out is not None else None
+    if not distribution.extended.should_checkpoint:
+        # A non-chief worker of a multi-worker cluster: it trains with the others (sharing the
+        # chief's checkpoint) and writes nothing; the chief writes the outputs.
+        job = dataclasses.replace(job, out=None)
     with distribution.scope():  # every variable the trainer touches is created in the scope
         float_model = load_model(job.model)
         teacher_model = load_model(job.teacher) if given(job.teacher) else None
@@ -163,7 +201,6 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
         qat.check_teacher(teacher, source)
     notes = [f"QAT ({job.scheme}, {job.strategy}); ranges from training, no calibration",
              *rebuild_notes(float_model)]
-    backup_dir = os.path.join(job.out, ".qat_backup") if job.out is not None else None
     try:
         student, history, content, float32, qat_h5 = _train_and_convert(
             job, distribution, float_model, source, teacher, targets, feed, x_train, samples,
@@ -180,7 +217,8 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     except Exception:
         _drop_backup(backup_dir, job.out, out_existed)
         raise
-    _drop_backup(backup_dir, None, True)
+    if job.out is not None:  # the chief (or the only worker)
+        _drop_backup(backup_dir, None, True)
     return result
 
 
@@ -265,6 +303,7 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
 
     tf_keras.utils.set_random_seed(job.seed)
     scratch = tempfile.mkdtemp(prefix="tflq-qat-")
+    keep = (backup_dir,) if backup_dir else ()
     backup_dir = backup_dir or os.path.join(scratch, ".qat_backup")  # in memory: no resume
     try:
         with distribution.scope():
@@ -292,10 +331,11 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
                             tf_keras.optimizers.SGD(0.0))
             trainer(feed({n: v[:1] for n, v in x_train.items()}))  # build: BackupAndRestore needs it
         # Checkpoint every epoch; an interrupted run resumes from the last one.
-        history = trainer.fit(feed(x_train), targets.fit_labels, epochs=job.epochs,
-                              batch_size=job.batch_size, verbose=job.verbose,
-                              callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir),
-                                         tf_keras.callbacks.TerminateOnNaN(), *callbacks])
+        history = _fit(job, trainer, feed(x_train), targets.fit_labels, backup_dir, keep,
+                       callbacks)
+        if history.epoch and history.epoch[0] > 0:
+            notes.append(f"resumed from the checkpoint of epoch {history.epoch[0]} "
+                         f"({backup_dir}): {len(history.epoch)} epoch(s) trained in this run")
         losses = history.history.get("loss", [])
         if not all(np.isfinite(losses)):
             raise _Diverged(f"QAT training diverged (loss {losses[-1]} in epoch {len(losses)}); "
@@ -315,6 +355,52 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
     return student, history, content, float32, qat_h5
 
 
+# What TensorFlow's error says about the lost peer, most telling first (the first line of the
+# error is a bare "Graph execution error:").
+_UNHEALTHY = "The following tasks are unhealthy"
+_PEER_LOST_WORDS = ("reset by peer", "Socket closed", "crashed", "heartbeat", "/job:")
+
+
+def _peer_lost_summary(text: str) -> str:
+    """The part of a collective-op error that names the lost worker, on one line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if _UNHEALTHY in line:
+            tasks = [ln for ln in lines[i + 1:i + 4] if ln.startswith("/job:")]
+            return " ".join([line[line.index(_UNHEALTHY):], *tasks])[:200]
+    for word in _PEER_LOST_WORDS:
+        for line in lines:
+            if word in line:
+                return line[:200]
+    return lines[0][:200] if lines else ""
+
+
+def _fit(job, trainer, x, y, backup_dir, keep, callbacks):
+    """``trainer.fit`` with a checkpoint every epoch (``BackupAndRestore``: a rerun resumes
+    from the last finished epoch). A multi-worker run whose peer was lost raises
+    :class:`tflq.runtime.Interrupted`, keeping ``keep`` (the checkpoint folder, which every
+    worker shares) for the rerun."""
+    from tflq.models import tf, tf_keras
+    from tflq.runtime import Interrupted
+
+    finished = []
+    count = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: finished.append(epoch))
+    try:
+        return trainer.fit(x, y, epochs=job.epochs, batch_size=job.batch_size, verbose=job.verbose,
+                           callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir),
+                                      tf_keras.callbacks.TerminateOnNaN(), count, *callbacks])
+    except (tf.errors.UnavailableError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError) as e:
+        if job.distribution != "multi_worker":
+            raise
+        where = (f"the checkpoint of epoch {finished[-1] + 1} of {job.epochs} is in {keep[0]}"
+                 if finished and keep else "no epoch finished in this run" if keep
+                 else "nothing to resume from (no output folder)")
+        raise Interrupted(f"QAT training lost a worker of the multi_worker cluster "
+                          f"({type(e).__name__}: {_peer_lost_summary(str(e))}); {where}: run the same command on "
+                          "every worker again to resume.", keep=keep) from e
+
+
 def _qat_section(job, chosen, parity, targets, student, content, history) -> dict:
     from tflq import tflite_inspect
 
@@ -330,6 +416,7 @@ def _qat_section(job, chosen, parity, targets, student, content, history) -> dic
         "outputs": targets.to_dict(),
         "weights": tflite_inspect.weight_requantization(student, content),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "epochs_trained": [int(e) + 1 for e in history.epoch],  # fewer after a resume
     }
     if job.strategy == "distill":
         section["distillation"] = (

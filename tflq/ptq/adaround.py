@@ -18,29 +18,41 @@ h(V) to 0 or 1. Finally each weight takes L or U by h(V) ≥ ½. A layer whose l
 has a larger output error on the calibration data than rounding to nearest keeps the
 nearest rounding (recorded as ``kept: nearest``).
 
-**Grids** (``num_bits``), in int8 code units with scale s = max|w_c| / 127 per output
-channel (or per tensor):
+**Grids** (``num_bits``), in int8 code units with scale s per output channel (or per
+tensor):
 
-* 8: every integer code in [−127, 127], TFLite's int8 weights;
-* 4: the 15 codes {0, ±18, ±36, …, ±108, ±127}: 4 bits of information per weight that are
-  still int8 codes on the stock kernels (the outermost step is 19 codes, not 18, so the
-  channel's largest weight keeps code ±127 and its scale).
+* 8: every integer code in [−127, 127], TFLite's int8 weights, s = max|w_c| / 127;
+* 4: the 15 codes round(127·k/7), k = −7…7, i.e. {0, ±18, ±36, ±54, ±73, ±91, ±109, ±127}:
+  the codes the converter itself gives weights at k·T_c/7 (so the grid's values and the
+  converter's rounding agree), 4 bits of information per weight that are still int8 codes
+  on the stock kernels. s = T_c / 127 with a **clipping threshold** T_c ≤ max|w_c| chosen
+  per channel (per tensor: one T) among :data:`CLIP_RATIOS` · max|w_c| for the smallest
+  output error of the layer on the calibration inputs with weights clipped to ±T_c and
+  rounded to nearest (an output channel depends on its own kernel slice only, so each
+  channel picks its own ratio). Weights beyond ±T_c are clipped to code ±127 before the
+  rounding is learned. Without clipping, a channel's 15 levels stretch to its single
+  largest weight and most weights round to 0 or ±18. After rounding, each channel's bias
+  gets an empirical bias correction (the mean output error on the calibration inputs),
+  kept per channel only where it lowers the layer's output MSE.
 
-**Deployment is exact.** The converter quantizes a kernel with scale max|w_c|/127; the
-largest weight of each channel is kept at its code ±127 (never rounded), so the converter's
-scale is s and its rounding returns exactly the learned codes: :func:`check_deployed` reads
-them back from the .tflite. A (nearly) dead channel, whose range 2·max|w_c| is below
-:data:`CONVERTER_MIN_RANGE`, gets the converter's floor scale 1e-6/254 on both sides.
+**Deployment is exact.** The converter quantizes a kernel with scale max|W̃_c|/127; the
+largest weight of each channel is kept at its code ±127 (never rounded; with clipping it
+sits at exactly ±T_c), so the converter's scale is s and its rounding returns exactly the
+learned codes: :func:`check_deployed` reads them back from the .tflite. A (nearly) dead
+channel, whose range 2·max|w_c| is below :data:`CONVERTER_MIN_RANGE`, is never clipped and
+gets the converter's floor scale 1e-6/254 on both sides.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GRIDS", "CONVERTER_MIN_RANGE", "levels", "apply", "check_deployed"]
+__all__ = ["GRIDS", "CONVERTER_MIN_RANGE", "CLIP_RATIOS", "levels", "apply", "check_deployed"]
 
 GRIDS = (8, 4)
 CONVERTER_MIN_RANGE = 1e-6  # the TFLite converter's smallest per-channel weight range
+# Candidate clipping thresholds T_c / max|w_c| of the 4-bit grid (1.0 = no clipping).
+CLIP_RATIOS = tuple(np.round(np.arange(1.0, 0.24, -0.05), 2))
 _ZETA, _GAMMA = 1.1, -0.1
 _WEIGHT_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
 
@@ -50,8 +62,7 @@ def levels(num_bits: int) -> np.ndarray:
     if num_bits == 8:
         return np.arange(-127, 128, dtype=np.float64)
     if num_bits == 4:
-        half = np.array([0, 18, 36, 54, 72, 90, 108, 127], np.float64)
-        return np.concatenate([-half[:0:-1], half])
+        return np.round(127.0 * np.arange(-7, 8) / 7.0)
     raise ValueError(f"AdaRound num_bits must be one of {list(GRIDS)}. Received: {num_bits!r}")
 
 
@@ -63,13 +74,47 @@ def _channels_last(kind: str, kernel: np.ndarray) -> np.ndarray:
     return kernel
 
 
-def _scales(flat: np.ndarray, per_channel: bool) -> np.ndarray:
-    """The converter's weight scales: max|w| / 127, with its floor for (nearly) dead
-    channels: a range 2·max|w| below :data:`CONVERTER_MIN_RANGE` gets scale
-    CONVERTER_MIN_RANGE / 254 (read back from converted models)."""
+def _scales(flat: np.ndarray, per_channel: bool, ratio=1.0) -> np.ndarray:
+    """The converter's weight scales of the kernel clipped to ±ratio·max|w|: T / 127, with
+    its floor for (nearly) dead channels: a range 2·max|w| below
+    :data:`CONVERTER_MIN_RANGE` gets scale CONVERTER_MIN_RANGE / 254 (read back from
+    converted models) and is never clipped."""
     axes = tuple(range(flat.ndim - 1)) if per_channel else None
     top = np.abs(flat).max(axis=axes, keepdims=per_channel)
-    return np.where(2.0 * top < CONVERTER_MIN_RANGE, CONVERTER_MIN_RANGE / 254.0, top / 127.0)
+    dead = 2.0 * top < CONVERTER_MIN_RANGE
+    return np.where(dead, CONVERTER_MIN_RANGE / 254.0, np.where(dead, 1.0, ratio) * top / 127.0)
+
+
+def _nearest_codes(flat: np.ndarray, scale: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``flat`` clipped to ±127·scale and rounded to the nearest level of ``grid``."""
+    codes = np.clip(flat / scale, -127.0, 127.0)
+    lower, upper = _bounds(codes, grid)
+    return np.where(codes - lower <= upper - codes, lower, upper)
+
+
+def _choose_scales(flat, per_channel, grid, error_of):
+    """Per-channel (or per-tensor) clipping for the 4-bit grid: among :data:`CLIP_RATIOS`,
+    the threshold whose nearest rounding gives the smallest output error.
+
+    Args:
+      error_of: ``f(kernel in flat layout) -> per-channel output squared error``.
+
+    Returns:
+      (scales, chosen ratios per channel).
+    """
+    errors = []
+    for ratio in CLIP_RATIOS:
+        scale = _scales(flat, per_channel, ratio)
+        errors.append(error_of(_nearest_codes(flat, scale, grid) * scale))
+    errors = np.stack(errors)  # (ratios, channels)
+    if per_channel:
+        best = np.asarray(CLIP_RATIOS)[errors.argmin(axis=0)]
+        scale = _scales(flat, True, best.reshape((1,) * (flat.ndim - 1) + (-1,)))
+    else:
+        best = np.full(flat.shape[-1], CLIP_RATIOS[int(errors.sum(axis=1).argmin())])
+        scale = _scales(flat, False, best[0])
+    dead = 2.0 * np.abs(flat).reshape(-1, flat.shape[-1]).max(axis=0) < CONVERTER_MIN_RANGE
+    return scale, np.where(dead if per_channel else False, 1.0, best)
 
 
 def _bounds(codes: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,15 +138,38 @@ def _pinned(flat: np.ndarray, per_channel: bool) -> np.ndarray:
     return mask
 
 
+def _grid_codes(config, kind, kernel, rest, activation, x_in, y_target, grid, per_channel):
+    """(scales, clip ratios per channel, kernel in code units) before rounding: int8 on the
+    converter's own scale; 4-bit clipped per channel (:func:`_choose_scales`)."""
+    from tflq.models import tf
+
+    flat = _channels_last(kind, kernel).astype(np.float64)
+    if grid.size == 255:  # int8: the converter's own scale, no clipping
+        scale = _scales(flat, per_channel)
+        return scale, np.ones(flat.shape[-1]), flat / scale
+
+    def error_of(weights):
+        out = _call_with_kernel(config, kind, x_in, tf.constant(
+            weights.reshape(kernel.shape), tf.float32), rest)
+        return np.mean(((activation(out).numpy() - y_target) ** 2).reshape(
+            -1, flat.shape[-1]), axis=0)
+
+    scale, ratios = _choose_scales(flat, per_channel, grid, error_of)
+    return scale, ratios, np.clip(flat / scale, -127.0, 127.0)
+
+
 def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batch_size, seed):
-    """Learns the rounding of one layer; returns (rounded kernel, codes, stats)."""
+    """Learns the rounding of one layer; returns (rounded kernel, codes, per-channel scales,
+    stats)."""
     from tflq.models import tf, tf_keras
 
     kind = type(layer).__name__
     kernel, *rest = layer.get_weights()
     flat = _channels_last(kind, kernel).astype(np.float64)
-    scale = _scales(flat, per_channel)
-    codes = flat / scale
+    config = layer.get_config()
+    activation = tf_keras.activations.get(config.get("activation", "linear"))
+    scale, ratios, codes = _grid_codes(config, kind, kernel, rest, activation, x_in, y_target,
+                                       grid, per_channel)
     lower, upper = _bounds(codes, grid)
     pinned = _pinned(flat, per_channel)
     width = np.where(upper > lower, upper - lower, 1.0)
@@ -114,8 +182,6 @@ def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batc
     fixed = tf.constant(frac.astype(np.float32))
     lower_t, width_t = tf.constant(lower, tf.float32), tf.constant(width, tf.float32)
     scale_t = tf.constant(scale, tf.float32)
-    config = layer.get_config()
-    activation = tf_keras.activations.get(config.get("activation", "linear"))
     optimizer = tf_keras.optimizers.Adam(1e-2)
     rng = np.random.default_rng(seed)
     warmup = int(0.2 * iterations)
@@ -163,10 +229,13 @@ def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batc
     stats = {"layer": layer.name, "type": kind, "weights": int(flat.size),
              "changed_vs_nearest": int(np.sum(new_codes != nearest_codes)),
              "output_mse_nearest": mse_nearest, "output_mse_adaround": mse_learned,
-             "kept": "adaround"}
+             "kept": "adaround", "clip_ratio_median": float(np.median(ratios)),
+             "clip_ratio_min": float(np.min(ratios)),
+             "clipped_channels": int(np.sum(ratios < 1.0))}
     if mse_learned > mse_nearest:  # never worse than rounding to nearest on this data
         rounded, new_codes, stats["kept"] = nearest, nearest_codes, "nearest"
-    return rounded, new_codes.reshape(flat.shape), stats
+    return rounded, new_codes.reshape(flat.shape), np.broadcast_to(
+        scale.reshape(-1), (flat.shape[-1],)).copy(), stats
 
 
 def _call_with_kernel(config: dict, kind: str, x, kernel, rest):
@@ -204,7 +273,12 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
       seed: sampling seed.
 
     Returns:
-      ``{"layers": [per-layer stats], "codes": {layer: learned int8 codes}}``.
+      ``{"layers": [per-layer stats], "codes": {layer: learned int8 codes},
+      "scales": {layer: per-channel weight scale}}``; a layer's stats hold its output
+      MSE with nearest and learned rounding, which it kept, and the 4-bit grid's clipping
+      (``clip_ratio_median``/``clip_ratio_min`` of T_c / max|w_c|, ``clipped_channels``;
+      1.0 and 0 at 8 bits) and, at 4 bits, its bias correction (``bias_corrected``,
+      ``bias_corrected_channels``, ``output_mse_bias_corrected``).
 
     Raises:
       ValueError: bad arguments.
@@ -230,7 +304,7 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
         data = np.concatenate(inputs)[:max_samples]
     count = len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
     record = {"num_bits": num_bits, "per_channel": per_channel, "iterations": iterations,
-              "reg": reg, "samples": int(count), "layers": [], "codes": {}}
+              "reg": reg, "samples": int(count), "layers": [], "codes": {}, "scales": {}}
     for index, layer in enumerate(model.layers):
         if type(layer).__name__ not in _WEIGHT_LAYERS:
             continue
@@ -238,12 +312,40 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
         x_in = np.asarray(tf_keras.Model(model.inputs, layer.input)(data, training=False))
         x_fp = np.asarray(tf_keras.Model(original.inputs, twin.input)(data, training=False))
         y = np.asarray(twin(x_fp))
-        rounded, codes, stats = _round_layer(layer, x_in, y, grid, per_channel, iterations,
-                                             reg, batch_size, seed + index)
+        rounded, codes, scales, stats = _round_layer(layer, x_in, y, grid, per_channel,
+                                                     iterations, reg, batch_size, seed + index)
         layer.set_weights([rounded, *layer.get_weights()[1:]])
+        if num_bits == 4:
+            stats.update(_correct_bias(layer, x_in, y))
         record["layers"].append(stats)
         record["codes"][layer.name] = codes
+        record["scales"][layer.name] = scales
     return record
+
+
+def _correct_bias(layer, x_in, y_target) -> dict:
+    """Empirical bias correction of a rounded layer (4-bit): adds to each channel's bias the
+    mean of (float output − rounded output) on the calibration inputs, kept only where it
+    lowers the layer's output MSE. The bias is not part of the learned codes (the converter
+    quantizes it to int32 with scale input scale × weight scale)."""
+    weights = layer.get_weights()
+    if len(weights) < 2:
+        return {"bias_corrected": False}
+    channels = weights[1].shape[-1]
+
+    def errors():
+        out = np.asarray(layer(x_in))
+        return ((out - y_target) ** 2).reshape(-1, channels).mean(axis=0), out
+
+    before, out = errors()
+    shift = (y_target - out).reshape(-1, channels).mean(axis=0)
+    layer.set_weights([weights[0], weights[1] + shift.astype(weights[1].dtype), *weights[2:]])
+    after, _ = errors()
+    keep = after < before  # per channel: never worse on the calibration data
+    layer.set_weights([weights[0], weights[1] + np.where(keep, shift, 0).astype(
+        weights[1].dtype), *weights[2:]])
+    return {"bias_corrected": True, "bias_corrected_channels": int(keep.sum()),
+            "output_mse_bias_corrected": float(np.mean(np.where(keep, after, before)))}
 
 
 def check_deployed(model, record: dict, content: bytes) -> list[dict]:

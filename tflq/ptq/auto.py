@@ -31,6 +31,8 @@ CANDIDATES = {
     "mse": {"range_estimator": "mse"},
     "equalize": {"equalize": True},
     "equalize+mse": {"equalize": True, "range_estimator": "mse"},
+    "search": {"range_search": True},
+    "equalize+search": {"equalize": True, "range_search": True},
     "adaround": {"adaround": True},
     "equalize+adaround": {"equalize": True, "adaround": True},
 }
@@ -84,7 +86,8 @@ def search(model, samples: list, options: ConvertOptions, workdir: str,
     candidates = dict(CANDIDATES if candidates is None else candidates)
     calibration, selection = split_samples(samples)
     base = dataclasses.replace(options, auto=False, range_estimator=None, equalize=False,
-                               selective=False, adaround=False, adaround_bits=8)
+                               selective=False, adaround=False, adaround_bits=8,
+                               range_search=False)
     rows, best, best_score = [], None, None
     names = list(candidates)
     for name in (progress(names) if progress else names):

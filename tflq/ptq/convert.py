@@ -109,7 +109,8 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     options = options or ConvertOptions()
     start = time.perf_counter()
     notes, details = [], {}
-    if mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround):
+    if mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
+                              or options.range_search):
         content = _convert_calibrated(model, options, representative, workdir, notes, details)
     else:
         converter = model.make_converter(workdir)
@@ -184,14 +185,41 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         content = convert_qat(_named_outputs(calibrated, model.output_names), workdir,
                               integer_io=options.integer_io)
     else:
-        converter = wrap_model(_named_outputs(keras, model.output_names),
-                               model.source).make_converter(workdir)
-        configure(converter, Mode.INT8, options, representative)
-        content = _run_converter(converter, Mode.INT8, options)
+        def make_converter():
+            converter = wrap_model(_named_outputs(keras, model.output_names),
+                                   model.source).make_converter(workdir)
+            configure(converter, Mode.INT8, options, representative)
+            return converter
+
+        content = _run_converter(make_converter(), Mode.INT8, options)
+        if options.range_search:
+            content = _range_search(model, make_converter(), content, options, samples,
+                                    notes, details)
     if rounding is not None:
         _adaround_record(keras, rounding, content, notes, details)
     for note in notes:
         print(f"tflq: {note}", file=sys.stderr)
+    return content
+
+
+def _range_search(model: LoadedModel, converter, converter_int8: bytes, options: ConvertOptions,
+                  samples: list, notes: list, details: dict) -> bytes:
+    """``--range_search`` on the converter's calibrated model (:mod:`tflq.ptq.thresholds`),
+    after checking that requantizing it unchanged reproduces ``converter_int8`` exactly."""
+    from tflq.ptq import thresholds
+
+    names = model.input_names
+    batches = [{n: np.concatenate([s[n] for s in samples[i:i + 32]]) for n in names}
+               for i in range(0, len(samples), 32)]
+    calibrated = thresholds.calibrate(converter)
+    thresholds.check_requantize(calibrated, converter_int8, options, batches, model.output_names)
+    content, record = thresholds.search(calibrated, options, batches, model.output_names)
+    details["range_search"] = record
+    db = record["calibration_sqnr_db"]
+    starts = ", ".join(f"{name} {db[name]:.1f} dB" for name in thresholds.STARTS)
+    notes.append(f"range search: {record['changed']} of {record['tensors']} activation ranges "
+                 f"changed from the converter's; output SQNR on the calibration samples: "
+                 f"{starts}; searched from {record['start']}: {db['searched']:.1f} dB")
     return content
 
 
@@ -215,13 +243,22 @@ def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details
     deployed = {row["layer"]: row["exact"] for row in adaround.check_deployed(keras, rounding,
                                                                                content)}
     layers = [{**row, "deployed_exactly": deployed[row["layer"]]} for row in rounding["layers"]]
-    details["adaround"] = {k: v for k, v in rounding.items() if k not in ("codes", "layers")}
+    details["adaround"] = {k: v for k, v in rounding.items()
+                           if k not in ("codes", "layers", "scales")}
     details["adaround"]["layers"] = layers
     learned = sum(r["kept"] == "adaround" for r in layers)
     exact = sum(r["deployed_exactly"] for r in layers)
+    clipping = ""
+    if rounding["num_bits"] == 4:
+        medians = [r["clip_ratio_median"] for r in layers]
+        clipping = (f"; 4-bit grid clipped per channel at T_c/max|w_c| with per-layer medians "
+                    f"{min(medians):.2f}–{max(medians):.2f} (median {np.median(medians):.2f}), "
+                    f"{sum(r['clipped_channels'] for r in layers)} channels clipped; "
+                    f"bias corrected in {sum(r.get('bias_corrected_channels', 0) for r in layers)}"
+                    f" channels")
     notes.append(f"AdaRound {rounding['num_bits']}-bit weights: learned rounding kept in "
                  f"{learned} of {len(layers)} layers (the others round to nearest: lower "
-                 f"error there); codes deployed exactly in {exact} of {len(layers)}")
+                 f"error there); codes deployed exactly in {exact} of {len(layers)}{clipping}")
 
 
 def _ranges_note(record: dict) -> str:

@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 __all__ = ["STRUCTURES", "SCHEDULES", "QUANTIZATIONS", "COMPRESSIBLE", "STRUCTURED_TYPES",
-    "select_layers", "fine_tune", "prune", "cluster", "kernel_variable", "PreserveStructure"]
+    "select_layers", "fine_tune", "prune", "cluster", "kernel_variable", "PreserveStructure"]  # noqa: F822 - made on first use
 
 STRUCTURES = ("unstructured", "2:4")
 SCHEDULES = ("constant", "polynomial")
@@ -212,4 +212,14 @@ def _make_preserve_callback():
     return PreserveStructure
 
 
-PreserveStructure = _make_preserve_callback()
+_PRESERVE = []  # the class, built on first use: importing this module imports no TensorFlow
+
+
+def __getattr__(name: str):
+    """``PreserveStructure`` (a tf_keras callback) is made when first asked for, so that job
+    settings can be read without TensorFlow (PEP 562)."""
+    if name == "PreserveStructure":
+        if not _PRESERVE:
+            _PRESERVE.append(_make_preserve_callback())
+        return _PRESERVE[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

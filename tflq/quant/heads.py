@@ -106,7 +106,8 @@ def infer_heads(model, overrides: Mapping[str, str] | None = None,
     says it scores classes (logit, class, cls, prob, score, label), otherwise ``mse``.
 
     Raises:
-      ValueError: an override names no output of the model.
+      ValueError: an override names no output of the model; labels of an ``mse`` output not
+        shaped like the output.
     """
     overrides = dict(overrides or {})
     check_output_losses(overrides)
@@ -121,7 +122,7 @@ def infer_heads(model, overrides: Mapping[str, str] | None = None,
         softmax = _is_softmax(layer)
         size = model.outputs[i].shape[-1]
         activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
-        label = None if labels is None else np.asarray(labels[i])
+        label = None if labels is None or labels[i] is None else np.asarray(labels[i])
         if name in overrides:
             kind, reason = overrides[name], "set by output_losses"
         elif size is not None and size <= 1:
@@ -140,8 +141,25 @@ def infer_heads(model, overrides: Mapping[str, str] | None = None,
             kind, reason = "kl", "linear output named as class scores, taken as logits"
         else:
             kind, reason = "mse", "linear output not named as class scores"
+        if kind == "mse" and label is not None:
+            _check_targets(name, label, tuple(model.outputs[i].shape[1:]))
         heads.append(Head(name, kind, softmax, reason))
     return heads
+
+
+def _check_targets(name: str, label: np.ndarray, sample_shape: tuple) -> None:
+    """An ``mse`` output learns from targets shaped like its output (a vector of one value
+    per sample may drop the last axis); anything else fails inside ``fit``."""
+    if label.ndim == 1 and sample_shape in ((1,), ()):
+        return
+    got = label.shape[1:]
+    if len(got) != len(sample_shape) or any(e is not None and e != g
+                                            for e, g in zip(sample_shape, got, strict=False)):
+        expected = "".join(f", {'?' if e is None else e}" for e in sample_shape)
+        raise ValueError(
+            f"Output {name!r} learns by mse from targets shaped like the output (N{expected}); "
+            f"its labels have shape {label.shape}. Class indices need the kl loss "
+            f"(output_losses '{name}=kl').")
 
 
 def match_labels(y, output_names: Sequence[str], source: str,

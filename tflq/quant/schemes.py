@@ -160,6 +160,10 @@ class Override:
     weight_bits: int | None = None
 
     def __post_init__(self):
+        for key, kind in (("match", str), ("type", str), ("scheme", str), ("weight_bits", int)):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise ValueError(f"Override {key} must be {kind.__name__}. Received: {key}={value!r}")
         if self.match is None and self.type is None:
             raise ValueError("An override needs 'match' (layer-name regex) or 'type'.")
         if self.match is not None:
@@ -180,6 +184,9 @@ class Override:
 
     @classmethod
     def from_dict(cls, data: dict) -> Override:
+        if not isinstance(data, Mapping):
+            raise ValueError("An override is a table such as {\"match\": \"conv.*\", \"scheme\": "
+                             f"\"pow2\"}}. Received: {data!r}")
         unknown = set(data) - {"match", "type", "scheme", "weight_bits"}
         if unknown:
             raise ValueError(f"Unknown override key(s) {sorted(unknown)}. "
