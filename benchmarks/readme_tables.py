@@ -26,6 +26,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Mapping
 
+from benchmarks.readme_basic_pitch import render_basic_pitch
 from benchmarks.readme_conformance import render_conformance, render_corpus
 from benchmarks.readme_distributed import render_distributed
 from benchmarks.readme_fuzz import render_fuzz
@@ -349,6 +350,7 @@ RENDERERS: dict[str, Callable[[Mapping], dict[str, str]]] = {
     "benchmark_compress": render_compress,
     "benchmark_calibration": render_calibration,
     "benchmark_hard_ptq": render_hard_ptq,
+    "basic_pitch_outputs": render_basic_pitch,
     "benchmark_distributed": render_distributed,
     "benchmark_fuzz": render_fuzz,
     "benchmark_conformance": render_conformance,

@@ -93,6 +93,12 @@ def setting_values(job_class, holders: dict[str, flags.FlagHolder]) -> dict:
     return values
 
 
+def report_warnings(result) -> None:
+    """Prints each of the report's warnings as one ``warning:`` line on stderr."""
+    for line in result.report.get("warnings", []):
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def report_gates(result) -> int:
     """Prints one ``quality gate failed:`` line on stderr when a gate failed; returns the job's
     exit code (0, or 3 for a failed gate)."""

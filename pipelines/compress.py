@@ -26,6 +26,7 @@ from pipelines.common import (
     guard,
     keras_verbose,
     report_gates,
+    report_warnings,
     require,
     run_main,
     setting_values,
@@ -71,6 +72,7 @@ def _compress(argv) -> int:
           f"(float32 gzip {c['float32_gzip_bytes']:,} B); weight sparsity "
           f"{100 * c['weight_sparsity']:.1f}%; sparse encoding {c['sparse_encoding']['size_bytes']:,} B "
           f"({c['sparse_encoding']['sparse_tensors']} tensor(s) encoded)")
+    report_warnings(result)
     return report_gates(result)
 
 

@@ -3,6 +3,8 @@ r"""Convert a Keras model to TFLite in every mode, validate each, report, and ga
   python -m pipelines.convert                      # the bundled Fashion-MNIST example
   python -m pipelines.convert --model m.keras --data calib.npz --eval_data eval.npz \
       --modes int8,float16 --out out/ --max_accuracy_drop 0.5
+  tflq-convert --model nmp/ --data audio.npz --modes float32,int8 --allow_float_ops \
+      --output_tasks contour=multilabel --gate 'onset:f1>=0.95'   # per-output tasks and gates
   tflq-convert --backend both --modes int8 \
       --recipes static_wi8_ai8,dynamic_wi4_afp32     # converter and LiteRT Quantizer side by side
 
@@ -73,12 +75,15 @@ def main(argv) -> int:
 def _convert(argv) -> int:
     check_no_arguments(argv)
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the table
-    from tflq import report
+    from tflq import report, report_outputs
     from tflq.jobs import convert as convert_job
 
     job = build_job()
     result = convert_job.run_job(job)
     print(report.format_table(result.report))
+    headline = report_outputs.headline_line(result.report)
+    if headline:
+        print(headline)
     for line in result.report.get("warnings", []):
         print(f"warning: {line}", file=sys.stderr)
     print(f"\nwrote {len(result.files)} files to {os.path.abspath(job.out)}")

@@ -20,6 +20,7 @@ from pipelines.common import (
     guard,
     keras_verbose,
     report_gates,
+    report_warnings,
     require,
     run_main,
     setting_values,
@@ -62,6 +63,7 @@ def _qat(argv) -> int:
     parity = result.report["qat"]["parity"]
     print(f"\nQAT Keras vs TFLite int8: top-1 agreement {100 * parity['top1_agreement']:.2f}%, "
           f"{100 * parity['within_1_lsb']:.2f}% of outputs within one LSB")
+    report_warnings(result)
     return report_gates(result)
 
 

@@ -15,9 +15,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "tflq"
 LAYERS = (
     ("leaves", ("tflq.settings", "tflq.options", "tflq.signature", "tflq.runtime", "tflq.console", "tflq.fileio",
                 "tflq.factories", "tflq.report", "tflq.report_html", "tflq.metrics",
-                "tflq.explorer")),
+                "tflq.explorer", "tflq.task_metrics", "tflq.output_gates", "tflq.report_outputs")),
     ("data and models", ("tflq.inmemory", "tflq.data", "tflq.sampling", "tflq.models", "tflq.keras3",
-                         "tflq.interpreter", "tflq.tflite_inspect", "tflq.layer_error")),
+                         "tflq.interpreter", "tflq.tflite_inspect", "tflq.layer_error",
+                         "tflq.output_tasks")),
     ("quant", ("tflq.quant",)),
     ("ptq", ("tflq.ptq",)),
     ("jobs", ("tflq.jobs", "tflq.api")),

@@ -70,6 +70,18 @@ def test_load_spec_merges_defaults_and_resolves_paths(workdir):
     assert tiny.timeout == batch.DEFAULT_TIMEOUT and tiny.line == 8
 
 
+def test_spec_output_tasks_and_gate_rules_reach_the_job(workdir):
+    body = ('\n[[jobs]]\nmodel = "tiny.keras"\noutput_tasks = "logits=multilabel"\n'
+            'gate = ["logits:f1>=0.9", "sqnr_db>=20"]\n\n[[jobs]]\nname = "t"\n'
+            'model = "tiny.keras"\noutput_tasks = {logits = "regression"}\ngate = "sqnr_db>=1"\n')
+    first, second = batch.load_spec(write_spec(workdir, body), str(workdir / "out")).jobs
+    assert first.job.output_tasks == (("logits", "multilabel"),)
+    assert first.job.gates.gate == ("logits:f1>=0.9", "sqnr_db>=20")
+    assert second.job.output_tasks == (("logits", "regression"),)
+    assert second.job.gates.gate == ("sqnr_db>=1",)
+    assert type(first.job).from_dict(first.job.to_dict()) == first.job  # worker payload
+
+
 def test_yaml_spec_is_equivalent(workdir):
     path = workdir / "jobs.yaml"
     path.write_text("defaults:\n  data: calib.npz\n  eval_data: eval.npz\n"
@@ -100,6 +112,10 @@ BAD_SPECS = {
                         "leaves the batch folder"),
     "bad name": ('\n[[jobs]]\nname = "a b"\nmodel = "tiny.keras"\n', "may hold only letters"),
     "bad gate": ('\n[[jobs]]\nmodel = "tiny.keras"\nmin_agreement = 2\n', "min_agreement must"),
+    "malformed gate rule": ('\n[[jobs]]\nmodel = "tiny.keras"\ngate = ["logits:f1=>0.9"]\n',
+                            r"jobs\[0\] \(tiny\): A gate must read"),
+    "unknown output task": ('\n[[jobs]]\nmodel = "tiny.keras"\noutput_tasks = "logits=ranking"\n',
+                            r"jobs\[0\] \(tiny\): Unknown task 'ranking'"),
     "unknown workers key": ('\n[workers]\nisolation = "warm"\nmax_jobs = 3\n[[jobs]]\nmodel = "tiny.keras"\n',
                             r"line 10: unknown key 'max_jobs' in \[workers\]"),
     "workers wrong type": ('\n[workers]\nmax_worker_rss_mb = "1G"\n[[jobs]]\nmodel = "tiny.keras"\n',

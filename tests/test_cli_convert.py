@@ -215,10 +215,22 @@ def test_allow_float_ops(capsys, tmp_path):
     code, _, err = run_cli(capsys, model="test_cli_convert:make_cos_model", data=data, out=out,
                            modes="int8", num_calibration_samples=50)
     assert code == 2 and "--allow_float_ops" in err and not os.path.exists(out)
-    code, _, _ = run_cli(capsys, model="test_cli_convert:make_cos_model", data=data, out=out,
-                         modes="int8", num_calibration_samples=50, allow_float_ops=True)
+    code, _, err = run_cli(capsys, model="test_cli_convert:make_cos_model", data=data, out=out,
+                           modes="float32,int8", num_calibration_samples=50, allow_float_ops=True)
     assert code == 0
-    assert any(op.startswith("COS") for op in load_report(out)["modes"][0]["float_ops"])
+    int8 = load_report(out)["modes"][1]
+    assert any(op.startswith("COS") for op in int8["float_ops"])
+    # Dense (int8) → DEQUANTIZE → COS (float) → QUANTIZE → Dense (int8): one island, by
+    # construction; the model's own input QUANTIZE and output DEQUANTIZE do not count.
+    performance = int8["performance"]
+    assert (performance["quantize"], performance["dequantize"], performance["by_type"]) == (
+        1, 1, {"COS": 1})
+    assert performance["latency_vs_float32"] == pytest.approx(
+        int8["latency_ms"]["median"] / load_report(out)["modes"][0]["latency_ms"]["median"])
+    line = "1 QUANTIZE and 1 DEQUANTIZE op(s) inserted around COS×1"
+    assert "warning: int8: " in err and line in err
+    assert line in open(os.path.join(out, "report.md")).read()
+    assert line in open(os.path.join(out, "report.html")).read()
 
 
 def test_gate_breach_exits_3_and_still_writes(capsys, tmp_path):
@@ -241,6 +253,42 @@ def test_gates_pass_when_met(capsys, tmp_path, tiny_files):
     code, _, _ = run_cli(capsys, **tiny_files, out=out, modes="float32",
                          max_accuracy_drop=0.0, min_agreement=1.0)
     assert code == 0 and load_report(out)["gates"]["passed"] is True
+
+
+def test_output_tasks_and_gate_rules(capsys, tmp_path, tiny_files):
+    out = str(tmp_path / "o")
+    code, _, err = run_cli(capsys, **tiny_files, out=out, modes="float32,int8",
+                           output_tasks="logits=multilabel", layer_error_samples=0,
+                           gate=["logits:agreement>=0", "logits:f1>1.5", "sqnr_db>=0"])
+    assert code == 3
+    assert err == "quality gate failed: float32: gate logits:f1>1.5 failed: f1 = 1; int8: gate " \
+        f"logits:f1>1.5 failed: f1 = {load_report(out)['modes'][1]['per_output']['logits']['f1']:.4g}\n"
+    r = load_report(out)
+    assert r["settings"]["output_tasks"] == {"logits": "multilabel"}
+    assert r["gates"]["gate"] == ["logits:agreement>=0", "logits:f1>1.5", "sqnr_db>=0"]
+    section = r["output_tasks"]["outputs"]["logits"]
+    assert (section["task"], section["reason"], section["threshold"]) == (
+        "multilabel", "set by output_tasks", 0.0)  # a linear output: logits, threshold 0
+    assert section["activation"] == "linear" and section["shape"] == [None, 3]
+    assert r["output_tasks"]["headline"]["why"].startswith(
+        "output 0, measured as multilabel, not classification: the headline top-1 agreement")
+    # independent: the float model and the written .tflite, thresholded at 0, F1 by counting
+    x = np.load(tiny_files["eval_data"])["x"]
+    reference = tf_keras.models.load_model(tiny_files["model"], compile=False)(x).numpy() > 0
+    runner = Interpreter(model_path=os.path.join(out, "tiny_int8.tflite")).get_signature_runner()
+    got = runner(img=x)["logits"] > 0
+    tp, fp, fn = (np.sum(reference & got), np.sum(~reference & got), np.sum(reference & ~got))
+    group = r["modes"][1]["per_output"]["logits"]
+    assert group["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert group["agreement"] == pytest.approx(np.mean(reference == got))
+    md = open(os.path.join(out, "report.md")).read()
+    assert "**logits (None, 3): multilabel (set by output_tasks, threshold 0)**" in md
+    assert "| mode | agreement | F1 vs float | SQNR dB |" in md
+    assert "logits:f1&gt;1.5 failed" in open(os.path.join(out, "report.html")).read()
+    code, _, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "p"), modes="int8",
+                           gate=["logits:top1_agreement>=0"], layer_error_samples=0)
+    assert code == 0, err  # the inferred task (classification) has top1_agreement
+    assert load_report(tmp_path / "p")["gates"]["passed"] is True
 
 
 # ---- bad input: exit 2, one clear line, nothing written, existing output byte-identical ----
@@ -306,6 +354,14 @@ BAD_CASES = {
     "modes with litert only": ({"backend": "litert"}, "with --backend litert use --recipes"),
     "negative layer error samples": ({"layer_error_samples": -1},
                                      "layer_error_samples must be an integer >= 0"),
+    "output task for no output": ({"output_tasks": "nope=regression"},
+                                  r"output_tasks names output\(s\) \['nope'\] the model does not"),
+    "unknown output task": ({"output_tasks": "logits=ranking"}, "Unknown task 'ranking'"),
+    "malformed output tasks": ({"output_tasks": "logits"}, "items must read output=task"),
+    "malformed gate": ({"gate": ["logits:f1=>0.5"]}, "A gate must read"),
+    "gate metric unknown": ({"gate": ["logits:iou>=0.5"]}, "Unknown gate metric 'iou'"),
+    "gate for no output": ({"gate": ["nope:f1>=0.5"]},
+                           r"--gate names output\(s\) \['nope'\] the model does not have"),
 }
 
 

@@ -34,7 +34,7 @@ COMMANDS = {"convert": convert, "qat": qat, "compress": compress, "batch": batch
 LARGE_OK = {"seed", "batch_size", "num_eval_samples", "num_calibration_samples",
             "num_train_samples", "num_samples", "max_worker_rss_mb"}
 NOT_FUZZED = {"verbose", "version", "help"}  # --verbose shows tracebacks by design
-GATES = {"max_accuracy_drop", "min_agreement"}
+GATES = {"max_accuracy_drop", "min_agreement", "gate"}
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
@@ -111,6 +111,8 @@ CHOICES = {  # string flags with a vocabulary: valid words, mixed into random te
     "layer_types": ["Conv2D", "Dense,Conv2D", "Nope"], "mode": ["int8", "float32", "float16"],
     "threads": ["1", "2,4", "0", "-1", "a"], "delegates": ["xnnpack", "gpu,cpu", "nnapi", "tpu"],
     "output_losses": ["logits=kl", "logits=mse", "x=kl", "logits"],
+    "output_tasks": ["logits=multilabel", "logits=regression", "x=regression", "logits=rank"],
+    "gate": ["sqnr_db>=1", "logits:f1>=0.5", "top1_agreement>2", "f1=>1", "x:sqnr_db<3"],
     "overrides": ['[{"layer": "logits", "scheme": "pow2"}]', "[1]", "{}", "[", '[{"x": 1}]'],
     "serial": ["R58M123ABC", "nope"], "taskset": ["f0", "zz"], "ray_address": ["auto", "x:1"],
 }

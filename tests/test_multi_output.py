@@ -124,7 +124,8 @@ def check_parity(report, expected):
 
 def test_qat_with_labels_per_output(capsys, files, tmp_path):
     out = tmp_path / "out"
-    code, stdout, err = run(qat_cli, capsys, **base(files, out))
+    code, stdout, err = run(qat_cli, capsys, **base(files, out, output_tasks="boxes=detection",
+                                                    gate=["classes:top5_agreement>=1"]))
     assert code == 0, err
     report = json.load(open(out / "report.json"))
     assert report["qat"]["outputs"]["boxes"]["loss"] == "mse"
@@ -139,6 +140,15 @@ def test_qat_with_labels_per_output(capsys, files, tmp_path):
     md = open(out / "report.md").read()
     assert "| boxes | regression |" in md and "| classes | classification |" in md
     assert any("losses per output: boxes=mse" in n for n in row["notes"])
+    # --output_tasks and --gate reach the QAT report: boxes measured as detection, the class
+    # head (2 classes: top-5 always holds) gated; the groups count the float model vs int8
+    assert report["output_tasks"]["outputs"]["boxes"]["task"] == "detection"
+    assert report["output_tasks"]["headline"] == {
+        "output": "classes", "why": "the first classification head of the training losses"}
+    assert report["gates"]["gate"] == ["classes:top5_agreement>=1"] and report["gates"]["passed"]
+    assert row["per_output"]["classes"]["top1_agreement"] == pytest.approx(
+        row["outputs"]["classes"]["top1_agreement"])
+    assert 0 <= row["per_output"]["boxes"]["mean_iou"] <= 1
 
 
 def test_qat_distilled_without_labels_covers_every_output(capsys, files, tmp_path):
@@ -180,6 +190,10 @@ BAD = {
     "unknown loss kind": ("kind", "Unknown output loss 'ce' for output 'boxes'"),
     "loss for no output": ("name", r"names output\(s\) \['nope'\] the model does not have"),
     "malformed losses": ("syntax", "output_losses items must read name=kind"),
+    "task for no output": ("task_name", r"output_tasks names output\(s\) \['nope'\] the model"),
+    "unknown task": ("task_kind", "Unknown task 'boxes' for output 'boxes'"),
+    "malformed gate": ("gate_syntax", "A gate must read"),
+    "gate for no output": ("gate_name", r"--gate names output\(s\) \['nope'\] the model"),
 }
 
 
@@ -193,11 +207,16 @@ def test_bad_multi_output_input_exits_2(capsys, files, tmp_path, case):
     if data is not None:
         np.savez(tmp_path / "bad.npz", x=x, **data)
         extra["train_data"] = str(tmp_path / "bad.npz")
+    elif kind.startswith("task"):
+        extra["output_tasks"] = {"task_name": "nope=regression", "task_kind": "boxes=boxes"}[kind]
+    elif kind.startswith("gate"):
+        extra["gate"] = [{"gate_syntax": "boxes:r2", "gate_name": "nope:r2>=0"}[kind]]
     else:
         extra["output_losses"] = {"kind": "boxes=ce", "name": "nope=mse",
                                   "syntax": "boxes"}[kind]
     before = snapshot(tmp_path)
-    code, _, err = run(qat_cli, capsys, **base(files, tmp_path / "out", **extra))
+    cli = compress_cli if kind in ("task_name", "gate_name") else qat_cli  # both commands
+    code, _, err = run(cli, capsys, **base(files, tmp_path / "out", **extra))
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert re.search(message, err), err
     assert snapshot(tmp_path) == before
@@ -205,7 +224,9 @@ def test_bad_multi_output_input_exits_2(capsys, files, tmp_path, case):
 
 def test_compress_pqat_two_heads_with_labels_per_output(capsys, files, tmp_path):
     out = tmp_path / "out"
-    code, _, err = run(compress_cli, capsys, **base(files, out, sparsity=0.5, epochs=1))
+    code, _, err = run(compress_cli, capsys, **base(
+        files, out, sparsity=0.5, epochs=1, output_tasks="boxes=regression",
+        gate=["classes:top1_agreement>=0.5", "boxes:r2>=-10"]))
     assert code == 0, err
     report = json.load(open(out / "report.json"))
     assert report["compression"]["outputs"]["boxes"]["loss"] == "mse"
@@ -226,9 +247,19 @@ def test_compress_pqat_two_heads_with_labels_per_output(capsys, files, tmp_path)
             * detail["quantization"][0]
         sqnr = 10 * math.log10(np.sum(reference[i] ** 2) / np.sum((reference[i] - deployed) ** 2))
         assert row["outputs"][name]["sqnr_db"] == pytest.approx(sqnr, rel=1e-3)
+        assert row["per_output"][name]["sqnr_db"] == pytest.approx(sqnr, rel=1e-3)
+        if name == "boxes":  # --output_tasks boxes=regression: R² against the float model
+            r2 = 1 - np.sum((reference[0] - deployed) ** 2) / np.sum(
+                (reference[0] - reference[0].mean()) ** 2)
+            assert row["per_output"]["boxes"]["r2"] == pytest.approx(r2, rel=1e-3)
     agreement = np.mean(np.argmax(reference[1], 1) == np.argmax(
         (result["quant_classes"].astype(np.float64)), 1))
     assert row["top1_agreement"] == pytest.approx(agreement)
+    assert row["per_output"]["classes"]["top1_agreement"] == pytest.approx(agreement)
+    assert report["output_tasks"]["outputs"]["boxes"]["reason"] == "set by output_tasks"
+    assert report["output_tasks"]["outputs"]["classes"]["task"] == "classification"
+    assert report["gates"]["gate"] == ["classes:top1_agreement>=0.5", "boxes:r2>=-10"]
+    assert report["gates"]["passed"] is True
 
 
 @pytest.mark.slow

@@ -83,6 +83,8 @@ def test_each_flag_has_the_help_kind_and_default_of_its_field(kind):
         if item.flag_kind == "enum":
             assert enum_values == [str(c) for c in item.choices]
             field = f"<{'|'.join(enum_values)}>: {field}"
+        if item.flag_kind == "multi_string":  # absl says how to repeat it
+            field += ";\n    repeat this option to specify a list of values"
         assert help_text == field, item.name
         assert default == item.flag_default, item.name
         raw = _field_default(COMMANDS[kind][1], item.path)
@@ -129,20 +131,24 @@ CONVERT = {"data": "d.npz", "modes": ("int8,float16", ["int8", "float16"]), "see
            "range_search": True,
            "normalize": "-1_1", "image_size": ("8x8", [8, 8]), "max_accuracy_drop": 1.5,
            "min_agreement": 0.5, "layer_error_samples": 0, "backend": "both",
-           "recipes": ("static_wi8_ai8", ["static_wi8_ai8"])}
+           "recipes": ("static_wi8_ai8", ["static_wi8_ai8"]), "output_tasks": "logits=multilabel",
+           "gate": (["logits:f1>=0.9", "sqnr_db>=20"], ["logits:f1>=0.9", "sqnr_db>=20"])}
 QAT = {"train_data": "d.npz", "scheme": "pow2", "strategy": "distill", "teacher": "teacher.keras",
        "epochs": 3, "batch_size": 8, "learning_rate": 0.01, "quant_error_weight": 0.5,
        "temperature": 2.0, "alpha": 0.3, "activation_ranges": "meanstd", "range_k": 2.5,
        "overrides": ('[{"match": "^d", "weight_bits": 8}]', [{"match": "^d", "weight_bits": 8}]),
        "distribution": "mirrored", "num_train_samples": 40, "seed": 1, "num_threads": 2,
        "latency_runs": 3, "layer_error_samples": 4, "output_losses": "logits=kl",
-       "min_agreement": 0.5}
+       "min_agreement": 0.5, "output_tasks": "logits=regression", "gate": (["sqnr_db>=10"],
+                                                                            ["sqnr_db>=10"])}
 COMPRESS = {"train_data": "d.npz", "sparsity": 0.5, "schedule": "polynomial", "clusters": 4,
             "layers": "^d", "layer_types": (["Dense"], ["Dense"]), "quantization": "ptq",
             "scheme": "pow2", "epochs": 3, "qat_epochs": 1, "batch_size": 8,
             "learning_rate": 0.01, "qat_learning_rate": 0.001, "distill": True,
             "num_train_samples": 40, "num_calibration_samples": 20, "seed": 2, "num_threads": 2,
-            "latency_runs": 3, "output_losses": "logits=mse", "max_accuracy_drop": 2.0}
+            "latency_runs": 3, "output_losses": "logits=mse", "max_accuracy_drop": 2.0,
+            "output_tasks": "logits=classification", "gate": (["logits:accuracy>0.5"],
+                                                               ["logits:accuracy>0.5"])}
 
 
 # Settings that exclude others are set in further cases.
@@ -196,6 +202,7 @@ def test_a_spec_job_equals_the_command_with_the_same_settings(tmp_path, kind, va
 TRANSLATED = {
     "per_tensor": lambda job: not job.convert_options.per_channel,
     "output_losses": lambda job: ",".join(f"{name}={loss}" for name, loss in job.output_losses),
+    "output_tasks": lambda job: ",".join(f"{name}={task}" for name, task in job.output_tasks),
     "overrides": lambda job: [dict(o) for o in job.overrides],
     "modes": lambda job: list(job.modes),
 }

@@ -7,7 +7,9 @@ Nothing is written unless ``out`` is given or :meth:`~tflq.jobs.result.Result.sa
 Options are the job's own fields (e.g. ``num_calibration_samples``, ``latency_runs``), plus,
 flattened, those of its nested settings: :class:`tflq.options.ConvertOptions` (e.g.
 ``per_tensor``, ``equalize``), :class:`tflq.data.DataOptions` (``normalize``) and
-:class:`tflq.report.Gates` (``max_accuracy_drop``, ``min_agreement``).
+:class:`tflq.report.Gates` (``max_accuracy_drop``, ``min_agreement``, ``gate``: rules such
+as ``"onset:f1>=0.95"``). ``output_tasks`` (e.g. ``{"onset": "multilabel"}``) sets the task
+each output is measured as (:mod:`tflq.task_metrics`).
 """
 
 from __future__ import annotations

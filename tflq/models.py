@@ -135,6 +135,20 @@ class LoadedModel:
 
         return run
 
+    def graph_function(self):
+        """A concrete ``tf.function`` of the model, outputs in ``output_names`` order (a
+        SavedModel's are its signature's, flattened by sorted name): for reading the graph."""
+        if self.flavor == FLAVOR_SAVED_MODEL:
+            return self._signature
+        model, specs = self.keras_model, [
+            tf.TensorSpec((None, *s.shape), s.dtype, name=s.name) for s in self.inputs]
+
+        def call(*args):
+            out = model(list(args) if len(args) > 1 else args[0], training=False)
+            return list(out) if isinstance(out, (list, tuple)) else [out]
+
+        return tf.function(call).get_concrete_function(*specs)
+
     def to_tf_keras(self, samples: list):
         """The model as a tf_keras model (tfmot and tflq's graph passes need one).
 

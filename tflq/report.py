@@ -8,6 +8,7 @@ import io
 import json
 import math
 
+from tflq import output_gates, report_outputs
 from tflq.settings import setting
 
 __all__ = ["SCHEMA_VERSION", "MODE_NOTES", "Gates", "model_section", "mode_row", "to_json",
@@ -31,14 +32,25 @@ class Gates:
     Attributes:
       max_accuracy_drop: largest allowed accuracy drop in percentage points (needs labels).
       min_agreement: smallest allowed top-1 agreement with the float model, in [0, 1].
+      gate: rules ``[output:]metric OP value`` (``onset:f1>=0.95``; see
+        :mod:`tflq.output_gates`), checked on every mode.
     """
 
     max_accuracy_drop: float | None = setting(
         "Gate: largest accuracy drop (percentage points) of any mode.", None, kind="float")
     min_agreement: float | None = setting(
         "Gate: smallest top-1 agreement (0..1) with the float model.", None, kind="float")
+    # Repeatable on the command line (--gate a --gate b); a list (or one rule) in a spec.
+    gate: tuple[str, ...] = setting(
+        "Gate rule [output:]metric OP value, repeatable, e.g. 'onset:f1>=0.95' or "
+        "'sqnr_db>=30' (OP: >=, <=, >, <). Exit 3 when a mode breaks it.", (),
+        flag_kind="multi_string", flag_none=True)
 
     def __post_init__(self):
+        rules = (self.gate,) if isinstance(self.gate, str) else tuple(self.gate or ())
+        for rule in rules:
+            output_gates.parse_gate(rule)
+        object.__setattr__(self, "gate", tuple(str(r).strip() for r in rules))
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
             raise ValueError(
                 "max_accuracy_drop must be >= 0 percentage points. "
@@ -50,11 +62,16 @@ class Gates:
             )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "gate": list(self.gate)}
+
+    @property
+    def any_set(self) -> bool:
+        return bool(self.gate) or self.max_accuracy_drop is not None or (
+            self.min_agreement is not None)
 
     def check(self, modes: list[dict]) -> list[str]:
         """Returns one line per breach (empty when every mode passes)."""
-        failures = []
+        failures = output_gates.check_rules([output_gates.parse_gate(r) for r in self.gate], modes)
         for m in modes:
             drop = m.get("accuracy_drop_pp")
             if self.max_accuracy_drop is not None:
@@ -198,6 +215,8 @@ def to_markdown(report: dict) -> str:
                   format_selective(report["selective"], report["gates"]["max_accuracy_drop"])]
     if any("outputs" in m for m in report["modes"]):
         lines += ["", "## Outputs (float model vs each mode)", "", format_outputs(report)]
+    if any("per_output" in m for m in report["modes"]):
+        lines += ["", *report_outputs.to_markdown(report)]
     if any("layers" in m for m in report["modes"]):
         lines += ["", "## Per-layer error", "", format_layer_error(report)]
     if "compression" in report:
@@ -233,11 +252,13 @@ def _markdown_header(report: dict) -> list[str]:
 
 
 def _markdown_gates(gates: dict) -> list[str]:
-    if gates["max_accuracy_drop"] is None and gates["min_agreement"] is None:
+    rules = gates.get("gate") or []
+    if gates["max_accuracy_drop"] is None and gates["min_agreement"] is None and not rules:
         return ["No gates set."]
     if gates["passed"]:
         return [f"PASSED (max_accuracy_drop={gates['max_accuracy_drop']}, "
-                f"min_agreement={gates['min_agreement']})."]
+                f"min_agreement={gates['min_agreement']}"
+                + "".join(f", {r}" for r in rules) + ")."]
     return ["FAILED:", *[f"- {f}" for f in gates["failures"]]]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import math
 
+from tflq import report_outputs
 from tflq.report import accuracy_missing as _accuracy_missing
 from tflq.report import percent as _percent
 from tflq.report import worst_layers
@@ -325,11 +326,12 @@ def _sections(report: dict) -> list[str]:
                     for f in findings], "preflight", text_cols=(2, 3)) if findings else
             "<p>No findings: nothing in this model is known to hurt int8 quantization.</p>"))
     gates = report["gates"]
-    if gates["max_accuracy_drop"] is None and gates["min_agreement"] is None:
+    rules = "".join(f", {_e(r)}" for r in gates.get("gate") or [])
+    if gates["max_accuracy_drop"] is None and gates["min_agreement"] is None and not rules:
         verdict = "<p>No gates set.</p>"
     elif gates["passed"]:
         verdict = (f'<p class="pass">PASSED (max_accuracy_drop={_e(gates["max_accuracy_drop"])}, '
-                   f'min_agreement={_e(gates["min_agreement"])})</p>')
+                   f'min_agreement={_e(gates["min_agreement"])}{rules})</p>')
     else:
         verdict = '<p class="fail">FAILED</p><ul>' + "".join(
             f"<li>{_e(f)}</li>" for f in gates["failures"]) + "</ul>"
@@ -434,7 +436,8 @@ def to_html(report: dict) -> str:
     body = (f"<h1>tflq report: {_e(name)}</h1><ul class=meta>"
             + "".join(f"<li>{m}</li>" for m in meta) + "</ul><h2>Modes</h2>"
             + _modes_table(report) + '<div class="grid">' + "".join(figures) + "</div>"
-            + _layer_section(report) + "".join(_sections(report)))
+            + report_outputs.to_html(report) + _layer_section(report)
+            + "".join(_sections(report)))
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             '<meta name=viewport content="width=device-width,initial-scale=1">'
             f"<title>tflq report: {_e(name)}</title>{_ERROR_HOOK}<style>{_CSS}</style></head>"

@@ -10,7 +10,7 @@ the same default and meaning; :func:`build` turns the values a user wrote into a
 Adding a setting is one field, e.g. in :class:`tflq.jobs.convert.ConvertJob`::
 
     output_tasks: tuple = setting("Task per model output, e.g. 'boxes=regression'.", (),
-                                  kind="list", flag_kind="string")
+                                  kind="losses", flag_none=True)
 
 and the job's ``__post_init__`` checks its value as usual. No TensorFlow import here.
 """
@@ -24,8 +24,10 @@ __all__ = ["KINDS", "Setting", "setting", "settings_of", "from_flag", "check_val
            "default_text"]
 
 # Value kinds: what users write (a flag's text, a spec's TOML/YAML value) and what the job gets.
+# "losses" is any per-output mapping (output_losses, output_tasks): a table or "name=value,...".
 KINDS = ("bool", "int", "float", "str", "enum", "list", "size", "json", "losses")
-# The absl flag kind of each value kind (a "list" may instead be a comma string flag).
+# The absl flag kind of each value kind (a "list" may instead be a comma string flag, or a
+# repeatable "multi_string" flag: --gate a --gate b).
 _FLAG_KINDS = {"bool": "bool", "int": "integer", "float": "float", "str": "string",
                "enum": "enum", "list": "list", "size": "string", "json": "string",
                "losses": "string"}
@@ -33,7 +35,7 @@ _FLAG_KINDS = {"bool": "bool", "int": "integer", "float": "float", "str": "strin
 _EXPECTED = {"bool": "bool", "int": "int", "float": "int or float", "str": "str",
              "list": "list or str (a list of strings, or one comma-separated string)",
              "size": "list [height, width] of two positive ints", "json": "list of tables",
-             "losses": "str or table (output = loss, or 'name=loss,...')"}
+             "losses": "str or table (output = value, or 'name=value,...')"}
 _MISSING = dataclasses.MISSING
 
 
@@ -49,7 +51,8 @@ class Setting:
         :data:`dataclasses.MISSING` for a required setting.
       help: the help text (the flag's; the spec table's).
       choices: allowed values of an ``enum`` (as users write them), else None.
-      flag_kind: the absl kind (``bool``, ``integer``, ``float``, ``string``, ``enum``, ``list``).
+      flag_kind: the absl kind (``bool``, ``integer``, ``float``, ``string``, ``enum``, ``list``,
+        ``multi_string``: a repeatable flag holding a list).
       flag_default: the flag's default: :attr:`default`, or None where the command fills the
         default in (flags several commands share with different defaults say it in their help).
       negate: the flag/key is the negation of the field (``per_tensor`` → ``per_channel``).
@@ -91,7 +94,7 @@ def setting(help: str, default=_MISSING, *, flag: str | None = None, kind: str |
         tuple → list; ``choices`` → enum) when omitted.
       choices: allowed values (an enum).
       flag_kind: the absl kind when it differs from the kind's usual one (``string`` for a
-        comma-separated list flag).
+        comma-separated list flag, ``multi_string`` for a repeatable one).
       flag_none: the flag defaults to None and the job's default applies (the help says it).
       negate: the flag/key holds ``not field``.
       none_as: the enum word that means None.

@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 __all__ = ["ops_details", "tflite_layout", "int8_weight_tensors", "weight_requantization",
-           "find_float_ops", "gzip_size", "weight_stats"]
+           "find_float_ops", "quantize_islands", "gzip_size", "weight_stats"]
 
 
 def ops_details(interpreter) -> list[dict]:
@@ -131,6 +131,50 @@ def find_float_ops(content: bytes) -> list[str]:
         if any(i in tensors and tensors[i]["dtype"] in _FLOAT_DTYPES for i in indices):
             found.append(f"{name}#{op['index']}")
     return found
+
+
+def quantize_islands(content: bytes) -> dict:
+    """Where float ops split an integer graph: the QUANTIZE (float to integer) and DEQUANTIZE
+    ops inserted between ops (not those converting the model's own inputs and outputs, nor
+    DEQUANTIZE of constant weights as float16 and dynamic-range models hold them, nor
+    integer-to-integer requantization), and the float compute ops on the other side of them
+    (the ops responsible), as ``NAME#index`` and counted by op type.
+
+    Returns:
+      ``{"quantize": n, "dequantize": n, "float_ops": [...], "by_type": {op: count}}``.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    ops = ops_details(interpreter)
+    produced = {int(t): op for op in ops for t in op["outputs"] if int(t) >= 0}
+    consumers: dict[int, list] = {}
+    for op in ops:
+        for t in op["inputs"]:
+            consumers.setdefault(int(t), []).append(op)
+    model_io = {d["index"] for d in interpreter.get_input_details()} | {
+        d["index"] for d in interpreter.get_output_details()}
+    counts = {"QUANTIZE": 0, "DEQUANTIZE": 0}
+    responsible: dict[int, dict] = {}
+    for op in ops:
+        if op["op_name"] not in counts or not len(op["inputs"]):
+            continue
+        source, target = int(op["inputs"][0]), int(op["outputs"][0])
+        float_side = source if op["op_name"] == "QUANTIZE" else target
+        if (source in model_io or target in model_io or source not in produced
+                or dtypes.get(float_side) not in _FLOAT_DTYPES):
+            continue  # the model's I/O, a constant's dequantization, or a requantization
+        counts[op["op_name"]] += 1
+        near = [produced[source]] if op["op_name"] == "QUANTIZE" else consumers.get(target, [])
+        responsible.update({other["index"]: other for other in near
+                            if other["op_name"] not in _BOUNDARY_OPS})
+    by_type: dict[str, int] = {}
+    for i in sorted(responsible):
+        by_type[responsible[i]["op_name"]] = by_type.get(responsible[i]["op_name"], 0) + 1
+    return {"quantize": counts["QUANTIZE"], "dequantize": counts["DEQUANTIZE"],
+            "float_ops": [f"{responsible[i]['op_name']}#{i}" for i in sorted(responsible)],
+            "by_type": by_type}
 
 
 _WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1}

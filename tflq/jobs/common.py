@@ -16,8 +16,8 @@ __all__ = ["check_samples", "JobResult", "progress", "prepare_data", "evaluate",
            "report_files",
            "add_layer_error", "render_outputs", "write_files", "job_settings", "refuse_in_memory",
            "IN_MEMORY_FIELDS", "given", "tflite_output_names", "TrainingTargets",
-           "training_targets", "rebuild_notes", "OUTPUT_LOSSES_HELP", "job_to_dict",
-           "job_from_dict"]
+           "training_targets", "rebuild_notes", "OUTPUT_LOSSES_HELP", "OUTPUT_TASKS_HELP",
+           "job_to_dict", "job_from_dict"]
 
 # Job fields that may hold an in-memory model or data instead of a path.
 IN_MEMORY_FIELDS = ("model", "data", "eval_data", "train_data", "teacher")
@@ -47,6 +47,11 @@ OUTPUT_LOSSES_HELP = (
     "Loss per model output, e.g. 'boxes=mse,classes=kl' (kl: classification, cross-entropy on "
     "labels and KL distillation; mse: regression). Outputs not named are inferred (softmax or "
     "class-named logits: kl; otherwise mse).")
+# --output_tasks of every job (convert, qat, compress): one text for all.
+OUTPUT_TASKS_HELP = (
+    "Task each model output is measured as, e.g. 'contour=multilabel,onset=multilabel' "
+    "(classification, multilabel, regression, detection, segmentation). Outputs not named are "
+    "inferred from their shape and final activation; the report says how.")
 
 def job_settings(job) -> dict:
     """``dataclasses.asdict(job)`` with in-memory inputs replaced by their descriptions
@@ -177,15 +182,17 @@ def array_batches(x: dict, y, batch_size: int):
                None if y is None else y[start:start + batch_size])
 
 
-def evaluate_trained(job, float_model, runner, float32: bytes, x_eval: dict, targets, observer):
+def evaluate_trained(job, float_model, runner, float32: bytes, x_eval: dict, targets, observer,
+                     more_observers=()):
     """The evaluation of a training job (QAT, compress): the float model and the int8 .tflite
-    on the evaluation data, with ``observer`` for the job's own comparisons, then latency of
-    the float32 and int8 .tflite side by side. Returns (float result, comparisons, latency)."""
+    on the evaluation data, with ``observer`` (and ``more_observers``) for the job's own
+    comparisons, then latency of the float32 and int8 .tflite side by side. Returns (float
+    result, comparisons, latency)."""
     from tflq import interpreter
 
     float_result, compared, _ = evaluate(
         float_model, array_batches(x_eval, targets.eval_class_labels, job.batch_size),
-        {"int8": runner}, observers=[observer], primary=targets.primary)
+        {"int8": runner}, observers=[observer, *more_observers], primary=targets.primary)
     latency = interpreter.measure_latency(
         {"float32": interpreter.TfliteModel(float32, num_threads=job.num_threads),
          "int8": runner}, {n: v[:1] for n, v in x_eval.items()}, runs=job.latency_runs)

@@ -31,8 +31,10 @@ import numpy as np
 import tflq.quant.compress as quant_compress
 from tflq import options, report, runtime
 from tflq.inmemory import describe
+from tflq.jobs import outputs
 from tflq.jobs.common import (
     OUTPUT_LOSSES_HELP,
+    OUTPUT_TASKS_HELP,
     JobResult,
     base_report,
     check_samples,
@@ -83,6 +85,8 @@ class CompressJob:
         (:func:`tflq.quant.qat.make_trainer`: α·CE + (1 − α)·T²·KL, α 0.5, T 4); without
         labels every stage learns from it alone (α 0).
       output_losses: loss per output name (``kl``/``mse``), see :mod:`tflq.quant.heads`.
+      output_tasks: task each named output is measured as (:data:`tflq.task_metrics.TASKS`);
+        the rest is inferred (:mod:`tflq.jobs.outputs`).
     """
 
     model: object = setting("Float tf_keras model (.keras/.h5/SavedModel/module:function); it "
@@ -128,11 +132,14 @@ class CompressJob:
     verbose: int = 2
     gates: report.Gates = report.Gates()
     output_losses: tuple = setting(OUTPUT_LOSSES_HELP, (), kind="losses", flag_none=True)
+    output_tasks: tuple = setting(OUTPUT_TASKS_HELP, (), kind="losses", flag_none=True)
 
     def __post_init__(self):
         from tflq.quant import heads, schemes
+        from tflq.task_metrics import normalize_output_tasks
 
         object.__setattr__(self, "output_losses", heads.normalize_output_losses(self.output_losses))
+        object.__setattr__(self, "output_tasks", normalize_output_tasks(self.output_tasks))
 
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1). Received: sparsity={self.sparsity}")
@@ -231,6 +238,7 @@ def run_compress_job(job: CompressJob) -> JobResult:
     if job.out is not None:
         runtime.check_output_dir(job.out)
     float_model = load_model(job.model)
+    outputs.check_names(float_model, job.output_tasks, job.gates)
     x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model, labelled=False)
     # A Keras 3 model is rebuilt as tf_keras (tfmot needs it), checked on training samples.
     samples = check_samples(x_train, feed)
@@ -256,8 +264,9 @@ def run_compress_job(job: CompressJob) -> JobResult:
         seen[0] += n
         per_output.update(reference, outputs["int8"], per_labels)
 
+    tasks = outputs.start(float_model, job.output_tasks, job.gates, ["int8"], targets.primary)
     float_result, compared, latency = evaluate_trained(job, float_model, runner, float32, x_eval,
-                                                       targets, observe)
+                                                       targets, observe, [tasks])
     base = float_result["accuracy"]
     weights = sum(row["weights"] for row in stats)
     zeros = sum(row["weights"] * row["sparsity"] for row in stats)
@@ -288,7 +297,9 @@ def run_compress_job(job: CompressJob) -> JobResult:
                              "has_labels": targets.eval is not None}},
         float_section={"accuracy": base, "float32_tflite_bytes": len(float32),
                        "latency_ms": latency["float32"]},
-        modes=[row], gates=job.gates, compression=compression)
+        modes=[row], gates=job.gates, compression=compression, output_tasks=tasks.section,
+        warnings=outputs.complete([row], tasks, {"int8": content}, job.num_threads,
+                                  latency["float32"]))
     return finish(job.out, full, {row["path"]: content})
 
 

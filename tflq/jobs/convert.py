@@ -19,6 +19,7 @@ import tflq.jobs.convert_selective as convert_selective
 from tflq import options, report, sampling
 from tflq.data import DataOptions
 from tflq.jobs.common import (
+    OUTPUT_TASKS_HELP,
     JobResult,
     add_layer_error,
     base_report,
@@ -32,6 +33,7 @@ from tflq.jobs.common import (
 from tflq.layer_error import DEFAULT_SAMPLES
 from tflq.runtime import check_output_dir
 from tflq.settings import setting
+from tflq.task_metrics import normalize_output_tasks
 
 __all__ = ["ConvertJob", "run_job", "below_converter_warnings", "WARN_BELOW_CONVERTER_PP",
            "BASELINE", "BACKENDS", "BACKEND_HELP", "DEFAULT_RECIPES"]
@@ -72,6 +74,9 @@ class ConvertJob:
         the float32 .tflite, reported beside the converter modes as ``litert:<recipe>``.
       layer_error_samples: calibration samples for the per-layer error of every mode but
         float32 (:mod:`tflq.layer_error`); 0 turns it off.
+      output_tasks: the task each named output is measured as (``{name: task}``, a string
+        ``"name=task,..."`` or pairs; :data:`tflq.task_metrics.TASKS`); the others are
+        inferred from their shape and final activation (:mod:`tflq.jobs.outputs`).
       backend: who quantizes, as ``--backend``: ``converter`` (no recipes), ``litert`` (the
         float32 reference and ``recipes``, default :data:`DEFAULT_RECIPES`) or ``both``; None
         takes ``modes`` and ``recipes`` as given.
@@ -116,9 +121,11 @@ class ConvertJob:
     # None (the API): as modes and recipes say; commands and specs: converter unless told.
     backend: str | None = setting(BACKEND_HELP, None, choices=BACKENDS, flag_kind="string",
                                   flag_none=True, cli_default="converter")
+    output_tasks: tuple = setting(OUTPUT_TASKS_HELP, (), kind="losses", flag_none=True)
 
     def __post_init__(self):
         self._resolve_backend()
+        object.__setattr__(self, "output_tasks", normalize_output_tasks(self.output_tasks))
         object.__setattr__(self, "modes", tuple(m.value for m in options.parse_modes(
             self.modes if isinstance(self.modes, str) else list(self.modes))))
         object.__setattr__(self, "recipes", tuple(self.recipes))
@@ -196,6 +203,7 @@ class ConvertJob:
             "batch_size": self.batch_size,
             "latency_runs": self.latency_runs,
             "layer_error_samples": self.layer_error_samples,
+            "output_tasks": dict(self.output_tasks),
             **self.convert_options.to_dict(),
             "normalize": self.data_options.normalize,
             "image_size": list(self.data_options.image_size) if self.data_options.image_size else None,
@@ -227,6 +235,7 @@ def run_job(job: ConvertJob) -> JobResult:
       ValueError: bad input of any kind; nothing has been written.
     """
     from tflq import interpreter
+    from tflq.jobs import outputs
     from tflq.models import load_model
     from tflq.ptq import preflight
 
@@ -234,6 +243,8 @@ def run_job(job: ConvertJob) -> JobResult:
     if job.out is not None:
         check_output_dir(job.out)
     model = load_model(job.model)
+    observer = outputs.start(model, job.output_tasks, job.gates,
+                             [m.value for m in modes] + [f"litert:{r}" for r in job.recipes])
     calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats = prepare_data(
         job, model)
     representative = sampling.representative_dataset(calib, model.inputs, calib_indices)
@@ -241,20 +252,22 @@ def run_job(job: ConvertJob) -> JobResult:
     selective = None
     if job.convert_options.selective:
         selective = convert_selective.run_selective(job, model, conversions, representative, calib,
-                                                     calib_indices)
+                                                     calib_indices, observer.headline)
     runners = {mode: interpreter.TfliteModel(conversions[mode].content, model.output_names,
                                              num_threads=job.num_threads) for mode in modes}
     if baseline is not None:
         runners[BASELINE] = interpreter.TfliteModel(baseline, model.output_names,
                                                     num_threads=job.num_threads)
     float_result, comparisons, first_batch = _evaluate(job, model, evaluation, eval_indices,
-                                                       runners)
+                                                       runners, observer)
     runners.pop(BASELINE, None)
     latency = interpreter.measure_latency(
         {m.value: r for m, r in runners.items()}, first_batch, runs=job.latency_runs)
     mode_rows = _mode_rows(job, model, modes, conversions, comparisons, float_result, latency,
                            selective)
     float_size = len(conversions[options.Mode.FLOAT32].content)
+    slow = outputs.complete(mode_rows, observer, {m.value: conversions[m].content for m in modes},
+                            job.num_threads)
     measured = add_layer_error(mode_rows, conversions[options.Mode.FLOAT32].content,
                                {m.value: conversions[m].content for m in modes},
                                representative(), job.layer_error_samples)
@@ -272,7 +285,8 @@ def run_job(job: ConvertJob) -> JobResult:
         float_section={"accuracy": float_result["accuracy"], "float32_tflite_bytes": float_size},
         modes=mode_rows, gates=job.gates,
         preflight=[f.to_dict() for f in preflight.static_findings(model)],
-        warnings=below_converter_warnings(mode_rows, comparisons))
+        warnings=below_converter_warnings(mode_rows, comparisons) + slow,
+        output_tasks=observer.section)
     if baseline is not None:
         full_report["plain_converter_int8"] = {
             k: v for k, v in comparisons[BASELINE].result().items() if k != "accuracy"}
@@ -385,8 +399,9 @@ def below_converter_warnings(mode_rows: list[dict], comparisons: dict) -> list[s
     return found
 
 
-def _evaluate(job: ConvertJob, model, evaluation, eval_indices, runners):
-    """:func:`tflq.jobs.common.evaluate` over the job's evaluation samples, in its batches."""
+def _evaluate(job: ConvertJob, model, evaluation, eval_indices, runners, observer):
+    """:func:`tflq.jobs.common.evaluate` over the job's samples and batches, with the
+    per-output ``observer`` (the headline columns count its headline output)."""
     batches = sampling.iter_batches(evaluation, model.inputs, job.batch_size, eval_indices)
     bar = progress(job.progress, "validate", -(-len(eval_indices) // job.batch_size), "batch")
-    return evaluate(model, batches, runners, bar)
+    return evaluate(model, batches, runners, bar, [observer], observer.headline)

@@ -11,7 +11,8 @@ from tflq import options, sampling
 __all__ = ["run_selective"]
 
 
-def run_selective(job, model, conversions, representative, calib, calib_indices) -> dict:
+def run_selective(job, model, conversions, representative, calib, calib_indices,
+                  headline: int = 0) -> dict:
     """Replaces the int8 conversion with the selectively quantized model (see
     :mod:`tflq.ptq.selective`); returns the search record.
 
@@ -19,7 +20,7 @@ def run_selective(job, model, conversions, representative, calib, calib_indices)
     :data:`tflq.ptq.auto.HOLDOUT_EVERY`-th; the rest calibrates), never on the evaluation data
     the report then measures. Its budget: ``max_accuracy_drop`` when those samples have
     labels, and/or ``min_agreement`` (top-1 agreement with the float model, no labels needed);
-    a candidate passes when every budget it can measure is met."""
+    a candidate passes when every budget it can measure is met (on output ``headline``)."""
     import dataclasses as dc
 
     from tflq import interpreter, metrics, tflite_inspect
@@ -40,7 +41,7 @@ def run_selective(job, model, conversions, representative, calib, calib_indices)
                          "has no labels, so --max_accuracy_drop cannot be its budget: pass "
                          "--min_agreement (top-1 agreement with the float model) instead.")
     use_drop = max_drop is not None and labelled
-    references, float_accuracy = _float_references(model, batches, use_drop)
+    references, float_accuracy = _float_references(model, batches, use_drop, headline)
     calibration = sampling.representative_dataset(calib, model.inputs, calibrate_on)
     scratch = tempfile.mkdtemp(prefix="tflq-selective-")
     try:
@@ -61,7 +62,7 @@ def run_selective(job, model, conversions, representative, calib, calib_indices)
         def measure(content: bytes) -> dict:
             runner = interpreter.TfliteModel(content, model.output_names,
                                              num_threads=job.num_threads)
-            compared = metrics.Comparison()
+            compared = metrics.Comparison(headline)
             for (batch, labels), reference in zip(batches, references, strict=True):
                 compared.update(reference, runner.run(batch), labels if use_drop else None)
             found = compared.result()
@@ -94,14 +95,14 @@ def run_selective(job, model, conversions, representative, calib, calib_indices)
     return found
 
 
-def _float_references(model, batches, with_accuracy: bool):
+def _float_references(model, batches, with_accuracy: bool, headline: int = 0):
     """The float model's outputs on ``batches`` and, when asked, its accuracy on their labels."""
     from tflq import metrics
 
     references = [model.predict(batch) for batch, _ in batches]
     if not with_accuracy:
         return references, None
-    seen = metrics.Comparison()
+    seen = metrics.Comparison(headline)
     for (_, labels), reference in zip(batches, references, strict=True):
         seen.update(reference, reference, labels)
     return references, seen.result()["accuracy"]

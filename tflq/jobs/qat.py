@@ -10,8 +10,10 @@ import numpy as np
 
 from tflq import metrics, report
 from tflq.inmemory import describe
+from tflq.jobs import outputs
 from tflq.jobs.common import (
     OUTPUT_LOSSES_HELP,
+    OUTPUT_TASKS_HELP,
     JobResult,
     add_layer_error,
     base_report,
@@ -95,12 +97,16 @@ class QATJob:
     # Loss per output name, "kl" (classification) or "mse" (regression); the rest is inferred
     # (tflq.quant.heads.infer_heads). A mapping, "name=kind,..." or (name, kind) pairs.
     output_losses: tuple = setting(OUTPUT_LOSSES_HELP, (), kind="losses", flag_none=True)
+    # Task each named output is measured as (tflq.task_metrics.TASKS); the rest is inferred.
+    output_tasks: tuple = setting(OUTPUT_TASKS_HELP, (), kind="losses", flag_none=True)
 
     def __post_init__(self):
         from tflq.quant import heads, schemes
         from tflq.quant.qat import STRATEGIES
+        from tflq.task_metrics import normalize_output_tasks
 
         object.__setattr__(self, "output_losses", heads.normalize_output_losses(self.output_losses))
+        object.__setattr__(self, "output_tasks", normalize_output_tasks(self.output_tasks))
 
         schemes.get_scheme(self.scheme)
         if self.strategy not in STRATEGIES:
@@ -178,6 +184,7 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     with distribution.scope():  # every variable the trainer touches is created in the scope
         float_model = load_model(job.model)
         teacher_model = load_model(job.teacher) if given(job.teacher) else None
+    outputs.check_names(float_model, job.output_tasks, job.gates)
     x_train, y_train, x_eval, y_eval, feed = load_training_data(job, float_model, labelled=False)
     samples = check_samples(x_train, feed)
     with distribution.scope():  # Keras 3 models are rebuilt as tf_keras and checked
@@ -246,8 +253,10 @@ def _validate_and_report(job, float_model, source, student, feed, targets, x_tra
                                      num_threads=job.num_threads)
     steps = [runner.output_scale(n) for n in runner.output_names]
     parity = _Parity(student, feed, keras_names, targets, steps)
+    per_output = outputs.start(float_model, job.output_tasks, job.gates, ["int8"],
+                               targets.primary)
     float_result, compared, latency = evaluate_trained(job, float_model, runner, float32, x_eval,
-                                                       targets, parity)
+                                                       targets, parity, [per_output])
     base = float_result["accuracy"]
     chosen = schemes.get_scheme(job.scheme)
     if not chosen.exact:
@@ -272,7 +281,9 @@ def _validate_and_report(job, float_model, source, student, feed, targets, x_tra
                              "has_labels": targets.eval is not None}},
         float_section={"accuracy": base, "float32_tflite_bytes": len(float32),
                        "latency_ms": latency["float32"]},
-        modes=[row], gates=job.gates,
+        modes=[row], gates=job.gates, output_tasks=per_output.section,
+        warnings=outputs.complete([row], per_output, {"int8": content}, job.num_threads,
+                                  latency["float32"]),
         qat=_qat_section(job, chosen, parity, targets, student, content, history))
     return finish(job.out, full, {row["path"]: content, f"{stem}_qat.h5": qat_h5})
 
