@@ -235,7 +235,7 @@ def test_jobs_describe_in_memory_inputs_and_refuse_to_serialize(tiny_model):
     settings = job_settings(job)
     assert settings["model"] == "<in-memory model>"
     assert settings["data"] == "<numpy arrays (12 samples)>"
-    assert settings["gates"] == {"max_accuracy_drop": None, "min_agreement": None}
+    assert settings["gates"] == {"max_accuracy_drop": None, "min_agreement": None, "gate": ()}
     with pytest.raises(ValueError, match=r"ConvertJob.to_dict: model=<in-memory model>, data="
                                          r"<numpy arrays \(12 samples\)>, eval_data=.* is held in "
                                          "memory"):
