@@ -30,7 +30,7 @@ from benchmarks import conformance_data, corpus
 from pipelines.common import define
 
 __all__ = ["COLUMNS", "DEFAULT_MODELS", "CAL_SAMPLES", "EVAL_SAMPLES", "TRAIN_SAMPLES", "BATCH",
-           "run_cell", "run_row", "run", "main"]
+           "op_counts", "run_cell", "run_row", "run", "main"]
 
 COLUMNS = ("load", "float32", "float16", "dynamic", "int8", "int16x8", "minmax", "percentile",
            "mse", "kl", "equalize", "selective", "preflight", "qat_int8_gradient",
@@ -56,9 +56,24 @@ _UPDATE = flags.DEFINE_bool("update", False, "Keep the other rows of an existing
 _QUIET = {"latency_runs": 2, "layer_error_samples": 0}
 
 
-def _mode_figures(row: dict) -> dict:
-    return {"top1_agreement": row.get("top1_agreement"), "sqnr_db": row.get("sqnr_db"),
-            "float_ops": len(row.get("float_ops") or ()), "size_bytes": row.get("size_bytes")}
+def _mode_figures(row: dict, content: bytes | None = None) -> dict:
+    figures = {"top1_agreement": row.get("top1_agreement"), "sqnr_db": row.get("sqnr_db"),
+               "float_ops": len(row.get("float_ops") or ()), "size_bytes": row.get("size_bytes")}
+    if content is not None:
+        figures["ops"] = op_counts(content)
+    return figures
+
+
+def op_counts(content: bytes) -> dict:
+    """``{op name: count}`` of a .tflite, as the interpreter lists its ops (sorted by name)."""
+    from collections import Counter
+
+    from tflq import interpreter, tflite_inspect
+
+    runner = interpreter.TfliteModel(content)
+    found = Counter(op["op_name"] for op in tflite_inspect.ops_details(runner.interpreter)
+                    if op["op_name"] != "DELEGATE")
+    return dict(sorted(found.items()))
 
 
 def _convert(path, data, mode="int8", **options):
@@ -67,7 +82,7 @@ def _convert(path, data, mode="int8", **options):
     result = tflq.convert(path, data["calibration"], data["eval"], modes=(mode,),
                           num_calibration_samples=CAL_SAMPLES, progress=False, **_QUIET,
                           **options)
-    return _mode_figures(result.report["modes"][-1])
+    return _mode_figures(result.report["modes"][-1], result.modes[mode].tflite)
 
 
 def _qat(path, data, scheme, strategy):
@@ -135,7 +150,7 @@ def _mode_cells(path: str, data: dict, modes) -> dict | None:
     call = round(time.perf_counter() - start, 2)
     cells = {}
     for row in result.report["modes"]:
-        figures = _mode_figures(row)
+        figures = _mode_figures(row, result.modes[row["mode"]].tflite)
         status = "ok"
         if row["mode"] in ("int8", "int16x8") and figures["float_ops"]:
             status, figures = "error", {**figures, "message": f"{figures['float_ops']} float ops left"}

@@ -3,8 +3,10 @@
 tfmot works only with tf_keras, and TensorFlow 2.21's default ``tf.keras`` is Keras 3.
 ``TF_USE_LEGACY_KERAS=1`` must therefore be set before TensorFlow is first imported;
 importing this module does that (unless the user already chose otherwise). Keras 3 models
-are still accepted: Keras 3 and tf_keras import side by side, and a Keras 3 model is
-converted through ``model.export(dir)`` and ``TFLiteConverter.from_saved_model(dir)``.
+are still accepted: Keras 3 and tf_keras import side by side. A Keras 3 model is converted
+from its tf_keras rebuild once :meth:`LoadedModel.prepare_conversion` has checked it on data
+(the same graph, hence the same .tflite ops, as the tf_keras file of the model), otherwise
+through ``model.export(dir)`` and ``TFLiteConverter.from_saved_model(dir)``.
 
 Every model a user can bring is wrapped in a :class:`LoadedModel`, which knows its input
 signature, runs the float reference and builds a TFLite converter.
@@ -65,6 +67,7 @@ class LoadedModel:
         self._predict_fn = None
         self._tf_keras_copy = None
         self.rebuild_notes = None  # filled by to_tf_keras for Keras 3 models
+        self.conversion_route = None  # filled by prepare_conversion: how it reaches the converter
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -183,19 +186,55 @@ class LoadedModel:
                 lambda x: keras3.locate_keras3_difference(original, rebuilt, x))
             self.rebuild_notes = {"inlined": rebuilt.inlined, "dropped_config_keys": rebuilt.dropped,
                                   "max_relative_error": worst,
-                                  "checked_samples": int(sum(len(_first(s)) for s in samples))}
+                                  "checked_samples": int(sum(len(s[0] if isinstance(s, (list, tuple)) else s)
+                                                         for s in samples))}
             self._tf_keras_copy = rebuilt.model
         return self._tf_keras_copy
+
+    def prepare_conversion(self, samples: list[dict], limit: int = 64) -> str:
+        """Chooses how the model reaches the converter and returns it as a report line
+        (also kept in ``conversion_route``).
+
+        A Keras 3 model is rebuilt as tf_keras, checked on the first ``limit`` ``samples``
+        (batch dicts by input name), and later conversions start from the checked copy: the
+        ops of its tf_keras twin (``model.export`` adds shape ops for the free batch). A
+        model tf_keras cannot rebuild is exported instead, and the line says why.
+
+        Raises:
+          tflq.keras3.RewriteError: the rebuild computes something else (an internal error).
+        """
+        if self.flavor != FLAVOR_KERAS3:
+            self.conversion_route = {FLAVOR_TF_KERAS: "tf_keras model, from_keras_model",
+                                     FLAVOR_SAVED_MODEL: "SavedModel, from_saved_model"}[self.flavor]
+            return self.conversion_route
+        names, picked = self.input_names, samples[:limit]
+        stacked = [np.concatenate([s[n] for s in picked]) for n in names]
+        try:
+            self.to_tf_keras([stacked[0] if len(names) == 1 else stacked])
+        except ValueError as error:
+            self.conversion_route = ("Keras 3 model, exported (model.export): no tf_keras rebuild "
+                                     f"({_first_line(error)}); the .tflite may carry shape ops "
+                                     "for the free batch dimension")
+        else:
+            self.conversion_route = (
+                "Keras 3 model, converted from its tf_keras rebuild (outputs checked on "
+                f"{self.rebuild_notes['checked_samples']} calibration samples, max error "
+                f"{self.rebuild_notes['max_relative_error']:.2g} of range)")
+        return self.conversion_route
 
     def make_converter(self, workdir: str) -> tf.lite.TFLiteConverter:
         """Returns a fresh TFLite converter for this model.
 
         Args:
-          workdir: a scratch folder; Keras 3 models are exported there once (again if the
-            folder of the earlier export no longer exists).
+          workdir: a scratch folder; a Keras 3 model without a checked tf_keras rebuild (see
+            :meth:`prepare_conversion`) is exported there once (again if the folder of the
+            earlier export no longer exists).
         """
         if self.flavor == FLAVOR_TF_KERAS:
             return tf.lite.TFLiteConverter.from_keras_model(self.keras_model)
+        if self.flavor == FLAVOR_KERAS3 and self._tf_keras_copy is not None:
+            return tf.lite.TFLiteConverter.from_keras_model(
+                with_output_names(self._tf_keras_copy, self.output_names))
         if self.flavor == FLAVOR_KERAS3 and (self._saved_model_dir is None
                                              or not os.path.isdir(self._saved_model_dir)):
             # Exported again when the scratch folder of an earlier export is gone (a job
@@ -204,6 +243,17 @@ class LoadedModel:
             self.keras_model.export(export_dir, verbose=False)
             self._saved_model_dir = export_dir
         return tf.lite.TFLiteConverter.from_saved_model(self._saved_model_dir)
+
+
+def with_output_names(keras, names):
+    """``keras`` (tf_keras) with an identity per output named as ``names``, so the .tflite
+    signature keeps them: QAT wrappers rename layers quant_<name>, and a Keras 3 model's
+    signature names (``output_0``) differ from its tf_keras rebuild's layer names."""
+    if list(keras.output_names) == list(names):
+        return keras
+    return tf_keras.Model(keras.inputs, [
+        tf_keras.layers.Activation("linear", name=name)(tensor)
+        for tensor, name in zip(keras.outputs, names, strict=True)])
 
 
 def _spec_from_shape(name, shape, dtype) -> TensorSpec:
@@ -400,22 +450,10 @@ def load_model(spec) -> LoadedModel:
     )
 
 
-def _first(sample):
-    return sample[0] if isinstance(sample, (list, tuple)) else sample
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else ""
 
 
-__all__ = [
-    "FLAVOR_KERAS3",
-    "FLAVOR_SAVED_MODEL",
-    "FLAVOR_TF_KERAS",
-    "LoadedModel",
-    "TensorSpec",
-    "legacy_keras_active",
-    "load_model",
-    "wrap_model",
-]
+__all__ = ["FLAVOR_KERAS3", "FLAVOR_SAVED_MODEL", "FLAVOR_TF_KERAS", "LoadedModel", "TensorSpec",
+           "legacy_keras_active", "load_model", "with_output_names", "wrap_model"]

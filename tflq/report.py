@@ -92,7 +92,8 @@ class Gates:
 def model_section(model, source: str) -> dict:
     """report["model"]: what was converted (a :class:`tflq.models.LoadedModel`)."""
     return {"source": source, "flavor": model.flavor, "sha256": model.fingerprint(),
-            "inputs": [s.to_dict() for s in model.inputs], "outputs": list(model.output_names)}
+            "inputs": [s.to_dict() for s in model.inputs], "outputs": list(model.output_names),
+            "conversion": getattr(model, "conversion_route", None)}
 
 
 def mode_row(mode: str, path: str, content: bytes, float_size: int, float_ops, result: dict,
@@ -234,6 +235,7 @@ def _markdown_header(report: dict) -> list[str]:
         f"- Model: `{report['model']['source']}` ({report['model']['flavor']}), inputs "
         + ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i['dtype']}"
                     for i in report["model"]["inputs"]),
+        *([f"- Conversion: {report['model']['conversion']}"] if report["model"].get("conversion") else []),
         f"- {'Training' if 'qat' in report or 'compression' in report else 'Calibration'}: "
         f"{data['calibration']['num_samples']} samples of "
         f"`{data['calibration']['source']}` (seed {s['seed']})"

@@ -424,6 +424,7 @@ def to_html(report: dict) -> str:
     meta = [f"Model <code>{_e(model['source'])}</code> ({_e(model['flavor'])}), inputs "
             + ", ".join(f"<code>{_e(i['name'])}</code> {_e(tuple(i['shape']))} {_e(i['dtype'])}"
                         for i in model["inputs"]),
+            *([f"Conversion: {_e(model['conversion'])}"] if model.get("conversion") else []),
             f"{'Training' if 'qat' in report else 'Calibration'}: "
             f"{_e(data['calibration']['num_samples'])} samples of "
             f"<code>{_e(data['calibration']['source'])}</code>",

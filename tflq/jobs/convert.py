@@ -11,7 +11,9 @@ time, each atomically.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
+import sys
 import tempfile
 import time
 
@@ -248,6 +250,9 @@ def run_job(job: ConvertJob) -> JobResult:
     calib, calib_indices, evaluation, eval_indices, calib_stats, eval_stats = prepare_data(
         job, model)
     representative = sampling.representative_dataset(calib, model.inputs, calib_indices)
+    route = model.prepare_conversion(list(itertools.islice(representative(), 64)))
+    if model.flavor == "keras3":
+        print(f"tflq: {route}", file=sys.stderr)
     conversions, modes, baseline = _convert_all(job, model, modes, representative)
     selective = None
     if job.convert_options.selective:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tflq.fileio import write_atomic  # noqa: F401 (re-exported)
-from tflq.models import LoadedModel, tf
+from tflq.models import LoadedModel, tf, with_output_names
 from tflq.options import ALL_MODES, ConvertOptions, Mode, parse_modes  # noqa: F401 (re-exported)
 from tflq.tflite_inspect import find_float_ops
 
@@ -182,11 +182,11 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
                                                 options.percentile, record=record)
         details["ranges"] = record
         notes.append(_ranges_note(record))
-        content = convert_qat(_named_outputs(calibrated, model.output_names), workdir,
+        content = convert_qat(with_output_names(calibrated, model.output_names), workdir,
                               integer_io=options.integer_io)
     else:
         def make_converter():
-            converter = wrap_model(_named_outputs(keras, model.output_names),
+            converter = wrap_model(with_output_names(keras, model.output_names),
                                    model.source).make_converter(workdir)
             configure(converter, Mode.INT8, options, representative)
             return converter
@@ -221,19 +221,6 @@ def _range_search(model: LoadedModel, converter, converter_int8: bytes, options:
                  f"changed from the converter's; output SQNR on the calibration samples: "
                  f"{starts}; searched from {record['start']}: {db['searched']:.1f} dB")
     return content
-
-
-def _named_outputs(keras, names):
-    """``keras`` with an identity per output named as the loaded model's outputs, so the
-    .tflite signature keeps them: QAT wrappers rename layers quant_<name>, and a Keras 3
-    model's signature names (``output_0``) differ from its tf_keras rebuild's layer names."""
-    from tflq.models import tf_keras
-
-    if list(keras.output_names) == list(names):
-        return keras
-    return tf_keras.Model(keras.inputs, [
-        tf_keras.layers.Activation("linear", name=name)(tensor)
-        for tensor, name in zip(keras.outputs, names, strict=True)])
 
 
 def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details: dict):
