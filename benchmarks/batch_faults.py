@@ -1,4 +1,5 @@
-"""Model factories that misbehave, mixed into the batch benchmark's jobs (imported by workers)."""
+"""Model factories that misbehave, mixed into the batch benchmark's jobs and re-exported by
+tests/batch_factories.py for the batch tests (imported by workers)."""
 
 from __future__ import annotations
 

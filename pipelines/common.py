@@ -93,6 +93,33 @@ def setting_values(job_class, holders: dict[str, flags.FlagHolder]) -> dict:
     return values
 
 
+def build_settings_job(job_class, holders: dict[str, flags.FlagHolder], default_out: str,
+                       required: tuple[str, ...] = (), **build_kwargs):
+    """The job a command's flags describe: :func:`setting_values`, then :func:`require` on the
+    ``required`` settings, ``out`` from :func:`output_folder_of`, and
+    :func:`tflq.settings.build`.
+
+    Args:
+      job_class: the job dataclass whose settings the flags are (:func:`define_settings`).
+      holders: the ``{setting name: FlagHolder}`` of :func:`define_settings`.
+      default_out: the output folder when ``--out`` is not given.
+      required: settings that must be given, checked in this order.
+      **build_kwargs: passed to :func:`tflq.settings.build` (e.g. ``verbose``).
+
+    Raises:
+      ValueError: a flag value that does not parse, or a required flag missing (naming it).
+    """
+    values = setting_values(job_class, holders)
+    require(**{name: values.get(name) for name in required})
+    values["out"] = output_folder_of(holders, default_out)
+    return settings.build(job_class, values, **build_kwargs)
+
+
+def output_folder_of(holders: dict[str, flags.FlagHolder], default_out: str) -> str:
+    """``--out``, or ``default_out`` when it is not given (or empty)."""
+    return holders["out"].value or default_out
+
+
 def report_warnings(result) -> None:
     """Prints each of the report's warnings as one ``warning:`` line on stderr."""
     for line in result.report.get("warnings", []):

@@ -21,35 +21,31 @@ from __future__ import annotations
 from absl import logging
 
 from pipelines.common import (
+    build_settings_job,
     check_no_arguments,
     define_settings,
     guard,
     keras_verbose,
+    output_folder_of,
     report_gates,
     report_warnings,
-    require,
     run_main,
-    setting_values,
 )
 from tflq.jobs.compress import CompressJob
 
 # Every flag is a field of tflq.jobs.compress.CompressJob (help, default, allowed values).
 _SETTINGS = define_settings(CompressJob)
+DEFAULT_OUT = "tflq_compress"
 
 
 def build_job() -> CompressJob:
     """Turns the flags into a CompressJob (ValueError naming the flag on a bad value)."""
-    from tflq import settings
-
-    values = setting_values(CompressJob, _SETTINGS)
-    require(model=values.get("model"), train_data=values.get("train_data"),
-            eval_data=values.get("eval_data"))
-    values["out"] = output_folder()
-    return settings.build(CompressJob, values, verbose=keras_verbose())
+    return build_settings_job(CompressJob, _SETTINGS, DEFAULT_OUT,
+                              required=("model", "train_data", "eval_data"), verbose=keras_verbose())
 
 
 def output_folder() -> str:
-    return _SETTINGS["out"].value or "tflq_compress"
+    return output_folder_of(_SETTINGS, DEFAULT_OUT)
 
 
 def main(argv) -> int:

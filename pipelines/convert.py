@@ -25,6 +25,7 @@ from pipelines.common import (
     define,
     define_settings,
     guard,
+    output_folder_of,
     progress_setting,
     report_gates,
     run_main,
@@ -64,7 +65,7 @@ def build_job() -> ConvertJob:
 
 
 def output_folder() -> str:
-    return _SETTINGS["out"].value or "tflq_out"
+    return output_folder_of(_SETTINGS, "tflq_out")
 
 
 def main(argv) -> int:

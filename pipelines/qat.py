@@ -15,35 +15,31 @@ from __future__ import annotations
 from absl import logging
 
 from pipelines.common import (
+    build_settings_job,
     check_no_arguments,
     define_settings,
     guard,
     keras_verbose,
+    output_folder_of,
     report_gates,
     report_warnings,
-    require,
     run_main,
-    setting_values,
 )
 from tflq.jobs.qat import QATJob
 
 # Every flag is a field of tflq.jobs.qat.QATJob (help, default, allowed values).
 _SETTINGS = define_settings(QATJob)
+DEFAULT_OUT = "tflq_qat"
 
 
 def build_job() -> QATJob:
     """Turns the flags into a QATJob (ValueError naming the flag on a bad value)."""
-    from tflq import settings
-
-    values = setting_values(QATJob, _SETTINGS)
-    require(model=values.get("model"), train_data=values.get("train_data"),
-            eval_data=values.get("eval_data"))
-    values["out"] = output_folder()
-    return settings.build(QATJob, values, verbose=keras_verbose())
+    return build_settings_job(QATJob, _SETTINGS, DEFAULT_OUT,
+                              required=("model", "train_data", "eval_data"), verbose=keras_verbose())
 
 
 def output_folder() -> str:
-    return _SETTINGS["out"].value or "tflq_qat"
+    return output_folder_of(_SETTINGS, DEFAULT_OUT)
 
 
 def main(argv) -> int:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from absl.testing import flagsaver
+from batch_support import write_batch_data, write_spec
 from conftest import REPO, snapshot, tiny_data
 
 from pipelines import batch as cli
@@ -25,25 +26,8 @@ def workdir(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
     tiny_model.save(tmp_path / "tiny.keras")
     tiny_model.save(tmp_path / "other.keras")
-    x, y = tiny_data(60, seed=2)
-    np.savez(tmp_path / "calib.npz", x=x[:30], y=y[:30])
-    np.savez(tmp_path / "eval.npz", x=x[30:], y=y[30:])
+    write_batch_data(tmp_path)
     return tmp_path
-
-
-BASE = """
-[defaults]
-data = "calib.npz"
-eval_data = "eval.npz"
-num_calibration_samples = 10
-latency_runs = 2
-"""
-
-
-def write_spec(folder, body, name="jobs.toml", base=BASE):
-    path = folder / name
-    path.write_text(base + body)
-    return str(path)
 
 
 TWO_JOBS = """

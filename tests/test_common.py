@@ -37,6 +37,30 @@ def test_require_names_the_first_missing_flag():
         common.require(model="m.keras", train_data=None, eval_data=None)
 
 
+def test_build_settings_job_checks_required_flags_and_defaults_the_output_folder(tmp_path):
+    from absl.testing import flagsaver
+
+    from tflq.jobs.qat import QATJob
+
+    holders = common.define_settings(QATJob)  # the flags pipelines.qat defines, shared
+    required = ("model", "train_data", "eval_data")
+    given = {"model": "m.keras", "train_data": "t.npz", "eval_data": "e.npz"}
+    with flagsaver.flagsaver(epochs=3, learning_rate=0.01, **given):
+        assert common.output_folder_of(holders, "fallback") == "fallback"
+        job = common.build_settings_job(QATJob, holders, "fallback", required=required, verbose=0)
+    assert job == QATJob(out="fallback", epochs=3, learning_rate=0.01, verbose=0, **given)
+    out = str(tmp_path / "o")
+    with flagsaver.flagsaver(out=out, **given):
+        assert common.output_folder_of(holders, "fallback") == out
+        assert common.build_settings_job(QATJob, holders, "fallback", required=required).out == out
+    with flagsaver.flagsaver(model="m.keras", eval_data="e.npz"):
+        with pytest.raises(ValueError, match=r"^--train_data is required\.$"):
+            common.build_settings_job(QATJob, holders, "fallback", required=required)
+    with flagsaver.flagsaver(eval_data="e.npz"):  # the first missing one, in the given order
+        with pytest.raises(ValueError, match=r"^--model is required\.$"):
+            common.build_settings_job(QATJob, holders, "fallback", required=required)
+
+
 def test_fashion_mnist_image_files(tmp_path):
     from conftest import fashion_file
 

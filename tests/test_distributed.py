@@ -4,6 +4,7 @@ killed, a node of a real two-node cluster killed, the rerun resuming), multi-wor
 worker processes from a TF_CONFIG resume after one is killed), and the guard keeping what an
 interruption names."""
 
+import contextlib
 import glob
 import json
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from absl.testing import flagsaver
 from batch_factories import MARKERS_VARIABLE
+from batch_support import BASE, write_batch_data, write_spec
 from conftest import REPO, tiny_data
 
 from benchmarks import benchmark_distributed as bench
@@ -49,10 +51,11 @@ def wait_gone(pid: int, seconds: float = WATCH_SECONDS) -> bool:
 # ---- batch workers die with their parent ----
 
 
-def start_orphanable_worker(folder, argv, payload=None):
+@contextlib.contextmanager
+def orphanable_worker(folder, argv, payload=None):
     """A parent process that starts ``tflq.batch.worker`` in a session of its own (as the pool
     and the runner do), sends it ``payload`` (one JSON line), prints the worker's pid and
-    sleeps; returns (parent, worker pid)."""
+    sleeps; yields (parent, worker pid) and kills both on exit."""
     line = json.dumps(payload) + "\n" if payload else ""
     parent = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys, time\n"
@@ -62,7 +65,22 @@ def start_orphanable_worker(folder, argv, payload=None):
          "print(p.pid, flush=True)\ntime.sleep(600)\n"],
         cwd=folder, env={**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS])},
         stdout=subprocess.PIPE, text=True)
-    return parent, int(parent.stdout.readline())
+    worker = int(parent.stdout.readline())
+    try:
+        yield parent, worker
+    finally:
+        parent.kill()
+        parent.wait()
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def assert_worker_dies_with(parent, worker: int) -> None:
+    """Kills the worker's parent (as a Ray actor dies: the worker reads no stdin) and checks
+    the worker is gone within :data:`WATCH_SECONDS`."""
+    parent.kill()
+    parent.wait()
+    assert wait_gone(worker), f"worker {worker} outlived its parent"
 
 
 def test_warm_worker_in_a_job_kills_itself_when_its_parent_dies(tmp_path):
@@ -75,36 +93,20 @@ def test_warm_worker_in_a_job_kills_itself_when_its_parent_dies(tmp_path):
     log = tmp_path / "hang.log"
     payload = {"name": "hang", "out": job.out, "log": str(log), "timeout": 600,
                "max_memory_mb": None, "threads": 1, "job": job.to_dict()}
-    parent, worker = start_orphanable_worker(tmp_path, ["--serve"], payload)
-    try:
+    with orphanable_worker(tmp_path, ["--serve"], payload) as (parent, worker):
         deadline = time.monotonic() + 300  # the worker imports TensorFlow, then starts the job
         while not (log.exists() and "job 'hang'" in log.read_text()):
             assert time.monotonic() < deadline and alive(worker), "the job never started"
             time.sleep(0.2)
-        parent.kill()  # as a Ray actor dies: the worker is busy and reads no stdin
-        parent.wait()
-        assert wait_gone(worker), f"worker {worker} outlived its parent"
-    finally:
-        parent.kill()
-        parent.wait()
-        if alive(worker):
-            os.kill(worker, signal.SIGKILL)
+        assert_worker_dies_with(parent, worker)  # the worker is busy in its job
 
 
 def test_job_worker_kills_itself_when_its_parent_dies(tmp_path):
     os.mkfifo(tmp_path / "job.json")  # opening it blocks: the worker waits for its job
-    parent, worker = start_orphanable_worker(tmp_path, ["job.json"])
-    try:
+    with orphanable_worker(tmp_path, ["job.json"]) as (parent, worker):
         time.sleep(1.0)
         assert alive(worker)
-        parent.kill()
-        parent.wait()
-        assert wait_gone(worker), f"worker {worker} outlived its parent"
-    finally:
-        parent.kill()
-        parent.wait()
-        if alive(worker):
-            os.kill(worker, signal.SIGKILL)
+        assert_worker_dies_with(parent, worker)
 
 
 # ---- Ray attempts (no cluster needed) ----
@@ -140,20 +142,12 @@ def ray_workdir(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setenv(MARKERS_VARIABLE, str(tmp_path / "markers"))
     (tmp_path / "markers").mkdir()
     tiny_model.save(tmp_path / "tiny.keras")
-    x, y = tiny_data(60, seed=2)
-    np.savez(tmp_path / "calib.npz", x=x[:30], y=y[:30])
-    np.savez(tmp_path / "eval.npz", x=x[30:], y=y[30:])
+    write_batch_data(tmp_path)
     return tmp_path
 
 
-SPEC = """
-[defaults]
-data = "calib.npz"
-eval_data = "eval.npz"
-num_calibration_samples = 10
-latency_runs = 2
-modes = ["int8"]
-
+RAY_DEFAULTS = BASE + 'modes = ["int8"]\n'
+RAY_JOBS = """
 [[jobs]]
 name = "once"
 model = "batch_factories:kill_host_once"
@@ -169,9 +163,9 @@ model = "tiny.keras"
 
 @pytest.mark.slow
 def test_ray_actor_killed_mid_job_runs_again_on_a_new_actor(capsys, ray_workdir):
-    (ray_workdir / "jobs.toml").write_text(SPEC)
+    spec = write_spec(ray_workdir, RAY_JOBS, base=RAY_DEFAULTS)
     out = ray_workdir / "out"
-    with flagsaver.flagsaver(spec=str(ray_workdir / "jobs.toml"), out=str(out), backend="ray",
+    with flagsaver.flagsaver(spec=spec, out=str(out), backend="ray",
                              workers=2, quiet=True):
         code = batch_cli.main(["batch"])
     err = capsys.readouterr().err
