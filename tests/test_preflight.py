@@ -121,3 +121,51 @@ def test_cli_bad_input_exits_2_and_writes_nothing(capsys, tmp_path, values, mess
     code, _, err = run_cli(capsys, out=str(tmp_path / "pf"), **values)
     assert code == 2 and err.startswith("error: ") and re.search(message, err), err
     assert snapshot(tmp_path) == before and not os.path.exists(tmp_path / "pf")
+
+
+def _twin(api):
+    """One model in tf_keras or Keras 3 with a collapsing depthwise channel, an outlier weight
+    and an unfused swish."""
+    La = api.layers
+    inp = api.Input((8, 8, 3), name="img")
+    x = La.Conv2D(8, 3, padding="same", name="conv")(inp)
+    x = La.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = La.Conv2D(8, 1, activation="swish", name="swish_conv")(x)
+    model = api.Model(inp, La.Dense(3, name="head")(La.Flatten()(x)))
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()]
+    weights[2][..., 0, 0] *= 1000.0  # dw kernel: one channel 1000x wider
+    weights[6][0, 0] = 50.0  # head kernel: one outlier
+    model.set_weights(weights)
+    return model
+
+
+def test_a_keras3_model_gets_the_checks_of_its_tf_keras_twin():
+    """Keras 3 models were checked for float ops only (the layer checks read tf_keras layers
+    and silently found nothing); they now read the checked tf_keras rebuild."""
+    import keras
+
+    x = np.random.default_rng(1).uniform(0, 1, (32, 8, 8, 3)).astype(np.float32)
+    found = {}
+    for name, api in (("tf_keras", tf_keras), ("keras3", keras)):
+        result = preflight.run(wrap_model(_twin(api)), {"img": x})
+        found[name] = sorted((f["kind"], f["layer"]) for f in result["findings"])
+    assert found["keras3"] == found["tf_keras"], found
+    assert ("per_tensor_collapse", "dw") in found["keras3"], found
+    assert ("weight_outliers", "head") in found["keras3"], found
+
+
+def test_a_model_without_layers_says_the_checks_were_skipped(tmp_path):
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": 2.0 * x}
+
+    module = Doubler()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures=module.__call__)
+    from tflq.models import load_model
+
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 4)).astype(np.float32)
+    result = preflight.run(load_model(str(tmp_path / "sm")), {"x": x})
+    skipped = [f for f in result["findings"] if f["kind"] == "skipped"]
+    assert len(skipped) == 1 and "need a Keras layer graph" in skipped[0]["detail"], result

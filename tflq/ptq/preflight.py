@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Finding", "weight_findings", "activation_findings", "data_findings", "input_findings",
+__all__ = ["Finding", "layer_graph", "weight_findings", "activation_findings", "data_findings", "input_findings",
     "static_findings", "run"]
 
 _WEIGHT_TYPES = {"Conv1D", "Conv2D", "DepthwiseConv2D", "Dense", "Conv2DTranspose",
@@ -171,14 +171,29 @@ def input_findings(model, calibration: np.ndarray,
     return findings
 
 
-def static_findings(loaded) -> list[Finding]:
-    """The checks that need no data (weights, activations); [] for models without Keras
-    layers (plain SavedModels)."""
+def layer_graph(loaded):
+    """The tf_keras layer graph the checks read: the model itself (tf_keras), the checked
+    tf_keras rebuild of a Keras 3 model once :meth:`tflq.models.LoadedModel.prepare_conversion`
+    or ``to_tf_keras`` has checked it (cached, so no samples are needed here), else None."""
     from tflq.models import tf_keras
 
     model = loaded.keras_model
+    if loaded.flavor == "keras3" and loaded.rebuild_notes:
+        model = loaded.to_tf_keras([])
     if not isinstance(model, tf_keras.Model) or not model._is_graph_network:
-        return []
+        return None
+    return model
+
+
+def static_findings(loaded) -> list[Finding]:
+    """The checks that need no data (weights, activations) on :func:`layer_graph`; one
+    ``skipped`` finding saying why when there is no layer graph to read."""
+    model = layer_graph(loaded)
+    if model is None:
+        why = (loaded.conversion_route or "no tf_keras rebuild was checked") \
+            if loaded.flavor == "keras3" else f"a {loaded.flavor} model has no Keras layers"
+        return [Finding("skipped", "(model)", "weight, activation and data checks need a Keras "
+                        f"layer graph: {why}", "bring the Keras model file (.keras / .h5)")]
     return weight_findings(model) + activation_findings(model)
 
 
@@ -197,10 +212,8 @@ def run(loaded, calibration: dict | None = None, evaluation: dict | None = None,
     import tempfile
 
     from tflq import options
-    from tflq.models import tf_keras
     from tflq.ptq import convert
 
-    findings = static_findings(loaded)
     names = loaded.input_names
     if calibration is None:
         rng = np.random.default_rng(0)
@@ -209,6 +222,8 @@ def run(loaded, calibration: dict | None = None, evaluation: dict | None = None,
     else:
         count = len(next(iter(calibration.values())))
         samples = [{n: calibration[n][i:i + 1] for n in names} for i in range(min(count, 200))]
+    loaded.prepare_conversion(samples)  # a Keras 3 model: its checked tf_keras rebuild
+    findings = static_findings(loaded)
     scratch = workdir or tempfile.mkdtemp(prefix="tflq-preflight-")
     try:
         conversion = convert.convert_model(
@@ -223,8 +238,8 @@ def run(loaded, calibration: dict | None = None, evaluation: dict | None = None,
                                 "replace the layer with an int8-capable one, or accept float "
                                 "ops (--allow_float_ops) where the target allows it"))
     stats = {}
-    model = loaded.keras_model
-    if calibration is not None and isinstance(model, tf_keras.Model) and model._is_graph_network:
+    model = layer_graph(loaded)
+    if calibration is not None and model is not None:
         data_batch = calibration if len(names) > 1 else calibration[names[0]]
 
         def batches():
