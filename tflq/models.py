@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from tflq import recurrent  # noqa: E402
 from tflq.factories import call_factory, import_callable, is_factory  # noqa: E402
 from tflq.fileio import sha256_of  # noqa: E402
 from tflq.signature import TensorSpec  # noqa: E402
@@ -65,6 +66,7 @@ class LoadedModel:
         self._predict_fn = None
         self._tf_keras_copy = None
         self.rebuild_notes = None  # filled by to_tf_keras for Keras 3 models
+        self._static_batch = None  # tflq.recurrent's plan (False: no recurrent layer)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -187,13 +189,31 @@ class LoadedModel:
             self._tf_keras_copy = rebuilt.model
         return self._tf_keras_copy
 
+    def static_batch(self) -> recurrent.StaticBatch | None:
+        """How a model with recurrent layers converts (a static batch of 1, see
+        :mod:`tflq.recurrent`); None for other models. Planned once per model."""
+        if self._static_batch is None:
+            self._static_batch = recurrent.plan_static_batch(self) or False
+        return self._static_batch or None
+
+    @property
+    def conversion_notes(self) -> tuple[str, ...]:
+        """Lines the report carries about how this model converts (empty for most)."""
+        plan = self.static_batch()
+        return (plan.note,) if plan is not None else ()
+
     def make_converter(self, workdir: str) -> tf.lite.TFLiteConverter:
         """Returns a fresh TFLite converter for this model.
+
+        A model with recurrent layers is traced with a static batch of 1
+        (:meth:`static_batch`; the reason is in :attr:`conversion_notes`).
 
         Args:
           workdir: a scratch folder; Keras 3 models are exported there once (again if the
             folder of the earlier export no longer exists).
         """
+        if self.static_batch() is not None:
+            return self.static_batch().converter(self.inputs, self.output_names)
         if self.flavor == FLAVOR_TF_KERAS:
             return tf.lite.TFLiteConverter.from_keras_model(self.keras_model)
         if self.flavor == FLAVOR_KERAS3 and (self._saved_model_dir is None

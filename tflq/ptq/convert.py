@@ -108,7 +108,7 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     mode = Mode(mode) if not isinstance(mode, Mode) else mode
     options = options or ConvertOptions()
     start = time.perf_counter()
-    notes, details = [], {}
+    notes, details = list(model.conversion_notes), {}  # e.g. "static batch of 1 because of…"
     if mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
                               or options.range_search):
         content = _convert_calibrated(model, options, representative, workdir, notes, details)
@@ -116,6 +116,8 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
         converter = model.make_converter(workdir)
         configure(converter, mode, options, representative)
         content = _run_converter(converter, mode, options)
+        for note in notes:
+            print(f"tflq: {note}", file=sys.stderr)
     seconds = time.perf_counter() - start
     float_ops = tuple(find_float_ops(content))
     if mode.integer_only and float_ops and not options.allow_float_ops:
