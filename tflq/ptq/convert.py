@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 import warnings
@@ -341,6 +342,10 @@ def _raised_in_tflq(error: BaseException) -> bool:
 def _conversion_error(mode: Mode, error: Exception, options: ConvertOptions) -> str:
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     detail = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+    unsupported = list(dict.fromkeys(re.findall(r"not yet supported for op: '(\w+)'", str(error))))
+    if len(unsupported) > 1:  # the converter writes one line per op: name them all
+        detail = (detail.split("for op:")[0] + "for ops: "
+                  + ", ".join(repr(op) for op in unsupported))
     hint = ""
     if mode.integer_only and not options.allow_float_ops:
         hint = " Some ops may lack integer kernels: retry with --allow_float_ops to keep them in float."
