@@ -165,12 +165,23 @@ def test_models_without_recurrent_layers_keep_the_free_batch(tmp_path):
     assert not TfliteModel(result.content).static_batch
 
 
-@pytest.mark.slow
-def test_int16x8_refusal_names_every_op_without_a_16x8_kernel(models, tmp_path):
+def test_int16x8_is_refused_before_converting(models, tmp_path):
     loaded = models["tf_keras"]
-    with pytest.raises(ValueError, match=r"not yet supported for ops: .*'UNIDIRECTIONAL_SEQUENCE_LSTM'"):
-        convert.convert_model(loaded, "int16x8", str(tmp_path), representative=_representative(loaded))
+    for allow in (False, True):  # with float ops allowed the .tflite fails to prepare in LiteRT
+        with pytest.raises(ValueError, match=r"Mode 'int16x8' does not support recurrent layer\(s\) \['lstm'\]"):
+            convert.convert_model(loaded, "int16x8", str(tmp_path), representative=_representative(loaded),
+                                  options=ConvertOptions(allow_float_ops=allow))
 
+
+def test_converter_refusal_names_every_op_without_a_kernel(tmp_path, monkeypatch):
+    class Refusing:  # the converter's message: one line per op it cannot quantize
+        def convert(self):
+            raise RuntimeError("Quantization to 16x8-bit not yet supported for op: 'CAST'.\n"
+                               "Quantization to 16x8-bit not yet supported for op: 'NEG'.")
+    loaded = wrap_model(tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(2)]))
+    monkeypatch.setattr(loaded, "make_converter", lambda workdir: Refusing())
+    with pytest.raises(ValueError, match=r"not yet supported for ops: 'CAST', 'NEG'\."):
+        convert.convert_model(loaded, "float32", str(tmp_path))
 
 def test_layer_error_starts_every_sample_from_a_zero_lstm_state(models, converted):
     loaded = models["tf_keras"]
@@ -204,3 +215,41 @@ def test_static_batch_model_refuses_inputs_of_different_batch_sizes(tmp_path):
     np.testing.assert_allclose(runner.run(x)[0], model.predict([x["a"], x["b"]], verbose=0), atol=1e-6)
     with pytest.raises(ValueError, match=r"different batch sizes \[2, 3\]"):
         runner.run({"a": x["a"], "b": x["b"][:2]})
+
+def _gru_model():
+    inputs = tf_keras.Input((STEPS,), dtype="int32", name="tokens")
+    x = tf_keras.layers.Embedding(VOCAB, 8)(inputs)
+    x = tf_keras.layers.GRU(UNITS, name="gru")(x)
+    return tf_keras.Model(inputs, tf_keras.layers.Dense(CLASSES, activation="softmax")(x))
+
+
+def test_gru_converts_in_float_and_integer_modes_are_refused_before_converting(tmp_path):
+    loaded = wrap_model(_gru_model())
+    assert loaded.static_batch().unfused == ("gru",)
+    result = convert.convert_model(loaded, "float32", str(tmp_path))
+    ops = [op["op_name"] for op in ops_details(Interpreter(model_content=result.content))]
+    assert "WHILE" in ops  # no fused GRU kernel in TFLite
+    feed = _tokens(loaded, 3, seed=6)
+    np.testing.assert_allclose(TfliteModel(result.content).run(feed)[0],
+                               loaded.keras_model(feed["tokens"]), atol=FLOAT32_ATOL)
+    # the calibrator segfaults on the WHILE loop: never reached
+    with pytest.raises(ValueError, match=r"Mode 'int8' cannot calibrate recurrent layer\(s\) \['gru'\]"):
+        convert.convert_model(loaded, "int8", str(tmp_path), representative=_representative(loaded))
+
+
+def test_range_search_is_refused_for_recurrent_models(models, tmp_path):
+    loaded = models["tf_keras"]
+    assert loaded.static_batch().unfused == ()  # the dropout-free copy fuses
+    with pytest.raises(ValueError, match=r"--range_search does not support recurrent layer\(s\) \['lstm'\]"):
+        convert.convert_model(loaded, "int8", str(tmp_path), representative=_representative(loaded),
+                              options=ConvertOptions(range_search=True))
+
+
+def test_unfused_layers_reads_the_lstm_configuration():
+    inputs = tf_keras.Input((5, 3))
+    a = tf_keras.layers.LSTM(2, name="plain")(inputs)
+    b = tf_keras.layers.LSTM(2, activation="relu", name="relu_lstm")(inputs)
+    c = tf_keras.layers.Bidirectional(tf_keras.layers.LSTM(2), name="bi")(inputs)
+    d = tf_keras.layers.SimpleRNN(2, name="simple")(inputs)
+    model = tf_keras.Model(inputs, tf_keras.layers.Concatenate()([a, b, c, d]))
+    assert sorted(recurrent.unfused_layers(model)) == ["relu_lstm", "simple"]

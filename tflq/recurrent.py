@@ -31,7 +31,7 @@ import numpy as np
 from tflq.keras3 import RewriteError, check_outputs
 
 __all__ = ["RECURRENT_BASES", "InferenceCopy", "StaticBatch", "find_recurrent_layers",
-           "inference_copy", "plan_static_batch",
+           "inference_copy", "plan_static_batch", "unfused_layers",
            "probe_inputs", "static_batch_converter", "static_batch_note"]
 
 # A layer is recurrent when one of its classes (tf_keras or Keras 3) has one of these names.
@@ -244,10 +244,69 @@ class StaticBatch:
     layers: tuple[str, ...]
     model: object
     note: str
+    unfused: tuple[str, ...] = ()
+
+    def check_mode(self, mode: str, range_search: bool = False) -> None:
+        """Refuses what is known not to work on this model, before the converter runs.
+
+        Raises:
+          ValueError: ``int16x8`` (no 16x8 LSTM kernel; with float ops allowed the .tflite
+            fails to prepare), ``int8`` with recurrent layers TFLite has no fused kernel for
+            (the converter's calibration of their ``WHILE`` loop crashed the process here),
+            or ``range_search`` (requantizing the converter's calibrated model does not
+            reproduce its int8 LSTM, so the search has no exact starting point).
+        """
+        if mode == "int16x8":
+            raise ValueError(
+                f"Mode 'int16x8' does not support recurrent layer(s) {list(self.layers)}: the "
+                "converter has no 16x8 kernel for UNIDIRECTIONAL_SEQUENCE_LSTM (nor for a "
+                "token-id CAST), and with allow_float_ops the .tflite it writes fails to prepare "
+                "in LiteRT ('output_state != nullptr'). Use int8, dynamic or float16.")
+        if mode == "int8" and self.unfused:
+            raise ValueError(
+                f"Mode {mode!r} cannot calibrate recurrent layer(s) {list(self.unfused)}: TFLite "
+                "has a fused integer kernel only for LSTM (tanh/sigmoid, with bias, not "
+                "unrolled); these convert to a WHILE loop whose int8 calibration crashes the "
+                "TFLite calibrator (segfault, TF 2.21). float32, float16 and dynamic convert.")
+        if range_search:
+            raise ValueError(
+                f"--range_search does not support recurrent layer(s) {list(self.layers)}: "
+                "requantizing the converter's calibrated model does not reproduce the "
+                "converter's own int8 LSTM, so the search would start from another model. "
+                "Convert int8 without --range_search.")
 
     def converter(self, inputs, output_names):
         """A fresh converter (:func:`static_batch_converter`)."""
         return static_batch_converter(self.model, inputs, output_names)
+
+
+def _fuses(layer) -> bool:
+    """True for a tf_keras LSTM the converter fuses into UNIDIRECTIONAL_SEQUENCE_LSTM (the
+    configuration tf_keras runs through its fused ``lstm`` function), and for a wrapper whose
+    recurrent layers all fuse."""
+    inner = [getattr(layer, n, None) for n in ("forward_layer", "backward_layer", "layer")]
+    inner = [x for x in inner if x is not None and x is not layer]
+    if inner:
+        return all(_fuses(x) for x in inner)
+    if type(layer).__name__ != "LSTM":
+        return False
+    config = layer.get_config()
+    return (config.get("activation") == "tanh" and config.get("recurrent_activation") == "sigmoid"
+            and not config.get("recurrent_dropout") and not config.get("unroll")
+            and config.get("use_bias", True))
+
+
+def unfused_layers(model) -> list[str]:
+    """Recurrent layers of a tf_keras model that convert to a ``WHILE`` loop, not a fused op."""
+    found, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        if layer is not model and _is_recurrent(layer):
+            if not _fuses(layer):
+                found.append(layer.name)
+            continue
+        stack.extend(reversed(getattr(layer, "layers", None) or []))
+    return found
 
 
 def plan_static_batch(loaded) -> StaticBatch | None:
@@ -277,4 +336,5 @@ def plan_static_batch(loaded) -> StaticBatch | None:
                              "convert only from a tf_keras rebuild of the Keras 3 model, and "
                              f"the rebuild failed: {e}") from e
     copy = inference_copy(keras, loaded.inputs)
-    return StaticBatch(layers, copy.model, static_batch_note(list(layers), copy, rebuilt))
+    return StaticBatch(layers, copy.model, static_batch_note(list(layers), copy, rebuilt),
+                       tuple(unfused_layers(copy.model)))

@@ -109,6 +109,8 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     mode = Mode(mode) if not isinstance(mode, Mode) else mode
     options = options or ConvertOptions()
     start = time.perf_counter()
+    if model.static_batch() is not None:  # recurrent layers: refuse what cannot work, first
+        model.static_batch().check_mode(mode.value, options.range_search)
     notes, details = list(model.conversion_notes), {}  # e.g. "static batch of 1 because of…"
     if mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
                               or options.range_search):
