@@ -16,7 +16,11 @@ This module owns that path:
   the copy is checked against the original on probe inputs before use;
 * :func:`static_batch_converter` traces the batch-1 function with the signature names the
   rest of tflq expects (inputs by name, outputs as ``output_names``);
-* :func:`static_batch_note` is the line the report and stderr carry.
+* :func:`static_batch_note` is the line the report and stderr carry;
+* :meth:`StaticBatch.check_mode` refuses, before the converter runs, what is known to fail
+  or crash: ``int16x8`` (no 16x8 LSTM kernel), ``int8`` for recurrent layers without a fused
+  kernel (GRU, SimpleRNN…: the calibrator segfaulted on their ``WHILE`` loop) and
+  ``range_search``. :func:`plan_static_batch` puts it all together for a loaded model.
 
 A .tflite converted this way takes batches of exactly 1:
 :class:`tflq.interpreter.TfliteModel` runs larger batches sample by sample.
@@ -222,7 +226,8 @@ def static_batch_note(layers, copy: InferenceCopy | None = None, rebuilt: bool =
     line = (f"converted with a static batch of 1 because of {kinds} {shown} (the .tflite "
             "takes one sample per invoke; tflq runs batches sample by sample)")
     if rebuilt:
-        line += "; Keras 3 model rebuilt as tf_keras so the LSTM fuses"
+        line += ("; converted from the checked tf_keras rebuild of the Keras 3 model (Keras 3's "
+                 "own recurrent layers trace to unfused while loops)")
     if copy is not None and copy.changed:
         what = ", ".join(f"{layer} ({', '.join(f'{k}={v:g}' for k, v in keys.items())})"
                          for layer, keys in copy.changed.items())
