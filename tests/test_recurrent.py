@@ -100,6 +100,9 @@ def test_lstm_converts_fused_and_matches_the_float_model(models, converted, flav
     assert any("static batch of 1 because of recurrent layer 'lstm'" in n for n in result.notes)
     feed = _tokens(loaded, 9, seed=1)
     reference = loaded.keras_model(next(iter(feed.values())), training=False)
+    signature = Interpreter(model_content=result.content).get_signature_list()
+    assert signature == {"serving_default": {"inputs": list(loaded.input_names),
+                                             "outputs": list(loaded.output_names)}}
     runner = TfliteModel(result.content, loaded.output_names)
     assert runner.static_batch
     np.testing.assert_allclose(runner.run(feed)[0], np.asarray(reference), atol=atol)
@@ -253,3 +256,24 @@ def test_unfused_layers_reads_the_lstm_configuration():
     d = tf_keras.layers.SimpleRNN(2, name="simple")(inputs)
     model = tf_keras.Model(inputs, tf_keras.layers.Concatenate()([a, b, c, d]))
     assert sorted(recurrent.unfused_layers(model)) == ["relu_lstm", "simple"]
+
+
+def test_two_inputs_two_outputs_keep_their_signature_names(tmp_path):
+    tokens = tf_keras.Input((STEPS,), dtype="int32", name="tokens")
+    extra = tf_keras.Input((STEPS, 2), name="extra")
+    x = tf_keras.layers.Concatenate()([tf_keras.layers.Embedding(VOCAB, 4)(tokens), extra])
+    x = tf_keras.layers.LSTM(UNITS, name="lstm")(x)
+    model = tf_keras.Model([tokens, extra], [tf_keras.layers.Dense(CLASSES, name="probs")(x),
+                                             tf_keras.layers.Dense(1, name="score")(x)])
+    loaded = wrap_model(model)
+    content = convert.convert_model(loaded, "float32", str(tmp_path)).content
+    signature = Interpreter(model_content=content).get_signature_list()["serving_default"]
+    assert sorted(signature["inputs"]) == ["extra", "tokens"]
+    assert sorted(signature["outputs"]) == ["probs", "score"]
+    rng = np.random.default_rng(7)
+    feed = {"tokens": rng.integers(0, VOCAB, (4, STEPS)).astype("int32"),
+            "extra": rng.standard_normal((4, STEPS, 2)).astype("float32")}
+    expected = model([feed["tokens"], feed["extra"]], training=False)
+    got = TfliteModel(content, ["score", "probs"]).run(feed)  # outputs by name, in asked order
+    np.testing.assert_allclose(got[0], expected[1], atol=FLOAT32_ATOL)
+    np.testing.assert_allclose(got[1], expected[0], atol=FLOAT32_ATOL)
