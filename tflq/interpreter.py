@@ -35,6 +35,15 @@ class TfliteModel:
       output_names: the signature's output names in the order to return them (all
         outputs in signature order when None).
       num_threads: interpreter threads.
+
+    Attributes:
+      static_batch: True when the .tflite takes exactly one sample per invoke (its inputs'
+        batch dimension is a static 1, as tflq converts recurrent models): :meth:`run` then
+        runs a larger batch sample by sample. Such a model's fused LSTM keeps its state in
+        variable tensors that survive an invoke; they are reset before every invoke, so each
+        sample starts from a zero state as in Keras (``stateful=False``). An app running the
+        .tflite must do the same (``interpreter.reset_all_variables()``, C++
+        ``ResetVariableTensors()``).
     """
 
     def __init__(self, content: bytes, output_names: Sequence[str] | None = None,
@@ -46,9 +55,13 @@ class TfliteModel:
         if not signatures:
             raise ValueError("The .tflite has no signature; convert it with a signature.")
         self.signature_key = next(iter(signatures))
+        self.interpreter.allocate_tensors()  # reset_all_variables needs allocated tensors
         self._runner = self.interpreter.get_signature_runner(self.signature_key)
         self.input_details = self._runner.get_input_details()
         self.output_details = self._runner.get_output_details()
+        self.static_batch = bool(self.input_details) and all(
+            len(d["shape_signature"]) > 0 and int(d["shape_signature"][0]) == 1
+            for d in self.input_details.values())
         names = list(signatures[self.signature_key]["outputs"])
         if output_names is not None:
             missing = [n for n in output_names if n not in self.output_details]
@@ -79,9 +92,30 @@ class TfliteModel:
             feed[name] = np.ascontiguousarray(x, dtype=dtype)
         return feed
 
+    def _invoke(self, feed: Mapping[str, np.ndarray]) -> dict:
+        if self.static_batch:
+            self.interpreter.reset_all_variables()
+        return self._runner(**feed)
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Runs a batch; returns float outputs in ``output_names`` order."""
-        result = self._runner(**self._feed(inputs))
+        """Runs a batch; returns float outputs in ``output_names`` order.
+
+        A .tflite with a static batch of 1 (:attr:`static_batch`) runs a larger batch one
+        sample at a time; the outputs are concatenated in sample order.
+        """
+        feed = self._feed(inputs)
+        rows = {len(x) for x in feed.values() if x.ndim}
+        if self.static_batch and rows and max(rows) > 1:
+            if len(rows) > 1:
+                raise ValueError(f"Inputs have different batch sizes {sorted(rows)}; expected "
+                                 f"one batch size. Received: { {k: v.shape for k, v in feed.items()} }")
+            per_sample = [self._run_feed({k: v[i:i + 1] for k, v in feed.items()})
+                          for i in range(rows.pop())]
+            return [np.concatenate(outs) for outs in zip(*per_sample, strict=True)]
+        return self._run_feed(feed)
+
+    def _run_feed(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        result = self._invoke(feed)
         outs = []
         for name in self.output_names:
             y = result[name]
@@ -98,7 +132,7 @@ class TfliteModel:
         times = []
         for _ in range(runs):
             start = time.perf_counter()
-            self._runner(**feed)
+            self._invoke(feed)
             times.append((time.perf_counter() - start) * 1e3)
         return times
 

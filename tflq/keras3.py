@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["KERAS3_RTOL", "Rebuild", "RewriteError", "check_outputs", "graph_of",
-           "max_relative_error", "rebuild_keras3"]
+__all__ = ["KERAS3_RTOL", "Rebuild", "RewriteError", "check_outputs", "checked_rebuild",
+           "graph_of", "max_relative_error", "rebuild_keras3", "with_output_names"]
 
 # The rebuild runs the same TensorFlow kernels in the same order: outputs must agree to float
 # rounding, i.e. within 1e-5 of each output's range (issue #11's bound).
@@ -273,3 +273,37 @@ def _tensor(value):
     import tensorflow as tf
 
     return tf.convert_to_tensor(value) if hasattr(value, "shape") else value
+
+
+def checked_rebuild(model, source: str, samples: list):
+    """:func:`rebuild_keras3` of the Keras 3 ``model`` (loaded from ``source``), checked on
+    ``samples`` (model inputs: arrays, or lists in input order) within :data:`KERAS3_RTOL`.
+
+    Returns ``(tf_keras model, notes)``; the notes say what was inlined and dropped, the worst
+    relative error and how many samples were checked.
+
+    Raises:
+      ValueError: a subclassed model, or a layer tf_keras cannot build.
+      RewriteError: the copy computes something else (names the first layer that differs).
+    """
+    rebuilt = rebuild_keras3(model)
+    worst = check_outputs(
+        f"the Keras 3 → tf_keras rebuild of {source!r}",
+        lambda x: model(x, training=False), lambda x: rebuilt.model(x, training=False),
+        samples, KERAS3_RTOL, lambda x: locate_keras3_difference(model, rebuilt, x))
+    count = sum(len(s[0] if isinstance(s, (list, tuple)) else s) for s in samples)
+    return rebuilt.model, {"inlined": rebuilt.inlined, "dropped_config_keys": rebuilt.dropped,
+                           "max_relative_error": worst, "checked_samples": int(count)}
+
+
+def with_output_names(keras, names):
+    """``keras`` (tf_keras) with an identity per output named as ``names``, so the .tflite
+    signature keeps them: QAT wrappers rename layers quant_<name>, and a Keras 3 model's
+    signature names (``output_0``) differ from its tf_keras rebuild's layer names."""
+    import tf_keras
+
+    if list(keras.output_names) == list(names):
+        return keras
+    return tf_keras.Model(keras.inputs, [
+        tf_keras.layers.Activation("linear", name=name)(tensor)
+        for tensor, name in zip(keras.outputs, names, strict=True)])

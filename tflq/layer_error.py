@@ -62,6 +62,13 @@ def preserving_interpreter(content: bytes):
     return interp
 
 
+def _invoke(interp) -> None:
+    """Invokes from a zero state: a fused LSTM keeps its state in variable tensors that would
+    otherwise carry over from the previous sample (Keras's ``stateful=False`` starts at 0)."""
+    interp.reset_all_variables()
+    interp.invoke()
+
+
 def _compute_ops(interp) -> list[dict]:
     """The ops of a .tflite that compute (QUANTIZE/DEQUANTIZE and delegate nodes left out)."""
     from tflq.tflite_inspect import ops_details
@@ -269,7 +276,7 @@ class _ModeRun:
     def update(self, sample: Mapping[str, np.ndarray], float_value, float_inputs):
         for name, detail in self.inputs.items():
             self.interp.set_tensor(detail["index"], _to_dtype(sample[name], detail))
-        self.interp.invoke()
+        _invoke(self.interp)
         for q_index, f_index in self.pairs.items():
             op = self.by_index[q_index]
             reference = float_value(f_index)
@@ -295,7 +302,7 @@ class _ModeRun:
                 self.isolated.set_tensor(tensor, _to_dtype(value, detail))
             if ok:
                 fed.append(q_index)
-        self.isolated.invoke()
+        _invoke(self.isolated)
         for q_index in fed:
             op = self.by_index[q_index]
             reference = float_value(self.pairs[q_index])
@@ -345,7 +352,7 @@ def measure(float_content: bytes, quantized: Mapping[str, bytes],
         t0 = time.perf_counter()
         for name, detail in float_inputs_detail.items():
             reference.set_tensor(detail["index"], _to_dtype(sample[name], detail))
-        reference.invoke()
+        _invoke(reference)
         cache = {}
 
         def float_value(f_index, cache=cache):

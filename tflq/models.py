@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from tflq import keras3, recurrent  # noqa: E402
 from tflq.factories import call_factory, import_callable, is_factory  # noqa: E402
 from tflq.fileio import sha256_of  # noqa: E402
 from tflq.signature import TensorSpec  # noqa: E402
@@ -68,6 +69,7 @@ class LoadedModel:
         self._tf_keras_copy = None
         self.rebuild_notes = None  # filled by to_tf_keras for Keras 3 models
         self.conversion_route = None  # filled by prepare_conversion: how it reaches the converter
+        self._static_batch = None  # tflq.recurrent's plan (False: no recurrent layer)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -169,26 +171,14 @@ class LoadedModel:
             layer tf_keras cannot build.
           tflq.keras3.RewriteError: the copy computes something else (names the layer).
         """
-        from tflq import keras3
-
         if self.flavor == FLAVOR_TF_KERAS:
             return self.keras_model
         if self.flavor != FLAVOR_KERAS3:
             raise ValueError(f"{self.source!r} is a SavedModel without Keras metadata: it has "
                              "no layer graph to train or rewrite. Bring the Keras model file.")
         if self._tf_keras_copy is None:
-            rebuilt = keras3.rebuild_keras3(self.keras_model)
-            original = self.keras_model
-            worst = keras3.check_outputs(
-                f"the Keras 3 → tf_keras rebuild of {self.source!r}",
-                lambda x: original(x, training=False), lambda x: rebuilt.model(x, training=False),
-                samples, keras3.KERAS3_RTOL,
-                lambda x: keras3.locate_keras3_difference(original, rebuilt, x))
-            self.rebuild_notes = {"inlined": rebuilt.inlined, "dropped_config_keys": rebuilt.dropped,
-                                  "max_relative_error": worst,
-                                  "checked_samples": int(sum(len(s[0] if isinstance(s, (list, tuple)) else s)
-                                                         for s in samples))}
-            self._tf_keras_copy = rebuilt.model
+            self._tf_keras_copy, self.rebuild_notes = keras3.checked_rebuild(
+                self.keras_model, self.source, samples)
         return self._tf_keras_copy
 
     def prepare_conversion(self, samples: list[dict], limit: int = 64) -> str:
@@ -222,19 +212,37 @@ class LoadedModel:
                 f"{self.rebuild_notes['max_relative_error']:.2g} of range)")
         return self.conversion_route
 
+    def static_batch(self) -> recurrent.StaticBatch | None:
+        """How a model with recurrent layers converts (a static batch of 1, see
+        :mod:`tflq.recurrent`); None for other models. Planned once per model."""
+        if self._static_batch is None:
+            self._static_batch = recurrent.plan_static_batch(self) or False
+        return self._static_batch or None
+
+    @property
+    def conversion_notes(self) -> tuple[str, ...]:
+        """Lines the report carries about how this model converts (empty for most)."""
+        plan = self.static_batch()
+        return (plan.note,) if plan is not None else ()
+
     def make_converter(self, workdir: str) -> tf.lite.TFLiteConverter:
         """Returns a fresh TFLite converter for this model.
+
+        A model with recurrent layers is traced with a static batch of 1
+        (:meth:`static_batch`; the reason is in :attr:`conversion_notes`).
 
         Args:
           workdir: a scratch folder; a Keras 3 model without a checked tf_keras rebuild (see
             :meth:`prepare_conversion`) is exported there once (again if the folder of the
             earlier export no longer exists).
         """
+        if self.static_batch() is not None:
+            return self.static_batch().converter(self.inputs, self.output_names)
         if self.flavor == FLAVOR_TF_KERAS:
             return tf.lite.TFLiteConverter.from_keras_model(self.keras_model)
         if self.flavor == FLAVOR_KERAS3 and self._tf_keras_copy is not None:
             return tf.lite.TFLiteConverter.from_keras_model(
-                with_output_names(self._tf_keras_copy, self.output_names))
+                keras3.with_output_names(self._tf_keras_copy, self.output_names))
         if self.flavor == FLAVOR_KERAS3 and (self._saved_model_dir is None
                                              or not os.path.isdir(self._saved_model_dir)):
             # Exported again when the scratch folder of an earlier export is gone (a job
@@ -243,17 +251,6 @@ class LoadedModel:
             self.keras_model.export(export_dir, verbose=False)
             self._saved_model_dir = export_dir
         return tf.lite.TFLiteConverter.from_saved_model(self._saved_model_dir)
-
-
-def with_output_names(keras, names):
-    """``keras`` (tf_keras) with an identity per output named as ``names``, so the .tflite
-    signature keeps them: QAT wrappers rename layers quant_<name>, and a Keras 3 model's
-    signature names (``output_0``) differ from its tf_keras rebuild's layer names."""
-    if list(keras.output_names) == list(names):
-        return keras
-    return tf_keras.Model(keras.inputs, [
-        tf_keras.layers.Activation("linear", name=name)(tensor)
-        for tensor, name in zip(keras.outputs, names, strict=True)])
 
 
 def _spec_from_shape(name, shape, dtype) -> TensorSpec:
@@ -456,4 +453,4 @@ def _first_line(error: BaseException) -> str:
 
 
 __all__ = ["FLAVOR_KERAS3", "FLAVOR_SAVED_MODEL", "FLAVOR_TF_KERAS", "LoadedModel", "TensorSpec",
-           "legacy_keras_active", "load_model", "with_output_names", "wrap_model"]
+           "legacy_keras_active", "load_model", "wrap_model"]

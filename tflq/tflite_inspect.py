@@ -116,16 +116,21 @@ def find_float_ops(content: bytes) -> list[str]:
     """Lists the compute ops that run in float in a .tflite (``NAME#index``).
 
     An op counts as float when any of its input or output tensors is a float tensor;
-    QUANTIZE/DEQUANTIZE at the model's boundary convert I/O and are not counted.
+    QUANTIZE/DEQUANTIZE at the model's boundary convert I/O and are not counted, nor is a
+    CAST from a float model input to an integer type (token ids declared float32 and cast
+    for an Embedding lookup: an input conversion, no float arithmetic).
     """
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=content)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    model_inputs = {int(d["index"]) for d in interpreter.get_input_details()}
     found = []
     for op in ops_details(interpreter):
         name = op["op_name"]
-        if name in _BOUNDARY_OPS:
+        if name in _BOUNDARY_OPS or (
+                name == "CAST" and {int(i) for i in op["inputs"]} <= model_inputs
+                and all(np.dtype(tensors[int(i)]["dtype"]).kind in "iu" for i in op["outputs"])):
             continue
         indices = [int(i) for i in list(op["inputs"]) + list(op["outputs"]) if int(i) >= 0]
         if any(i in tensors and tensors[i]["dtype"] in _FLOAT_DTYPES for i in indices):

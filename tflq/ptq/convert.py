@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 import warnings
@@ -21,7 +22,8 @@ from collections.abc import Callable
 import numpy as np
 
 from tflq.fileio import write_atomic  # noqa: F401 (re-exported)
-from tflq.models import LoadedModel, tf, with_output_names
+from tflq.keras3 import with_output_names
+from tflq.models import LoadedModel, tf
 from tflq.options import ALL_MODES, ConvertOptions, Mode, parse_modes  # noqa: F401 (re-exported)
 from tflq.tflite_inspect import find_float_ops
 
@@ -108,7 +110,9 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     mode = Mode(mode) if not isinstance(mode, Mode) else mode
     options = options or ConvertOptions()
     start = time.perf_counter()
-    notes, details = [], {}
+    if model.static_batch() is not None:  # recurrent layers: refuse what cannot work, first
+        model.static_batch().check_mode(mode.value, options.range_search)
+    notes, details = list(model.conversion_notes), {}  # e.g. "static batch of 1 because of…"
     if mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
                               or options.range_search):
         content = _convert_calibrated(model, options, representative, workdir, notes, details)
@@ -116,6 +120,8 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
         converter = model.make_converter(workdir)
         configure(converter, mode, options, representative)
         content = _run_converter(converter, mode, options)
+        for note in notes:
+            print(f"tflq: {note}", file=sys.stderr)
     seconds = time.perf_counter() - start
     float_ops = tuple(find_float_ops(content))
     if mode.integer_only and float_ops and not options.allow_float_ops:
@@ -326,6 +332,10 @@ def _raised_in_tflq(error: BaseException) -> bool:
 def _conversion_error(mode: Mode, error: Exception, options: ConvertOptions) -> str:
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     detail = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+    unsupported = list(dict.fromkeys(re.findall(r"not yet supported for op: '(\w+)'", str(error))))
+    if len(unsupported) > 1:  # the converter writes one line per op: name them all
+        detail = (detail.split("for op:")[0] + "for ops: "
+                  + ", ".join(repr(op) for op in unsupported))
     hint = ""
     if mode.integer_only and not options.allow_float_ops:
         hint = " Some ops may lack integer kernels: retry with --allow_float_ops to keep them in float."

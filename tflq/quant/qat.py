@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tflq import recurrent
 from tflq.quant import quantizers
 from tflq.quant.graph import prepare
 from tflq.quant.layers import ScalarOp
 from tflq.quant.quantizers import tfmot
 from tflq.quant.schemes import LayerQuantizeConfig
 
-__all__ = ["custom_objects", "quantize_scope", "InputQuantize", "quantize_model", "STRATEGIES",
-    "quantization_error", "make_trainer", "check_teacher"]
+__all__ = ["custom_objects", "quantize_scope", "InputQuantize", "quantize_model", "refuse_recurrent",
+           "STRATEGIES", "quantization_error", "make_trainer", "check_teacher"]
 
 
 def custom_objects() -> dict:
@@ -83,6 +84,23 @@ class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
         return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
 
 
+def refuse_recurrent(model) -> None:
+    """Refuses a model with recurrent layers: tflq's QAT graph (QAT, compress,
+    ``--range_estimator``, ``--adaround``) cannot hold them.
+
+    Raises:
+      ValueError: names the recurrent layers and says why.
+    """
+    found = recurrent.find_recurrent_layers(model)
+    if found:
+        raise ValueError(
+            f"Recurrent layer(s) {found} cannot go into tflq's QAT graph (QAT, compress, "
+            "--range_estimator, --adaround): tfmot 0.8.1 has no quantize config for RNN cells "
+            "(the LSTM/GRU/SimpleRNN cell entries of its registry are commented out), so the "
+            "gates would stay unquantized with no ranges for TFLite's int8 LSTM. Use plain int8 "
+            "(the converter calibrates the fused LSTM) or --selective.")
+
+
 def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = (),
                    activation_ranges: str | None = None, range_k: float = 3.0,
                    samples: list | None = None, notes: list | None = None):
@@ -125,6 +143,7 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
         raise ValueError(f"QAT needs a Sequential or Functional tf_keras model. Received: "
                          f"{type(model).__name__} (subclassed models have no layer graph to "
                          "wrap: rebuild it with the Functional API).")
+    refuse_recurrent(model)
     model = prepare(model, samples, notes)
     schemes.check_overrides(model.layers, overrides)
     schemes.activation_quantizer(activation_ranges, range_k)  # checks the arguments
