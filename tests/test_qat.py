@@ -239,3 +239,28 @@ def test_scalar_op_lambdas_become_wrappable_layers(tmp_path):
     q = qat.quantize_model(model)
     _train_a_step(q, x, np.zeros((16, 2)))
     assert tflite_inspect.find_float_ops(_qat_tflite(q, tmp_path)) == []
+
+
+@pytest.mark.parametrize("scheme", ["default_int8", "pow2"])
+def test_conv1d_text_model_trains_and_converts_fully_integer(tmp_path, scheme):
+    """An Embedding + Conv1D text model stopped QAT inside fit with a tfmot traceback
+    ("'reduce_dims' is used before assignment": per-axis ranges of a 3-D kernel); Conv1D
+    weights now take one range, and the .tflite computes what the QAT model computes."""
+    tf_keras.utils.set_random_seed(0)
+    inp = L.Input((12,), name="tokens")
+    x = L.Embedding(50, 8, name="emb")(inp)
+    x = L.GlobalMaxPooling1D()(L.Conv1D(8, 3, activation="relu", name="conv")(x))
+    model = tf_keras.Model(inp, L.Dense(3, name="logits")(x))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, (64, 12)).astype(np.float32)
+    q = qat.quantize_model(model, scheme)
+    assert "quant_conv" in [layer.name for layer in q.layers]
+    # Token ids are not fake-quantized (int8 would round them to other embedding rows).
+    assert not [layer.name for layer in q.layers if type(layer).__name__ == "InputQuantize"]
+    _train_a_step(q, tokens, rng.normal(size=(64, 3)))
+    content = _qat_tflite(q, tmp_path)
+    assert tflite_inspect.find_float_ops(content) == []
+    tflite = interpreter.TfliteModel(content).run({"tokens": tokens})[0]
+    keras_out = q.predict(tokens, verbose=0)
+    assert np.mean(tflite.argmax(1) == keras_out.argmax(1)) >= 0.9
+    np.testing.assert_allclose(tflite, keras_out, atol=0.1 * np.ptp(keras_out))

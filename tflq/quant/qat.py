@@ -7,6 +7,7 @@ the layer's output is quantized. Schemes build these tables per layer type.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from tflq import recurrent
@@ -59,22 +60,42 @@ class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
     other rewrites fail on many real models (BatchNormalization not after a conv,
     TFOpLambda); tflq folds BatchNormalization itself (:func:`fold_batch_norms`)."""
 
+    def __init__(self, token_inputs=()):
+        self.token_inputs = set(token_inputs)
+
     class _InputsOnly:
+        def __init__(self, token_inputs):
+            self.token_inputs = token_inputs
+
         def apply(self, model, layer_quantize_map):
             from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
                 default_8bit_transforms,
             )
             from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (  # noqa: E501
                 model_transformer,
+                transforms,
             )
 
+            class NonTokenInputs(default_8bit_transforms.InputLayerQuantize):
+                """Every model input but the token ids (inputs read only by Embedding
+                lookups), which stay exact: int8 would round them to other table rows."""
+
+                def __init__(self, skip):
+                    self.skip = sorted(skip)
+
+                def pattern(self):
+                    if not self.skip:
+                        return super().pattern()
+                    names = "|".join(re.escape(n) for n in self.skip)
+                    return transforms.LayerPattern("InputLayer", {"name": f"(?!(?:{names})$).*"})
+
             return model_transformer.ModelTransformer(
-                model, [default_8bit_transforms.InputLayerQuantize(),
+                model, [NonTokenInputs(self.token_inputs),
                         default_8bit_transforms.SeparableConv1DQuantize()],
                 set(layer_quantize_map), layer_quantize_map).transform()
 
     def get_layout_transformer(self):
-        return self._InputsOnly()
+        return self._InputsOnly(self.token_inputs)
 
     def get_quantize_registry(self):
         from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
@@ -82,6 +103,19 @@ class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
         )
 
         return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+
+def _token_inputs(model) -> list[str]:
+    """Names of the model inputs read only by Embedding layers (token ids)."""
+    found = []
+    for layer in model.layers:
+        if type(layer).__name__ != "InputLayer":
+            continue
+        readers = [node.outbound_layer for node in layer._outbound_nodes]
+        kinds = {type(getattr(r, "layer", r)).__name__ for r in readers}
+        if kinds == {"Embedding"}:
+            found.append(layer.name)
+    return found
 
 
 def refuse_recurrent(model) -> None:
@@ -163,7 +197,8 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
     annotated = tf_keras.models.clone_model(model, clone_function=clone)
     annotated.set_weights(model.get_weights())
     with quantize_scope():
-        applied = tfmot.quantization.keras.quantize_apply(annotated, scheme=_KeepLayoutScheme())
+        applied = tfmot.quantization.keras.quantize_apply(
+            annotated, scheme=_KeepLayoutScheme(_token_inputs(annotated)))
 
         def swap_input_layer(layer):  # quantize_apply rebuilds QuantizeLayer as tfmot's own
             if type(layer) is _tfmot_quantize_layer.QuantizeLayer:

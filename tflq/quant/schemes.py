@@ -59,8 +59,10 @@ _KERNELS = {
 }
 # Per-channel FakeQuant runs over the last kernel axis: the output channels for Conv2D and
 # DepthwiseConv2D, but not for Conv2DTranspose (h, w, out, in); the converter also rejects
-# per-channel FakeQuant on Dense.
-_PER_TENSOR_WEIGHTS = {"Dense", "Conv2DTranspose"}
+# per-channel FakeQuant on Dense. Conv1D: tfmot's per-axis LastValueQuantizer fails on a 3-D
+# kernel inside fit (tfmot issue #362), and viewed as 4-D the converter rejects the
+# per-channel FakeQuant behind Conv1D's kernel transpose ("mismatched quantized axes").
+_PER_TENSOR_WEIGHTS = {"Dense", "Conv2DTranspose", "Conv1D"}
 # Layers that only rearrange or select values keep their input's quantization.
 _PASS_THROUGH = {
     "InputLayer", "Flatten", "Reshape", "Permute", "MaxPooling1D", "MaxPooling2D",
