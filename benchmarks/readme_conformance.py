@@ -41,6 +41,8 @@ def cell_text(column: str, cell: Mapping, letter: str | None = None) -> str:
         return f"ok {cell['flavor']}"
     if column == "preflight":
         return f"ok ({cell['findings']})"
+    if column == "selective" and cell.get("float_ops"):  # ops it kept in float by design
+        return f"ok {100 * cell['top1_agreement']:.0f} ({cell['float_ops']} float)"
     if cell.get("top1_agreement") is not None:
         return f"ok {100 * cell['top1_agreement']:.0f}"
     if cell.get("sqnr_db") is not None:

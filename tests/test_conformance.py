@@ -112,3 +112,15 @@ KNOWN_NOT_OK = {
                  "qat_int8_gradient", "qat_int8_distill", "qat_pow2_gradient", "qat_pow2_distill",
                  "compress_pqat50")},
 }
+
+
+def test_only_float_modes_preflight_and_selective_may_keep_float_ops(monkeypatch):
+    """Selective quantization keeps the most sensitive ops in float by design (the
+    kitchenware Xception kept 29 to reach its budget): its cell is ok; any other int8-family
+    cell with float ops is an error."""
+    figures = {"top1_agreement": 0.98, "float_ops": 29}
+    monkeypatch.setitem(bench.CELLS, "selective", lambda p, d: dict(figures))
+    monkeypatch.setitem(bench.CELLS, "mse", lambda p, d: dict(figures))
+    assert bench.run_cell("selective", "m", {})["status"] == "ok"
+    cell = bench.run_cell("mse", "m", {})
+    assert cell["status"] == "error" and cell["message"] == "29 float ops left"

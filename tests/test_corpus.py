@@ -155,6 +155,8 @@ def test_conformance_cells_render_their_figure_or_a_lettered_failure():
         == "ok \u22123 dB"
     assert rc.cell_text("load", {"status": "ok", "flavor": "keras3"}) == "ok keras3"
     assert rc.cell_text("preflight", {"status": "ok", "findings": 2}) == "ok (2)"
+    assert rc.cell_text("selective", {"status": "ok", "top1_agreement": 0.984375,
+                                      "float_ops": 29}) == "ok 98 (29 float)"
     assert rc.cell_text("mse", {"status": "error", "message": "x"}, "b") == "✗b"
     data = {"columns": ["load", "int8"], "settings": {
         "calibration_samples": 1, "eval_samples": 2, "train_samples": 3, "batch_size": 4,
