@@ -60,6 +60,16 @@ def tiny_model():
     return build_tiny_cnn()
 
 
+@pytest.fixture()
+def qat_files(tmp_path, tiny_model):
+    """A folder with tiny.keras, train.npz (120 labelled samples) and eval.npz (40)."""
+    tiny_model.save(tmp_path / "tiny.keras")
+    x, y = tiny_data(160, seed=3)
+    np.savez(tmp_path / "train.npz", x=x[:120], y=y[:120])
+    np.savez(tmp_path / "eval.npz", x=x[120:], y=y[120:])
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_keras_path(tiny_model, tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.keras"

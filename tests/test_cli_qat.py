@@ -18,12 +18,8 @@ from tflq.quant import qat
 
 
 @pytest.fixture()
-def files(tmp_path, tiny_model):
-    tiny_model.save(tmp_path / "tiny.keras")
-    x, y = tiny_data(160, seed=3)
-    np.savez(tmp_path / "train.npz", x=x[:120], y=y[:120])
-    np.savez(tmp_path / "eval.npz", x=x[120:], y=y[120:])
-    return tmp_path
+def files(qat_files):
+    return qat_files
 
 
 def run_cli(capsys, **values):

@@ -233,15 +233,6 @@ class _FakeWorkerStrategy:
         should_checkpoint = False
 
 
-@pytest.fixture()
-def qat_files(tmp_path, tiny_model):
-    tiny_model.save(tmp_path / "tiny.keras")
-    x, y = tiny_data(160, seed=3)
-    np.savez(tmp_path / "train.npz", x=x[:120], y=y[:120])
-    np.savez(tmp_path / "eval.npz", x=x[120:], y=y[120:])
-    return tmp_path
-
-
 def qat(files, **extra):
     settings = {"epochs": 1, "batch_size": 16, "verbose": 0, **extra}
     return qat_job.QATJob(model=str(files / "tiny.keras"), train_data=str(files / "train.npz"),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import tflq
-from tflq import interpreter, keras3, tflite_inspect
+from benchmarks.benchmark_conformance import op_counts
+from tflq import interpreter, keras3
 from tflq.models import load_model, tf_keras, wrap_model
 
 
@@ -40,12 +41,6 @@ def twins(tmp_path_factory):
     return paths
 
 
-def _ops(content):
-    runner = interpreter.TfliteModel(content)
-    return sorted(op["op_name"] for op in tflite_inspect.ops_details(runner.interpreter)
-                  if op["op_name"] != "DELEGATE")
-
-
 def test_three_file_flavors_give_the_same_ops_in_every_mode(twins, capsys):
     x = _images(40)
     results = {}
@@ -54,7 +49,7 @@ def test_three_file_flavors_give_the_same_ops_in_every_mode(twins, capsys):
                               latency_runs=1, layer_error_samples=0, progress=False)
         results[key] = result
     for mode in ("float32", "dynamic", "int8"):
-        ops = {key: _ops(r.modes[mode].tflite) for key, r in results.items()}
+        ops = {key: op_counts(r.modes[mode].tflite) for key, r in results.items()}
         assert ops["keras3_keras"] == ops["keras3_h5"] == ops["tf_keras_h5"], (mode, ops)
         assert "SHAPE" not in ops["keras3_keras"], ops
         agreement = {key: r.modes[mode].metrics["top1_agreement"] for key, r in results.items()}
@@ -73,14 +68,14 @@ def test_three_file_flavors_give_the_same_ops_in_every_mode(twins, capsys):
     assert "tflq: Keras 3 model, converted from its tf_keras rebuild" in capsys.readouterr().err
 
 
-def test_the_plain_export_keeps_its_shape_ops():
+def test_the_plain_export_keeps_its_shapeop_counts():
     """The reason for the route: the same Keras 3 model exported carries shape ops (if this
     stops holding, Keras 3's export changed and the route is worth revisiting)."""
     import tempfile
 
     model = wrap_model(_build(keras))
     content = model.make_converter(tempfile.mkdtemp()).convert()  # not prepared: exported
-    assert "SHAPE" in _ops(content)
+    assert "SHAPE" in op_counts(content)
 
 
 class _Doubler(keras.layers.Layer):
