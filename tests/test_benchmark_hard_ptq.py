@@ -237,3 +237,110 @@ def test_cached_records_are_reused_only_for_the_same_key_and_never_after_an_erro
     bench._cached(str(tmp_path), "e", "k1", convert({"error": "boom", "seconds": 1.0}))
     retried = bench._cached(str(tmp_path), "e", "k1", convert({"content": b"ok", "seconds": 1.0}))
     assert retried["content"] == b"ok" and len(calls) == 4
+    # A rescoring pass (cached_only) reuses records and converts nothing.
+    assert bench._cached(str(tmp_path), "m", "k2", convert(good), cached_only=True)["content"] == b"new"
+    assert bench._cached(str(tmp_path), "never", "k1", convert(good), cached_only=True) is None
+    assert bench._cached(str(tmp_path), "m", "k3", convert(good), cached_only=True) is None
+    assert len(calls) == 4 and not os.path.exists(tmp_path / "never.tflite")
+
+
+def _deb(tmp_path, payload: bytes, compression: str = "xz"):
+    """A Debian package built by dpkg-deb itself (an independent writer of the format)."""
+    import subprocess
+
+    root = tmp_path / "pkgroot"
+    os.makedirs(root / "DEBIAN")
+    os.makedirs(root / "usr/share/backgrounds/nature")
+    (root / "usr/share/backgrounds/nature/photo.jpg").write_bytes(payload)
+    (root / "DEBIAN/control").write_text("Package: photos\nVersion: 1.0\nArchitecture: all\n"
+                                         "Maintainer: t <t@example.org>\nDescription: test\n")
+    out = tmp_path / f"photos_1.0_all_{compression}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(root),
+                    str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("compression", ["xz", "gzip"])
+def test_a_debian_package_member_is_extracted_and_checked(tmp_path, compression):
+    archive = _deb(tmp_path, b"jpeg bytes", compression)
+    out = tmp_path / "photo.jpg"
+    good = hashlib.sha256(b"jpeg bytes").hexdigest()
+    member = ("./usr/share/backgrounds/nature/photo.jpg",)
+    assert open(corpus.extract_member(str(archive), member, good, str(out)), "rb").read() == \
+        b"jpeg bytes"
+    out.unlink()
+    with pytest.raises(ValueError, match="photo.jpg: sha256 mismatch"):
+        corpus.extract_member(str(archive), member, hashlib.sha256(b"x").hexdigest(), str(out))
+    with pytest.raises(ValueError, match="cannot extract ./usr/share/backgrounds/nope.jpg"):
+        corpus.extract_member(str(archive), ("./usr/share/backgrounds/nope.jpg",), good, str(out))
+    fake = tmp_path / "fake.deb"
+    fake.write_bytes(b"PK\x03\x04 not an ar archive")
+    with pytest.raises(ValueError, match="not a Debian package"):
+        corpus.extract_member(str(fake), member, good, str(out))
+    assert not out.exists()
+
+
+def test_a_zstd_debian_package_gets_a_clear_error(tmp_path):
+    archive = _deb(tmp_path, b"jpeg bytes", "zstd")
+    out = tmp_path / "photo.jpg"
+    with pytest.raises(ValueError, match="data.tar.zst is compressed with zstd"):
+        corpus.extract_member(str(archive), ("./usr/share/backgrounds/nature/photo.jpg",),
+                              hashlib.sha256(b"jpeg bytes").hexdigest(), str(out))
+    assert not out.exists()
+
+
+def test_evaluation_only_photos_are_debian_nature_photos_never_in_the_split(monkeypatch,
+                                                                           tmp_path):
+    assert set(corpus.EVAL_IMAGES) and not set(corpus.EVAL_IMAGES) & set(corpus.IMAGES)
+    for entry, files in corpus.EVAL_IMAGES.values():
+        assert entry["registry"] == "debian" and entry["archive"].endswith(".deb")
+        assert entry["license"] and len(files) >= 1
+        assert all(len(digest) == 64 for digest in files.values())
+    # Debian packages go through the reserved-package check like the other registries.
+    monkeypatch.setattr(corpus, "RESERVED", (*corpus.RESERVED, "debian:mate-backgrounds"))
+    with pytest.raises(ValueError, match="'debian:mate-backgrounds' is reserved"):
+        corpus.fetch_archive(corpus.EVAL_IMAGES["mate"][0], str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
+def test_paired_interval_resamples_photos_not_crops():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(12), 5)  # 12 photos, 5 crops each
+    ref = rng.normal(size=(60, 4))
+    a = ref + rng.normal(scale=0.05, size=ref.shape)
+    b = ref + rng.normal(scale=0.1, size=ref.shape)
+    b[::7] = b[::7, ::-1]  # b disagrees on some crops
+    got = bench.paired_interval(ref, a, b, groups, rounds=4000)
+    from tflq import metrics
+    # The whole-set differences (tflq.metrics, computed independently) lie inside.
+    agree = 100 * (metrics.top1_agreement(ref, a) - metrics.top1_agreement(ref, b))
+    sqnr = metrics.sqnr_db(ref, a) - metrics.sqnr_db(ref, b)
+    assert got["agreement_pp"][0] <= agree <= got["agreement_pp"][1]
+    assert got["sqnr_db"][0] <= sqnr <= got["sqnr_db"][1]
+    assert got["sqnr_db"][0] > 3.0  # half the noise: about +6 dB, clearly positive
+    assert got["groups"] == 12
+    # Identical models: a zero-width interval.
+    same = bench.paired_interval(ref, a, a, groups)
+    assert same["agreement_pp"] == [0.0, 0.0] and same["sqnr_db"] == [0.0, 0.0]
+    # Copying every crop of every photo adds no evidence: the interval stays (nearly) the
+    # same; a bootstrap over crops would shrink it by about sqrt(3).
+    tripled = bench.paired_interval(np.repeat(ref, 3, 0), np.repeat(a, 3, 0),
+                                    np.repeat(b, 3, 0), np.repeat(groups, 3), rounds=4000)
+    width = np.diff(got["agreement_pp"])[0]
+    assert np.diff(tripled["agreement_pp"])[0] == pytest.approx(width, rel=0.15)
+
+
+def test_unknown_methods_to_skip_are_refused_before_anything_runs(tmp_path):
+    json_path = tmp_path / "r.json"
+    with pytest.raises(ValueError, match=r"Unknown method\(s\) to skip: \['autoo'\]"):
+        bench.run(["resnet8_cifar10"], str(tmp_path / "out"), str(json_path), 10, 10, 5, 1,
+                  str(tmp_path / "cache"), skip_methods=("auto", "autoo"))
+    assert not os.listdir(tmp_path)
+
+
+def test_checks_say_when_auto_did_not_run():
+    results = {"converter_per_channel": _row(0.9), "converter_per_tensor": _row(0.9),
+               "mct_ptq": _row(0.95)}
+    checks = bench.method_checks(results)
+    for key in ("auto_ge_mct_best", "auto_not_below_converter"):
+        assert checks[key] == {"value": None, "met": False, "why": "--auto did not run"}

@@ -287,3 +287,25 @@ def test_fuzz_counts_against_raw_json():
         assert f"| {name} | {sum(target['outcomes'].values()):,} |" in regions["table:benchmark_fuzz"]
     assert fuzz["pytest_exit_code"] == 0
     assert not any(t["outcomes"].get("traceback") or t["outcomes"].get("exit 1") for t in targets.values())
+
+
+def test_hard_ptq_renders_intervals_methods_not_run_and_evaluation_only_photos():
+    data = copy.deepcopy(RESULTS["benchmark_hard_ptq"])
+    name = next(iter(data["models"]))
+    model = data["models"][name]
+    model["checks"]["auto_ge_mct_best"] = {
+        "value": {"agreement_pp": -0.5, "sqnr_db": 0.25}, "met": False,
+        "interval_95": {"mct_gptq": {"agreement_pp": [-1.25, 0.5], "sqnr_db": [-0.5, 1.0],
+                                     "groups": 31, "rounds": 2000}}}
+    model["not_run"] = ["auto"]
+    data["evaluation_only_photos"] = ["mate/Aqua.jpg", "mate/Dune.jpg"]
+    data["evaluation_only_sources"] = [{"package": "mate-backgrounds", "version": "1.26.0-1",
+                                        "license": "GPL-2+"}]
+    parts = rt.render_all({"benchmark_hard_ptq": data})
+    table = parts["table:benchmark_hard_ptq"]
+    assert (f"| {name} | **not met** | −0.50 pp, +0.2 dB; 95 % interval by photo: vs MCT GPTQ "
+            "−1.2…+0.5 pp, −0.50…+1.00 dB |") in table
+    assert "Not run this time: tflq `--auto`." in table
+    assert ("(2 of them evaluation-only nature photos from Debian mate-backgrounds 1.26.0-1 "
+            "(GPL-2+), so the calibration photos are those of earlier runs)") in \
+        " ".join(parts["intro:benchmark_hard_ptq"].split())  # the README wraps lines
