@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from benchmarks.local_cluster import RAY_ENV, RayCluster, free_port
+from benchmarks.tiny import tiny_cnn, tiny_data
 
 __all__ = ["RESULT", "ray_spec", "run_ray_scenario", "run_qat_scenario", "main"]
 
@@ -50,22 +51,12 @@ def _env(**extra) -> dict:
     return {**os.environ, **RAY_ENV, "PYTHONPATH": path, "TF_USE_LEGACY_KERAS": "1", **extra}
 
 
-def _tiny_data(n: int, seed: int):
-    """8×8 images in [0, 1] whose class (of 3) is the brightest third (as tests/conftest)."""
-    sys.path.insert(0, TESTS)
-    try:
-        from conftest import tiny_data
-    finally:
-        sys.path.remove(TESTS)
-    return tiny_data(n, seed)
-
-
 # ---- 1. Ray batch, a node killed ----
 
 
 def ray_spec(folder: str, jobs: int) -> str:
     """A spec of ``jobs`` slow tiny jobs and one job that kills its Ray actor every time."""
-    x, y = _tiny_data(60, seed=2)
+    x, y = tiny_data(60, seed=2)
     np.savez(os.path.join(folder, "calib.npz"), x=x[:30], y=y[:30])
     np.savez(os.path.join(folder, "eval.npz"), x=x[30:], y=y[30:])
     body = ['[defaults]', 'data = "calib.npz"', 'eval_data = "eval.npz"', 'modes = ["int8"]',
@@ -192,17 +183,11 @@ def qat_files(folder: str, train: int = 2000, seed: int = 3) -> dict:
     """A tiny CNN trained to convergence on synthetic 8×8 images, and its data files."""
     from tflq.models import tf_keras
 
-    x, y = _tiny_data(train + 400, seed)
+    x, y = tiny_data(train + 400, seed)
     paths = {name: os.path.join(folder, f"{name}.npz") for name in ("train", "eval")}
     np.savez(paths["train"], x=x[:train], y=y[:train])
     np.savez(paths["eval"], x=x[train:], y=y[train:])
-    tf_keras.utils.set_random_seed(seed)
-    model = tf_keras.Sequential([
-        tf_keras.Input((8, 8, 1), name="img"),
-        tf_keras.layers.Conv2D(4, 3, activation="relu"),
-        tf_keras.layers.Flatten(),
-        tf_keras.layers.Dense(3, name="logits"),
-    ])
+    model = tiny_cnn(seed)
     model.compile(tf_keras.optimizers.Adam(1e-2),
                   tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])

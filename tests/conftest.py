@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
+from benchmarks.tiny import tiny_cnn, tiny_data  # noqa: E402,F401 (tests import tiny_data here)
 from tflq.models import tf_keras  # noqa: E402
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -32,27 +33,11 @@ def fashion_file(name: str) -> str:
 
 def build_tiny_cnn(seed: int = 0):
     """An 8x8x1 → 3-class CNN, trained a few steps so calibration ranges are not degenerate."""
-    tf_keras.utils.set_random_seed(seed)
-    model = tf_keras.Sequential([
-        tf_keras.Input((8, 8, 1), name="img"),
-        tf_keras.layers.Conv2D(4, 3, activation="relu"),
-        tf_keras.layers.Flatten(),
-        tf_keras.layers.Dense(3, name="logits"),
-    ])
+    model = tiny_cnn(seed)
     model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = tiny_data(64, seed)
     model.fit(x, y, epochs=2, batch_size=16, verbose=0)
     return model
-
-
-def tiny_data(n: int, seed: int = 0):
-    """Images in [0, 1] whose class is the brightest third of the image."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, size=(n, 8, 8, 1)).astype(np.float32)
-    y = rng.integers(0, 3, size=n)
-    for i, label in enumerate(y):
-        x[i, :, label * 2:label * 2 + 3, 0] += 0.5
-    return np.clip(x, 0, 1), y.astype(np.int64)
 
 
 @pytest.fixture(scope="session")
