@@ -131,3 +131,55 @@ def test_reference_of_splits_rows_by_even_and_odd_batches():
     np.testing.assert_array_equal(odd[1], [2, 3, 4])
     single = thresholds.reference_of(outputs, batches[:1], 1)
     np.testing.assert_array_equal(single[0], outputs[0])
+
+
+def _plain_saved_model(tmp_path):
+    """A SavedModel without Keras metadata (a tf.Module): no layer graph for the QAT route."""
+    from tflq.models import load_model, tf
+
+    rng = np.random.default_rng(4)
+    w1 = tf.constant(rng.normal(size=(6, 16)).astype(np.float32))
+    w2 = tf.constant(rng.normal(size=(16, 3)).astype(np.float32))
+
+    class Net(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float32, name="x")])
+        def __call__(self, x):
+            hidden = tf.nn.relu(tf.matmul(x, w1))
+            return {"y": tf.matmul(hidden, w2)}
+
+    module = Net()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures=module.__call__)
+    x = rng.standard_t(2, size=(300, 6)).astype(np.float32)  # heavy tails
+    return load_model(str(tmp_path / "sm")), x, np.maximum(x @ w1.numpy(), 0.0)
+
+
+def test_range_estimators_work_on_a_saved_model_without_a_layer_graph(tmp_path, capsys):
+    model, x, hidden = _plain_saved_model(tmp_path)
+    samples = [{"x": x[i:i + 1]} for i in range(len(x))]
+    plain = convert.convert_model(model, Mode.INT8, str(tmp_path), lambda: iter(samples))
+    # minmax is what the converter records: the model computes exactly the plain int8.
+    minmax = convert.convert_model(model, Mode.INT8, str(tmp_path), lambda: iter(samples),
+                                   ConvertOptions(range_estimator="minmax"))
+    assert np.array_equal(TfliteModel(minmax.content).run({"x": x})[0],
+                          TfliteModel(plain.content).run({"x": x})[0])
+    # percentile: the hidden tensor's int8 scale is the numpy percentile of its values / 255
+    # (zero point −128: ReLU output, range [0, p]); the converter's is max / 255.
+    options = ConvertOptions(range_estimator="percentile", percentile=99.0)
+    clipped = convert.convert_model(model, Mode.INT8, str(tmp_path), lambda: iter(samples),
+                                    options)
+    p, top = np.percentile(hidden, 99.0), hidden.max()
+    assert top > 3 * p  # the data make the two choices far apart
+    scales = [d["quantization_parameters"]["scales"] for d in
+              TfliteModel(clipped.content).interpreter.get_tensor_details()
+              if d["dtype"] == np.int8 and list(d["quantization_parameters"]["zero_points"])
+              == [-128]]  # ranges [0, hi]: the ReLU output (the input's is [min, max])
+    assert any(abs(s[0] - p / 255) < 0.02 * p / 255 for s in scales), (p / 255, scales)
+    assert not any(abs(s[0] - top / 255) < 0.02 * top / 255 for s in scales)
+    assert clipped.details["ranges"]["route"] == "converter"
+    assert clipped.details["ranges"]["changed"] >= 1
+    err = capsys.readouterr().err
+    assert "range estimator percentile on the converter's calibrated model" in err
+    # Equalization still needs weights in a layer graph: refused, saying why.
+    with pytest.raises(ValueError, match="SavedModel without Keras metadata"):
+        convert.convert_model(model, Mode.INT8, str(tmp_path), lambda: iter(samples),
+                              ConvertOptions(equalize=True))

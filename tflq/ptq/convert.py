@@ -23,7 +23,7 @@ import numpy as np
 
 from tflq.fileio import write_atomic  # noqa: F401 (re-exported)
 from tflq.keras3 import with_output_names
-from tflq.models import LoadedModel, tf
+from tflq.models import FLAVOR_SAVED_MODEL, LoadedModel, tf
 from tflq.options import ALL_MODES, ConvertOptions, Mode, parse_modes  # noqa: F401 (re-exported)
 from tflq.tflite_inspect import find_float_ops
 
@@ -113,8 +113,11 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     if model.static_batch() is not None:  # recurrent layers: refuse what cannot work, first
         model.static_batch().check_mode(mode.value, options.range_search)
     notes, details = list(model.conversion_notes), {}  # e.g. "static batch of 1 because of…"
-    if mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
-                              or options.range_search):
+    if (mode == Mode.INT8 and options.range_estimator and model.flavor == FLAVOR_SAVED_MODEL
+            and not (options.equalize or options.adaround or options.range_search)):
+        content = _estimate_on_converter(model, options, representative, workdir, notes, details)
+    elif mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
+                                or options.range_search):
         content = _convert_calibrated(model, options, representative, workdir, notes, details)
     else:
         converter = model.make_converter(workdir)
@@ -208,15 +211,59 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
     return content
 
 
+def _batches_of(model: LoadedModel, samples: list, size: int = 32) -> list[dict]:
+    names = model.input_names
+    return [{n: np.concatenate([s[n] for s in samples[i:i + size]]) for n in names}
+            for i in range(0, len(samples), size)]
+
+
+def _estimate_on_converter(model: LoadedModel, options: ConvertOptions, representative,
+                           workdir: str, notes: list, details: dict) -> bytes:
+    """``--range_estimator`` for a SavedModel without Keras metadata (no layer graph for
+    tflq's QAT graph): each activation range of the converter's calibrated model (model
+    inputs and outputs excluded) is replaced by the estimator's choice on that tensor's float
+    values over the calibration samples, and the converter's own quantizer finishes the
+    model. Requantizing with the converter's ranges must first reproduce its int8 exactly
+    (:func:`tflq.ptq.thresholds.check_requantize`)."""
+    from tflq.ptq import ranges, thresholds
+
+    if representative is None:
+        raise ValueError("int8 needs calibration data.")
+
+    def make_converter():
+        converter = model.make_converter(workdir)
+        configure(converter, Mode.INT8, options, representative)
+        return converter
+
+    plain = _run_converter(make_converter(), Mode.INT8, options)
+    batches = _batches_of(model, list(representative()))
+    calibrated = thresholds.calibrate(make_converter())
+    thresholds.check_requantize(calibrated, plain, options, batches, model.output_names,
+                                f"--range_estimator {options.range_estimator}")
+    recorded = thresholds.ranged_tensors(calibrated)
+    values = thresholds.tensor_values(calibrated, batches, list(recorded))
+    chosen = {i: ranges.estimate(ranges.Histogram.of(v), options.range_estimator,
+                                 options.percentile) for i, v in values.items()}
+    changed = sum(1 for i in chosen if not np.allclose(chosen[i], recorded[i], rtol=1e-6,
+                                                       atol=1e-9))
+    details["ranges"] = {"estimator": options.range_estimator, "route": "converter",
+                         "tensors": len(chosen), "changed": changed}
+    notes.append(f"range estimator {options.range_estimator} on the converter's calibrated "
+                 f"model (a SavedModel has no Keras layer graph): {changed} of {len(chosen)} "
+                 f"activation ranges differ from the converter's min/max; model inputs and "
+                 f"outputs keep the converter's ranges")
+    for note in notes:
+        print(f"tflq: {note}", file=sys.stderr)
+    return thresholds.requantize(calibrated, options, chosen)
+
+
 def _range_search(model: LoadedModel, converter, converter_int8: bytes, options: ConvertOptions,
                   samples: list, notes: list, details: dict) -> bytes:
     """``--range_search`` on the converter's calibrated model (:mod:`tflq.ptq.thresholds`),
     after checking that requantizing it unchanged reproduces ``converter_int8`` exactly."""
     from tflq.ptq import thresholds
 
-    names = model.input_names
-    batches = [{n: np.concatenate([s[n] for s in samples[i:i + 32]]) for n in names}
-               for i in range(0, len(samples), 32)]
+    batches = _batches_of(model, samples)
     calibrated = thresholds.calibrate(converter)
     thresholds.check_requantize(calibrated, converter_int8, options, batches, model.output_names)
     content, record = thresholds.search(calibrated, options, batches, model.output_names)

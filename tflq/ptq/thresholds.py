@@ -82,7 +82,7 @@ def _outputs(content: bytes, batches: list[dict], output_names) -> list[np.ndarr
 
 
 def check_requantize(calibrated: bytes, converter_int8: bytes, options: ConvertOptions,
-                     batches: list[dict], output_names) -> bytes:
+                     batches: list[dict], output_names, purpose: str = "--range_search") -> bytes:
     """Requantizes ``calibrated`` with its own ranges and checks that it computes exactly
     what ``converter_int8`` computes on ``batches``. Returns the requantized bytes.
 
@@ -95,7 +95,7 @@ def check_requantize(calibrated: bytes, converter_int8: bytes, options: ConvertO
     ours_all = _outputs(content, batches, output_names)
     theirs_all = _outputs(converter_int8, batches, output_names)
     if len(ours_all) != len(theirs_all):
-        raise RewriteError(f"--range_search: the requantized model has {len(ours_all)} "
+        raise RewriteError(f"{purpose}: the requantized model has {len(ours_all)} "
                            f"outputs, the converter's int8 {len(theirs_all)}. This is a bug "
                            f"in tflq.")
     for k, (ours, theirs) in enumerate(zip(ours_all, theirs_all, strict=True)):
@@ -103,7 +103,7 @@ def check_requantize(calibrated: bytes, converter_int8: bytes, options: ConvertO
         if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
             worst = float(np.max(np.abs(ours - theirs))) if ours.shape == theirs.shape else None
             raise RewriteError(
-                f"--range_search: requantizing the converter's calibrated model with its own "
+                f"{purpose}: requantizing the converter's calibrated model with its own "
                 f"ranges does not reproduce the converter's int8 (output {name!r}, max abs "
                 f"difference {worst}). This is a bug in tflq.")
     return content
