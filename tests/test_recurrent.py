@@ -201,10 +201,10 @@ def test_layer_error_starts_every_sample_from_a_zero_lstm_state(models, converte
 def test_qat_graph_refuses_recurrent_layers_naming_them(models, tmp_path):
     with pytest.raises(ValueError, match=r"Recurrent layer\(s\) \['lstm'\].*no quantize config"):
         qat.quantize_model(models["tf_keras"].keras_model)
-    loaded = models["keras3"]
+    loaded = models["keras3"]  # its checked tf_keras rebuild is what QAT would wrap
+    rebuilt = loaded.to_tf_keras([_tokens(loaded, 4, seed=2)[loaded.input_names[0]]])
     with pytest.raises(ValueError, match=r"Recurrent layer\(s\) \['lstm'\]"):
-        convert.convert_model(loaded, "int8", str(tmp_path), representative=_representative(loaded),
-                              options=ConvertOptions(range_estimator="minmax"))
+        qat.quantize_model(rebuilt)
 
 
 def test_static_batch_model_refuses_inputs_of_different_batch_sizes(tmp_path):
@@ -240,12 +240,25 @@ def test_gru_converts_in_float_and_integer_modes_are_refused_before_converting(t
         convert.convert_model(loaded, "int8", str(tmp_path), representative=_representative(loaded))
 
 
-def test_range_search_is_refused_for_recurrent_models(models, tmp_path):
-    loaded = models["tf_keras"]
-    assert loaded.static_batch().unfused == ()  # the dropout-free copy fuses
-    with pytest.raises(ValueError, match=r"--range_search does not support recurrent layer\(s\) \['lstm'\]"):
-        convert.convert_model(loaded, "int8", str(tmp_path), representative=_representative(loaded),
-                              options=ConvertOptions(range_search=True))
+@pytest.mark.parametrize("flavor", ["tf_keras", "keras3"])
+@pytest.mark.parametrize("changes", [{"range_estimator": "percentile"}, {"range_search": True}])
+def test_range_estimators_and_search_work_on_the_converters_calibrated_model(
+        models, flavor, changes, tmp_path, capsys):
+    # tflq's QAT graph cannot hold an LSTM (tfmot has no RNN quantize config): ranges are set on
+    # the converter's calibrated model, after requantizing it unchanged reproduced the
+    # converter's int8 exactly (else RewriteError).
+    loaded = models[flavor]
+    result = convert.convert_model(loaded, "int8", str(tmp_path),
+                                   representative=_representative(loaded),
+                                   options=ConvertOptions(**changes))
+    ops = [op["op_name"] for op in ops_details(Interpreter(model_content=result.content))]
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops and not result.float_ops
+    feed = _tokens(loaded, 8, seed=11)
+    want = np.asarray(loaded.keras_model(feed[loaded.inputs[0].name]))
+    np.testing.assert_allclose(TfliteModel(result.content).run(feed)[0], want, atol=INT8_ATOL)
+    key = "ranges" if "range_estimator" in changes else "range_search"
+    assert key in result.details
+    assert "tflq's QAT graph cannot hold recurrent layers" in capsys.readouterr().err
 
 
 def test_unfused_layers_reads_the_lstm_configuration():

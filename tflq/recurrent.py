@@ -19,8 +19,10 @@ This module owns that path:
 * :func:`static_batch_note` is the line the report and stderr carry;
 * :meth:`StaticBatch.check_mode` refuses, before the converter runs, what is known to fail
   or crash: ``int16x8`` (no 16x8 LSTM kernel), ``int8`` for recurrent layers without a fused
-  kernel (GRU, SimpleRNN…: the calibrator segfaulted on their ``WHILE`` loop) and
-  ``range_search``. :func:`plan_static_batch` puts it all together for a loaded model.
+  kernel (GRU, SimpleRNN…: the calibrator segfaulted on their ``WHILE`` loop).
+  :func:`plan_static_batch` puts it all together for a loaded model. ``--range_estimator``
+  and ``--range_search`` work on the converter's calibrated model
+  (:func:`tflq.ptq.convert._on_converter`): tflq's QAT graph cannot hold recurrent layers.
 
 A .tflite converted this way takes batches of exactly 1:
 :class:`tflq.interpreter.TfliteModel` runs larger batches sample by sample.
@@ -251,15 +253,13 @@ class StaticBatch:
     note: str
     unfused: tuple[str, ...] = ()
 
-    def check_mode(self, mode: str, range_search: bool = False) -> None:
+    def check_mode(self, mode: str) -> None:
         """Refuses what is known not to work on this model, before the converter runs.
 
         Raises:
           ValueError: ``int16x8`` (no 16x8 LSTM kernel; with float ops allowed the .tflite
             fails to prepare), ``int8`` with recurrent layers TFLite has no fused kernel for
-            (the converter's calibration of their ``WHILE`` loop crashed the process here),
-            or ``range_search`` (requantizing the converter's calibrated model does not
-            reproduce its int8 LSTM, so the search has no exact starting point).
+            (the converter's calibration of their ``WHILE`` loop crashed the process here).
         """
         if mode == "int16x8":
             raise ValueError(
@@ -273,12 +273,6 @@ class StaticBatch:
                 "has a fused integer kernel only for LSTM (tanh/sigmoid, with bias, not "
                 "unrolled); these convert to a WHILE loop whose int8 calibration crashes the "
                 "TFLite calibrator (segfault, TF 2.21). float32, float16 and dynamic convert.")
-        if range_search:
-            raise ValueError(
-                f"--range_search does not support recurrent layer(s) {list(self.layers)}: "
-                "requantizing the converter's calibrated model does not reproduce the "
-                "converter's own int8 LSTM, so the search would start from another model. "
-                "Convert int8 without --range_search.")
 
     def converter(self, inputs, output_names):
         """A fresh converter (:func:`static_batch_converter`)."""

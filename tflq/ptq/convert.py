@@ -111,11 +111,11 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     options = options or ConvertOptions()
     start = time.perf_counter()
     if model.static_batch() is not None:  # recurrent layers: refuse what cannot work, first
-        model.static_batch().check_mode(mode.value, options.range_search)
+        model.static_batch().check_mode(mode.value)
     notes, details = list(model.conversion_notes), {}  # e.g. "static batch of 1 because of…"
-    if (mode == Mode.INT8 and options.range_estimator and model.flavor == FLAVOR_SAVED_MODEL
-            and not (options.equalize or options.adaround or options.range_search)):
-        content = _estimate_on_converter(model, options, representative, workdir, notes, details)
+    if (mode == Mode.INT8 and (options.range_estimator or options.range_search)
+            and not (options.equalize or options.adaround) and _outside_qat_graph(model)):
+        content = _on_converter(model, options, representative, workdir, notes, details)
     elif mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
                                 or options.range_search):
         content = _convert_calibrated(model, options, representative, workdir, notes, details)
@@ -212,19 +212,28 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
 
 
 def _batches_of(model: LoadedModel, samples: list, size: int = 32) -> list[dict]:
+    """``samples`` stacked ``size`` at a time (one at a time for static-batch models)."""
+    size = 1 if model.static_batch() is not None else size
     names = model.input_names
     return [{n: np.concatenate([s[n] for s in samples[i:i + size]]) for n in names}
             for i in range(0, len(samples), size)]
 
 
-def _estimate_on_converter(model: LoadedModel, options: ConvertOptions, representative,
-                           workdir: str, notes: list, details: dict) -> bytes:
-    """``--range_estimator`` for a SavedModel without Keras metadata (no layer graph for
-    tflq's QAT graph): each activation range of the converter's calibrated model (model
-    inputs and outputs excluded) is replaced by the estimator's choice on that tensor's float
-    values over the calibration samples, and the converter's own quantizer finishes the
-    model. Requantizing with the converter's ranges must first reproduce its int8 exactly
-    (:func:`tflq.ptq.thresholds.check_requantize`)."""
+def _outside_qat_graph(model: LoadedModel) -> bool:
+    """A model tflq's QAT graph cannot hold: a SavedModel without Keras metadata (no layer
+    graph) or one with recurrent layers (tfmot has no quantize config for RNN cells)."""
+    return model.flavor == FLAVOR_SAVED_MODEL or model.static_batch() is not None
+
+
+def _on_converter(model: LoadedModel, options: ConvertOptions, representative, workdir: str,
+                  notes: list, details: dict) -> bytes:
+    """``--range_estimator`` / ``--range_search`` for models outside tflq's QAT graph
+    (:func:`_outside_qat_graph`), on the converter's calibrated model: requantizing it with
+    its own ranges must first reproduce the converter's int8 exactly
+    (:func:`tflq.ptq.thresholds.check_requantize`); then each activation range (model inputs
+    and outputs excluded) becomes the estimator's choice on that tensor's float values over
+    the calibration samples, or the range search's, and the converter's own quantizer
+    finishes the model."""
     from tflq.ptq import ranges, thresholds
 
     if representative is None:
@@ -235,26 +244,36 @@ def _estimate_on_converter(model: LoadedModel, options: ConvertOptions, represen
         configure(converter, Mode.INT8, options, representative)
         return converter
 
-    plain = _run_converter(make_converter(), Mode.INT8, options)
-    batches = _batches_of(model, list(representative()))
-    calibrated = thresholds.calibrate(make_converter())
-    thresholds.check_requantize(calibrated, plain, options, batches, model.output_names,
-                                f"--range_estimator {options.range_estimator}")
-    recorded = thresholds.ranged_tensors(calibrated)
-    values = thresholds.tensor_values(calibrated, batches, list(recorded))
-    chosen = {i: ranges.estimate(ranges.Histogram.of(v), options.range_estimator,
-                                 options.percentile) for i, v in values.items()}
-    changed = sum(1 for i in chosen if not np.allclose(chosen[i], recorded[i], rtol=1e-6,
-                                                       atol=1e-9))
-    details["ranges"] = {"estimator": options.range_estimator, "route": "converter",
-                         "tensors": len(chosen), "changed": changed}
-    notes.append(f"range estimator {options.range_estimator} on the converter's calibrated "
-                 f"model (a SavedModel has no Keras layer graph): {changed} of {len(chosen)} "
-                 f"activation ranges differ from the converter's min/max; model inputs and "
-                 f"outputs keep the converter's ranges")
+    why = ("a SavedModel has no Keras layer graph" if model.flavor == FLAVOR_SAVED_MODEL
+           else "tflq's QAT graph cannot hold recurrent layers")
+    samples = list(representative())
+    if options.range_search:
+        content = _range_search(model, make_converter(),
+                                _run_converter(make_converter(), Mode.INT8, options), options,
+                                samples, notes, details)
+        notes[-1] += f" ({why})"
+    else:
+        plain = _run_converter(make_converter(), Mode.INT8, options)
+        batches = _batches_of(model, samples)
+        calibrated = thresholds.calibrate(make_converter())
+        thresholds.check_requantize(calibrated, plain, options, batches, model.output_names,
+                                    f"--range_estimator {options.range_estimator}")
+        recorded = thresholds.ranged_tensors(calibrated)
+        values = thresholds.tensor_values(calibrated, batches, list(recorded))
+        chosen = {i: ranges.estimate(ranges.Histogram.of(v), options.range_estimator,
+                                     options.percentile) for i, v in values.items()}
+        changed = sum(1 for i in chosen if not np.allclose(chosen[i], recorded[i], rtol=1e-6,
+                                                           atol=1e-9))
+        details["ranges"] = {"estimator": options.range_estimator, "route": "converter",
+                             "tensors": len(chosen), "changed": changed}
+        notes.append(f"range estimator {options.range_estimator} on the converter's calibrated "
+                     f"model ({why}): {changed} of {len(chosen)} activation ranges differ "
+                     f"from the converter's min/max; model inputs and outputs keep the "
+                     f"converter's ranges")
+        content = thresholds.requantize(calibrated, options, chosen)
     for note in notes:
         print(f"tflq: {note}", file=sys.stderr)
-    return thresholds.requantize(calibrated, options, chosen)
+    return content
 
 
 def _range_search(model: LoadedModel, converter, converter_int8: bytes, options: ConvertOptions,

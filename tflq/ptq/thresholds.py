@@ -134,9 +134,11 @@ def tensor_values(calibrated: bytes, batches: list[dict], indices) -> dict[int, 
 
     interp = preserving_interpreter(calibrated)
     runner = interp.get_signature_runner()
+    dtypes = {name: d["dtype"] for name, d in runner.get_input_details().items()}
     values = {i: [] for i in indices}
     for batch in batches:
-        runner(**{name: np.asarray(x, np.float32) for name, x in batch.items()})
+        interp.reset_all_variables()  # recurrent state (LSTM) starts at zero for every batch
+        runner(**{name: np.asarray(x, dtypes.get(name, np.float32)) for name, x in batch.items()})
         for i in indices:
             values[i].append(np.array(interp.get_tensor(i)).ravel())
     return {i: np.concatenate(v) for i, v in values.items()}

@@ -129,10 +129,11 @@ def refuse_recurrent(model) -> None:
     if found:
         raise ValueError(
             f"Recurrent layer(s) {found} cannot go into tflq's QAT graph (QAT, compress, "
-            "--range_estimator, --adaround): tfmot 0.8.1 has no quantize config for RNN cells "
-            "(the LSTM/GRU/SimpleRNN cell entries of its registry are commented out), so the "
-            "gates would stay unquantized with no ranges for TFLite's int8 LSTM. Use plain int8 "
-            "(the converter calibrates the fused LSTM) or --selective.")
+            "--adaround): tfmot 0.8.1 has no quantize config for RNN cells (the "
+            "LSTM/GRU/SimpleRNN cell entries of its registry are commented out), so the gates "
+            "would stay unquantized with no ranges for TFLite's int8 LSTM. Use int8 (the "
+            "converter calibrates the fused LSTM; --range_estimator and --range_search work on "
+            "its calibrated model) or --selective.")
 
 
 def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = (),
