@@ -119,3 +119,29 @@ def test_a_rebuild_that_computes_something_else_stops_the_conversion(twins, tmp_
         tflq.convert(twins["keras3_keras"], x[:16], x[16:], modes=("float32",),
                      out=str(out), latency_runs=1, progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("changes", [{"equalize": True}, {"adaround": True,
+                                                          "adaround_iterations": 5},
+                                     {"range_estimator": "mse"}])
+def test_an_unnamed_keras3_input_calibrates_through_the_rebuild(tmp_path, changes):
+    # keras.Input without a name: its tensor is "keras_tensor", its layer "input_layer"; the
+    # rebuild took the layer name, so its converter asked the calibration data (keyed by the
+    # tensor name) for "input_layer" and stopped with a KeyError.
+    from tflq.options import ConvertOptions
+    from tflq.ptq import convert
+
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    loaded = wrap_model(model)
+    x = np.random.default_rng(0).uniform(0, 1, (24, 6, 6, 2)).astype(np.float32)
+    name = loaded.input_names[0]
+    samples = [{name: x[i:i + 1]} for i in range(len(x))]
+    result = convert.convert_model(loaded, "int8", str(tmp_path), lambda: iter(samples),
+                                   ConvertOptions(**changes))
+    runner = interpreter.TfliteModel(result.content)
+    got = runner.run({next(iter(runner.input_details)): x})[0]
+    want = np.asarray(model(x))
+    assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= 0.9
+    assert np.max(np.abs(got - want)) < 0.1 * np.ptp(want)

@@ -179,8 +179,11 @@ def rebuild_keras3(model) -> Rebuild:
         # Keras 3 records mask=None and the like; tf_keras would store them in its node.
         return layer_of[id(layer)](*args, **{k: v for k, v in kwargs.items() if v is not None})
 
+    # Named as tflq names the Keras 3 model's inputs (its input tensors' names): an unnamed
+    # keras.Input has the tensor name "keras_tensor" but the layer name "input_layer", and the
+    # calibration data of the rebuild's converter are keyed by the former.
     new_inputs = [tf_keras.Input(shape=tuple(t.shape[1:]), batch_size=None, dtype=t.dtype,
-                                 name=t._keras_history.operation.name) for t in graph.inputs]
+                                 name=t.name) for t in graph.inputs]
     outputs = _walk(graph, new_inputs, apply, inlined)
     rebuilt = tf_keras.Model(new_inputs, outputs[0] if len(outputs) == 1 else outputs,
                              name=model.name)
