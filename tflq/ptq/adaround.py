@@ -211,19 +211,14 @@ def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batc
             out = _call_with_kernel(config, kind, tf.gather(x_all, pick), kernel_of(h()), rest)
             # Relative squared error: comparable across layers and bit widths.
             error = tf.reduce_mean(tf.square(activation(out) - tf.gather(y_all, pick))) / norm
-            # λ·Σ over weights / output channels (the paper's λ·Σ against an error summed
-            # over channels): as a mean over all weights the regularizer's pull on each
-            # weight shrank with the layer's size, and h(V) stayed undecided.
+            # λ·Σ over weights / output channels (see the module docstring).
             rounding = fan_in * tf.reduce_sum(learn * (1 - tf.abs(2 * h() - 1) ** beta)) / (
                 tf.maximum(tf.reduce_sum(learn), 1.0))
             loss = error + use_reg * reg * rounding
         optimizer.apply_gradients([(tape.gradient(loss, v), v)])
         return error
 
-    # A step sees at least MIN_ROWS output positions: a conv's sample holds H·W of them, a
-    # Dense's one, so a Dense layer takes more samples per step (else its gradient is noise).
-    rows = max(1, int(np.prod(y_target.shape[1:-1])))
-    batch_size = min(len(x_in), max(batch_size, -(-MIN_ROWS // rows)))
+    batch_size = _step_samples(y_target, batch_size)
     for step in range(iterations):
         pick = rng.choice(len(x_in), size=batch_size, replace=False)
         beta = 20.0 + (2.0 - 20.0) * max(0, step - warmup) / max(1, iterations - warmup)
@@ -250,6 +245,14 @@ def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batc
         rounded, new_codes, stats["kept"] = nearest, nearest_codes, "nearest"
     return rounded, new_codes.reshape(flat.shape), np.broadcast_to(
         scale.reshape(-1), (flat.shape[-1],)).copy(), stats
+
+
+def _step_samples(y_target: np.ndarray, batch_size: int) -> int:
+    """Samples per optimizer step: at least ``batch_size``, and enough for :data:`MIN_ROWS`
+    output positions (a conv's sample holds H·W of them, a Dense's one, so a Dense layer
+    takes more samples per step, else its gradient is noise); at most all of them."""
+    rows = max(1, int(np.prod(y_target.shape[1:-1])))
+    return min(len(y_target), max(batch_size, -(-MIN_ROWS // rows)))
 
 
 def _loss_activation(config: dict):
