@@ -118,11 +118,11 @@ _MATE = {"registry": "debian", "package": "mate-backgrounds", "version": "1.26.0
          "archive": "mate-backgrounds_1.26.0-1_all.deb",
          "archive_sha256": "7bf4c2209f34b4f61ba6d24c8b58c28b361e82e4b943aae6d42c030169af9e04",
          "prefix": "./usr/share/backgrounds/mate/nature/",
-         "license": "GPL-2+ (debian/copyright, per photo)"}
+         "license": "GPL-2+ per photo in its debian/copyright"}
 _LOMIRI = {"registry": "debian", "package": "lomiri-wallpapers-20.04", "version": "20.04.0-2",
            "archive": "lomiri-wallpapers-20.04_20.04.0-2_all.deb",
            "archive_sha256": "d44e89b8473aafe64a5b678f014862dc31335aaaf18665c544d985d854f1a709",
-           "prefix": "./usr/share/backgrounds/", "license": "CC-BY-SA-3.0 (Lukas Baubkus)"}
+           "prefix": "./usr/share/backgrounds/", "license": "CC-BY-SA-3.0, Lukas Baubkus"}
 
 # Evaluation-only photos (Debian bookworm wallpaper packages, the nature photos among them).
 EVAL_IMAGES = {

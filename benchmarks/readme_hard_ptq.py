@@ -79,7 +79,7 @@ def _evaluation_only(data: Mapping) -> str:
     only = data.get("evaluation_only_photos", [])
     if not only:
         return ""
-    sources = ", ".join(f"Debian {s['package']} {s['version']} ({s['license']})"
+    sources = "; ".join(f"Debian {s['package']} {s['version']}, {s['license']}"
                         for s in data.get("evaluation_only_sources", []))
     return (f" ({len(only)} of them evaluation-only nature photos from {sources}, so the "
             "calibration photos are those of earlier runs)")

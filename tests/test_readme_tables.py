@@ -306,6 +306,6 @@ def test_hard_ptq_renders_intervals_methods_not_run_and_evaluation_only_photos()
     assert (f"| {name} | **not met** | −0.50 pp, +0.2 dB; 95 % interval by photo: vs MCT GPTQ "
             "−1.2…+0.5 pp, −0.50…+1.00 dB |") in table
     assert "Not run this time: tflq `--auto`." in table
-    assert ("(2 of them evaluation-only nature photos from Debian mate-backgrounds 1.26.0-1 "
-            "(GPL-2+), so the calibration photos are those of earlier runs)") in \
+    assert ("(2 of them evaluation-only nature photos from Debian mate-backgrounds 1.26.0-1, "
+            "GPL-2+, so the calibration photos are those of earlier runs)") in \
         " ".join(parts["intro:benchmark_hard_ptq"].split())  # the README wraps lines
