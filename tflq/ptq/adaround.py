@@ -9,15 +9,16 @@ units w/s between grid levels L ≤ w/s ≤ U,
 
 and V is trained layer by layer on calibration data to minimize
 
-    ‖f(W̃·x̃ + b) − f(W·x + b)‖² / ‖f(W·x + b)‖² + (λ / C_out)·Σ(1 − |2h(V) − 1|^β)
+    ‖f(W̃·x̃ + b) − f(W·x + b)‖² / ‖f(W·x + b)‖² + λ·K·mean(1 − |2h(V) − 1|^β)
 
 where x̃ is the layer's input in the model whose earlier layers are already rounded (the
 paper's asymmetric reconstruction), x the float model's, f the layer's fused activation
-(none for softmax: its logits are reconstructed),
-(the regularizer summed over the layer's weights per output channel, as the paper sums it
-against an error summed over channels; as a mean over all weights its pull on each weight
-shrank with the layer's size, h(V) stayed between 0 and 1, and the final hard rounding lost
-to nearest), and β anneals from 20 to 2 after a warm-up without the regularizer, which drives every
+(none for softmax: its logits are reconstructed), K the number of weights per output
+channel and the mean taken over the learned weights. λ·K·mean is about (λ/C_out)·Σ: the
+paper sums the regularizer against an error summed over channels. (As a plain mean over all
+weights its pull on each weight shrank with the layer's size, h(V) stayed between 0 and 1,
+and the final hard rounding lost to nearest.) β anneals from 20 to 2 after a warm-up
+without the regularizer, which drives every
 h(V) to 0 or 1. Finally each weight takes L or U by h(V) ≥ ½. A layer whose learned rounding
 has a larger output error on the calibration data than rounding to nearest keeps the
 nearest rounding (recorded as ``kept: nearest``).
@@ -60,7 +61,7 @@ CLIP_RATIOS = tuple(np.round(np.arange(1.0, 0.24, -0.05), 2))
 _ZETA, _GAMMA = 1.1, -0.1
 _WEIGHT_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
 _NOT_ELEMENTWISE = ("softmax", "log_softmax")
-MIN_ROWS = 256  # output positions per optimizer step (see _round_layer)
+MIN_ROWS = 256  # output positions per optimizer step (see _step_samples)
 
 
 def levels(num_bits: int) -> np.ndarray:

@@ -219,6 +219,20 @@ def _batches_of(model: LoadedModel, samples: list, size: int = 32) -> list[dict]
             for i in range(0, len(samples), size)]
 
 
+def _checked_calibration(model: LoadedModel, converter, converter_int8: bytes,
+                         options: ConvertOptions, samples: list, purpose: str):
+    """(the converter's calibrated model, the calibration batches), after checking that
+    requantizing it with its own ranges reproduces ``converter_int8`` exactly (else
+    RewriteError naming ``purpose``)."""
+    from tflq.ptq import thresholds
+
+    batches = _batches_of(model, samples)
+    calibrated = thresholds.calibrate(converter)
+    thresholds.check_requantize(calibrated, converter_int8, options, batches, model.output_names,
+                                purpose)
+    return calibrated, batches
+
+
 def _outside_qat_graph(model: LoadedModel) -> bool:
     """A model tflq's QAT graph cannot hold: a SavedModel without Keras metadata (no layer
     graph) or one with recurrent layers (tfmot has no quantize config for RNN cells)."""
@@ -253,11 +267,9 @@ def _on_converter(model: LoadedModel, options: ConvertOptions, representative, w
                                 samples, notes, details)
         notes[-1] += f" ({why})"
     else:
-        plain = _run_converter(make_converter(), Mode.INT8, options)
-        batches = _batches_of(model, samples)
-        calibrated = thresholds.calibrate(make_converter())
-        thresholds.check_requantize(calibrated, plain, options, batches, model.output_names,
-                                    f"--range_estimator {options.range_estimator}")
+        calibrated, batches = _checked_calibration(
+            model, make_converter(), _run_converter(make_converter(), Mode.INT8, options),
+            options, samples, f"--range_estimator {options.range_estimator}")
         recorded = thresholds.ranged_tensors(calibrated)
         values = thresholds.tensor_values(calibrated, batches, list(recorded))
         chosen = {i: ranges.estimate(ranges.Histogram.of(v), options.range_estimator,
@@ -282,9 +294,8 @@ def _range_search(model: LoadedModel, converter, converter_int8: bytes, options:
     after checking that requantizing it unchanged reproduces ``converter_int8`` exactly."""
     from tflq.ptq import thresholds
 
-    batches = _batches_of(model, samples)
-    calibrated = thresholds.calibrate(converter)
-    thresholds.check_requantize(calibrated, converter_int8, options, batches, model.output_names)
+    calibrated, batches = _checked_calibration(model, converter, converter_int8, options, samples,
+                                               "--range_search")
     content, record = thresholds.search(calibrated, options, batches, model.output_names)
     details["range_search"] = record
     db = record["calibration_sqnr_db"]
