@@ -335,3 +335,39 @@ def test_four_bit_per_tensor_is_deployed_exactly(tmp_path):
         assert row["clip_ratio_min"] == row["clip_ratio_median"]
     tensors = tflite_inspect.int8_weight_tensors(conversion.content)
     assert tensors and all(t["scales"].size == 1 for t in tensors)
+
+
+def test_channels_whose_bias_needs_a_larger_weight_scale_are_left_to_the_converter(tmp_path):
+    """A dead channel with a bias (nsfwjs's block_11_expand): the converter raises its weight
+    scale to |b| / (2^30 · input scale) so the int32 bias fits, and rounds it itself; the
+    other channels still carry exactly the learned codes, and the note says so."""
+    model = _model()
+    pw = model.get_layer("pw")
+    kernel, bias = pw.get_weights()
+    kernel[..., 2] = -3.1e-9  # below the converter's floor: its own scale would be 1e-6/254
+    bias[2] = 2.0
+    pw.set_weights([kernel, bias])
+    loaded = wrap_model(model, "ada")
+    name = loaded.input_names[0]
+    x = _x()
+    settings = options.ConvertOptions(adaround=True, adaround_iterations=20)
+    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
+                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
+                                       settings)
+    layers = {r["layer"]: r for r in conversion.details["adaround"]["layers"]}
+    assert layers["pw"]["bias_limited_channels"] == 1
+    assert [r["deployed_exactly"] for r in layers.values()] == [True] * 4
+    assert "1 channel(s) left to the converter's rounding" in conversion.notes[-1]
+    # Independently, from the interpreter: the weight scale of channel 2 is the one the int32
+    # bias needs (bias scale = input scale · weight scale = |b| / 2^30), not the 1e-6/254
+    # floor; and the other channels' scales are max|w_c| / 127 of the rounded kernel.
+    interp = Interpreter(model_content=conversion.content)
+    weights = [t for t in interp.get_tensor_details()
+               if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) == 6]
+    biases = [t for t in interp.get_tensor_details()
+              if t["dtype"] == np.int32 and len(t["quantization_parameters"]["scales"]) == 6]
+    assert len(weights) == 1 and len(biases) == 1
+    assert biases[0]["quantization_parameters"]["scales"][2] == pytest.approx(2.0 / 2 ** 30,
+                                                                              rel=1e-5)
+    assert weights[0]["quantization_parameters"]["scales"][2] > 10 * 1e-6 / 254
+    assert interp.get_tensor(weights[0]["index"])[2].max() == 0  # codes of -3.1e-9: zero

@@ -45,7 +45,13 @@ largest weight of each channel is kept at its code ±127 (never rounded; with cl
 sits at exactly ±T_c), so the converter's scale is s and its rounding returns exactly the
 learned codes: :func:`check_deployed` reads them back from the .tflite. A (nearly) dead
 channel, whose range 2·max|w_c| is below :data:`CONVERTER_MIN_RANGE`, is never clipped and
-gets the converter's floor scale 1e-6/254 on both sides.
+gets the converter's floor scale 1e-6/254 on both sides. A channel whose int32 bias would
+overflow on its weight scale is not AdaRound's to round: the converter raises that weight
+scale to |b_c| / (2^30 · s_in) (:data:`BIAS_CODE_LIMIT`, read back from converted models;
+s_in is the layer's input scale, which AdaRound can only estimate from its own samples), so
+such channels (found with a 2× margin: :func:`_bias_limited`; nsfwjs's MobileNetV2 has a
+dead channel with a bias) keep their float weights, the converter rounds them to nearest on
+its own scale, and :func:`check_deployed` compares the other channels.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ _ZETA, _GAMMA = 1.1, -0.1
 _WEIGHT_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
 _NOT_ELEMENTWISE = ("softmax", "log_softmax")
 MIN_ROWS = 256  # output positions per optimizer step (see _step_samples)
+# The converter keeps |bias| / (input scale · weight scale) at most 2^30 (int32 max / 2).
+BIAS_CODE_LIMIT = 2.0 ** 30
 
 
 def levels(num_bits: int) -> np.ndarray:
@@ -179,13 +187,14 @@ def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batc
                                        grid, per_channel)
     lower, upper = _bounds(codes, grid)
     pinned = _pinned(flat, per_channel)
+    limited = _bias_limited(rest, x_in, scale, per_channel, flat.shape[-1])
     width = np.where(upper > lower, upper - lower, 1.0)
     frac = np.clip((codes - lower) / width, 0.0, 1.0)
     frac = np.where(pinned | (upper == lower), np.round(frac), frac)
     # h(V0) = frac: V0 = −log((ζ − γ)/(frac − γ) − 1)
     v0 = -np.log((_ZETA - _GAMMA) / (np.clip(frac, 1e-4, 1 - 1e-4) - _GAMMA) - 1.0)
     v = tf.Variable(v0.astype(np.float32))
-    learn = tf.constant((~pinned & (upper > lower)).astype(np.float32))
+    learn = tf.constant((~pinned & (upper > lower) & ~limited).astype(np.float32))
     fixed = tf.constant(frac.astype(np.float32))
     lower_t, width_t = tf.constant(lower, tf.float32), tf.constant(width, tf.float32)
     scale_t = tf.constant(scale, tf.float32)
@@ -226,26 +235,56 @@ def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batc
         train_step(tf.constant(pick), tf.constant(beta, tf.float32),
                    tf.constant(float(step >= warmup), tf.float32))
     hard = np.where(learn.numpy() > 0, (h().numpy() >= 0.5).astype(np.float64), frac)
-    new_codes = lower + hard * (upper - lower)
-    nearest_codes = lower + np.round(frac) * (upper - lower)
-    rounded = (scale * new_codes).reshape(kernel.shape).astype(kernel.dtype)
-    nearest = (scale * nearest_codes).reshape(kernel.shape).astype(kernel.dtype)
+    return _finish(layer, x_in, y_target, (flat, scale, ratios, limited),
+                   lower + hard * (upper - lower), lower + np.round(frac) * (upper - lower))
+
+
+def _finish(layer, x_in, y_target, grid_state, new_codes, nearest_codes):
+    """The learned or the nearest rounding, whichever has the smaller output error on the
+    calibration data (bias-limited channels keep their float weights in both); returns
+    (kernel, codes, per-channel scales, stats)."""
+    from tflq.models import tf
+
+    flat, scale, ratios, limited = grid_state
+    kind = type(layer).__name__
+    kernel, *rest = layer.get_weights()
+    config = layer.get_config()
+    activation = _loss_activation(config)
+
+    def weights_of(codes):
+        return np.where(limited, flat, scale * codes).reshape(kernel.shape).astype(kernel.dtype)
 
     def output_error(weights):
         out = _call_with_kernel(config, kind, x_in, tf.constant(weights), rest)
         return float(np.mean((activation(out).numpy() - y_target) ** 2))
 
+    rounded, nearest = weights_of(new_codes), weights_of(nearest_codes)
     mse_nearest, mse_learned = output_error(nearest), output_error(rounded)
     stats = {"layer": layer.name, "type": kind, "weights": int(flat.size),
-             "changed_vs_nearest": int(np.sum(new_codes != nearest_codes)),
+             "changed_vs_nearest": int(np.sum((new_codes != nearest_codes) & ~limited)),
              "output_mse_nearest": mse_nearest, "output_mse_adaround": mse_learned,
              "kept": "adaround", "clip_ratio_median": float(np.median(ratios)),
              "clip_ratio_min": float(np.min(ratios)),
-             "clipped_channels": int(np.sum(ratios < 1.0))}
+             "clipped_channels": int(np.sum(ratios < 1.0)),
+             "bias_limited_channels": int(limited.sum()), "limited": limited}
     if mse_learned > mse_nearest:  # never worse than rounding to nearest on this data
         rounded, new_codes, stats["kept"] = nearest, nearest_codes, "nearest"
     return rounded, new_codes.reshape(flat.shape), np.broadcast_to(
         scale.reshape(-1), (flat.shape[-1],)).copy(), stats
+
+
+def _bias_limited(rest, x_in, scale, per_channel, channels) -> np.ndarray:
+    """Per output channel: will the converter raise the weight scale so that the int32 bias
+    fits (|b_c| / (2^30 · s_in) > s_c)? s_in is estimated from ``x_in``'s range (zero
+    included, 255 steps); a 2× margin covers the converter calibrating on more samples. Per
+    tensor: all channels when any is."""
+    if not rest:
+        return np.zeros(channels, bool)
+    low, high = min(float(np.min(x_in)), 0.0), max(float(np.max(x_in)), 0.0)
+    input_scale = max(high - low, 1e-30) / 255.0
+    needed = np.abs(rest[0].astype(np.float64)) / (BIAS_CODE_LIMIT * input_scale)
+    limited = 2.0 * needed > np.broadcast_to(scale.reshape(-1), (channels,))
+    return np.full(channels, limited.any()) if not per_channel else limited
 
 
 def _step_samples(y_target: np.ndarray, batch_size: int) -> int:
@@ -311,11 +350,12 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
 
     Returns:
       ``{"layers": [per-layer stats], "codes": {layer: learned int8 codes},
-      "scales": {layer: per-channel weight scale}}``; a layer's stats hold its output
+      "scales": {layer: per-channel weight scale}, "bias_limited": {layer: per-channel
+      mask of the channels left to the converter}}``; a layer's stats hold its output
       MSE with nearest and learned rounding, which it kept, and the 4-bit grid's clipping
       (``clip_ratio_median``/``clip_ratio_min`` of T_c / max|w_c|, ``clipped_channels``;
-      1.0 and 0 at 8 bits) and, at 4 bits, its bias correction (``bias_corrected``,
-      ``bias_corrected_channels``, ``output_mse_bias_corrected``).
+      1.0 and 0 at 8 bits), ``bias_limited_channels`` and, at 4 bits, its bias correction
+      (``bias_corrected``, ``bias_corrected_channels``, ``output_mse_bias_corrected``).
 
     Raises:
       ValueError: bad arguments.
@@ -341,7 +381,8 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
         data = np.concatenate(inputs)[:max_samples]
     count = len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
     record = {"num_bits": num_bits, "per_channel": per_channel, "iterations": iterations,
-              "reg": reg, "samples": int(count), "layers": [], "codes": {}, "scales": {}}
+              "reg": reg, "samples": int(count), "layers": [], "codes": {}, "scales": {},
+              "bias_limited": {}}
     for index, layer in enumerate(model.layers):
         if type(layer).__name__ not in _WEIGHT_LAYERS:
             continue
@@ -351,12 +392,14 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
         y = _output(twin, x_fp)
         rounded, codes, scales, stats = _round_layer(layer, x_in, y, grid, per_channel,
                                                      iterations, reg, batch_size, seed + index)
+        limited = stats.pop("limited")
         layer.set_weights([rounded, *layer.get_weights()[1:]])
         if num_bits == 4:
             stats.update(_correct_bias(layer, x_in, y))
         record["layers"].append(stats)
         record["codes"][layer.name] = codes
         record["scales"][layer.name] = scales
+        record["bias_limited"][layer.name] = limited
     return record
 
 
@@ -387,7 +430,8 @@ def _correct_bias(layer, x_in, y_target) -> dict:
 
 def check_deployed(model, record: dict, content: bytes) -> list[dict]:
     """Reads each AdaRounded kernel back from the .tflite: ``exact`` when the stored int8
-    codes are the learned ones (found by layout, shape and dequantized values)."""
+    codes are the learned ones (found by layout and shape) in every channel AdaRound rounded
+    (bias-limited channels are the converter's: see the module docstring)."""
     from tflq import tflite_inspect
 
     tensors = tflite_inspect.int8_weight_tensors(content)
@@ -395,9 +439,13 @@ def check_deployed(model, record: dict, content: bytes) -> list[dict]:
     for stats in record["layers"]:
         layer = model.get_layer(stats["layer"])
         kind = stats["type"]
+        shape = layer.get_weights()[0].shape
         codes = record["codes"][layer.name]
-        expected = tflite_inspect.tflite_layout(kind, codes.reshape(layer.get_weights()[0].shape))
+        expected = tflite_inspect.tflite_layout(kind, codes.reshape(shape))
+        limited = record["bias_limited"][layer.name]
+        ours = ~tflite_inspect.tflite_layout(kind, np.broadcast_to(limited, codes.shape).reshape(
+            shape))
         found = [t for t in tensors if t["codes"].shape == expected.shape
-                 and np.array_equal(t["codes"].astype(np.float64), expected)]
+                 and np.array_equal(t["codes"].astype(np.float64)[ours], expected[ours])]
         rows.append({"layer": layer.name, "exact": bool(found)})
     return rows

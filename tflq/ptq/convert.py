@@ -314,7 +314,7 @@ def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details
                                                                                content)}
     layers = [{**row, "deployed_exactly": deployed[row["layer"]]} for row in rounding["layers"]]
     details["adaround"] = {k: v for k, v in rounding.items()
-                           if k not in ("codes", "layers", "scales")}
+                           if k not in ("codes", "layers", "scales", "bias_limited")}
     details["adaround"]["layers"] = layers
     learned = sum(r["kept"] == "adaround" for r in layers)
     exact = sum(r["deployed_exactly"] for r in layers)
@@ -328,7 +328,20 @@ def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details
                     f" channels")
     notes.append(f"AdaRound {rounding['num_bits']}-bit weights: learned rounding kept in "
                  f"{learned} of {len(layers)} layers (the others round to nearest: lower "
-                 f"error there); codes deployed exactly in {exact} of {len(layers)}{clipping}")
+                 f"error there); codes deployed exactly in {exact} of {len(layers)}{clipping}"
+                 + _bias_limited_note(layers))
+
+
+def _bias_limited_note(layers: list) -> str:
+    """Names the channels AdaRound left to the converter because their int32 bias needs a
+    larger weight scale (empty when none)."""
+    limited = {r["layer"]: r["bias_limited_channels"] for r in layers
+               if r["bias_limited_channels"]}
+    if not limited:
+        return ""
+    return (f"; {sum(limited.values())} channel(s) left to the converter's rounding (it "
+            f"raises their weight scale so the int32 bias fits): " +
+            ", ".join(f"{n} ({c})" for n, c in limited.items()))
 
 
 def _ranges_note(record: dict) -> str:
