@@ -340,12 +340,14 @@ def test_four_bit_per_tensor_is_deployed_exactly(tmp_path):
 def test_channels_whose_bias_needs_a_larger_weight_scale_are_left_to_the_converter(tmp_path):
     """A dead channel with a bias (nsfwjs's block_11_expand): the converter raises its weight
     scale to |b| / (2^30 · input scale) so the int32 bias fits, and rounds it itself; the
-    other channels still carry exactly the learned codes, and the note says so."""
+    other channels still carry exactly the learned codes, and the note says so. A channel
+    of weights 1e-30 with a bias (VWW's MobileNetV1) is pinned at code 0 and checked too."""
     model = _model()
     pw = model.get_layer("pw")
     kernel, bias = pw.get_weights()
     kernel[..., 2] = -3.1e-9  # below the converter's floor: its own scale would be 1e-6/254
-    bias[2] = 2.0
+    kernel[..., 3] = 1e-30  # rounds to code 0 on every scale: AdaRound pins it at 0 itself
+    bias[2:4] = 2.0
     pw.set_weights([kernel, bias])
     loaded = wrap_model(model, "ada")
     name = loaded.input_names[0]
@@ -370,4 +372,6 @@ def test_channels_whose_bias_needs_a_larger_weight_scale_are_left_to_the_convert
     assert biases[0]["quantization_parameters"]["scales"][2] == pytest.approx(2.0 / 2 ** 30,
                                                                               rel=1e-5)
     assert weights[0]["quantization_parameters"]["scales"][2] > 10 * 1e-6 / 254
-    assert interp.get_tensor(weights[0]["index"])[2].max() == 0  # codes of -3.1e-9: zero
+    codes = interp.get_tensor(weights[0]["index"])
+    assert codes[2].max() == 0 and codes[3].max() == 0  # -3.1e-9 and 1e-30: code zero
+    assert weights[0]["quantization_parameters"]["scales"][3] > 10 * 1e-6 / 254
