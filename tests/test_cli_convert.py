@@ -758,3 +758,41 @@ def test_tflq_methods_take_a_keras3_model(capsys, tmp_path, tiny_files, extra):
     row = load_report(out)["modes"][0]
     assert row["float_ops"] == [] and row["top1_agreement"] >= 0.9
     assert any(n.startswith("Keras 3 model rebuilt as tf_keras") for n in row["notes"])
+
+
+@pytest.mark.parametrize("relu6, note", [
+    (None, "; ReLU6 kept, "), ("relu", "; 1 ReLU6 replaced by ReLU"),
+    ("keep", "cross-layer equalization found NO pair")])
+def test_equalize_relu6_flag_reaches_the_report(capsys, tmp_path, tiny_files, relu6, note):
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((8, 8, 1), name="img")
+    x = tf_keras.layers.ReLU(6.0)(tf_keras.layers.Conv2D(8, 3, name="c1")(inp))
+    x = tf_keras.layers.Conv2D(8, 1, activation="relu", name="c2")(x)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(3, name="logits")(
+        tf_keras.layers.Flatten()(x)))
+    model.save(tmp_path / "relu6.h5")
+    out = str(tmp_path / "o")
+    extra = {"equalize_relu6": relu6} if relu6 else {}
+    code, _, err = run_cli(capsys, model=str(tmp_path / "relu6.h5"), data=tiny_files["data"],
+                           eval_data=tiny_files["eval_data"], out=out, modes="int8",
+                           equalize=True, num_calibration_samples=40, **extra)
+    assert code == 0, err
+    r = load_report(out)
+    record = r["modes"][0]["methods"]["equalize"]
+    assert r["settings"]["equalize_relu6"] == (relu6 or "bounded") == record["relu6"]
+    assert any(note in n for n in r["modes"][0]["notes"]), r["modes"][0]["notes"]
+    pairs = [(p["first"], p["second"]) for p in record["pairs"]]
+    assert pairs == ([] if relu6 == "keep" else [("c1", "c2")])
+    if relu6 != "keep":  # the float model's change is measured: none when ReLU6 is kept
+        change = record["float_change"]
+        assert change["top1_agreement"] == 1.0 or relu6 == "relu"
+        assert change["sqnr_db"] > (60.0 if relu6 is None else 0.0)
+
+
+def test_equalize_relu6_without_equalize_exits_2_and_writes_nothing(capsys, tmp_path,
+                                                                     tiny_files):
+    before = snapshot(tmp_path)
+    code, stdout, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "o"), modes="int8",
+                                equalize_relu6="relu")
+    assert code == 2 and "--equalize_relu6 needs --equalize" in err and stdout == ""
+    assert snapshot(tmp_path) == before

@@ -80,11 +80,11 @@ def test_equalization_keeps_the_float_function_and_evens_ranges():
 
 def test_relu6_pairs_are_left_alone_unless_replaced_by_relu():
     model = _block(relu6=True)
-    _, record = equalize.equalize(model, relu6_as_relu=False)
+    _, record = equalize.equalize(model, relu6="keep")
     assert [(p["first"], p["second"]) for p in record["pairs"]] == [("c2", "c3")]
     reasons = {s["layer"]: s["reason"] for s in record["skipped"]}
     assert "ReLU6" in reasons["c1"] and "ReLU6" in reasons["dw"]  # said, not silent
-    replaced, record = equalize.equalize(model)
+    replaced, record = equalize.equalize(model, relu6="relu")
     assert len(record["pairs"]) == 3 and record["relu6_replaced"] == 2
     assert not any(layer.get_config().get("max_value") == 6 for layer in replaced.layers)
 
@@ -174,16 +174,16 @@ def _nested_mobilenet(alpha_spread=(-2.5, 0.5)):
 
 def test_equalize_finds_pairs_inside_a_nested_relu6_backbone():
     model = _nested_mobilenet()
-    equalized, record = equalize.equalize(model)
+    equalized, record = equalize.equalize(model, relu6="relu")
     pairs = {(p["first"], p["second"]) for p in record["pairs"]}
     assert {("expand0", "dw0"), ("dw0", "project0"), ("expand1", "dw1"),
             ("dw1", "project1")} <= pairs
     assert record["relu6_replaced"] == 5
     # The function changes only where an activation exceeded 6; the cost is measured.
     x = np.random.default_rng(9).normal(size=(16, 12, 12, 3)).astype(np.float32)
-    cost = equalize.relu6_cost(model, equalized, lambda: iter([x[:8], x[8:]]))
+    cost = equalize.float_change(model, equalized, lambda: iter([x[:8], x[8:]]))
     assert 0.0 <= cost["top1_agreement"] <= 1.0 and cost["sqnr_db"] > 0
-    relu_only = equalize.equalize(model, iterations=0)[0]  # ReLU6 -> ReLU, not equalized
+    relu_only = equalize.equalize(model, iterations=0, relu6="relu")[0]  # not equalized
     a, b = relu_only.predict(x, verbose=0), equalized.predict(x, verbose=0)
     assert np.abs(a - b).max() <= RTOL * np.abs(a).max()
 
@@ -218,17 +218,55 @@ def test_per_tensor_cle_restores_a_nested_relu6_mobilenet(tmp_path):
     sqnr = {}
     for label, opts in (("per_channel", options.ConvertOptions()),
                         ("per_tensor", options.ConvertOptions(per_channel=False)),
-                        ("per_tensor_cle", options.ConvertOptions(per_channel=False,
-                                                                  equalize=True))):
+                        ("bounded", options.ConvertOptions(per_channel=False, equalize=True)),
+                        ("relu", options.ConvertOptions(per_channel=False, equalize=True,
+                                                        equalize_relu6="relu"))):
         conversion = convert.convert_model(loaded, "int8", str(tmp_path), representative, opts)
         sqnr[label] = sqnr_db(want, run(conversion.content))
-        if label == "per_tensor_cle":
+        if label in ("bounded", "relu"):
             details = conversion.details["equalize"]
-            assert len(details["pairs"]) >= 4 and details["relu6_replaced"] == 5
+            assert len(details["pairs"]) >= 4
+            assert details["relu6_replaced"] == (5 if label == "relu" else 0)
     # Small channels collapse in the plain converter, per tensor and (through the per-tensor
-    # activation scale of the depthwise output) per channel too; equalized, they survive.
-    assert sqnr["per_tensor_cle"] > sqnr["per_tensor"] + 10.0
-    assert sqnr["per_tensor_cle"] > sqnr["per_channel"] + 10.0
+    # activation scale of the depthwise output) per channel too; equalized, they survive,
+    # with ReLU6 kept (bounded scales) as with ReLU6 replaced.
+    for label in ("bounded", "relu"):
+        assert sqnr[label] > sqnr["per_tensor"] + 10.0
+        assert sqnr[label] > sqnr["per_channel"] + 10.0
+
+
+def test_bounded_relu6_equalization_keeps_the_float_model_where_relu6_clips():
+    """ReLU6 kept: a channel that reaches 6 on the calibration data keeps scale 1 (moving
+    its clip would change the model), the others are scaled no further than keeps their
+    calibration maximum × 1.25 below the moved clip; the equalized float model equals the
+    original on that data, and on fresh data from the same distribution."""
+    model = _block(relu6=True)
+    x = _x(64) * 2.0  # large enough inputs that some channels clip at 6
+    calibration = lambda: iter([x[:32], x[32:]])  # noqa: E731
+    folded = equalize.equalize(model, iterations=0, relu6="relu")[0]
+    equalized, record = equalize.equalize(model, relu6="bounded", batches=calibration)
+    assert [(p["first"], p["second"]) for p in record["pairs"]] == [
+        ("c1", "dw"), ("dw", "c2"), ("c2", "c3")]
+    assert record["relu6_replaced"] == 0
+    assert sum(layer.get_config().get("max_value") == 6 for layer in equalized.layers) == 2
+    # Independently: the channels the folded float model drives to >= 6/1.25 are held.
+    pre = tf_keras.Model(folded.inputs, folded.get_layer("c1").output)(x).numpy()
+    near_clip = pre.reshape(-1, pre.shape[-1]).max(axis=0) > 6.0 / 1.25
+    held = {p["first"]: p["relu6_held_channels"] for p in record["pairs"]}
+    assert 0 < near_clip.sum() < near_clip.size and held["c1"] == near_clip.sum()
+    scale = equalize._out_ranges(folded.get_layer("c1")) / equalize._out_ranges(
+        equalized.get_layer("c1"))
+    np.testing.assert_allclose(scale[near_clip], 1.0, rtol=1e-6)
+    assert np.abs(np.log(scale[~near_clip])).max() > 0.1  # the others did move
+    assert record["pairs"][0]["spread_after"] < record["pairs"][0]["spread_before"]
+    fresh = np.random.default_rng(7).normal(size=x.shape).astype(np.float32) * 2.0
+    for data in (x, fresh):
+        a, b = model.predict(data, verbose=0), equalized.predict(data, verbose=0)
+        assert np.abs(a - b).max() <= RTOL * np.abs(a).max()
+    with pytest.raises(ValueError, match="relu6='bounded' needs calibration batches: 2 pair"):
+        equalize.equalize(model)
+    with pytest.raises(ValueError, match="relu6 must be one of"):
+        equalize.equalize(model, relu6="clip")
 
 
 def test_pairs_inside_a_nested_backbone_are_found_and_reported(tmp_path):

@@ -153,7 +153,8 @@ COMPRESS = {"train_data": "d.npz", "sparsity": 0.5, "schedule": "polynomial", "c
 
 # Settings that exclude others are set in further cases.
 CASES = [("convert", CONVERT), ("qat", QAT), ("compress", COMPRESS),
-         ("convert", {"data": "d.npz", "range_estimator": "kl", "equalize": True}),
+         ("convert", {"data": "d.npz", "range_estimator": "kl", "equalize": True,
+                      "equalize_relu6": "relu"}),
          ("convert", {"data": "d.npz", "selective": True, "min_agreement": 0.9}),
          ("convert", {"data": "d.npz", "auto": True}),
          ("qat", {"train_data": "d.npz", "strategy": "statistics", "max_accuracy_drop": 1.0}),

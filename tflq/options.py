@@ -7,7 +7,8 @@ import enum
 
 from tflq.settings import setting
 
-__all__ = ["Mode", "ALL_MODES", "RANGE_ESTIMATORS", "parse_modes", "ConvertOptions"]
+__all__ = ["Mode", "ALL_MODES", "RANGE_ESTIMATORS", "EQUALIZE_RELU6", "parse_modes",
+           "ConvertOptions"]
 
 
 class Mode(str, enum.Enum):
@@ -33,6 +34,8 @@ class Mode(str, enum.Enum):
 ALL_MODES = tuple(m.value for m in Mode)
 # Activation range estimators of :mod:`tflq.ptq.ranges` (named here: options are a leaf).
 RANGE_ESTIMATORS = ("minmax", "percentile", "mse", "kl")
+# How cross-layer equalization treats ReLU6 (:data:`tflq.ptq.equalize.RELU6_MODES`).
+EQUALIZE_RELU6 = ("bounded", "relu", "keep")
 
 
 def parse_modes(text: str | list[str]) -> list[Mode]:
@@ -63,7 +66,8 @@ class ConvertOptions:
         converter's own calibration.
       percentile: for ``range_estimator="percentile"``.
       equalize: ``int8`` after cross-layer equalization and bias correction
-        (:mod:`tflq.ptq.equalize`).
+        (:mod:`tflq.ptq.equalize`); ``equalize_relu6`` how it treats ReLU6 (``bounded``,
+        ``relu``, ``keep``: :data:`tflq.ptq.equalize.RELU6_MODES`).
       selective: keep the fewest most sensitive ``int8`` ops in float that bring the
         accuracy drop within the ``max_accuracy_drop`` gate and/or the agreement above
         ``min_agreement`` on calibration samples held apart (:mod:`tflq.ptq.selective`).
@@ -89,6 +93,12 @@ class ConvertOptions:
     percentile: float = setting("Percentile for --range_estimator=percentile.", 99.99)
     equalize: bool = setting("int8 after cross-layer equalization and bias correction "
                              "(tf_keras models).", False)
+    equalize_relu6: str = setting(
+        "How --equalize treats ReLU6: bounded (kept; a channel is scaled only as far as no "
+        "calibration activation changes whether it is clipped, so the float model is "
+        "unchanged on that data), relu (replaced by ReLU as Nagel et al. do: every channel "
+        "can be scaled, the float model changes where activations exceed 6) or keep (pairs "
+        "through ReLU6 are not equalized).", "bounded", choices=EQUALIZE_RELU6)
     selective: bool = setting(
         "int8 keeps the fewest most sensitive ops in float (TFLite's QuantizationDebugger "
         "RMSE/scale) that bring the accuracy drop within --max_accuracy_drop (labelled data) "
@@ -134,6 +144,11 @@ class ConvertOptions:
             raise ValueError("--auto chooses the range estimator, range search, equalization "
                              "and AdaRound itself: drop --range_estimator, --range_search, "
                              "--equalize, --adaround and --selective.")
+        if self.equalize_relu6 not in EQUALIZE_RELU6:
+            raise ValueError(f"equalize_relu6 must be one of {list(EQUALIZE_RELU6)}. "
+                             f"Received: {self.equalize_relu6!r}")
+        if self.equalize_relu6 != "bounded" and not self.equalize:
+            raise ValueError("--equalize_relu6 needs --equalize.")
         if self.adaround_bits not in (8, 4):
             raise ValueError(f"adaround_bits must be 8 or 4. Received: {self.adaround_bits!r}")
         if self.adaround_bits != 8 and not self.adaround:

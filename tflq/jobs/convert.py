@@ -336,7 +336,7 @@ def _convert_all(job: ConvertJob, model, modes: list, representative):
         if options.Mode.INT8 in modes and (tflq_method or settings.selective or job.recipes):
             plain = dataclasses.replace(settings, range_estimator=None, equalize=False,
                                         selective=False, auto=False, adaround=False,
-                                        adaround_bits=8)
+                                        adaround_bits=8, equalize_relu6="bounded")
             baseline = converter.convert_model(model, options.Mode.INT8, scratch, representative,
                                                plain).content
         float_content = conversions[options.Mode.FLOAT32].content

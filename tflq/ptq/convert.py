@@ -165,11 +165,12 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
                      f"{model.rebuild_notes['max_relative_error']:.2g} of range)")
     if options.equalize:
         original = keras
-        keras, record = equalize.equalize(keras, samples=[next(batches())])
+        keras, record = equalize.equalize(keras, relu6=options.equalize_relu6,
+                                          samples=[next(batches())], batches=batches)
+        if record["pairs"]:  # equalized alone: the float function, measured before biases move
+            record["float_change"] = equalize.float_change(original, keras, batches)
         record["bias_corrected"] = equalize.bias_correct(keras, batches,
                                                          per_channel=options.per_channel)
-        if record["relu6_replaced"]:
-            record["relu6_cost"] = equalize.relu6_cost(original, keras, batches)
         details["equalize"] = record
         notes.append(_equalize_note(record))
     rounding = None
@@ -359,6 +360,8 @@ def _ranges_note(record: dict) -> str:
 
 def _equalize_note(record: dict) -> str:
     """One line on what cross-layer equalization did (pairs, skips, the ReLU6 change)."""
+    from tflq.ptq import equalize
+
     pairs = record["pairs"]
     if not pairs:
         return (f"cross-layer equalization found NO pair to equalize "
@@ -371,10 +374,14 @@ def _equalize_note(record: dict) -> str:
             "bias correction on "
             f"{len(record['bias_corrected'])} layers")
     if record["relu6_replaced"]:
-        cost = record["relu6_cost"]
-        line += (f"; {record['relu6_replaced']} ReLU6 replaced by ReLU (float model changed: "
-                 f"top-1 agreement {100 * cost['top1_agreement']:.2f}%, SQNR "
-                 f"{cost['sqnr_db']:.1f} dB vs the original)")
+        line += f"; {record['relu6_replaced']} ReLU6 replaced by ReLU"
+    held = sum(p["relu6_held_channels"] for p in pairs)
+    if record["relu6"] == "bounded":
+        line += (f"; ReLU6 kept, {held} channels held at scale 1 (their calibration "
+                 f"maximum exceeds 6/{equalize.RELU6_HEADROOM:g})")
+    cost = record["float_change"]
+    line += (f"; equalized float model vs the original on the calibration data: top-1 "
+             f"agreement {100 * cost['top1_agreement']:.2f}%, SQNR {cost['sqnr_db']:.1f} dB")
     return line
 
 

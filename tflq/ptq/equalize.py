@@ -13,10 +13,19 @@ channel. Pairs are Conv2D/DepthwiseConv2D → Conv2D/DepthwiseConv2D on the prep
 (:func:`tflq.quant.graph.prepare`: nested backbones inlined, BatchNorm folded), with ReLU
 fused or as a layer (folded BatchNorms, now linear Activations, may sit between), so a
 MobileNetV2 block gives expand → depthwise and depthwise → project pairs. ReLU6 clips at
-6, which rescaling would move: with ``relu6_as_relu=True`` (the default, as Nagel et al. do
-for MobileNetV2) ReLU6 layers are replaced by ReLU first, which changes the function where
-activations exceed 6 (:func:`relu6_cost` measures by how much); otherwise pairs through
-ReLU6 are left alone. Every weight layer that is not paired is listed with the reason.
+6, which rescaling would move (s · min(relu(x / s), 6) = min(relu(x), 6 s)). ``relu6``:
+
+* ``"bounded"`` (default): ReLU6 stays, and each channel's scale is bounded so that no
+  calibration activation changes whether it is clipped: a channel whose activation comes
+  within :data:`RELU6_HEADROOM` of 6 on the calibration data keeps s = 1; any other may be
+  scaled (s ≥ 1 moves the clip above every value it saw; s < 1 only as far as
+  :data:`RELU6_HEADROOM` × its calibration maximum stays at or below 6 s). The float model
+  is then unchanged on the calibration data (:func:`float_change` measures it anyway).
+* ``"relu"``: ReLU6 layers are replaced by ReLU first, as Nagel et al. do for MobileNetV2;
+  every channel can be scaled, but the function changes where activations exceed 6.
+* ``"keep"``: pairs through ReLU6 are left alone.
+
+Every weight layer that is not paired is listed with the reason.
 
 **Bias correction** (empirical variant): quantizing weights shifts each output channel's
 mean by E[conv(x, Q(W) − W)]; with calibration data that expectation is measured layer by
@@ -27,10 +36,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DEAD_CHANNEL_FRACTION", "find_pairs", "equalize", "relu6_cost", "quantize_weights", "bias_correct"]
+from tflq.options import EQUALIZE_RELU6
+
+__all__ = ["DEAD_CHANNEL_FRACTION", "RELU6_MODES", "RELU6_HEADROOM", "find_pairs", "equalize",
+           "float_change", "quantize_weights", "bias_correct"]
 
 _WEIGHT = {"Conv2D", "DepthwiseConv2D"}
 DEAD_CHANNEL_FRACTION = 1e-6  # channel range below this share of the layer's largest: not scaled
+RELU6_MODES = EQUALIZE_RELU6
+# "bounded": a ReLU6 channel may be scaled only while its calibration maximum times this
+# stays at or below the (moved) clip.
+RELU6_HEADROOM = 1.25
 
 
 def _act(layer) -> str:
@@ -139,43 +155,59 @@ def _scale_in(layer, s):
     layer.set_weights([kernel, *weights[1:]])
 
 
-def equalize(model, iterations: int = 20, relu6_as_relu: bool = True,
-             samples: list | None = None):
+def equalize(model, iterations: int = 20, relu6: str = "bounded", samples: list | None = None,
+             batches=None):
     """A prepared copy of ``model`` (nested models inlined, BatchNorm folded:
     :func:`tflq.quant.graph.prepare`) with every equalizable pair equalized.
 
     Args:
       model: a tf_keras Functional or Sequential model.
       iterations: rounds of equalization over all pairs.
-      relu6_as_relu: replace ReLU6 by ReLU first so pairs through it can be equalized, as
-        Nagel et al. do for MobileNetV2; this changes the float function where an
-        activation exceeds 6 (measure it: :func:`relu6_cost`).
+      relu6: how pairs through ReLU6 are treated, one of :data:`RELU6_MODES` (see the
+        module docstring).
       samples: inputs the prepared graph is checked on (:func:`tflq.quant.graph.prepare`).
+      batches: callable returning an iterator of calibration batches; ``relu6="bounded"``
+        reads each ReLU6 channel's largest activation from them.
 
     Returns:
       ``(model, record)``; ``record`` holds ``pairs`` (each with the first layer's channel
-      range spread before and after), ``skipped`` weight layers with the reason, and
-      ``relu6_replaced`` (how many ReLU6 became ReLU).
+      range spread before and after, and under ``"bounded"`` how many channels kept s = 1
+      because ReLU6 clips them or nearly: ``relu6_held_channels``), ``skipped`` weight
+      layers with the reason, ``relu6`` (the mode) and ``relu6_replaced`` (how many ReLU6
+      became ReLU).
+
+    Raises:
+      ValueError: an unknown ``relu6`` mode, or ``"bounded"`` with pairs through ReLU6 and
+        no ``batches``.
     """
     from tflq.models import tf_keras
     from tflq.quant import graph
 
+    if relu6 not in RELU6_MODES:
+        raise ValueError(f"relu6 must be one of {list(RELU6_MODES)}. Received: {relu6!r}")
     prepared = graph.prepare(model, samples)
     if prepared is model:
         prepared = tf_keras.models.clone_model(model)
         prepared.set_weights(model.get_weights())
     replaced = 0
-    if relu6_as_relu:
+    if relu6 == "relu":
         prepared, replaced = _relu6_to_relu(prepared)
-    pairs, skipped = find_pairs(prepared)
+    pairs, skipped = find_pairs(prepared, relu6=relu6 == "bounded")
+    bounds = _relu6_bounds(prepared, pairs, batches) if relu6 == "bounded" else {}
     before = {first: _spread(_out_ranges(prepared.get_layer(first))) for first, _ in pairs}
+    total = {first: np.ones_like(_out_ranges(prepared.get_layer(first))) for first, _ in pairs}
     for _ in range(iterations):
         for first, second in pairs:
             a, b = prepared.get_layer(first), prepared.get_layer(second)
             r1, r2 = _out_ranges(a), _in_ranges(b)
             ok = _live(a, b)
-            s = np.ones_like(r1)
-            s[ok] = np.sqrt(r1[ok] / r2[ok])
+            target = total[first].copy()
+            target[ok] *= np.sqrt(r1[ok] / r2[ok])
+            if first in bounds:  # s = 1 where ReLU6 clips; elsewhere s >= the lower bound
+                held, lower = bounds[first]
+                target = np.where(held, 1.0, np.maximum(target, lower))
+            s = target / total[first]
+            total[first] = target
             _scale_out(a, s)
             _scale_in(b, s)
     dead = {first: int(np.sum(~_live(prepared.get_layer(first), prepared.get_layer(second))))
@@ -183,15 +215,62 @@ def equalize(model, iterations: int = 20, relu6_as_relu: bool = True,
     record = {
         "pairs": [{"first": first, "second": second, "spread_before": before[first],
                    "dead_channels_left": dead[first],
+                   "relu6_held_channels": int(bounds[first][0].sum()) if first in bounds else 0,
                    "spread_after": _spread(_out_ranges(prepared.get_layer(first)))}
                   for first, second in pairs],
-        "skipped": skipped, "relu6_replaced": replaced}
+        "skipped": skipped, "relu6": relu6, "relu6_replaced": replaced}
     return prepared, record
 
 
-def relu6_cost(original, equalized, batches) -> dict:
-    """What replacing ReLU6 by ReLU cost the float model: top-1 agreement and output SQNR
-    of ``equalized`` against ``original`` over ``batches`` (first output)."""
+def _relu6_bounds(model, pairs, batches) -> dict:
+    """``{first: (held, lower)}`` for each pair through a ReLU6: per channel of ``first``,
+    ``held`` where the activation comes within :data:`RELU6_HEADROOM` of 6 on the
+    calibration batches (s stays 1), else the smallest total scale ``lower`` that keeps
+    RELU6_HEADROOM × its maximum at or below the moved clip 6 s."""
+    from tflq.models import tf_keras
+
+    through = [first for first, _ in pairs if _through_relu6(model.get_layer(first))]
+    if not through:
+        return {}
+    if batches is None:
+        raise ValueError(f"relu6='bounded' needs calibration batches: {len(through)} pair(s) "
+                         f"pass through ReLU6, and their activations bound the scales")
+    probe = tf_keras.Model(model.inputs, [model.get_layer(n).output for n in through])
+    top = {n: None for n in through}
+    for batch in batches():
+        outs = probe(batch, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for name, out in zip(through, outs, strict=True):
+            out = np.asarray(out)
+            m = out.reshape(-1, out.shape[-1]).max(axis=0)
+            top[name] = m if top[name] is None else np.maximum(top[name], m)
+    bounds = {}
+    for name, m in top.items():
+        lower = RELU6_HEADROOM * np.maximum(m, 0.0) / 6.0
+        bounds[name] = (lower > 1.0, np.minimum(lower, 1.0))
+    return bounds
+
+
+def _through_relu6(layer) -> bool:
+    """Is ``layer``'s output clipped by a ReLU6 (fused, or a ReLU6 layer after linear ones)
+    before the next weight layer?"""
+    if _act(layer) == "relu6":
+        return True
+    current = layer
+    while len(_consumers(current)) == 1:
+        current = _consumers(current)[0]
+        kind = _relu_kind(current)
+        if kind in (None, "relu") or type(current).__name__ in _WEIGHT:
+            return False
+        if kind == "relu6":
+            return True
+    return False
+
+
+def float_change(original, equalized, batches) -> dict:
+    """How far equalization moved the float model (replacing ReLU6 by ReLU does; bounded
+    scales should not on the calibration data): top-1 agreement and output SQNR of
+    ``equalized`` against ``original`` over ``batches`` (first output)."""
     from tflq import metrics
 
     compared = metrics.Comparison()
