@@ -375,3 +375,24 @@ def test_channels_whose_bias_needs_a_larger_weight_scale_are_left_to_the_convert
     codes = interp.get_tensor(weights[0]["index"])
     assert codes[2].max() == 0 and codes[3].max() == 0  # -3.1e-9 and 1e-30: code zero
     assert weights[0]["quantization_parameters"]["scales"][3] > 10 * 1e-6 / 254
+
+
+def test_adaround_with_a_range_estimator_is_deployed_exactly(tmp_path):
+    """The range estimators convert through tflq's QAT graph, which quantizes Dense kernels
+    per tensor (tfmot's 8-bit scheme): AdaRound rounds the head on that grid, so its codes
+    survive too (per channel, the head's codes were re-rounded by the converter)."""
+    model = _model(outliers=True)
+    loaded = wrap_model(model, "ada")
+    name = loaded.input_names[0]
+    x = _x()
+    settings = options.ConvertOptions(adaround=True, adaround_iterations=20,
+                                      range_estimator="mse")
+    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
+                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
+                                       settings)
+    layers = conversion.details["adaround"]["layers"]
+    assert [r["deployed_exactly"] for r in layers] == [True] * 4
+    assert conversion.details["ranges"]["estimator"] == "mse"
+    scales = {t["codes"].shape: t["scales"].size
+              for t in tflite_inspect.int8_weight_tensors(conversion.content)}
+    assert scales[(4, 6)] == 1 and scales[(6, 1, 1, 8)] == 6  # head per tensor, pw per channel

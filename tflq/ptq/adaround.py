@@ -339,7 +339,8 @@ def _call_with_kernel(config: dict, kind: str, x, kernel, rest):
 
 
 def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iterations: int = 500,
-          reg: float = 0.01, batch_size: int = 8, max_samples: int = 64, seed: int = 0):
+          reg: float = 0.01, batch_size: int = 8, max_samples: int = 64, seed: int = 0,
+          per_tensor_kinds: tuple = ()):
     """AdaRound every Conv2D/DepthwiseConv2D/Dense of a prepared (BatchNorm-folded,
     inlined) tf_keras model in place, in graph order.
 
@@ -353,6 +354,9 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
       batch_size: samples per step.
       max_samples: calibration samples used (first ones).
       seed: sampling seed.
+      per_tensor_kinds: layer types whose weights the deployment route quantizes per tensor
+        even when ``per_channel`` (tflq's QAT graph, through which the range estimators
+        convert, quantizes Dense kernels per tensor, as tfmot's 8-bit scheme does).
 
     Returns:
       ``{"layers": [per-layer stats], "codes": {layer: learned int8 codes},
@@ -396,7 +400,8 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
         x_in = np.asarray(tf_keras.Model(model.inputs, layer.input)(data, training=False))
         x_fp = np.asarray(tf_keras.Model(original.inputs, twin.input)(data, training=False))
         y = _output(twin, x_fp)
-        rounded, codes, scales, stats = _round_layer(layer, x_in, y, grid, per_channel,
+        rounded, codes, scales, stats = _round_layer(layer, x_in, y, grid, per_channel and
+                                                     type(layer).__name__ not in per_tensor_kinds,
                                                      iterations, reg, batch_size, seed + index)
         limited = stats.pop("limited")
         layer.set_weights([rounded, *layer.get_weights()[1:]])

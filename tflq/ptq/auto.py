@@ -35,6 +35,9 @@ CANDIDATES = {
     "equalize+search": {"equalize": True, "range_search": True},
     "adaround": {"adaround": True},
     "equalize+adaround": {"equalize": True, "adaround": True},
+    # Learned weight rounding with estimated activation ranges: the two errors add up.
+    "adaround+mse": {"adaround": True, "range_estimator": "mse"},
+    "equalize+adaround+mse": {"equalize": True, "adaround": True, "range_estimator": "mse"},
 }
 HOLDOUT_EVERY = 5  # one calibration sample in five is held apart for selection
 

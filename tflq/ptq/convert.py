@@ -184,8 +184,10 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
                 prepared = tf_keras.models.clone_model(keras)
                 prepared.set_weights(keras.get_weights())
             keras = prepared
+        # The estimators convert through tflq's QAT graph: Dense kernels per tensor there.
         rounding = adaround.apply(keras, batches, options.adaround_bits, options.per_channel,
-                                  options.adaround_iterations, options.adaround_reg)
+                                  options.adaround_iterations, options.adaround_reg,
+                                  per_tensor_kinds=("Dense",) if options.range_estimator else ())
     if options.range_estimator:
         record = {}
         calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
