@@ -761,7 +761,7 @@ def test_tflq_methods_take_a_keras3_model(capsys, tmp_path, tiny_files, extra):
 
 
 @pytest.mark.parametrize("relu6, note", [
-    (None, "; ReLU6 kept, "), ("relu", "; 1 ReLU6 replaced by ReLU"),
+    (None, "; ReLU6 kept in 1 pairs, "), ("relu", "; 1 ReLU6 replaced by ReLU"),
     ("keep", "cross-layer equalization found NO pair")])
 def test_equalize_relu6_flag_reaches_the_report(capsys, tmp_path, tiny_files, relu6, note):
     tf_keras.utils.set_random_seed(0)

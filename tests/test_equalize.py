@@ -247,7 +247,7 @@ def test_bounded_relu6_equalization_keeps_the_float_model_where_relu6_clips():
     equalized, record = equalize.equalize(model, relu6="bounded", batches=calibration)
     assert [(p["first"], p["second"]) for p in record["pairs"]] == [
         ("c1", "dw"), ("dw", "c2"), ("c2", "c3")]
-    assert record["relu6_replaced"] == 0
+    assert record["relu6_replaced"] == 0 and record["relu6_bounded_pairs"] == 2
     assert sum(layer.get_config().get("max_value") == 6 for layer in equalized.layers) == 2
     # Independently: the channels the folded float model drives to >= 6/1.25 are held.
     pre = tf_keras.Model(folded.inputs, folded.get_layer("c1").output)(x).numpy()

@@ -290,3 +290,25 @@ def test_two_inputs_two_outputs_keep_their_signature_names(tmp_path):
     got = TfliteModel(content, ["score", "probs"]).run(feed)  # outputs by name, in asked order
     np.testing.assert_allclose(got[0], expected[1], atol=FLOAT32_ATOL)
     np.testing.assert_allclose(got[1], expected[0], atol=FLOAT32_ATOL)
+
+
+@pytest.mark.parametrize("changes, keys", [
+    ({"equalize": True, "range_search": True}, {"equalize", "range_search"}),
+    ({"adaround": True, "adaround_iterations": 20, "range_search": True},
+     {"adaround", "range_search"})])
+def test_equalize_and_adaround_combine_with_range_search_on_an_lstm(models, changes, keys,
+                                                                   tmp_path):
+    # Equalization and AdaRound rewrite the tf_keras model (nothing to pair here; AdaRound
+    # rounds the Dense head), then range search works on the converter's calibrated model.
+    loaded = models["tf_keras"]
+    result = convert.convert_model(loaded, "int8", str(tmp_path),
+                                   representative=_representative(loaded),
+                                   options=ConvertOptions(**changes))
+    ops = [op["op_name"] for op in ops_details(Interpreter(model_content=result.content))]
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops and not result.float_ops
+    assert keys <= set(result.details)
+    if "adaround" in keys:
+        assert [r["deployed_exactly"] for r in result.details["adaround"]["layers"]] == [True]
+    feed = _tokens(loaded, 8, seed=11)
+    want = np.asarray(loaded.keras_model(feed[loaded.inputs[0].name]))
+    np.testing.assert_allclose(TfliteModel(result.content).run(feed)[0], want, atol=INT8_ATOL)

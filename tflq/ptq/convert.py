@@ -378,9 +378,10 @@ def _equalize_note(record: dict) -> str:
     if record["relu6_replaced"]:
         line += f"; {record['relu6_replaced']} ReLU6 replaced by ReLU"
     held = sum(p["relu6_held_channels"] for p in pairs)
-    if record["relu6"] == "bounded":
-        line += (f"; ReLU6 kept, {held} channels held at scale 1 (their calibration "
-                 f"maximum exceeds 6/{equalize.RELU6_HEADROOM:g})")
+    if record["relu6_bounded_pairs"]:
+        line += (f"; ReLU6 kept in {record['relu6_bounded_pairs']} pairs, {held} channels held "
+                 f"at scale 1 (their calibration maximum exceeds "
+                 f"6/{equalize.RELU6_HEADROOM:g})")
     cost = record["float_change"]
     line += (f"; equalized float model vs the original on the calibration data: top-1 "
              f"agreement {100 * cost['top1_agreement']:.2f}%, SQNR {cost['sqnr_db']:.1f} dB")

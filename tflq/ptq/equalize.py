@@ -173,8 +173,8 @@ def equalize(model, iterations: int = 20, relu6: str = "bounded", samples: list 
       ``(model, record)``; ``record`` holds ``pairs`` (each with the first layer's channel
       range spread before and after, and under ``"bounded"`` how many channels kept s = 1
       because ReLU6 clips them or nearly: ``relu6_held_channels``), ``skipped`` weight
-      layers with the reason, ``relu6`` (the mode) and ``relu6_replaced`` (how many ReLU6
-      became ReLU).
+      layers with the reason, ``relu6`` (the mode), ``relu6_replaced`` (how many ReLU6
+      became ReLU) and ``relu6_bounded_pairs`` (pairs through a kept ReLU6).
 
     Raises:
       ValueError: an unknown ``relu6`` mode, or ``"bounded"`` with pairs through ReLU6 and
@@ -218,7 +218,8 @@ def equalize(model, iterations: int = 20, relu6: str = "bounded", samples: list 
                    "relu6_held_channels": int(bounds[first][0].sum()) if first in bounds else 0,
                    "spread_after": _spread(_out_ranges(prepared.get_layer(first)))}
                   for first, second in pairs],
-        "skipped": skipped, "relu6": relu6, "relu6_replaced": replaced}
+        "skipped": skipped, "relu6": relu6, "relu6_replaced": replaced,
+        "relu6_bounded_pairs": len(bounds)}
     return prepared, record
 
 
