@@ -96,8 +96,9 @@ class ConvertOptions:
     equalize_relu6: str = setting(
         "How --equalize treats ReLU6: bounded (kept; a channel is scaled only as far as no "
         "calibration activation changes whether it is clipped, so the float model is "
-        "unchanged on that data), relu (replaced by ReLU as Nagel et al. do: every channel "
-        "can be scaled, the float model changes where activations exceed 6) or keep (pairs "
+        "unchanged on that data: channels ReLU6 clips keep scale 1), relu (replaced by ReLU "
+        "as Nagel et al. do: every channel can be scaled, the float model changes where "
+        "activations exceed 6) or keep (pairs "
         "through ReLU6 are not equalized).", "bounded", choices=EQUALIZE_RELU6)
     selective: bool = setting(
         "int8 keeps the fewest most sensitive ops in float (TFLite's QuantizationDebugger "

@@ -380,8 +380,8 @@ def _equalize_note(record: dict) -> str:
     held = sum(p["relu6_held_channels"] for p in pairs)
     if record["relu6_bounded_pairs"]:
         line += (f"; ReLU6 kept in {record['relu6_bounded_pairs']} pairs, {held} channels held "
-                 f"at scale 1 (their calibration maximum exceeds "
-                 f"6/{equalize.RELU6_HEADROOM:g})")
+                 f"at scale 1 (ReLU6 clips them on the calibration data), the others grown at "
+                 f"most until {equalize.RELU6_HEADROOM:g}× their maximum reaches the moved clip")
     cost = record["float_change"]
     line += (f"; equalized float model vs the original on the calibration data: top-1 "
              f"agreement {100 * cost['top1_agreement']:.2f}%, SQNR {cost['sqnr_db']:.1f} dB")

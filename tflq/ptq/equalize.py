@@ -16,11 +16,11 @@ MobileNetV2 block gives expand → depthwise and depthwise → project pairs. Re
 6, which rescaling would move (s · min(relu(x / s), 6) = min(relu(x), 6 s)). ``relu6``:
 
 * ``"bounded"`` (default): ReLU6 stays, and each channel's scale is bounded so that no
-  calibration activation changes whether it is clipped: a channel whose activation comes
-  within :data:`RELU6_HEADROOM` of 6 on the calibration data keeps s = 1; any other may be
-  scaled (s ≥ 1 moves the clip above every value it saw; s < 1 only as far as
-  :data:`RELU6_HEADROOM` × its calibration maximum stays at or below 6 s). The float model
-  is then unchanged on the calibration data (:func:`float_change` measures it anyway).
+  calibration activation changes whether it is clipped: a channel that ReLU6 clips on the
+  calibration data keeps s = 1; any other may shrink freely (s ≥ 1 moves its clip above
+  every value it saw) and grow only as far as :data:`RELU6_HEADROOM` × its calibration
+  maximum stays at or below the moved clip 6 s. The float model is then unchanged on the
+  calibration data (:func:`float_change` measures it anyway).
 * ``"relu"``: ReLU6 layers are replaced by ReLU first, as Nagel et al. do for MobileNetV2;
   every channel can be scaled, but the function changes where activations exceed 6.
 * ``"keep"``: pairs through ReLU6 are left alone.
@@ -44,8 +44,8 @@ __all__ = ["DEAD_CHANNEL_FRACTION", "RELU6_MODES", "RELU6_HEADROOM", "find_pairs
 _WEIGHT = {"Conv2D", "DepthwiseConv2D"}
 DEAD_CHANNEL_FRACTION = 1e-6  # channel range below this share of the layer's largest: not scaled
 RELU6_MODES = EQUALIZE_RELU6
-# "bounded": a ReLU6 channel may be scaled only while its calibration maximum times this
-# stays at or below the (moved) clip.
+# "bounded": a ReLU6 channel may grow (s < 1) only while its calibration maximum times this
+# stays at or below the moved clip 6 s.
 RELU6_HEADROOM = 1.25
 
 
@@ -172,7 +172,7 @@ def equalize(model, iterations: int = 20, relu6: str = "bounded", samples: list 
     Returns:
       ``(model, record)``; ``record`` holds ``pairs`` (each with the first layer's channel
       range spread before and after, and under ``"bounded"`` how many channels kept s = 1
-      because ReLU6 clips them or nearly: ``relu6_held_channels``), ``skipped`` weight
+      because ReLU6 clips them: ``relu6_held_channels``), ``skipped`` weight
       layers with the reason, ``relu6`` (the mode), ``relu6_replaced`` (how many ReLU6
       became ReLU) and ``relu6_bounded_pairs`` (pairs through a kept ReLU6).
 
@@ -225,9 +225,9 @@ def equalize(model, iterations: int = 20, relu6: str = "bounded", samples: list 
 
 def _relu6_bounds(model, pairs, batches) -> dict:
     """``{first: (held, lower)}`` for each pair through a ReLU6: per channel of ``first``,
-    ``held`` where the activation comes within :data:`RELU6_HEADROOM` of 6 on the
-    calibration batches (s stays 1), else the smallest total scale ``lower`` that keeps
-    RELU6_HEADROOM × its maximum at or below the moved clip 6 s."""
+    ``held`` where ReLU6 clips it on the calibration batches (it reaches 6: s stays 1), else
+    the smallest total scale ``lower`` (≤ 1) that keeps RELU6_HEADROOM × its maximum at or
+    below the moved clip 6 s."""
     from tflq.models import tf_keras
 
     through = [first for first, _ in pairs if _through_relu6(model.get_layer(first))]
@@ -247,8 +247,8 @@ def _relu6_bounds(model, pairs, batches) -> dict:
             top[name] = m if top[name] is None else np.maximum(top[name], m)
     bounds = {}
     for name, m in top.items():
-        lower = RELU6_HEADROOM * np.maximum(m, 0.0) / 6.0
-        bounds[name] = (lower > 1.0, np.minimum(lower, 1.0))
+        clipped = m >= 6.0 * (1.0 - 1e-6)  # pre-activation above 6, or a fused ReLU6 at 6
+        bounds[name] = (clipped, np.minimum(RELU6_HEADROOM * np.maximum(m, 0.0) / 6.0, 1.0))
     return bounds
 
 
