@@ -324,3 +324,23 @@ def test_nearly_dead_channels_are_not_scaled():
     r1 = equalize._out_ranges(equalized.get_layer("c1"))
     folded = equalize._out_ranges(equalize.equalize(model, iterations=0)[0].get_layer("c1"))
     assert r1[3] == pytest.approx(folded[3])  # untouched
+
+
+def test_pairs_pass_through_zero_padding_as_in_strided_mobilenet_blocks():
+    """MobileNetV2's strided blocks pad between expand (+ReLU6) and depthwise: zero padding
+    commutes with a per-channel scale, so the pair is equalized and the function kept."""
+    tf_keras.utils.set_random_seed(4)
+    inp = L.Input((9, 9, 3))
+    x = L.ReLU(6.0)(L.Conv2D(8, 1, name="expand")(inp))
+    x = L.ZeroPadding2D(((0, 1), (0, 1)))(x)
+    x = L.ReLU(6.0)(L.DepthwiseConv2D(3, strides=2, name="dw")(x))
+    model = tf_keras.Model(inp, L.Conv2D(4, 1, name="project")(x))
+    kernel, bias = model.get_layer("expand").get_weights()
+    model.get_layer("expand").set_weights([kernel * np.logspace(-2, 0, 8), bias])
+    x = np.random.default_rng(3).normal(size=(32, 9, 9, 3)).astype(np.float32)
+    equalized, record = equalize.equalize(model, batches=lambda: iter([x]))
+    pairs = {(p["first"], p["second"]) for p in record["pairs"]}
+    assert pairs == {("expand", "dw"), ("dw", "project")}
+    assert record["pairs"][0]["spread_after"] < record["pairs"][0]["spread_before"]
+    a, b = model.predict(x, verbose=0), equalized.predict(x, verbose=0)
+    assert np.abs(a - b).max() <= RTOL * np.abs(a).max()

@@ -11,8 +11,9 @@ function, since relu(x / s) = relu(x) / s for s > 0:
 which makes both channel ranges sqrt(r1_i · r2_i): per-tensor int8 scales then fit every
 channel. Pairs are Conv2D/DepthwiseConv2D → Conv2D/DepthwiseConv2D on the prepared graph
 (:func:`tflq.quant.graph.prepare`: nested backbones inlined, BatchNorm folded), with ReLU
-fused or as a layer (folded BatchNorms, now linear Activations, may sit between), so a
-MobileNetV2 block gives expand → depthwise and depthwise → project pairs. ReLU6 clips at
+fused or as a layer (folded BatchNorms, now linear Activations, and zero padding may sit
+between), so a MobileNetV2 block gives expand → depthwise (strided blocks too, through
+their ZeroPadding2D) and depthwise → project pairs. ReLU6 clips at
 6, which rescaling would move (s · min(relu(x / s), 6) = min(relu(x), 6 s)). ``relu6``:
 
 * ``"bounded"`` (default): ReLU6 stays, and each channel's scale is bounded so that no
@@ -59,7 +60,11 @@ def _consumers(layer):
 
 
 def _relu_kind(layer) -> str | None:
+    """``relu``/``relu6``/``linear`` for a layer a per-channel scale passes through (ReLU,
+    ReLU6, a linear Activation, zero padding: pad(x / s) = pad(x) / s), else None."""
     kind = type(layer).__name__
+    if kind == "ZeroPadding2D":
+        return "linear"
     if kind == "ReLU":
         cfg = layer.get_config()
         if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
@@ -99,7 +104,7 @@ def find_pairs(model, relu6: bool = False) -> tuple[list[tuple[str, str]], list[
             if kind is None:
                 reason = f"{type(nxt).__name__} {nxt.name} between"
             elif kind == "relu6" and not relu6:
-                reason = f"ReLU6 {nxt.name} between (kept: relu6_as_relu is off)"
+                reason = f"ReLU6 {nxt.name} between (kept: --equalize_relu6 keep)"
             current = nxt
         if reason is not None:
             skipped.append({"layer": layer.name, "reason": reason})
