@@ -49,11 +49,10 @@ gets the converter's floor scale 1e-6/254 on both sides. A channel whose int32 b
 overflow on its weight scale is not AdaRound's to round: the converter raises that weight
 scale to |b_c| / (2^30 · s_in) (:data:`BIAS_CODE_LIMIT`, read back from converted models;
 s_in is the layer's input scale, which AdaRound can only estimate from its own samples), so
-such channels (found with a 2× margin: :func:`_bias_limited`; nsfwjs's MobileNetV2 has a
-dead channel with a bias) keep their float weights, the converter rounds them to nearest on
-its own scale, and :func:`check_deployed` compares the other channels. Where all of such a
-channel's codes round to 0 (VWW's MobileNetV1 has hundreds of channels with weights of
-1e-30 and a bias), they are pinned at 0, which every scale reads back.
+such channels (:func:`_bias_limited`, 2× margin; e.g. a dead channel with a bias) keep their
+float weights, the converter rounds them on its own scale, and :func:`check_deployed`
+compares the other channels; where all of a channel's codes round to 0 (VWW has hundreds
+of such channels) they are pinned at 0, which every scale reads back.
 """
 
 from __future__ import annotations
@@ -189,8 +188,7 @@ def _round_layer(layer, x_in, y_target, grid, per_channel, iterations, reg, batc
                                        grid, per_channel)
     lower, upper = _bounds(codes, grid)
     limited = _bias_limited(rest, x_in, scale, per_channel, flat.shape[-1])
-    # Where every code rounds to 0, any larger scale the converter takes gives 0 too: such
-    # channels (dead ones with a bias) are pinned at 0 instead of left to the converter.
+    # All codes 0: any larger scale the converter takes gives 0 too, so pin them at 0.
     zero = limited & (np.abs(codes).reshape(-1, flat.shape[-1]).max(axis=0) < 0.5)
     limited &= ~zero
     pinned = _pinned(flat, per_channel) | zero
