@@ -33,6 +33,17 @@ def _x(n=48, seed=1):
     return np.random.default_rng(seed).uniform(0, 1, size=(n, 10, 10, 3)).astype(np.float32)
 
 
+def _convert_int8(model, tmp_path, **settings):
+    """``model``'s int8 .tflite with ``settings``, calibrated on :func:`_x` one sample at a
+    time (the Conversion)."""
+    loaded = wrap_model(model, "ada")
+    name = loaded.input_names[0]
+    x = _x()
+    return convert.convert_model(loaded, "int8", str(tmp_path),
+                                 lambda: ({name: x[i:i + 1]} for i in range(len(x))),
+                                 options.ConvertOptions(**settings))
+
+
 def _nearest(model, num_bits):
     """Independent numpy reference: every kernel rounded to the nearest level of the grid."""
     grid = adaround.levels(num_bits)
@@ -250,17 +261,8 @@ def test_four_bit_learned_rounding_helps_a_pretrained_resnet8_on_held_out_photo_
 @pytest.mark.parametrize("num_bits", [8, 4])
 def test_the_tflite_holds_exactly_the_learned_codes(tmp_path, num_bits):
     model = _model(outliers=True)
-    loaded = wrap_model(model, "ada")
-    name = loaded.input_names[0]
-    x = _x()
-
-    def representative():
-        for i in range(len(x)):
-            yield {name: x[i:i + 1]}
-
-    settings = options.ConvertOptions(adaround=True, adaround_bits=num_bits,
-                                      adaround_iterations=40)
-    conversion = convert.convert_model(loaded, "int8", str(tmp_path), representative, settings)
+    conversion = _convert_int8(model, tmp_path, adaround=True, adaround_bits=num_bits,
+                               adaround_iterations=40)
     record = conversion.details["adaround"]
     assert [r["deployed_exactly"] for r in record["layers"]] == [True] * 4
     # Independently: every int8 weight tensor of a conv/dense op holds grid codes only.
@@ -302,13 +304,7 @@ def test_nearly_dead_channels_are_deployed_exactly(tmp_path):
     kernel, bias = pw.get_weights()
     kernel[..., 2] *= 1e-8 / np.abs(kernel[..., 2]).max()  # max |w| = 1e-8
     pw.set_weights([kernel, bias])
-    loaded = wrap_model(model, "ada")
-    name = loaded.input_names[0]
-    x = _x()
-    settings = options.ConvertOptions(adaround=True, adaround_iterations=20)
-    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
-                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
-                                       settings)
+    conversion = _convert_int8(model, tmp_path, adaround=True, adaround_iterations=20)
     record = conversion.details["adaround"]
     assert [r["deployed_exactly"] for r in record["layers"]] == [True] * 4
     interp = Interpreter(model_content=conversion.content)
@@ -321,14 +317,8 @@ def test_four_bit_per_tensor_is_deployed_exactly(tmp_path):
     """Per tensor: one clipping threshold for the whole kernel (its largest weight pinned at
     ±127), read back exactly from the .tflite."""
     model = _model(outliers=True)
-    loaded = wrap_model(model, "ada")
-    name = loaded.input_names[0]
-    x = _x()
-    settings = options.ConvertOptions(per_channel=False, adaround=True, adaround_bits=4,
-                                      adaround_iterations=20)
-    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
-                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
-                                       settings)
+    conversion = _convert_int8(model, tmp_path, per_channel=False, adaround=True, adaround_bits=4,
+                               adaround_iterations=20)
     layers = conversion.details["adaround"]["layers"]
     assert [r["deployed_exactly"] for r in layers] == [True] * 4
     for row in layers:  # one ratio per tensor
@@ -349,13 +339,7 @@ def test_channels_whose_bias_needs_a_larger_weight_scale_are_left_to_the_convert
     kernel[..., 3] = 1e-30  # rounds to code 0 on every scale: AdaRound pins it at 0 itself
     bias[2:4] = 2.0
     pw.set_weights([kernel, bias])
-    loaded = wrap_model(model, "ada")
-    name = loaded.input_names[0]
-    x = _x()
-    settings = options.ConvertOptions(adaround=True, adaround_iterations=20)
-    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
-                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
-                                       settings)
+    conversion = _convert_int8(model, tmp_path, adaround=True, adaround_iterations=20)
     layers = {r["layer"]: r for r in conversion.details["adaround"]["layers"]}
     assert layers["pw"]["bias_limited_channels"] == 1
     assert [r["deployed_exactly"] for r in layers.values()] == [True] * 4
@@ -382,14 +366,8 @@ def test_adaround_with_a_range_estimator_is_deployed_exactly(tmp_path):
     per tensor (tfmot's 8-bit scheme): AdaRound rounds the head on that grid, so its codes
     survive too (per channel, the head's codes were re-rounded by the converter)."""
     model = _model(outliers=True)
-    loaded = wrap_model(model, "ada")
-    name = loaded.input_names[0]
-    x = _x()
-    settings = options.ConvertOptions(adaround=True, adaround_iterations=20,
-                                      range_estimator="mse")
-    conversion = convert.convert_model(loaded, "int8", str(tmp_path),
-                                       lambda: ({name: x[i:i + 1]} for i in range(len(x))),
-                                       settings)
+    conversion = _convert_int8(model, tmp_path, adaround=True, adaround_iterations=20,
+                               range_estimator="mse")
     layers = conversion.details["adaround"]["layers"]
     assert [r["deployed_exactly"] for r in layers] == [True] * 4
     assert conversion.details["ranges"]["estimator"] == "mse"
