@@ -58,7 +58,8 @@ def _qat(argv) -> int:
     print(report.format_table(result.report))
     parity = result.report["qat"]["parity"]
     print(f"\nQAT Keras vs TFLite int8: top-1 agreement {100 * parity['top1_agreement']:.2f}%, "
-          f"{100 * parity['within_1_lsb']:.2f}% of outputs within one LSB")
+          + (f"{100 * parity['within_1_lsb']:.2f}% of outputs within one LSB"
+             if parity["within_1_lsb"] is not None else "float output (no LSB)"))
     report_warnings(result)
     return report_gates(result)
 

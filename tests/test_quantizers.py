@@ -286,3 +286,32 @@ def test_depthwise_channels_rejects_a_non_depthwise_kernel():
     layer.build((None, 4))
     with pytest.raises(ValueError, match=r"4-D depthwise kernel \(h, w, c, m\). Received: shape=\(4, 3\)"):
         quantizers.DepthwiseChannels().build(tf.TensorShape((4, 3)), "k", layer)
+
+
+@pytest.mark.parametrize("gates", [4, 3])
+def test_gate_blocks_range_per_gate_of_a_recurrent_kernel(gates):
+    # TFLite's int8 LSTM holds each gate's matrix with one scale max|w|/127; a per-axis
+    # quantizer alone would give every column its own range, per tensor one for all gates.
+    rng = np.random.default_rng(4)
+    units = 5
+    kernel = rng.normal(size=(6, gates * units)) * np.repeat(np.logspace(-2, 0, gates), units)
+    layer = tf_keras.layers.Dense(3)
+    layer.build((None, 4))
+    wrapped = quantizers.GateBlocks(quantizers.SymmetricQuantizer(8, per_axis=True), gates)
+    weights = wrapped.build(tf.TensorShape(kernel.shape), "k", layer)
+    got = wrapped(tf.constant(kernel, tf.float32), False, weights).numpy()
+    want = []
+    for block in np.split(kernel, gates, axis=1):  # numpy: one symmetric scale per gate
+        scale = np.abs(block).max() / 127
+        want.append(np.round(block / scale) * scale)
+    np.testing.assert_allclose(got, np.concatenate(want, axis=1), rtol=1e-5, atol=1e-9)
+
+
+def test_gate_blocks_rejects_kernels_it_cannot_split():
+    layer = tf_keras.layers.Dense(3)
+    layer.build((None, 4))
+    with pytest.raises(ValueError, match=r"2-D recurrent kernel. Received: shape=\(3, 3, 4\)"):
+        quantizers.GateBlocks().build(tf.TensorShape((3, 3, 4)), "k", layer)
+    wrapped = quantizers.GateBlocks(gates=4)
+    with pytest.raises(ValueError, match="a kernel of 6 columns does not split into 4 gates"):
+        wrapped.build(tf.TensorShape((2, 6)), "k", layer)

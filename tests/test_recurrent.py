@@ -147,7 +147,10 @@ def test_inference_copy_zeroes_only_dropout_and_keeps_outputs(models):
     assert (lstm.dropout, lstm.recurrent_dropout) == (0.0, 0.0)
     assert loaded.keras_model.get_layer("lstm").recurrent_dropout == 0.2  # original untouched
     x = _tokens(loaded, 4, seed=3)["tokens"]
-    np.testing.assert_array_equal(copy.model(x, training=False), loaded.keras_model(x, training=False))
+    # Without recurrent dropout tf_keras runs its fused LSTM function instead of the generic
+    # loop: the same math in another order (float rounding, seen up to 3e-8 here).
+    np.testing.assert_allclose(copy.model(x, training=False), loaded.keras_model(x, training=False),
+                               rtol=0, atol=1e-6)
     no_dropout = recurrent.inference_copy(copy.model, loaded.inputs)
     assert no_dropout.model is copy.model and no_dropout.changed == {}
 
@@ -199,7 +202,8 @@ def test_layer_error_starts_every_sample_from_a_zero_lstm_state(models, converte
 
 
 def test_qat_graph_refuses_recurrent_layers_naming_them(models, tmp_path):
-    with pytest.raises(ValueError, match=r"Recurrent layer\(s\) \['lstm'\].*no quantize config"):
+    with pytest.raises(ValueError, match=r"Recurrent layer\(s\) \['lstm'\] cannot go into tflq's "
+                                         "QAT-graph conversion"):
         qat.quantize_model(models["tf_keras"].keras_model)
     loaded = models["keras3"]  # its checked tf_keras rebuild is what QAT would wrap
     rebuilt = loaded.to_tf_keras([_tokens(loaded, 4, seed=2)[loaded.input_names[0]]])

@@ -272,8 +272,9 @@ def format_qat(q: dict, missing: str = "–") -> str:
              f"TFLite int8 kernels: {'yes' if q['deploys_exactly'] else 'no'}",
              f"- Keras QAT model accuracy: {percent(q['keras_qat_accuracy'], missing)}",
              f"- Parity, Keras QAT model vs TFLite int8: top-1 agreement "
-             f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
-             f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"]
+             f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB " + (
+                 f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"
+                 if p["output_step"] is not None else "n/a (float output)")]
     if q.get("distillation"):
         d = q["distillation"]
         lines.append(f"- Distillation: alpha {d['alpha']}, temperature {d['temperature']}"
@@ -286,8 +287,8 @@ def format_qat(q: dict, missing: str = "–") -> str:
         for name, o in p["outputs"].items():
             agreement = "–" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f}%"
             lines.append(f"| {name} | {o['kind']} | {q['outputs'][name]['loss']} "
-                         f"| {agreement} | {100 * o['within_1_lsb']:.2f}% "
-                         f"| {o['output_step']:.4g} | {_fmt(o['sqnr_db'], '.1f')} |")
+                         f"| {agreement} | {_fmt(o['within_1_lsb'], '.2%')} "
+                         f"| {_fmt(o['output_step'], '.4g')} | {_fmt(o['sqnr_db'], '.1f')} |")
     weights = q.get("weights") or []
     if weights:
         lines += ["", "Weights in the .tflite against the QAT model's quantized weights "

@@ -349,8 +349,9 @@ def _sections(report: dict) -> list[str]:
             f" runs exactly on TFLite int8: {'yes' if q['deploys_exactly'] else 'no'}</li>"
             f"<li>Keras QAT model accuracy: {_percent(acc, _accuracy_missing(report))}</li>"
             f"<li>Parity, Keras QAT vs TFLite int8: top-1 agreement "
-            f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB ({p['output_step']:.4g}): "
-            f"{100 * p['within_1_lsb']:.2f}%</li></ul>"
+            f"{100 * p['top1_agreement']:.2f}%, outputs within one LSB "
+            + (f"({p['output_step']:.4g}): {100 * p['within_1_lsb']:.2f}%"
+               if p["output_step"] is not None else "n/a (float output)") + "</li></ul>"
             + _table(["layer", "weight", "shape", "max abs error", "SQNR dB", "exact"],
                      [[_e(w["layer"]), _e(w["weight"]), _e(w["shape"]),
                        f"{w['max_abs_error']:.3g}" if w.get("found") else "not found",

@@ -60,42 +60,46 @@ def int8_weight_tensors(content: bytes) -> list[dict]:
 def weight_requantization(model, content: bytes) -> list[dict]:
     """Per quantized kernel: the QAT model's fake-quantized weights against the int8 weights
     the .tflite actually holds (dequantized). ``max_abs_error`` 0 means the scheme deployed
-    exactly; otherwise this is what the converter's re-quantization cost."""
+    exactly; otherwise this is what the converter's re-quantization cost. An LSTM's kernel is
+    compared gate by gate with the four matrices of its ``UNIDIRECTIONAL_SEQUENCE_LSTM`` (the
+    i-th LSTM layer with the i-th such op)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from tflq import metrics
 
     interp = Interpreter(model_content=content)
     tensors = [t for t in interp.get_tensor_details() if np.dtype(t["dtype"]) == np.int8]
+    lstm_ops = [op for op in ops_details(interp) if op["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
     rows = []
     for layer in model.layers:
         inner = getattr(layer, "layer", None)
         if inner is None:
             continue
+        kind = type(inner).__name__
+        op = lstm_ops.pop(0) if kind == "LSTM" and lstm_ops else None  # in layer order
         for weight, quantizer, quantizer_vars in getattr(layer, "_weight_vars", []):
-            kind = type(inner).__name__
             fake = np.asarray(quantizer(weight, training=False, weights=quantizer_vars))
-            expected = tflite_layout(kind, fake)
-            tokens = lambda name: set(re.split(r"[/;:]", name))  # noqa: E731
-            found = [t for t in tensors if layer.name in tokens(t["name"])
-                     and tuple(t["shape"]) == expected.shape]
-            row = {"layer": inner.name, "type": kind, "weight": weight.name.split("/")[-1],
-                   "shape": list(expected.shape)}
-            if len(found) != 1:
-                row.update(found=False)
-                rows.append(row)
+            short = weight.name.split("/")[-1]
+            if kind == "LSTM":  # per gate: TFLite's (units, inputs) matrices, op inputs 1-4, 5-8
+                gates = np.split(fake, 4, axis=-1)
+                found = ([] if op is None else
+                         op["inputs"][5:9] if short.startswith("recurrent") else op["inputs"][1:5])
+                pairs = [(g.T, interp.get_tensor_details()[i]) for g, i in zip(gates, found, strict=False)]
+            else:
+                expected = tflite_layout(kind, fake)
+                tokens = lambda name: set(re.split(r"[/;:]", name))  # noqa: E731
+                found = [t for t in tensors if layer.name in tokens(t["name"])
+                         and tuple(t["shape"]) == expected.shape] or [
+                    t for t in tensors if inner.name in tokens(t["name"])  # calibrated deploy
+                    and tuple(t["shape"]) == expected.shape]
+                pairs = [(expected, found[0])] if len(found) == 1 else []
+            row = {"layer": inner.name, "type": kind, "weight": short,
+                   "shape": list(tflite_layout(kind, fake).shape)}
+            if not pairs:
+                rows.append({**row, "found": False})
                 continue
-            detail = found[0]
-            params = detail["quantization_parameters"]
-            codes = interp.get_tensor(detail["index"]).astype(np.float64)
-            axis = params["quantized_dimension"]
-            shape = [1] * codes.ndim
-            shape[axis] = -1
-            scales = np.asarray(params["scales"], np.float64)
-            zeros = np.asarray(params["zero_points"], np.float64)
-            if scales.size > 1:
-                scales, zeros = scales.reshape(shape), zeros.reshape(shape)
-            deployed = (codes - zeros) * scales
+            expected = np.concatenate([e.ravel() for e, _ in pairs])
+            deployed = np.concatenate([_dequantized(interp, d).ravel() for _, d in pairs])
             error = np.abs(deployed - expected)
             row.update(found=True, max_abs_error=float(error.max()),
                        sqnr_db=metrics.sqnr_db(expected[None], deployed[None]),
@@ -103,6 +107,19 @@ def weight_requantization(model, content: bytes) -> list[dict]:
                            1.0, float(np.abs(expected).max())))))
             rows.append(row)
     return rows
+
+
+def _dequantized(interp, detail) -> np.ndarray:
+    """A constant int8 tensor of the interpreter, dequantized (per channel where it is)."""
+    params = detail["quantization_parameters"]
+    codes = interp.get_tensor(detail["index"]).astype(np.float64)
+    shape = [1] * codes.ndim
+    shape[params["quantized_dimension"]] = -1
+    scales = np.asarray(params["scales"], np.float64)
+    zeros = np.asarray(params["zero_points"], np.float64)
+    if scales.size > 1:
+        scales, zeros = scales.reshape(shape), zeros.reshape(shape)
+    return (codes - zeros) * scales
 
 
 # Boundary ops that convert between float and integer I/O; not compute left in float.

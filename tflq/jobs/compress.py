@@ -310,7 +310,7 @@ def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
     import tempfile
 
     from tflq.models import tf_keras, wrap_model
-    from tflq.ptq import convert
+    from tflq.ptq import convert, deploy
     from tflq.quant import qat
 
     names = float_model.input_names
@@ -336,8 +336,9 @@ def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
     scratch = tempfile.mkdtemp(prefix="tflq-compress-")
     try:
         if job.quantization == "qat":
-            prepared = []
-            student = qat.quantize_model(model, job.scheme, samples=samples, notes=prepared)
+            prepared, wrapped = [], []
+            student = qat.quantize_model(model, job.scheme, samples=samples, notes=prepared,
+                                         lstm_ok=True, prepared=wrapped)
             notes.extend(f"prepare: {line}" for line in prepared)
             if not prepared:
                 notes.append("prepare: no float rewrite needed (nothing to inline, split or fold)")
@@ -350,9 +351,13 @@ def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
             histories["qat"] = fine_tune(student, feed(x_train), labels, job, [keep],
                                          job.qat_learning_rate or job.learning_rate,
                                          job.qat_epochs or job.epochs, teacher, targets.heads)
-            content = convert.convert_qat(student, scratch)
+            content = deploy.convert_student(student, wrapped[0], scratch, x_train,
+                                             float_model.source, notes)
 
             def make_converter():
+                if deploy.deploys_by_calibration(student):  # what convert_student calibrated
+                    return deploy.CalibratedDeploy(student, wrapped[0], x_train,
+                                                   float_model.source).converter(scratch)
                 return wrap_model(student, "qat").make_converter(scratch)
 
             stages.append(f"QAT ({job.scheme}, structure preserved"

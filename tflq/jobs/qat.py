@@ -171,6 +171,7 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
     import os
 
     from tflq.models import load_model
+    from tflq.ptq import deploy
 
     if job.out is not None:
         check_output_dir(job.out)
@@ -199,7 +200,7 @@ def run_qat_job(job: QATJob, callbacks: Sequence = ()) -> JobResult:
         from tflq.quant import qat
 
         qat.check_teacher(teacher, source)
-    notes = [f"QAT ({job.scheme}, {job.strategy}); ranges from training, no calibration",
+    notes = [f"QAT ({job.scheme}, {job.strategy}); {deploy.ranges_note(source)}",
              *rebuild_notes(float_model)]
     try:
         student, history, content, float32, qat_h5 = _train_and_convert(
@@ -246,7 +247,7 @@ def _validate_and_report(job, float_model, source, student, feed, targets, x_tra
     """Runs the float model, the QAT model and the int8 .tflite on the evaluation data, builds
     the report and writes everything."""
     from tflq import interpreter, tflite_inspect
-    from tflq.quant import schemes
+    from tflq.ptq import deploy
 
     keras_names = list(source.output_names)
     runner = interpreter.TfliteModel(content, tflite_output_names(content, keras_names),
@@ -258,8 +259,8 @@ def _validate_and_report(job, float_model, source, student, feed, targets, x_tra
     float_result, compared, latency = evaluate_trained(job, float_model, runner, float32, x_eval,
                                                        targets, parity, [per_output])
     base = float_result["accuracy"]
-    chosen = schemes.get_scheme(job.scheme)
-    if not chosen.exact:
+    exact = deploy.deploys_exactly(job.scheme, student)
+    if not exact:
         notes.append(f"{job.scheme} weights do not fit TFLite's int8 weight format: the converter "
                      "re-quantized them; the parity figures show what that cost")
     stem = float_model.stem
@@ -284,7 +285,7 @@ def _validate_and_report(job, float_model, source, student, feed, targets, x_tra
         modes=[row], gates=job.gates, output_tasks=per_output.section,
         warnings=outputs.complete([row], per_output, {"int8": content}, job.num_threads,
                                   latency["float32"]),
-        qat=_qat_section(job, chosen, parity, targets, student, content, history))
+        qat=_qat_section(job, exact, parity, targets, student, content, history))
     return finish(job.out, full, {row["path"]: content, f"{stem}_qat.h5": qat_h5})
 
 
@@ -298,7 +299,7 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
     import tempfile
 
     from tflq.models import tf_keras
-    from tflq.ptq import convert
+    from tflq.ptq import convert, deploy
     from tflq.quant import qat
 
     tf_keras.utils.set_random_seed(job.seed)
@@ -307,9 +308,10 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
     backup_dir = backup_dir or os.path.join(scratch, ".qat_backup")  # in memory: no resume
     try:
         with distribution.scope():
-            prepared = []
+            prepared, wrapped = [], []
             student = qat.quantize_model(source, job.scheme, job.overrides, job.activation_ranges,
-                                         job.range_k, samples=samples, notes=prepared)
+                                         job.range_k, samples=samples, notes=prepared,
+                                         lstm_ok=True, prepared=wrapped)
             notes.extend(f"prepare: {line}" for line in prepared)
             if not prepared:
                 notes.append("prepare: no float rewrite needed (nothing to inline, split or fold)")
@@ -342,7 +344,8 @@ def _train_and_convert(job, distribution, float_model, source, teacher, targets,
                             "nothing was written. Lower --learning_rate or use --strategy "
                             "statistics.")
         try:  # not an interruption (KeyboardInterrupt is no Exception): the fit is done
-            content = convert.convert_qat(student, scratch, integer_io=True)
+            content = deploy.convert_student(student, wrapped[0], scratch, x_train,
+                                             float_model.source, notes)
             float32 = convert.convert_model(float_model, "float32", scratch).content
             h5_path = os.path.join(scratch, "qat.h5")
             student.save(h5_path)
@@ -401,12 +404,12 @@ def _fit(job, trainer, x, y, backup_dir, keep, callbacks):
                           "every worker again to resume.", keep=keep) from e
 
 
-def _qat_section(job, chosen, parity, targets, student, content, history) -> dict:
+def _qat_section(job, exact, parity, targets, student, content, history) -> dict:
     from tflq import tflite_inspect
 
     qat_result = parity.deployed.result()
     section = {
-        "scheme": job.scheme, "strategy": job.strategy, "deploys_exactly": chosen.exact,
+        "scheme": job.scheme, "strategy": job.strategy, "deploys_exactly": exact,
         "keras_qat_accuracy": parity.keras.result()["accuracy"],
         "parity": {"top1_agreement": qat_result["top1_agreement"],
                    "within_1_lsb": parity.outputs.within_share(),

@@ -18,6 +18,7 @@ from tflq.quant.quantizers import tfmot
 from tflq.quant.schemes import LayerQuantizeConfig
 
 __all__ = ["custom_objects", "quantize_scope", "InputQuantize", "quantize_model", "refuse_recurrent",
+           "token_inputs", "trains_lstm",
            "STRATEGIES", "quantization_error", "make_trainer", "check_teacher"]
 
 
@@ -105,12 +106,10 @@ class _KeepLayoutScheme(tfmot.quantization.keras.QuantizeScheme):
         return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
 
 
-def _token_inputs(model) -> list[str]:
+def token_inputs(model) -> list[str]:
     """Names of the model inputs read only by Embedding layers (token ids)."""
     found = []
-    for layer in model.layers:
-        if type(layer).__name__ != "InputLayer":
-            continue
+    for layer in model._input_layers:  # a Sequential model does not list its InputLayer
         readers = [node.outbound_layer for node in layer._outbound_nodes]
         kinds = {type(getattr(r, "layer", r)).__name__ for r in readers}
         if kinds == {"Embedding"}:
@@ -118,27 +117,60 @@ def _token_inputs(model) -> list[str]:
     return found
 
 
-def refuse_recurrent(model) -> None:
-    """Refuses a model with recurrent layers: tflq's QAT graph (QAT, compress,
-    ``--range_estimator``, ``--adaround``) cannot hold them.
+def trains_lstm(layer) -> bool:
+    """True for an LSTM tflq's QAT trains: one TFLite fuses into its int8
+    ``UNIDIRECTIONAL_SEQUENCE_LSTM`` (tanh/sigmoid, a bias, not unrolled; recurrent dropout
+    only acts in training and is dropped for conversion)."""
+    config = layer.get_config()
+    return (type(layer).__name__ == "LSTM" and config.get("activation") == "tanh"
+            and config.get("recurrent_activation") == "sigmoid"
+            and config.get("use_bias", True) and not config.get("unroll"))
+
+
+def refuse_recurrent(model, lstm_ok: bool = False) -> None:
+    """Refuses recurrent layers tflq's QAT graph cannot hold: all of them for a graph the
+    converter converts as trained (``--adaround`` with a range estimator), and with
+    ``lstm_ok`` (QAT and compress, deployed by :mod:`tflq.ptq.deploy`) all but the LSTMs
+    of :func:`trains_lstm` at the model's top level.
 
     Raises:
       ValueError: names the recurrent layers and says why.
     """
     found = recurrent.find_recurrent_layers(model)
-    if found:
+    if not lstm_ok and found:
         raise ValueError(
-            f"Recurrent layer(s) {found} cannot go into tflq's QAT graph (QAT, compress, "
-            "--adaround): tfmot 0.8.1 has no quantize config for RNN cells (the "
-            "LSTM/GRU/SimpleRNN cell entries of its registry are commented out), so the gates "
-            "would stay unquantized with no ranges for TFLite's int8 LSTM. Use int8 (the "
-            "converter calibrates the fused LSTM; --range_estimator and --range_search work on "
-            "its calibrated model) or --selective.")
+            f"Recurrent layer(s) {found} cannot go into tflq's QAT-graph conversion "
+            "(--adaround with a range estimator): the converter quantizes an LSTM only when it "
+            "calibrates it. Use --adaround or a range estimator alone (both work on the "
+            "converter's calibrated model), or --selective.")
+    top = {layer.name: layer for layer in model.layers}
+    refused = [name for name in found if name not in top or not trains_lstm(top[name])]
+    if refused:
+        raise ValueError(
+            f"Recurrent layer(s) {refused} cannot be trained by tflq's QAT: it trains LSTM "
+            "layers TFLite fuses into its int8 UNIDIRECTIONAL_SEQUENCE_LSTM (tanh/sigmoid, a "
+            "bias, not unrolled, not inside a wrapper such as Bidirectional); GRU and "
+            "SimpleRNN have no int8 kernel in TFLite. Use int8 with --range_estimator or "
+            "--selective.")
+
+
+def _checked_rebuild(model, samples):
+    """The tf_keras rebuild of a Keras 3 model, checked against it on ``samples``."""
+    from tflq import keras3
+    from tflq.quant.graph import synthetic_samples
+
+    rebuilt = keras3.rebuild_keras3(model)
+    keras3.check_outputs("the Keras 3 → tf_keras rebuild", lambda x: model(x),
+                         lambda x: rebuilt.model(x), samples or synthetic_samples(model),
+                         keras3.KERAS3_RTOL,
+                         lambda x: keras3.locate_keras3_difference(model, rebuilt, x))
+    return rebuilt.model
 
 
 def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = (),
                    activation_ranges: str | None = None, range_k: float = 3.0,
-                   samples: list | None = None, notes: list | None = None):
+                   samples: list | None = None, notes: list | None = None,
+                   lstm_ok: bool = False, prepared: list | None = None):
     """Wraps every layer of a tf_keras Sequential or Functional model for QAT.
 
     Args:
@@ -149,13 +181,16 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
         (moving averages of mean ± ``range_k``·σ), see :class:`tflq.quant.quantizers.ActivationQuantizer`.
       samples: model inputs the float rewrites are checked on (:func:`tflq.quant.graph.prepare`).
       notes: a list that receives one line per float rewrite applied.
+      lstm_ok: wrap fused LSTMs (:func:`refuse_recurrent`); the caller deploys the trained
+        model with :func:`tflq.ptq.deploy.convert_student`.
+      prepared: a list that receives the float model after the rewrites (what was wrapped).
 
     Returns:
       The QAT model (float weights copied from ``model``).
 
     Raises:
       ValueError: unknown scheme, an override that matches nothing, a subclassed or Keras 3
-        model (also nested inside the model).
+        model (also nested inside the model), recurrent layers (:func:`refuse_recurrent`).
     """
     from tflq.models import is_keras3, tf_keras
     from tflq.quant import schemes
@@ -164,22 +199,17 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
     overrides = [o if isinstance(o, schemes.Override) else schemes.Override.from_dict(o)
                  for o in overrides]
     if is_keras3(model):
-        from tflq import keras3
-        from tflq.quant.graph import synthetic_samples
-
-        original, rebuilt = model, keras3.rebuild_keras3(model)
-        keras3.check_outputs("the Keras 3 → tf_keras rebuild", lambda x: original(x),
-                             lambda x: rebuilt.model(x), samples or synthetic_samples(original),
-                             keras3.KERAS3_RTOL,
-                             lambda x: keras3.locate_keras3_difference(original, rebuilt, x))
-        model = rebuilt.model
+        model = _checked_rebuild(model, samples)
     if not isinstance(model, tf_keras.Model) or not (
             isinstance(model, tf_keras.Sequential) or model._is_graph_network):
         raise ValueError(f"QAT needs a Sequential or Functional tf_keras model. Received: "
                          f"{type(model).__name__} (subclassed models have no layer graph to "
                          "wrap: rebuild it with the Functional API).")
-    refuse_recurrent(model)
+    refuse_recurrent(model, lstm_ok)
     model = prepare(model, samples, notes)
+    if prepared is not None:
+        prepared.append(model)
+    calibrated = lstm_ok and bool(recurrent.find_recurrent_layers(model))
     schemes.check_overrides(model.layers, overrides)
     schemes.activation_quantizer(activation_ranges, range_k)  # checks the arguments
 
@@ -192,14 +222,14 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
         copy = layer.__class__.from_config(layer.get_config())
         if type(layer).__name__ in schemes.SPLIT_BY_TFMOT:
             return annotate(copy)  # tfmot splits it into depthwise + 1x1 conv (int8 weights)
-        config = schemes.config_for(layer, chosen, overrides, make_activation)
+        config = schemes.config_for(layer, chosen, overrides, make_activation, calibrated)
         return copy if config is None else annotate(copy, config)
 
     annotated = tf_keras.models.clone_model(model, clone_function=clone)
     annotated.set_weights(model.get_weights())
     with quantize_scope():
         applied = tfmot.quantization.keras.quantize_apply(
-            annotated, scheme=_KeepLayoutScheme(_token_inputs(annotated)))
+            annotated, scheme=_KeepLayoutScheme(token_inputs(annotated)))
 
         def swap_input_layer(layer):  # quantize_apply rebuilds QuantizeLayer as tfmot's own
             if type(layer) is _tfmot_quantize_layer.QuantizeLayer:

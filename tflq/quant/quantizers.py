@@ -21,7 +21,7 @@ from tflq.quant.functions import (
 __all__ = ["register", "registered", "available", "get", "serialize", "TflqQuantizer",
     "LinearQuantizer", "SymmetricQuantizer", "AsymmetricQuantizer", "LogCompandingQuantizer",
     "Pow2Quantizer", "ACTIVATION_ESTIMATORS", "ActivationQuantizer", "LearnedStepQuantizer",
-    "DepthwiseChannels"]
+    "DepthwiseChannels", "GateBlocks"]
 
 _REGISTRY: dict[str, type] = {}
 
@@ -395,3 +395,45 @@ class DepthwiseChannels(tfmot.quantization.keras.quantizers.Quantizer):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+@register("gate_blocks")
+class GateBlocks(DepthwiseChannels):
+    """One range per gate of a recurrent kernel, as TFLite's int8 LSTM stores it.
+
+    An LSTM kernel is (inputs, 4·units) with the input, forget, cell and output gates side by
+    side; TFLite's ``UNIDIRECTIONAL_SEQUENCE_LSTM`` holds each gate's matrix as its own int8
+    tensor with one symmetric scale (max|w| / 127). This wrapper views the kernel as
+    (inputs·units, gates) around a per-axis weight quantizer, so each gate gets one range.
+
+    Args:
+      quantizer: the per-axis weight quantizer (None: 8-bit symmetric, narrow range).
+      gates: gate blocks along the last axis (4 for an LSTM).
+    """
+
+    def __init__(self, quantizer=None, gates: int = 4):
+        super().__init__(quantizer)
+        self.gates = int(gates)
+
+    def build(self, tensor_shape, name, layer):
+        if len(tensor_shape) != 2:
+            raise ValueError(f"GateBlocks expects a 2-D recurrent kernel. Received: "
+                             f"shape={tuple(tensor_shape)}")
+        rows, cols = (int(d) for d in tensor_shape)
+        if cols % self.gates:
+            raise ValueError(f"GateBlocks: a kernel of {cols} columns does not split into "
+                             f"{self.gates} gates.")
+        return self.quantizer.build(tf.TensorShape([rows * cols // self.gates, self.gates]),
+                                    name, layer)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        rows, cols = (int(d) for d in inputs.shape)
+        units = cols // self.gates
+        blocks = tf.reshape(tf.transpose(tf.reshape(inputs, [rows, self.gates, units]), [0, 2, 1]),
+                            [rows * units, self.gates])  # (rows·units, gates)
+        blocks = self.quantizer(blocks, training, weights, **kwargs)
+        return tf.reshape(tf.transpose(tf.reshape(blocks, [rows, units, self.gates]), [0, 2, 1]),
+                          [rows, cols])
+
+    def get_config(self):
+        return {**super().get_config(), "gates": self.gates}

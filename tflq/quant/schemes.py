@@ -57,6 +57,9 @@ _KERNELS = {
     "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
     "Dense": ("kernel",),
 }
+# Recurrent layers tflq trains (those the converter fuses, :func:`tflq.quant.qat.refuse_recurrent`):
+# gate blocks side by side in the cell's kernel and recurrent kernel.
+_GATED = {"LSTM": 4}
 # Per-channel FakeQuant runs over the last kernel axis: the output channels for Conv2D and
 # DepthwiseConv2D, but not for Conv2DTranspose (h, w, out, in); the converter also rejects
 # per-channel FakeQuant on Dense. Conv1D: tfmot's per-axis LastValueQuantizer fails on a 3-D
@@ -231,10 +234,14 @@ def feeds_only_relu(layer) -> bool:
 
 
 def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = (),
-               activations: Callable = activation_quantizer):
+               activations: Callable = activation_quantizer, calibrated_deploy: bool = False):
     """The LayerQuantizeConfig for one layer under a scheme (None: leave the layer unwrapped).
 
     ``activations`` makes each activation quantizer (see :func:`activation_quantizer`).
+    ``calibrated_deploy``: the model deploys through the converter's calibrated int8 of its
+    trained weights (recurrent models, :mod:`tflq.ptq.deploy`), which stores Dense kernels
+    per channel, so Dense trains per channel too; an LSTM's kernels train per gate
+    (:class:`tflq.quant.quantizers.GateBlocks`), as TFLite's int8 LSTM stores them.
     """
     activation_quantizer = activations  # noqa: F811 (the factory chosen for this model)
 
@@ -247,14 +254,26 @@ def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = (),
         # Wrapped with no quantizer: it keeps its input's scale, and a model input feeding
         # it (ZeroPadding2D first, as in ResNet50) still gets quantized by quantize_apply.
         return LayerQuantizeConfig()
-    if kind in _KERNELS:
+    if kind in _KERNELS or kind in _GATED:
         chosen, bits = scheme, None
         for override in overrides:
             if override.matches(layer):
                 chosen = get_scheme(override.scheme) if override.scheme else chosen
                 bits = override.weight_bits or bits
-        per_axis = kind not in _PER_TENSOR_WEIGHTS
-        weights = {attr: chosen.weight_quantizer(per_axis, bits) for attr in _KERNELS[kind]}
+        per_axis = kind not in _PER_TENSOR_WEIGHTS or (calibrated_deploy and kind == "Dense")
+
+        def weight_quantizer(axis: bool):
+            if calibrated_deploy and chosen.name == "default_int8" and bits in (None, 8):
+                # The range of the weights as they are (tfmot's holds the last training
+                # step's), which is what the converter's calibration reads.
+                return quantizers.SymmetricQuantizer(num_bits=8, per_axis=axis)
+            return chosen.weight_quantizer(axis, bits)
+
+        if kind in _GATED:  # TFLite's int8 LSTM: int8 gate matrices, an int8 output
+            return LayerQuantizeConfig(output=activation_quantizer(), weights={
+                attr: quantizers.GateBlocks(weight_quantizer(True), _GATED[kind])
+                for attr in ("cell.kernel", "cell.recurrent_kernel")})
+        weights = {attr: weight_quantizer(per_axis) for attr in _KERNELS[kind]}
         if kind == "DepthwiseConv2D":  # per output channel (c·m), not per multiplier (m)
             weights = {a: quantizers.DepthwiseChannels(q) for a, q in weights.items()}
         activation = _activation_name(layer)
@@ -319,17 +338,21 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     @staticmethod
     def _attribute(layer, name):
-        if not hasattr(layer, name):
-            raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no attribute "
-                             f"{name!r} to quantize.")
-        return getattr(layer, name)
+        owner = layer  # a dotted name reaches into a sublayer ("cell.kernel" of an LSTM)
+        for part in name.split("."):
+            if not hasattr(owner, part):
+                raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no "
+                                 f"attribute {name!r} to quantize.")
+            owner = getattr(owner, part)
+        return owner
 
-    @staticmethod
-    def _set(layer, names, values, what):
+    @classmethod
+    def _set(cls, layer, names, values, what):
         if len(names) != len(values):
             raise ValueError(f"Layer {layer.name!r}: expected {len(names)} quantized {what}, "
                              f"got {len(values)}.")
         for name, value in zip(names, values, strict=True):
-            setattr(layer, name, value)
+            path, _, attribute = name.rpartition(".")
+            setattr(cls._attribute(layer, path) if path else layer, attribute, value)
 
 
