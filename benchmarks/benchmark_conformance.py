@@ -29,7 +29,7 @@ from absl import app, flags
 from benchmarks import conformance_data, corpus
 from pipelines.common import define
 
-__all__ = ["COLUMNS", "DEFAULT_MODELS", "CAL_SAMPLES", "EVAL_SAMPLES", "TRAIN_SAMPLES", "BATCH",
+__all__ = ["COLUMNS", "DEFAULT_MODELS", "FACTORY_ROWS", "CAL_SAMPLES", "EVAL_SAMPLES", "TRAIN_SAMPLES", "BATCH",
            "op_counts", "run_cell", "run_row", "run", "main"]
 
 COLUMNS = ("load", "float32", "float16", "dynamic", "int8", "int16x8", "minmax", "percentile",
@@ -37,7 +37,14 @@ COLUMNS = ("load", "float32", "float16", "dynamic", "int8", "int16x8", "minmax",
            "qat_int8_distill", "qat_pow2_gradient", "qat_pow2_distill", "compress_pqat50")
 DEFAULT_MODELS = ("vww_mobilenet_v1", "vww_k3_keras", "vww_k3_h5", "resnet8_cifar10",
                   "kws_dscnn", "drowsiness_cnn", "sentitoolkit_lstm", "ethnicolr_lstm",
-                  "basic_pitch_nmp", "kws_mobilenet_v2", "kitchenware_xception")
+                  "basic_pitch_nmp", "basic_pitch_keras", "kws_mobilenet_v2",
+                  "kitchenware_xception")
+# Rows that load a corpus model through a user's factory (``module:function``) instead of its
+# file: {row: (corpus model, factory, format)}. Basic Pitch's SavedModel has its Keras graph but
+# not the code of its custom layers (see benchmarks/basic_pitch_model.py).
+FACTORY_ROWS = {"basic_pitch_keras": (
+    "basic_pitch_nmp", "benchmarks.basic_pitch_model:load",
+    "Keras graph of the SavedModel + the package's layer classes (factory)")}
 CAL_SAMPLES = 64
 EVAL_SAMPLES = 64
 TRAIN_SAMPLES = 64
@@ -59,6 +66,8 @@ _QUIET = {"latency_runs": 2, "layer_error_samples": 0}
 def _mode_figures(row: dict, content: bytes | None = None) -> dict:
     figures = {"top1_agreement": row.get("top1_agreement"), "sqnr_db": row.get("sqnr_db"),
                "float_ops": len(row.get("float_ops") or ()), "size_bytes": row.get("size_bytes")}
+    if row.get("float_ops"):
+        figures["float_op_names"] = list(row["float_ops"][:8])
     if content is not None:
         figures["ops"] = op_counts(content)
     return figures
@@ -156,7 +165,9 @@ def _mode_cells(path: str, data: dict, modes) -> dict | None:
         figures = _mode_figures(row, result.modes[row["mode"]].tflite)
         status = "ok"
         if row["mode"] in ("int8", "int16x8") and figures["float_ops"]:
-            status, figures = "error", {**figures, "message": f"{figures['float_ops']} float ops left"}
+            names = ", ".join(figures.get("float_op_names", []))
+            status, figures = "error", {**figures, "message": f"{figures['float_ops']} float op(s) "
+                                                   f"left: {names}"}
         cells[row["mode"]] = {"status": status, **figures,
                               "seconds": round(row.get("conversion_seconds") or 0.0, 2),
                               "call_seconds": call}
@@ -172,7 +183,9 @@ def run_cell(column: str, path: str, data: dict) -> dict:
         figures = CELLS[column](path, data)
         status = "ok"
         if column not in FLOAT_OPS_ALLOWED and figures.get("float_ops"):
-            status, figures = "error", {**figures, "message": f"{figures['float_ops']} float ops left"}
+            names = ", ".join(figures.get("float_op_names", []))
+            status, figures = "error", {**figures, "message": f"{figures['float_ops']} float op(s) "
+                                                   f"left: {names}"}
     except Exception as e:  # noqa: BLE001 - a cell records any failure and the matrix goes on
         status, figures = "error", {"message": _first_line(e)}
     return {"status": status, **figures, "seconds": round(time.perf_counter() - start, 2)}
@@ -194,8 +207,12 @@ def _load_cell(path: str) -> tuple[dict, object]:
 
 def run_row(name: str, columns, cache: str | None = None, log=print) -> dict:
     """Fetches corpus model ``name`` and runs ``columns`` on it; returns the row."""
-    entry = corpus.MODELS[name]
-    path = corpus.fetch_model(name, cache or corpus.DEFAULT_CACHE)
+    model_name, factory, form = FACTORY_ROWS.get(name, (name, None, None))
+    entry = corpus.MODELS[model_name]
+    path = corpus.fetch_model(model_name, cache or corpus.DEFAULT_CACHE)
+    if factory is not None:
+        os.environ["TFLQ_CORPUS_CACHE"] = cache or corpus.DEFAULT_CACHE  # read by the factory
+        path, entry = factory, {**entry, "format": form}
     cells = {}
     cells["load"], model = _load_cell(path)
     log(f"{name} load: {cells['load']}")
@@ -260,7 +277,8 @@ def run(models, columns, json_path: str, cache: str | None = None, update: bool 
     from tflq.fileio import write_atomic
     from tflq.report import to_json
 
-    unknown = sorted(set(columns) - set(COLUMNS)) + sorted(set(models) - set(corpus.MODELS))
+    unknown = sorted(set(columns) - set(COLUMNS)) + sorted(
+        set(models) - set(corpus.MODELS) - set(FACTORY_ROWS))
     if unknown:
         raise ValueError(f"Unknown columns or models {unknown}. Columns: {list(COLUMNS)}; "
                          f"models: {sorted(corpus.MODELS)}")

@@ -17,7 +17,7 @@ LAYERS = (
                 "tflq.factories", "tflq.report", "tflq.report_html", "tflq.metrics",
                 "tflq.explorer", "tflq.task_metrics", "tflq.output_gates", "tflq.report_outputs")),
     ("data and models", ("tflq.inmemory", "tflq.data", "tflq.sampling", "tflq.models", "tflq.keras3",
-                         "tflq.recurrent",
+                         "tflq.recurrent", "tflq.saved_model_graph",
                          "tflq.interpreter", "tflq.tflite_inspect", "tflq.layer_error",
                          "tflq.output_tasks")),
     ("quant", ("tflq.quant",)),

@@ -120,12 +120,12 @@ def test_only_float_modes_preflight_and_selective_may_keep_float_ops(monkeypatch
     """Selective quantization keeps the most sensitive ops in float by design (the
     kitchenware Xception kept 29 to reach its budget): its cell is ok; any other int8-family
     cell with float ops is an error."""
-    figures = {"top1_agreement": 0.98, "float_ops": 29}
+    figures = {"top1_agreement": 0.98, "float_ops": 2, "float_op_names": ["NEG#3", "RESHAPE#4"]}
     monkeypatch.setitem(bench.CELLS, "selective", lambda p, d: dict(figures))
     monkeypatch.setitem(bench.CELLS, "mse", lambda p, d: dict(figures))
     assert bench.run_cell("selective", "m", {})["status"] == "ok"
     cell = bench.run_cell("mse", "m", {})
-    assert cell["status"] == "error" and cell["message"] == "29 float ops left"
+    assert cell["status"] == "error" and cell["message"] == "2 float op(s) left: NEG#3, RESHAPE#4"
 
 
 def test_the_committed_matrix_is_not_ok_exactly_where_known():

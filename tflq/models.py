@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
-from tflq import keras3, recurrent  # noqa: E402
+from tflq import keras3, recurrent, saved_model_graph  # noqa: E402
 from tflq.factories import call_factory, import_callable, is_factory  # noqa: E402
 from tflq.fileio import sha256_of  # noqa: E402
 from tflq.signature import TensorSpec  # noqa: E402
@@ -167,15 +167,15 @@ class LoadedModel:
           The tf_keras model (the model itself for tf_keras models).
 
         Raises:
-          ValueError: a SavedModel without Keras metadata, a subclassed Keras 3 model, or a
-            layer tf_keras cannot build.
+          ValueError: a SavedModel with no usable Keras graph (:func:`tflq.saved_model_graph.no_layer_graph` says
+            why), a subclassed Keras 3 model, or a layer tf_keras cannot build.
           tflq.keras3.RewriteError: the copy computes something else (names the layer).
         """
         if self.flavor == FLAVOR_TF_KERAS:
             return self.keras_model
         if self.flavor != FLAVOR_KERAS3:
-            raise ValueError(f"{self.source!r} is a SavedModel without Keras metadata: it has "
-                             "no layer graph to train or rewrite. Bring the Keras model file.")
+            raise ValueError(saved_model_graph.no_layer_graph(self.source, self._saved_model_dir,
+                                                            tf_keras.models.load_model))
         if self._tf_keras_copy is None:
             self._tf_keras_copy, self.rebuild_notes = keras3.checked_rebuild(
                 self.keras_model, self.source, samples)
