@@ -414,3 +414,32 @@ def test_keras3_two_head_model_qat_names_outputs_and_says_it_was_rebuilt(capsys,
     deployed = runner(img=np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8))
     assert report["modes"][0]["top1_agreement"] == pytest.approx(
         np.mean(reference == np.argmax(deployed["quant_classes"], 1)))
+
+
+def test_dict_outputs_of_a_functional_model_come_in_output_names_order(tmp_path):
+    # Basic Pitch builds its model with a dict of outputs: the model returns a dict, which
+    # tflq's float reference used to take for a list ("'dict' object has no attribute numpy").
+    from tflq.models import tf_keras, wrap_model
+
+    x = tf_keras.Input((6, 6, 3), name="x")
+    hidden = tf_keras.layers.Conv2D(6, 3, activation="relu", name="c1")(x)
+    hidden = tf_keras.layers.Conv2D(5, 3, activation="relu", name="c2")(hidden)  # a CLE pair
+    hidden = tf_keras.layers.GlobalAveragePooling2D()(hidden)
+    model = tf_keras.Model(x, {"onset": tf_keras.layers.Dense(2, name="onset")(hidden),
+                               "contour": tf_keras.layers.Dense(4, name="contour")(hidden)})
+    loaded = wrap_model(model)
+    data = np.random.default_rng(0).normal(size=(5, 6, 6, 3)).astype("float32")
+    got = loaded.predict({"x": data})
+    expected = model(data)
+    assert sorted(loaded.output_names) == ["contour", "onset"]
+    for name, array in zip(loaded.output_names, got, strict=True):
+        np.testing.assert_allclose(array, expected[name], rtol=1e-6)
+    concrete = loaded.graph_function()
+    for name, array in zip(loaded.output_names, concrete(data), strict=True):
+        np.testing.assert_allclose(array, expected[name], rtol=1e-6)
+    # Equalization compares the equalized float model with the original output by output.
+    import tflq
+
+    result = tflq.convert(model, data[:3], data[3:], modes=("int8",), equalize=True,
+                          latency_runs=1, layer_error_samples=0)
+    assert "equalized float model vs the original" in " ".join(result.report["modes"][-1]["notes"])

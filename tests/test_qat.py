@@ -161,6 +161,27 @@ def test_models_qat_refuses_with_a_reason():
         qat.quantize_model(Sub())
 
 
+class _Double(tf_keras.layers.Layer):
+    """A user's own layer class (Basic Pitch has several): not registered with tf_keras."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+def test_a_model_with_its_own_layer_classes_is_wrapped():
+    # tfmot rebuilds the model from its config by class name: the model's own classes go
+    # into its scope (before: "Unable to clone model ... custom Keras layers").
+    inputs = tf_keras.Input((4,))
+    hidden = _Double(name="double")(tf_keras.layers.Dense(5, name="d1")(inputs))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(2, name="d2")(hidden))
+    student = qat.quantize_model(model)
+    assert type(student.get_layer("quant_double").layer) is _Double
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    student(x, training=True)  # tfmot's ranges start at ±6: one batch moves them a little
+    got, want = np.ravel(student(x, training=False)), np.ravel(model(x))
+    assert np.corrcoef(got, want)[0, 1] > 0.99  # int8 steps of ~12/255 on a ±1 output
+
+
 def test_keras3_models_are_rebuilt_and_wrapped():
     k3 = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="k3_dense")])
     q = qat.quantize_model(k3)

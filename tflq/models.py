@@ -58,15 +58,10 @@ class LoadedModel:
 
     def __init__(self, source, flavor, inputs, output_names, keras_model=None, signature=None,
                  saved_model_dir=None):
-        self.source = source
-        self.flavor = flavor
-        self.inputs = tuple(inputs)
-        self.output_names = tuple(output_names)
-        self.keras_model = keras_model
-        self._signature = signature
-        self._saved_model_dir = saved_model_dir
-        self._predict_fn = None
-        self._tf_keras_copy = None
+        self.source, self.flavor, self.keras_model = source, flavor, keras_model
+        self.inputs, self.output_names = tuple(inputs), tuple(output_names)
+        self._signature, self._saved_model_dir = signature, saved_model_dir
+        self._predict_fn = self._tf_keras_copy = None
         self.rebuild_notes = None  # filled by to_tf_keras for Keras 3 models
         self.conversion_route = None  # filled by prepare_conversion: how it reaches the converter
         self._static_batch = None  # tflq.recurrent's plan (False: no recurrent layer)
@@ -132,8 +127,7 @@ class LoadedModel:
         @tf.function(reduce_retracing=True)
         def call(feed):
             args = [feed[n] for n in names]
-            out = model(args if len(args) > 1 else args[0], training=False)
-            return out if isinstance(out, (list, tuple)) else [out]
+            return output_list(model(args if len(args) > 1 else args[0], training=False))
 
         def run(feed):
             return [o.numpy() for o in call(feed)]
@@ -149,8 +143,7 @@ class LoadedModel:
             tf.TensorSpec((None, *s.shape), s.dtype, name=s.name) for s in self.inputs]
 
         def call(*args):
-            out = model(list(args) if len(args) > 1 else args[0], training=False)
-            return list(out) if isinstance(out, (list, tuple)) else [out]
+            return output_list(model(list(args) if len(args) > 1 else args[0], training=False))
 
         return tf.function(call).get_concrete_function(*specs)
 
@@ -364,6 +357,13 @@ def _load_h5(path: str):
         ) from e
 
 
+def output_list(out) -> list:
+    """Keras outputs as a list in ``model.outputs`` order (a dict flattens by sorted key)."""
+    if isinstance(out, dict):
+        return tf.nest.flatten(out)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
 def _load_saved_model_dir(path: str) -> LoadedModel:
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
         raise ValueError(
@@ -453,4 +453,4 @@ def _first_line(error: BaseException) -> str:
 
 
 __all__ = ["FLAVOR_KERAS3", "FLAVOR_SAVED_MODEL", "FLAVOR_TF_KERAS", "LoadedModel", "TensorSpec",
-           "legacy_keras_active", "load_model", "wrap_model"]
+           "output_list", "legacy_keras_active", "load_model", "wrap_model"]

@@ -444,9 +444,10 @@ class _Parity:
         self.position = 0
 
     def __call__(self, batch, labels, reference, outputs):
-        found = self.student(self.feed(batch), training=False)
-        qat_out = [np.asarray(o, np.float32) for o in (found if isinstance(found, (list, tuple))
-                                                       else [found])]
+        from tflq.models import output_list
+
+        qat_out = [np.asarray(o, np.float32)
+                   for o in output_list(self.student(self.feed(batch), training=False))]
         n = len(qat_out[0])
         per_output = (None if self.targets.eval is None else
                       [y[self.position:self.position + n] for y in self.targets.eval])

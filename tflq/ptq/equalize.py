@@ -278,13 +278,12 @@ def float_change(original, equalized, batches) -> dict:
     scales should not on the calibration data): top-1 agreement and output SQNR of
     ``equalized`` against ``original`` over ``batches`` (first output)."""
     from tflq import metrics
+    from tflq.models import output_list
 
     compared = metrics.Comparison()
     for batch in batches():
-        want = original(batch, training=False)
-        got = equalized(batch, training=False)
-        want = want if isinstance(want, list) else [want]
-        got = got if isinstance(got, list) else [got]
+        want = output_list(original(batch, training=False))
+        got = output_list(equalized(batch, training=False))
         compared.update([np.asarray(w) for w in want], [np.asarray(g) for g in got], None)
     result = compared.result()
     return {"top1_agreement": result["top1_agreement"], "sqnr_db": result["sqnr_db"]}

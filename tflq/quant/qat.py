@@ -34,9 +34,15 @@ def custom_objects() -> dict:
     return objects
 
 
-def quantize_scope():
-    """``with quantize_scope():`` to load or apply tflq QAT models."""
-    return tfmot.quantization.keras.quantize_scope(custom_objects())
+def quantize_scope(model=None):
+    """``with quantize_scope():`` to load or apply tflq QAT models; with ``model``, its own
+    layer classes too (tfmot rebuilds the model from its config, by class name)."""
+    objects = custom_objects()
+    for layer in (model.layers if model is not None else ()):
+        kind = type(getattr(layer, "layer", layer))  # inside tfmot's annotation wrapper
+        if not kind.__module__.startswith(("tf_keras.", "keras.", "tensorflow")):
+            objects.setdefault(kind.__name__, kind)
+    return tfmot.quantization.keras.quantize_scope(objects)
 
 
 from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: E402
@@ -227,7 +233,7 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
 
     annotated = tf_keras.models.clone_model(model, clone_function=clone)
     annotated.set_weights(model.get_weights())
-    with quantize_scope():
+    with quantize_scope(annotated):
         applied = tfmot.quantization.keras.quantize_apply(
             annotated, scheme=_KeepLayoutScheme(token_inputs(annotated)))
 
