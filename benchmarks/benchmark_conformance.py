@@ -29,8 +29,8 @@ from absl import app, flags
 from benchmarks import conformance_data, corpus
 from pipelines.common import define
 
-__all__ = ["COLUMNS", "DEFAULT_MODELS", "FACTORY_ROWS", "CAL_SAMPLES", "EVAL_SAMPLES", "TRAIN_SAMPLES", "BATCH",
-           "op_counts", "run_cell", "run_row", "run", "main"]
+__all__ = ["COLUMNS", "DEFAULT_MODELS", "FACTORY_ROWS", "row_entry", "CAL_SAMPLES",
+           "EVAL_SAMPLES", "TRAIN_SAMPLES", "BATCH", "op_counts", "run_cell", "run_row", "run", "main"]
 
 COLUMNS = ("load", "float32", "float16", "dynamic", "int8", "int16x8", "minmax", "percentile",
            "mse", "kl", "equalize", "selective", "preflight", "qat_int8_gradient",
@@ -205,14 +205,21 @@ def _load_cell(path: str) -> tuple[dict, object]:
             "seconds": round(time.perf_counter() - start, 2)}, model
 
 
+def row_entry(name: str) -> dict:
+    """The corpus manifest entry behind row ``name``; a factory row's format says so."""
+    model_name, _, form = FACTORY_ROWS.get(name, (name, None, None))
+    entry = corpus.MODELS[model_name]
+    return {**entry, "format": form} if form else entry
+
+
 def run_row(name: str, columns, cache: str | None = None, log=print) -> dict:
     """Fetches corpus model ``name`` and runs ``columns`` on it; returns the row."""
-    model_name, factory, form = FACTORY_ROWS.get(name, (name, None, None))
-    entry = corpus.MODELS[model_name]
+    model_name, factory, _ = FACTORY_ROWS.get(name, (name, None, None))
+    entry = row_entry(name)
     path = corpus.fetch_model(model_name, cache or corpus.DEFAULT_CACHE)
     if factory is not None:
         os.environ["TFLQ_CORPUS_CACHE"] = cache or corpus.DEFAULT_CACHE  # read by the factory
-        path, entry = factory, {**entry, "format": form}
+        path = factory
     cells = {}
     cells["load"], model = _load_cell(path)
     log(f"{name} load: {cells['load']}")

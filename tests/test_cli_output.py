@@ -46,7 +46,11 @@ def test_the_bundled_example_prints_only_its_own_lines(tmp_path):
     foreign = [ln for ln in result.stderr.splitlines()
                if not (STAGE_LINE.match(ln) or TFLQ_LINE.match(ln))]
     assert foreign == [], "stderr lines tflq did not write"
-    stages = [ln.split(":")[0] for ln in result.stderr.splitlines()]
+    # A latency warning ("int8: 1.3× slower than float32") depends on the shared machine's
+    # noise over 3 runs; any other warning (float ops, islands) would be a regression.
+    lines = [ln for ln in result.stderr.splitlines()
+             if not re.fullmatch(r"warning: int8: [0-9.]+× slower than float32 \(.*\)", ln)]
+    stages = [ln.split(":")[0] for ln in lines]
     assert stages == ["check eval data", "check calibration data", "convert", "validate"]
     assert "\r" not in result.stderr  # not a terminal: no bars
     written = sorted(p.name for p in out.iterdir() if p.name != "tflq.log")  # log comes last

@@ -32,7 +32,7 @@ def _sha(data: bytes) -> str:
 def test_manifest_entries_are_complete_and_not_reserved():
     assert len(bench.DEFAULT_MODELS) >= 8
     for name in bench.DEFAULT_MODELS:
-        entry = corpus.MODELS[name]
+        entry = bench.row_entry(name)
         for key in ("registry", "package", "version", "archive", "archive_sha256", "license",
                     "format", "covers", "description", "data", "local"):
             assert entry.get(key), f"{name}: {key} missing"
@@ -46,9 +46,16 @@ def test_manifest_entries_are_complete_and_not_reserved():
             assert entry["derived_from"] in corpus.MODELS
 
 
+def test_a_factory_row_is_its_corpus_model_loaded_another_way():
+    for row, (model, factory, form) in bench.FACTORY_ROWS.items():
+        assert bench.row_entry(row) == {**corpus.MODELS[model], "format": form}
+        assert ":" in factory and row not in corpus.MODELS
+    assert bench.row_entry("vww_mobilenet_v1") is corpus.MODELS["vww_mobilenet_v1"]
+
+
 @pytest.mark.parametrize("requirement", sorted(REQUIRED))
 def test_default_rows_cover_each_requirement(requirement):
-    covering = [n for n in bench.DEFAULT_MODELS if REQUIRED[requirement](corpus.MODELS[n])]
+    covering = [n for n in bench.DEFAULT_MODELS if REQUIRED[requirement](bench.row_entry(n))]
     assert covering, f"no default conformance row covers {requirement}"
 
 
