@@ -181,9 +181,11 @@ def test_rebuilt_models_quantize_fully_integer(build, shape, tmp_path):
     deployed = interpreter.TfliteModel(content).run({"img": x})[0]
     keras_out = q.predict(x, verbose=0)
     assert np.mean(deployed.argmax(1) == keras_out.argmax(1)) >= 0.9
-    # Standalone sigmoid/softmax take TFLite's fixed output scale: no quantizer of our own.
+    # Standalone sigmoid/softmax are pinned to TFLite's fixed output grid (1/256, zp -128).
     for layer in q.layers:
         inner = getattr(layer, "layer", None)
         if type(inner).__name__ == "Activation" and inner.get_config()["activation"] in (
                 "sigmoid", "softmax"):
-            assert layer.quantize_config.get_output_quantizers(inner) == []
+            [fixed] = layer.quantize_config.get_output_quantizers(inner)
+            assert fixed.get_config()["init_min"] == 0.0
+            assert fixed.get_config()["init_max"] * 256 == 255

@@ -47,8 +47,8 @@ from collections.abc import Callable, Mapping, Sequence
 from tflq.quant import quantizers
 from tflq.quant.quantizers import tfmot
 
-__all__ = ["SPLIT_BY_TFMOT", "activation_quantizer", "Scheme", "SCHEMES", "get_scheme", "Override",
-    "feeds_only_relu", "config_for", "check_overrides", "LayerQuantizeConfig"]
+__all__ = ["SPLIT_BY_TFMOT", "activation_quantizer", "fixed_output_quantizer", "Scheme", "SCHEMES",
+    "get_scheme", "Override", "feeds_only_relu", "config_for", "check_overrides", "LayerQuantizeConfig"]
 
 _KERNELS = {
     "Conv2D": ("kernel",), "Conv1D": ("kernel",), "Conv2DTranspose": ("kernel",),
@@ -74,10 +74,22 @@ _PASS_THROUGH = {
     # TFLite's int8 AVERAGE_POOL_2D requires the same scale in and out.
     "AveragePooling1D", "AveragePooling2D",
 }
-# TFLite's int8 LOGISTIC, SOFTMAX and TANH have a fixed output scale (1/256, 1/256, 1/128):
-# their input is quantized by the layer before, their output by the kernel itself.
+# TFLite's int8 LOGISTIC, SOFTMAX and TANH have a fixed output scale (1/256, 1/256, 1/128;
+# zero point -128, -128, 0): their input is quantized by the layer before, their output by a
+# FakeQuant pinned to exactly that grid. Without it the converter takes the output's scale from
+# whatever same-scale op reads it (a reshape, a concatenation) and fails when two readers
+# disagree ("quantization parameters violate the same scale constraint").
+_FIXED_OUTPUT_RANGE = {"sigmoid": (0.0, 255 / 256), "softmax": (0.0, 255 / 256),
+                       "tanh": (-1.0, 127 / 128)}
 _FIXED_OUTPUT_SCALE = {"Activation:sigmoid", "Activation:softmax", "Activation:tanh",
                        "Softmax:None"}
+
+
+def fixed_output_quantizer(activation: str):
+    """The FakeQuant of TFLite's int8 output grid for ``activation`` (sigmoid, softmax, tanh)."""
+    lo, hi = _FIXED_OUTPUT_RANGE[activation]
+    return tfmot.quantization.keras.quantizers.FixedQuantizer(
+        num_bits=8, init_min=lo, init_max=hi, narrow_range=False)
 # tfmot's QuantizeWrapper cannot call these (their extra positional constants are lost):
 # they stay unwrapped, and the converter lists any op left in float because of it.
 _NOT_WRAPPABLE = {"TFOpLambda", "SlicingOpLambda"}
@@ -280,8 +292,12 @@ def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = (),
         activations = {"activation": activation_quantizer()} if activation not in (
             None, "linear") else {}
         output = activation_quantizer() if not activations and not fused_relu_follows else None
+        if activation in _FIXED_OUTPUT_RANGE:
+            output = fixed_output_quantizer(activation)
         return LayerQuantizeConfig(weights=weights, activations=activations, output=output)
-    if fused_relu_follows or f"{kind}:{_activation_name(layer)}" in _FIXED_OUTPUT_SCALE:
+    if f"{kind}:{_activation_name(layer)}" in _FIXED_OUTPUT_SCALE:
+        return LayerQuantizeConfig(output=fixed_output_quantizer(_activation_name(layer) or "softmax"))
+    if fused_relu_follows:
         return LayerQuantizeConfig()
     return LayerQuantizeConfig(output=activation_quantizer())
 
