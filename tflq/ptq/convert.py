@@ -35,11 +35,9 @@ _CONVERTER_NOISE = (r"\s*Warning: tf.lite.Interpreter is deprecated",
 
 @dataclasses.dataclass(frozen=True)
 class Conversion:
-    """The result of one conversion.
+    """The result of one conversion: ``mode``, the .tflite bytes (``content``) and:
 
     Attributes:
-      mode: the mode converted to.
-      content: the .tflite bytes.
       float_ops: ops left computing in float (``NAME#index``).
       seconds: conversion time.
       notes: one-line statements for the report (what a tflq method did, or did not do).
@@ -236,10 +234,16 @@ def _checked_calibration(model: LoadedModel, converter, converter_int8: bytes,
     return calibrated, batches
 
 
-def _outside_qat_graph(model: LoadedModel) -> bool:
-    """A model tflq's QAT graph cannot hold: a SavedModel without Keras metadata (no layer
-    graph) or one with recurrent layers (tfmot has no quantize config for RNN cells)."""
-    return model.flavor == FLAVOR_SAVED_MODEL or model.static_batch() is not None
+def _outside_qat_graph(model: LoadedModel) -> str | None:
+    """Why tflq's QAT graph cannot hold a model, or None: no Keras layer graph, recurrent
+    layers (no tfmot config for RNN cells), or the model's own layer classes (ops inside)."""
+    from tflq.quant import graph
+
+    opaque = graph.opaque_layers(model.keras_model) if model.keras_model is not None else []
+    return ("a SavedModel has no Keras layer graph" if model.flavor == FLAVOR_SAVED_MODEL else
+            "tflq's QAT graph cannot hold recurrent layers" if model.static_batch() is not None
+            else f"layer(s) of the model's own classes {opaque}: tflq's QAT graph quantizes "
+            "their outputs, not the ops inside" if opaque else None)
 
 
 def _on_converter(model: LoadedModel, options: ConvertOptions, representative, workdir: str,
@@ -261,8 +265,7 @@ def _on_converter(model: LoadedModel, options: ConvertOptions, representative, w
         configure(converter, Mode.INT8, options, representative)
         return converter
 
-    why = ("a SavedModel has no Keras layer graph" if model.flavor == FLAVOR_SAVED_MODEL
-           else "tflq's QAT graph cannot hold recurrent layers")
+    why = _outside_qat_graph(model)
     samples = list(representative())
     if options.range_search:
         content = _range_search(model, make_converter(),
@@ -313,8 +316,8 @@ def _adaround_record(keras, rounding: dict, content: bytes, notes: list, details
     """Checks that the .tflite holds the learned codes and records what AdaRound did."""
     from tflq.ptq import adaround
 
-    deployed = {row["layer"]: row["exact"] for row in adaround.check_deployed(keras, rounding,
-                                                                               content)}
+    checked = adaround.check_deployed(keras, rounding, content)
+    deployed = {row["layer"]: row["exact"] for row in checked}
     layers = [{**row, "deployed_exactly": deployed[row["layer"]]} for row in rounding["layers"]]
     details["adaround"] = {k: v for k, v in rounding.items()
                            if k not in ("codes", "layers", "scales", "bias_limited")}
@@ -391,11 +394,9 @@ def _equalize_note(record: dict) -> str:
 def _run_converter(converter, mode: Mode, options: ConvertOptions) -> bytes:
     """``converter.convert()``; what the converter refuses becomes a ValueError (bad input).
 
-    The converter's own errors (``ConverterError`` for unsupported ops or inputs, its
-    ValueErrors, a calibrator that cannot quantize an op) say the model or data cannot be
-    converted as asked: ValueError, exit 2. A MemoryError, or an exception raised in tflq's own
-    code (the representative generator, say), is not the user's fault and is re-raised as it
-    is (exit 1, internal error).
+    The converter's own errors (unsupported ops or inputs, a calibrator that cannot quantize
+    an op) say the model or data cannot be converted as asked: ValueError, exit 2. A
+    MemoryError or an exception raised in tflq's own code is re-raised as it is (exit 1).
     """
     try:
         with warnings.catch_warnings():

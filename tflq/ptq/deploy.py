@@ -1,9 +1,10 @@
 """The int8 .tflite of a trained QAT model.
 
-A QAT model without recurrent layers converts with the ranges it learned (its FakeQuant ops,
-:func:`tflq.ptq.convert.convert_qat`). The converter quantizes an LSTM only when it
-calibrates it (its MLIR quantizer's LSTM rules run on the post-training path), so a QAT
-model with LSTM layers deploys differently: its trained float weights go back into the float
+A QAT model converts with the ranges it learned (its FakeQuant ops,
+:func:`tflq.ptq.convert.convert_qat`), unless it has recurrent layers or layers of the
+user's own classes, whose inner ops the QAT graph cannot quantize. The converter quantizes
+an LSTM only when it calibrates it (its MLIR quantizer's LSTM rules run on the post-training
+path), so such a model deploys differently: its trained float weights go back into the float
 model (:func:`trained_float`) and the converter calibrates that model to int8 on training
 samples (:class:`CalibratedDeploy`). The LSTM kernels were trained on TFLite's int8 grid for
 them (per gate, max|w| / 127, :class:`tflq.quant.quantizers.GateBlocks`), which the
@@ -25,8 +26,11 @@ CALIBRATION_SAMPLES = 200
 
 
 def deploys_by_calibration(model) -> bool:
-    """True when the (QAT or float) model holds recurrent layers."""
-    return bool(recurrent.find_recurrent_layers(model))
+    """True when the (QAT or float) model holds recurrent layers, or layers of the user's own
+    classes whose ops the QAT graph cannot quantize (:func:`tflq.quant.graph.opaque_layers`)."""
+    from tflq.quant import graph
+
+    return bool(recurrent.find_recurrent_layers(model) or graph.opaque_layers(model))
 
 
 def deploys_exactly(scheme: str, student) -> bool:
@@ -44,7 +48,7 @@ def deploys_exactly(scheme: str, student) -> bool:
 def ranges_note(model) -> str:
     """Where the .tflite's activation ranges come from, for the report's first QAT line."""
     if deploys_by_calibration(model):
-        return "ranges from the converter's calibration (recurrent layers: see below)"
+        return "ranges from the converter's calibration (see below why)"
     return "ranges from training, no calibration"
 
 
@@ -88,7 +92,7 @@ def trained_float(student, prepared):
 
 
 class CalibratedDeploy:
-    """What the converter calibrates for a recurrent QAT model: ``loaded`` (the float model
+    """What the converter calibrates for a QAT model :func:`deploys_by_calibration`: ``loaded`` (the float model
     with the trained weights), ``representative`` (up to :data:`CALIBRATION_SAMPLES` of the
     training samples, batch 1 each), ``options`` (integer I/O unless an input is token ids)
     and the report's ``note``."""
@@ -106,12 +110,18 @@ class CalibratedDeploy:
         self.representative = lambda: ({n: samples[n][i:i + 1] for n in names} for i in picks)
         tokens = token_inputs(model)
         self.options = ConvertOptions(integer_io=not tokens)
+        from tflq.quant import graph
+
+        found = recurrent.find_recurrent_layers(model)
+        why = (f"recurrent layer(s) {found}: the converter quantizes an LSTM only when it "
+               "calibrates it" if found else
+               f"layer(s) of the model's own classes {graph.opaque_layers(model)}: tflq's QAT "
+               "graph quantizes their outputs, not the ops inside")
         self.note = (
-            f"recurrent layer(s) {recurrent.find_recurrent_layers(model)}: the converter "
-            "quantizes an LSTM only when it calibrates it, so the int8 .tflite is the "
-            f"converter's int8 of the QAT-trained float weights, calibrated on {len(picks)} "
-            "training sample(s); the LSTM kernels trained on TFLite's int8 grid (per gate), "
-            "activation ranges are the calibration's, not the ones learned in training"
+            f"{why}, so the int8 .tflite is the converter's int8 of the QAT-trained float "
+            f"weights, calibrated on {len(picks)} training sample(s); "
+            + ("the LSTM kernels trained on TFLite's int8 grid (per gate), " if found else "")
+            + "activation ranges are the calibration's, not the ones learned in training"
             + (f"; token-id input(s) {tokens} keep float I/O" if tokens else ""))
 
     def converter(self, workdir: str):

@@ -30,7 +30,7 @@ from tflq.quant.layers import LayerNormStep, ScalarOp
 
 __all__ = ["KEEP_FUSED", "needs_split", "decomposable_layer_norm", "binary_merge",
     "dense_on_feature_map", "is_layer_scale", "is_separable_2d", "locate_by_name", "nested_models",
-    "needs_rebuild", "rebuild", "prepare", "REWRITE_RTOL", "synthetic_samples"]
+    "needs_rebuild", "rebuild", "prepare", "REWRITE_RTOL", "synthetic_samples", "opaque_layers"]
 
 # tfmot's QuantizeAwareActivation handles these fused activations itself (TFLite fuses
 # ReLU, and gives sigmoid/softmax/tanh outputs a fixed scale); any other is split off.
@@ -371,3 +371,29 @@ def prepare(model, samples: list | None = None, notes: list | None = None):
                          f"outputs checked (max error {worst:.2g} of range)")
         model = rewritten
     return model
+
+
+# Layer classes whose ops tflq's QAT graph knows: Keras's own, tfmot's and tflq's.
+_KNOWN_MODULES = ("tf_keras.", "keras.", "tensorflow.", "tensorflow_model_optimization.", "tflq.")
+
+
+def opaque_layers(model) -> list[str]:
+    """Names of the layers of ``model`` (nested models and tfmot wrappers searched) whose
+    class is the user's own, not Keras's: tflq's QAT graph quantizes their outputs but
+    cannot see the ops inside (Basic Pitch's CQT front end), which a .tflite converted from
+    that graph would leave in float."""
+    found = []
+
+    def visit(layer, prefix):
+        inner = getattr(layer, "layer", None)
+        kind = type(inner if inner is not None and "Quantize" in type(layer).__name__
+                    else layer)
+        if getattr(layer, "layers", None) is not None and layer is not model:
+            for child in layer.layers:
+                visit(child, f"{prefix}{layer.name}/")
+        elif layer is not model and not kind.__module__.startswith(_KNOWN_MODULES):
+            found.append(prefix + layer.name)
+
+    for child in model.layers:
+        visit(child, "")
+    return found

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from tflq import recurrent
 from tflq.quant import quantizers
-from tflq.quant.graph import prepare
+from tflq.quant.graph import opaque_layers, prepare
 from tflq.quant.layers import ScalarOp
 from tflq.quant.quantizers import tfmot
 from tflq.quant.schemes import LayerQuantizeConfig
@@ -188,7 +188,8 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
       samples: model inputs the float rewrites are checked on (:func:`tflq.quant.graph.prepare`).
       notes: a list that receives one line per float rewrite applied.
       lstm_ok: wrap fused LSTMs (:func:`refuse_recurrent`); the caller deploys the trained
-        model with :func:`tflq.ptq.deploy.convert_student`.
+        model with :func:`tflq.ptq.deploy.convert_student`, which calibrates models with
+        LSTMs or with layers of their own classes (weights then train on that grid).
       prepared: a list that receives the float model after the rewrites (what was wrapped).
 
     Returns:
@@ -215,7 +216,9 @@ def quantize_model(model, scheme: str = "default_int8", overrides: Sequence = ()
     model = prepare(model, samples, notes)
     if prepared is not None:
         prepared.append(model)
-    calibrated = lstm_ok and bool(recurrent.find_recurrent_layers(model))
+    # Deployed by the converter's calibration (tflq.ptq.deploy): recurrent layers, or the
+    # model's own layer classes whose inner ops the QAT graph cannot quantize.
+    calibrated = lstm_ok and bool(recurrent.find_recurrent_layers(model) or opaque_layers(model))
     schemes.check_overrides(model.layers, overrides)
     schemes.activation_quantizer(activation_ranges, range_k)  # checks the arguments
 
