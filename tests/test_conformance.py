@@ -105,8 +105,8 @@ _LSTM_REFUSED = ("int16x8",)
 # leaves NEG/RESHAPE of the in-graph CQT in float; its Keras graph is inside saved_model.pb
 # but the code of its custom layers is not, so CLE, QAT and compress refuse it naming them.
 # basic_pitch_keras, the same model loaded with its layer classes (a factory): the int8
-# family stops at the same NEG ops; the range estimators and QAT/PQAT (tflq's QAT graph)
-# stop at the converter's same-scale constraint on a CONCATENATION (not pinned down).
+# family stops at the same NEG ops, the range estimators and QAT/PQAT too (its custom layers
+# send them through the converter's calibration, tests/test_custom_layers.py).
 _BASIC_PITCH = ("int8", "int16x8", "minmax", "percentile", "mse", "kl", "equalize", "selective",
                 "qat_int8_gradient", "qat_int8_distill", "qat_pow2_gradient", "qat_pow2_distill",
                 "compress_pqat50")
@@ -114,7 +114,7 @@ KNOWN_NOT_OK = {
     **{(row, c): "recurrent" for row in ("sentitoolkit_lstm", "ethnicolr_lstm")
        for c in _LSTM_REFUSED},
     **{("basic_pitch_nmp", c): "float ops / no layer code" for c in _BASIC_PITCH},
-    **{("basic_pitch_keras", c): "float ops / same-scale concatenation" for c in _BASIC_PITCH},
+    **{("basic_pitch_keras", c): "float ops (NEG), no integer kernel" for c in _BASIC_PITCH},
 }
 
 

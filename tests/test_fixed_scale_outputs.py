@@ -1,10 +1,11 @@
 """Sigmoid, softmax and tanh outputs on TFLite's fixed int8 grid in the QAT graph.
 
-Found on Basic Pitch (spotify/basic-pitch): its note head is a Conv2D with a sigmoid that is
-read by a custom reshape layer (a model output) and by a Concatenate. With no FakeQuant of
-its own, the sigmoid's output took its scale from both readers and the converter stopped
-with "'tfl.concatenation' op quantization parameters violate the same scale constraint"
-in every range-estimator, QAT and PQAT run.
+Found on Basic Pitch (spotify/basic-pitch): its note head is a Conv2D with a sigmoid read by
+a reshape that is a model output and by a Concatenate. With no FakeQuant of its own, the
+sigmoid's output took its scale from both readers and the converter stopped with
+"'tfl.concatenation' op quantization parameters violate the same scale constraint" in every
+range-estimator, QAT and PQAT run. Here the same shape with built-in layers only: a sigmoid
+read by two concatenations whose other inputs have very different ranges.
 """
 
 import numpy as np
@@ -12,33 +13,30 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+import tflq
 from tflq import interpreter, tflite_inspect
 from tflq.models import tf_keras
-from tflq.ptq import convert, ranges
+from tflq.ptq import convert
 from tflq.quant import qat, schemes
 
 L = tf_keras.layers
 
 
-class _Squeeze(L.Layer):
-    """A user's own layer that only reshapes (Basic Pitch's FlattenFreqCh)."""
-
-    def call(self, x):
-        return tf.squeeze(x, -1)
-
-
 def _two_readers(fused: bool):
-    """A sigmoid head read by a custom reshape (output "note") and a Concatenate."""
+    """A sigmoid head read by two Concatenates (outputs "note" and, through a conv, "onset")."""
+    tf_keras.utils.set_random_seed(0)
     inp = L.Input((8, 8, 4), name="img")
     if fused:
         head = L.Conv2D(1, 3, padding="same", activation="sigmoid")(inp)
     else:
         head = L.Activation("sigmoid")(L.Conv2D(1, 3, padding="same")(inp))
-    note = _Squeeze(name="note")(head)
-    branch = L.ReLU()(L.Conv2D(4, 3, padding="same")(inp))
-    joined = L.Concatenate(name="concat")([head, branch])
-    onset = L.Conv2D(1, 3, padding="same", activation="sigmoid", name="onset")(joined)
-    return tf_keras.Model(inp, [note, onset])
+    small = L.ReLU()(L.Conv2D(2, 3, padding="same")(inp))
+    large = L.ReLU()(L.Conv2D(2, 3, padding="same", name="large")(inp))
+    note = L.Concatenate(name="note")([head, small])
+    onset = L.Conv2D(1, 3, padding="same", name="onset")(L.Concatenate()([head, large]))
+    model = tf_keras.Model(inp, [note, onset])
+    model.get_layer("large").set_weights([w * 6 for w in model.get_layer("large").get_weights()])
+    return model
 
 
 def _x(n=32, seed=0):
@@ -58,25 +56,31 @@ def _logistic_output_grids(content):
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "standalone"])
-def test_a_sigmoid_read_by_a_reshape_and_a_concatenation_converts(fused, tmp_path):
-    tf_keras.utils.set_random_seed(0)
+def test_a_sigmoid_read_by_two_concatenations_converts(fused):
     model = _two_readers(fused)
     x = _x()
-    q, _ = ranges.calibrated_model(model, lambda: iter([x[:16], x[16:]]), "minmax")
-    content = convert.convert_qat(q, str(tmp_path))
+    result = tflq.convert(model, x[:16], x[16:], modes=("int8",), range_estimator="minmax",
+                          num_calibration_samples=16, latency_runs=2, layer_error_samples=0,
+                          progress=False)
+    content = result.modes["int8"].tflite
     assert tflite_inspect.find_float_ops(content) == []
+    # The converter's own calibration fails on this graph too (its log says "violate the same
+    # scale constraint"): tflq says there is nothing to compare with instead of failing.
+    notes = " ".join(result.report["modes"][-1]["notes"])
+    assert "the plain converter refuses this model, so nothing to compare with" in notes
     grids = _logistic_output_grids(content)
-    assert len(grids) == 2 and all(s == pytest.approx(1 / 256) and z == -128 for s, z in grids)
-    outputs = interpreter.TfliteModel(content).run({"img": x})
-    note = next(o for o in outputs if o.ndim == 3)
-    expected = model.predict(x, verbose=0)[0]
-    # The float model is the reference: a sigmoid step (1/256), its input's step through the
-    # sigmoid's slope (≤ 1/4) and the note output's own step, with a little headroom.
-    assert np.abs(note - expected).max() <= 4 / 256
+    assert len(grids) == 1 and grids[0][0] == pytest.approx(1 / 256) and grids[0][1] == -128
+    tflite = interpreter.TfliteModel(content)
+    outputs = dict(zip(tflite.output_names, tflite.run({"img": x[16:]}), strict=True))
+    note = next(o for o in outputs.values() if o.shape[-1] == 3)
+    expected = model.predict(x[16:], verbose=0)[0]
+    # The float model is the reference: the sigmoid channel is within two steps of the note
+    # output's grid plus its input's step through the slope (≤ 1/4).
+    step = (expected.max() - min(0.0, expected.min())) / 255  # that output's int8 step
+    assert np.abs(note[..., 0] - expected[..., 0]).max() <= 2 * step + 1 / 64
 
 
 def test_qat_trains_and_deploys_such_a_model(tmp_path):
-    tf_keras.utils.set_random_seed(0)
     model = _two_readers(fused=True)
     x = _x(64)
     q = qat.quantize_model(model, "default_int8")
@@ -86,15 +90,25 @@ def test_qat_trains_and_deploys_such_a_model(tmp_path):
     content = convert.convert_qat(q, str(tmp_path))
     assert tflite_inspect.find_float_ops(content) == []
     tflite = interpreter.TfliteModel(content)
-    deployed = {o.ndim: (o, tflite.output_scale(n))
+    deployed = {o.shape[-1]: (o, tflite.output_scale(n))
                 for n, o in zip(tflite.output_names, tflite.run({"img": x}), strict=True)}
     trained = q.predict(x, verbose=0)
-    # The QAT model is the reference. The int8 kernels round the sigmoid's input a step apart
-    # from the FakeQuant now and then; through the slope (≤ 1/4) that is a few output steps.
+    # The QAT model is the reference. The int8 kernels round now and then a step apart from
+    # the FakeQuant ops (through the sigmoid's slope or a requantization): a few output steps.
     for want in trained:
-        got, step = deployed[want.ndim]
+        got, step = deployed[want.shape[-1]]
         assert np.abs(got - want).max() <= 4 * step
-        assert np.mean(np.abs(got - want) < step / 2) > 0.8  # mostly the same step
+        assert np.abs(got - want).mean() <= step / 2  # mostly the same step
+
+
+def test_a_probability_output_nothing_reads_is_left_to_the_kernel():
+    """Rounding a classifier's probabilities in training would put the loss on values rounded
+    to 0; the kernel's fixed grid applies at deployment anyway."""
+    inp = L.Input((4,))
+    model = tf_keras.Model(inp, L.Dense(3, activation="softmax")(L.Dense(4)(inp)))
+    q = qat.quantize_model(model, "default_int8")
+    head = q.layers[-1]
+    assert head.quantize_config.get_output_quantizers(head.layer) == []
 
 
 @pytest.mark.parametrize("activation, scale, zero_point",

@@ -337,8 +337,16 @@ def _convert_all(job: ConvertJob, model, modes: list, representative):
             plain = dataclasses.replace(settings, range_estimator=None, equalize=False,
                                         selective=False, auto=False, adaround=False,
                                         adaround_bits=8, equalize_relu6="bounded")
-            baseline = converter.convert_model(model, options.Mode.INT8, scratch, representative,
-                                               plain).content
+            try:
+                baseline = converter.convert_model(model, options.Mode.INT8, scratch,
+                                                   representative, plain).content
+            except ValueError as e:  # tflq's method converted what the plain converter refuses
+                if options.Mode.INT8 not in conversions:
+                    raise
+                note = f"the plain converter refuses this model, so nothing to compare with: {e}"
+                print(f"tflq: {note}", file=sys.stderr)
+                done = conversions[options.Mode.INT8]
+                conversions[options.Mode.INT8] = dataclasses.replace(done, notes=(*done.notes, note))
         float_content = conversions[options.Mode.FLOAT32].content
         for recipe in job.recipes:  # LiteRT Quantizer on the float .tflite
             from tflq.ptq import litert_backend

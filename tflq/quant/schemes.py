@@ -75,10 +75,12 @@ _PASS_THROUGH = {
     "AveragePooling1D", "AveragePooling2D",
 }
 # TFLite's int8 LOGISTIC, SOFTMAX and TANH have a fixed output scale (1/256, 1/256, 1/128;
-# zero point -128, -128, 0): their input is quantized by the layer before, their output by a
-# FakeQuant pinned to exactly that grid. Without it the converter takes the output's scale from
-# whatever same-scale op reads it (a reshape, a concatenation) and fails when two readers
-# disagree ("quantization parameters violate the same scale constraint").
+# zero point -128, -128, 0): their input is quantized by the layer before. An output that other
+# layers read gets a FakeQuant pinned to exactly that grid: without it the converter takes its
+# scale from whatever same-scale op reads it (a reshape, a concatenation) and fails when two
+# readers disagree ("quantization parameters violate the same scale constraint"). An output
+# nothing reads (a classifier's probabilities) is left to the kernel: rounding it in training
+# would put the loss on probabilities rounded to 0 (no gradient through the loss's clipping).
 _FIXED_OUTPUT_RANGE = {"sigmoid": (0.0, 255 / 256), "softmax": (0.0, 255 / 256),
                        "tanh": (-1.0, 127 / 128)}
 _FIXED_OUTPUT_SCALE = {"Activation:sigmoid", "Activation:softmax", "Activation:tanh",
@@ -292,11 +294,12 @@ def config_for(layer, scheme: Scheme, overrides: Sequence[Override] = (),
         activations = {"activation": activation_quantizer()} if activation not in (
             None, "linear") else {}
         output = activation_quantizer() if not activations and not fused_relu_follows else None
-        if activation in _FIXED_OUTPUT_RANGE:
+        if activation in _FIXED_OUTPUT_RANGE and _consumers(layer):
             output = fixed_output_quantizer(activation)
         return LayerQuantizeConfig(weights=weights, activations=activations, output=output)
     if f"{kind}:{_activation_name(layer)}" in _FIXED_OUTPUT_SCALE:
-        return LayerQuantizeConfig(output=fixed_output_quantizer(_activation_name(layer) or "softmax"))
+        return LayerQuantizeConfig(output=fixed_output_quantizer(_activation_name(layer) or "softmax")
+                                   if _consumers(layer) else None)
     if fused_relu_follows:
         return LayerQuantizeConfig()
     return LayerQuantizeConfig(output=activation_quantizer())
