@@ -299,11 +299,15 @@ def test_two_inputs_two_outputs_keep_their_signature_names(tmp_path):
 @pytest.mark.parametrize("changes, keys", [
     ({"equalize": True, "range_search": True}, {"equalize", "range_search"}),
     ({"adaround": True, "adaround_iterations": 20, "range_search": True},
-     {"adaround", "range_search"})])
+     {"adaround", "range_search"}),
+    ({"equalize": True, "range_estimator": "mse"}, {"equalize", "ranges"}),
+    ({"adaround": True, "adaround_iterations": 20, "range_estimator": "percentile"},
+     {"adaround", "ranges"})])
 def test_equalize_and_adaround_combine_with_range_search_on_an_lstm(models, changes, keys,
-                                                                   tmp_path):
+                                                                   tmp_path, capsys):
     # Equalization and AdaRound rewrite the tf_keras model (nothing to pair here; AdaRound
-    # rounds the Dense head), then range search works on the converter's calibrated model.
+    # rounds the Dense head), then range search or a range estimator works on the
+    # converter's calibrated model (tflq's QAT graph cannot hold the LSTM).
     loaded = models["tf_keras"]
     result = convert.convert_model(loaded, "int8", str(tmp_path),
                                    representative=_representative(loaded),
@@ -313,6 +317,9 @@ def test_equalize_and_adaround_combine_with_range_search_on_an_lstm(models, chan
     assert keys <= set(result.details)
     if "adaround" in keys:
         assert [r["deployed_exactly"] for r in result.details["adaround"]["layers"]] == [True]
+    if "ranges" in keys:
+        assert result.details["ranges"]["route"] == "converter"
+        assert "tflq's QAT graph cannot hold recurrent layers" in capsys.readouterr().err
     feed = _tokens(loaded, 8, seed=11)
     want = np.asarray(loaded.keras_model(feed[loaded.inputs[0].name]))
     np.testing.assert_allclose(TfliteModel(result.content).run(feed)[0], want, atol=INT8_ATOL)

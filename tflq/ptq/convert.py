@@ -23,8 +23,9 @@ import numpy as np
 
 from tflq.fileio import write_atomic  # noqa: F401 (re-exported)
 from tflq.keras3 import with_output_names
-from tflq.models import FLAVOR_SAVED_MODEL, LoadedModel, tf
+from tflq.models import LoadedModel, tf
 from tflq.options import ALL_MODES, ConvertOptions, Mode, parse_modes  # noqa: F401 (re-exported)
+from tflq.ptq import converter_route
 from tflq.tflite_inspect import find_float_ops
 
 __all__ = ["configure", "Conversion", "convert_model", "convert_qat"]
@@ -112,7 +113,8 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
         model.static_batch().check_mode(mode.value)
     notes, details = list(model.conversion_notes), {}  # e.g. "static batch of 1 because of…"
     if (mode == Mode.INT8 and (options.range_estimator or options.range_search)
-            and not (options.equalize or options.adaround) and _outside_qat_graph(model)):
+            and not (options.equalize or options.adaround)
+            and converter_route.outside_qat_graph(model)):
         content = _on_converter(model, options, representative, workdir, notes, details)
     elif mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
                                 or options.range_search):
@@ -157,6 +159,8 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
     def batches():
         return iter([b if len(names) > 1 else b[names[0]] for b in stacked])
 
+    outside = converter_route.outside_qat_graph(model) if options.range_estimator else None
+    qat_graph_ranges = bool(options.range_estimator) and outside is None
     if model.rebuild_notes:
         notes.append(f"Keras 3 model rebuilt as tf_keras, outputs checked on "
                      f"{model.rebuild_notes['checked_samples']} calibration samples (max error "
@@ -185,8 +189,8 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         # The estimators convert through tflq's QAT graph: Dense kernels per tensor there.
         rounding = adaround.apply(keras, batches, options.adaround_bits, options.per_channel,
                                   options.adaround_iterations, options.adaround_reg,
-                                  per_tensor_kinds=("Dense",) if options.range_estimator else ())
-    if options.range_estimator:
+                                  per_tensor_kinds=("Dense",) if qat_graph_ranges else ())
+    if qat_graph_ranges:
         record = {}
         calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
                                                 options.percentile, record=record)
@@ -203,8 +207,11 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
 
         content = _run_converter(make_converter(), Mode.INT8, options)
         if options.range_search:
-            content = _range_search(model, make_converter(), content, options, samples,
-                                    notes, details)
+            content = converter_route.range_search(model, make_converter(), content, options,
+                                                   samples, notes, details)
+        elif options.range_estimator:  # a model the QAT graph cannot hold: the converter's ranges
+            content = converter_route.estimated_ranges(model, make_converter(), content, options,
+                                                       samples, notes, details, outside)
     if rounding is not None:
         _adaround_record(keras, rounding, content, notes, details)
     for note in notes:
@@ -212,51 +219,11 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
     return content
 
 
-def _batches_of(model: LoadedModel, samples: list, size: int = 32) -> list[dict]:
-    """``samples`` stacked ``size`` at a time (one at a time for static-batch models)."""
-    size = 1 if model.static_batch() is not None else size
-    names = model.input_names
-    return [{n: np.concatenate([s[n] for s in samples[i:i + size]]) for n in names}
-            for i in range(0, len(samples), size)]
-
-
-def _checked_calibration(model: LoadedModel, converter, converter_int8: bytes,
-                         options: ConvertOptions, samples: list, purpose: str):
-    """(the converter's calibrated model, the calibration batches), after checking that
-    requantizing it with its own ranges reproduces ``converter_int8`` exactly (else
-    RewriteError naming ``purpose``)."""
-    from tflq.ptq import thresholds
-
-    batches = _batches_of(model, samples)
-    calibrated = thresholds.calibrate(converter)
-    thresholds.check_requantize(calibrated, converter_int8, options, batches, model.output_names,
-                                purpose)
-    return calibrated, batches
-
-
-def _outside_qat_graph(model: LoadedModel) -> str | None:
-    """Why tflq's QAT graph cannot hold a model, or None: no Keras layer graph, recurrent
-    layers (no tfmot config for RNN cells), or the model's own layer classes (ops inside)."""
-    from tflq.quant import graph
-
-    opaque = graph.opaque_layers(model.keras_model) if model.keras_model is not None else []
-    return ("a SavedModel has no Keras layer graph" if model.flavor == FLAVOR_SAVED_MODEL else
-            "tflq's QAT graph cannot hold recurrent layers" if model.static_batch() is not None
-            else f"layer(s) of the model's own classes {opaque}: tflq's QAT graph quantizes "
-            "their outputs, not the ops inside" if opaque else None)
-
-
 def _on_converter(model: LoadedModel, options: ConvertOptions, representative, workdir: str,
                   notes: list, details: dict) -> bytes:
     """``--range_estimator`` / ``--range_search`` for models outside tflq's QAT graph
-    (:func:`_outside_qat_graph`), on the converter's calibrated model: requantizing it with
-    its own ranges must first reproduce the converter's int8 exactly
-    (:func:`tflq.ptq.thresholds.check_requantize`); then each activation range (model inputs
-    and outputs excluded) becomes the estimator's choice on that tensor's float values over
-    the calibration samples, or the range search's, and the converter's own quantizer
-    finishes the model."""
-    from tflq.ptq import ranges, thresholds
-
+    (:func:`tflq.ptq.converter_route.outside_qat_graph`), on the converter's calibrated
+    model (:mod:`tflq.ptq.converter_route`)."""
     if representative is None:
         raise ValueError("int8 needs calibration data.")
 
@@ -265,50 +232,18 @@ def _on_converter(model: LoadedModel, options: ConvertOptions, representative, w
         configure(converter, Mode.INT8, options, representative)
         return converter
 
-    why = _outside_qat_graph(model)
+    why = converter_route.outside_qat_graph(model)
     samples = list(representative())
+    content = _run_converter(make_converter(), Mode.INT8, options)
     if options.range_search:
-        content = _range_search(model, make_converter(),
-                                _run_converter(make_converter(), Mode.INT8, options), options,
-                                samples, notes, details)
+        content = converter_route.range_search(model, make_converter(), content, options,
+                                               samples, notes, details)
         notes[-1] += f" ({why})"
     else:
-        calibrated, batches = _checked_calibration(
-            model, make_converter(), _run_converter(make_converter(), Mode.INT8, options),
-            options, samples, f"--range_estimator {options.range_estimator}")
-        recorded = thresholds.ranged_tensors(calibrated)
-        values = thresholds.tensor_values(calibrated, batches, list(recorded))
-        chosen = {i: ranges.estimate(ranges.Histogram.of(v), options.range_estimator,
-                                     options.percentile) for i, v in values.items()}
-        changed = sum(1 for i in chosen if not np.allclose(chosen[i], recorded[i], rtol=1e-6,
-                                                           atol=1e-9))
-        details["ranges"] = {"estimator": options.range_estimator, "route": "converter",
-                             "tensors": len(chosen), "changed": changed}
-        notes.append(f"range estimator {options.range_estimator} on the converter's calibrated "
-                     f"model ({why}): {changed} of {len(chosen)} activation ranges differ "
-                     f"from the converter's min/max; model inputs and outputs keep the "
-                     f"converter's ranges")
-        content = thresholds.requantize(calibrated, options, chosen)
+        content = converter_route.estimated_ranges(model, make_converter(), content, options,
+                                                   samples, notes, details, why)
     for note in notes:
         print(f"tflq: {note}", file=sys.stderr)
-    return content
-
-
-def _range_search(model: LoadedModel, converter, converter_int8: bytes, options: ConvertOptions,
-                  samples: list, notes: list, details: dict) -> bytes:
-    """``--range_search`` on the converter's calibrated model (:mod:`tflq.ptq.thresholds`),
-    after checking that requantizing it unchanged reproduces ``converter_int8`` exactly."""
-    from tflq.ptq import thresholds
-
-    calibrated, batches = _checked_calibration(model, converter, converter_int8, options, samples,
-                                               "--range_search")
-    content, record = thresholds.search(calibrated, options, batches, model.output_names)
-    details["range_search"] = record
-    db = record["calibration_sqnr_db"]
-    starts = ", ".join(f"{name} {db[name]:.1f} dB" for name in thresholds.STARTS)
-    notes.append(f"range search: {record['changed']} of {record['tensors']} activation ranges "
-                 f"changed from the converter's; output SQNR on the calibration samples: "
-                 f"{starts}; searched from {record['start']}: {db['searched']:.1f} dB")
     return content
 
 
