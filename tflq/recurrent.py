@@ -22,7 +22,7 @@ This module owns that path:
   kernel (GRU, SimpleRNN…: the calibrator segfaulted on their ``WHILE`` loop).
   :func:`plan_static_batch` puts it all together for a loaded model. ``--range_estimator``
   and ``--range_search`` work on the converter's calibrated model
-  (:func:`tflq.ptq.converter_route.estimated_ranges`): tflq's QAT graph cannot hold recurrent layers.
+  (:mod:`tflq.ptq.converter_route`): tflq's QAT graph cannot hold recurrent layers.
 
 A .tflite converted this way takes batches of exactly 1:
 :class:`tflq.interpreter.TfliteModel` runs larger batches sample by sample.

@@ -114,8 +114,8 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
     notes, details = list(model.conversion_notes), {}  # e.g. "static batch of 1 because of…"
     if (mode == Mode.INT8 and (options.range_estimator or options.range_search)
             and not (options.equalize or options.adaround)
-            and converter_route.outside_qat_graph(model)):
-        content = _on_converter(model, options, representative, workdir, notes, details)
+            and (why := converter_route.outside_qat_graph(model))):
+        content = _on_converter(model, options, representative, workdir, notes, details, why)
     elif mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
                                 or options.range_search):
         content = _convert_calibrated(model, options, representative, workdir, notes, details)
@@ -205,13 +205,9 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
             configure(converter, Mode.INT8, options, representative)
             return converter
 
-        content = _run_converter(make_converter(), Mode.INT8, options)
-        if options.range_search:
-            content = converter_route.range_search(model, make_converter(), content, options,
-                                                   samples, notes, details)
-        elif options.range_estimator:  # a model the QAT graph cannot hold: the converter's ranges
-            content = converter_route.estimated_ranges(model, make_converter(), content, options,
-                                                       samples, notes, details, outside)
+        # range search, or an estimator on a model the QAT graph cannot hold: the converter's ranges
+        content = _converter_ranges(model, make_converter, options, samples, notes, details,
+                                    outside)
     if rounding is not None:
         _adaround_record(keras, rounding, content, notes, details)
     for note in notes:
@@ -220,10 +216,10 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
 
 
 def _on_converter(model: LoadedModel, options: ConvertOptions, representative, workdir: str,
-                  notes: list, details: dict) -> bytes:
+                  notes: list, details: dict, why: str) -> bytes:
     """``--range_estimator`` / ``--range_search`` for models outside tflq's QAT graph
-    (:func:`tflq.ptq.converter_route.outside_qat_graph`), on the converter's calibrated
-    model (:mod:`tflq.ptq.converter_route`)."""
+    (``why``: :func:`tflq.ptq.converter_route.outside_qat_graph`), on the converter's
+    calibrated model (:mod:`tflq.ptq.converter_route`)."""
     if representative is None:
         raise ValueError("int8 needs calibration data.")
 
@@ -232,18 +228,27 @@ def _on_converter(model: LoadedModel, options: ConvertOptions, representative, w
         configure(converter, Mode.INT8, options, representative)
         return converter
 
-    why = converter_route.outside_qat_graph(model)
-    samples = list(representative())
+    content = _converter_ranges(model, make_converter, options, list(representative()), notes,
+                                details, why)
+    for note in notes:
+        print(f"tflq: {note}", file=sys.stderr)
+    return content
+
+
+def _converter_ranges(model: LoadedModel, make_converter, options: ConvertOptions,
+                      samples: list, notes: list, details: dict, why: str | None) -> bytes:
+    """The converter's int8 of ``make_converter()``, its activation ranges then set by
+    ``--range_search`` or ``--range_estimator`` on its calibrated model (neither: as
+    converted). ``why`` (the model is outside tflq's QAT graph) goes into the note."""
     content = _run_converter(make_converter(), Mode.INT8, options)
     if options.range_search:
         content = converter_route.range_search(model, make_converter(), content, options,
                                                samples, notes, details)
-        notes[-1] += f" ({why})"
-    else:
+        if why:
+            notes[-1] += f" ({why})"
+    elif options.range_estimator:
         content = converter_route.estimated_ranges(model, make_converter(), content, options,
                                                    samples, notes, details, why)
-    for note in notes:
-        print(f"tflq: {note}", file=sys.stderr)
     return content
 
 
