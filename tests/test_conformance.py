@@ -102,8 +102,9 @@ def test_whole_conformance_matrix(tmp_path):
 # int8 grid and deploy through the converter's calibration (tflq.ptq.deploy).
 _LSTM_REFUSED = ("int16x8",)
 # basic_pitch_nmp: int8 (also with a range estimator, set on the converter's calibrated model)
-# leaves NEG/RESHAPE of the in-graph CQT in float; its Keras graph is inside saved_model.pb
-# but the code of its custom layers is not, so CLE, QAT and compress refuse it naming them.
+# leaves NEG/RESHAPE of the in-graph CQT in float. CLE, QAT and compress read its Keras graph
+# from saved_model.pb, its custom layers (saved without their code) kept as saved
+# (tests/test_saved_model_graph.py), and stop at the same NEG ops.
 # basic_pitch_keras, the same model loaded with its layer classes (a factory): the int8
 # family stops at the same NEG ops, the range estimators and QAT/PQAT too (its custom layers
 # send them through the converter's calibration, tests/test_custom_layers.py).
@@ -113,7 +114,7 @@ _BASIC_PITCH = ("int8", "int16x8", "minmax", "percentile", "mse", "kl", "equaliz
 KNOWN_NOT_OK = {
     **{(row, c): "recurrent" for row in ("sentitoolkit_lstm", "ethnicolr_lstm")
        for c in _LSTM_REFUSED},
-    **{("basic_pitch_nmp", c): "float ops / no layer code" for c in _BASIC_PITCH},
+    **{("basic_pitch_nmp", c): "float ops (NEG), no integer kernel" for c in _BASIC_PITCH},
     **{("basic_pitch_keras", c): "float ops (NEG), no integer kernel" for c in _BASIC_PITCH},
 }
 

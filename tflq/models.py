@@ -62,7 +62,7 @@ class LoadedModel:
         self.inputs, self.output_names = tuple(inputs), tuple(output_names)
         self._signature, self._saved_model_dir = signature, saved_model_dir
         self._predict_fn = self._tf_keras_copy = None
-        self.rebuild_notes = None  # filled by to_tf_keras for Keras 3 models
+        self.rebuild_notes = None  # filled by to_tf_keras for Keras 3 models and SavedModels
         self.conversion_route = None  # filled by prepare_conversion: how it reaches the converter
         self._static_batch = None  # tflq.recurrent's plan (False: no recurrent layer)
 
@@ -150,8 +150,9 @@ class LoadedModel:
     def to_tf_keras(self, samples: list):
         """The model as a tf_keras model (tfmot and tflq's graph passes need one).
 
-        A Keras 3 model is rebuilt layer for layer (:func:`tflq.keras3.rebuild_keras3`) and the
-        copy is checked on ``samples``; the check runs once per model.
+        A Keras 3 model is rebuilt layer for layer (:func:`tflq.keras3.rebuild_keras3`), a
+        SavedModel's Keras graph (in ``saved_model.pb`` before TF 2.5) is read
+        (:func:`tflq.saved_model_graph.layer_graph`); once per model, checked on ``samples``.
 
         Args:
           samples: model inputs (an array, or a list in input order) to check the copy on.
@@ -160,15 +161,17 @@ class LoadedModel:
           The tf_keras model (the model itself for tf_keras models).
 
         Raises:
-          ValueError: a SavedModel with no usable Keras graph (:func:`tflq.saved_model_graph.no_layer_graph` says
-            why), a subclassed Keras 3 model, or a layer tf_keras cannot build.
+          ValueError: a SavedModel with no usable Keras graph or one that differs from its
+            signature (:func:`tflq.saved_model_graph.layer_graph` says why), a subclassed
+            Keras 3 model, or a layer tf_keras cannot build.
           tflq.keras3.RewriteError: the copy computes something else (names the layer).
         """
         if self.flavor == FLAVOR_TF_KERAS:
             return self.keras_model
-        if self.flavor != FLAVOR_KERAS3:
-            raise ValueError(saved_model_graph.no_layer_graph(self.source, self._saved_model_dir,
-                                                            tf_keras.models.load_model))
+        if self.flavor == FLAVOR_SAVED_MODEL and self._tf_keras_copy is None:
+            self._tf_keras_copy, self.rebuild_notes = saved_model_graph.layer_graph(
+                self.source, self._saved_model_dir, tf_keras.models.load_model, self.predict,
+                self.input_names, samples)
         if self._tf_keras_copy is None:
             self._tf_keras_copy, self.rebuild_notes = keras3.checked_rebuild(
                 self.keras_model, self.source, samples)

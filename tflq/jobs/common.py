@@ -391,12 +391,14 @@ def training_targets(job, keras_model, loaded, y_train, y_eval) -> TrainingTarge
 
 
 def rebuild_notes(model) -> list[str]:
-    """The mode-row note on a Keras 3 model's tf_keras rebuild (what was inlined, which config
-    keys tf_keras does not know were dropped, how closely the outputs matched); [] otherwise."""
+    """The mode-row note on a Keras 3 model's tf_keras rebuild or a SavedModel's Keras graph
+    (what was inlined or kept, which config keys tf_keras does not know were dropped, how
+    closely the outputs matched); [] otherwise."""
     found = model.rebuild_notes
     if not found:
         return []
-    line = (f"Keras 3 model rebuilt as tf_keras, outputs checked on {found['checked_samples']} "
+    line = (f"{found.get('what', 'Keras 3 model rebuilt as tf_keras')}, outputs checked on "
+            f"{found['checked_samples']} "
             f"training samples (max error {found['max_relative_error']:.2g} of range)")
     if found.get("inlined"):
         line += f"; nested models inlined: {', '.join(map(str, found['inlined']))}"

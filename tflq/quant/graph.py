@@ -27,6 +27,7 @@ import numpy as np
 
 from tflq.quant.fold import fold_batch_norms, replace_scalar_op_lambdas
 from tflq.quant.layers import LayerNormStep, ScalarOp
+from tflq.saved_model_graph import is_revived
 
 __all__ = ["KEEP_FUSED", "needs_split", "decomposable_layer_norm", "binary_merge",
     "dense_on_feature_map", "is_layer_scale", "is_separable_2d", "locate_by_name", "nested_models",
@@ -386,12 +387,13 @@ def opaque_layers(model) -> list[str]:
 
     def visit(layer, prefix):
         inner = getattr(layer, "layer", None)
-        kind = type(inner if inner is not None and "Quantize" in type(layer).__name__
-                    else layer)
+        own = inner if inner is not None and "Quantize" in type(layer).__name__ else layer
+        kind = type(own)
         if getattr(layer, "layers", None) is not None and layer is not model:
             for child in layer.layers:
                 visit(child, f"{prefix}{layer.name}/")
-        elif layer is not model and not kind.__module__.startswith(_KNOWN_MODULES):
+        elif layer is not model and (not kind.__module__.startswith(_KNOWN_MODULES)
+                                     or is_revived(own)):
             found.append(prefix + layer.name)
 
     for child in model.layers:

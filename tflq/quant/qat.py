@@ -40,7 +40,8 @@ def quantize_scope(model=None):
     objects = custom_objects()
     for layer in (model.layers if model is not None else ()):
         kind = type(getattr(layer, "layer", layer))  # inside tfmot's annotation wrapper
-        if not kind.__module__.startswith(("tf_keras.", "keras.", "tensorflow")):
+        if not kind.__module__.startswith(("tf_keras.", "keras.", "tensorflow")) or \
+                kind.__module__.endswith("saved_model.load"):  # revived: rebuilds as itself
             objects.setdefault(kind.__name__, kind)
     return tfmot.quantization.keras.quantize_scope(objects)
 
