@@ -95,6 +95,7 @@ def test_pruned_int8_weights_keep_their_sparsity(files, tmp_path, quantization):
     assert c["sparse_encoding"]["size_bytes"] > 0
     assert report["modes"][0]["float_ops"] == []
     assert "## Compression" in (tmp_path / "o" / "report.md").read_text()
+    assert not any("left uncompressed" in n for n in report["modes"][0]["notes"])  # all pruned
 
 
 def test_two_four_structure_holds_in_the_tflite(files, tmp_path):
@@ -233,6 +234,14 @@ def test_cli_runs_the_chain_and_prints_the_accounting(capsys, files, tmp_path):
     assert code == 0, err
     assert ("prune 50% (polynomial) → cluster k=4 → QAT (default_int8, structure preserved, "
             "distilled from the float model)") in out
+    # --layers left the first conv out: said on stderr, with its share of the kernel weights
+    model = tf_keras.models.load_model(files / "m.keras", compile=False)
+    kernels = {layer.name: layer.kernel.numpy().size for layer in model.layers
+               if hasattr(layer, "kernel")}
+    share = kernels["first"] / sum(kernels.values())
+    assert (f"tflq: left uncompressed: 1 layer(s) holding {share:.0%} of the kernel weights: "
+            "first (Conv2D, not matching --layers); tflq prunes/clusters the kernels of "
+            "--layer_types ['Conv2D', 'Dense']") in err
     assert re.search(r"size [\d,]+ B, gzip [\d,]+ B", out)
     report = (tmp_path / "out" / "report.json").read_text()
     assert '"num_train_samples": 96' in report and '"seed": 1' in report

@@ -102,8 +102,9 @@ def test_unlabelled_distillation_and_pow2_say_the_weights_were_requantized(tmp_p
     assert not any(row["exact"] for row in section["weights"] if row["type"] == "LSTM")
 
 
-def test_pruned_qat_of_an_lstm_model_keeps_the_sparsity_in_the_tflite():
-    # compress prunes Conv/Dense kernels (--layer_types); the LSTM trains on its gate grid.
+def test_pruned_qat_of_an_lstm_model_keeps_the_sparsity_in_the_tflite(capsys):
+    # compress prunes Conv/Dense kernels (--layer_types); the LSTM trains on its gate grid,
+    # unpruned, and the report and stderr say so.
     float_model = _tf_keras_model()
     x, y = _data(float_model, 96, seed=3)
     result = tflq.compress(float_model, (x[:64], y[:64]), (x[64:], y[64:]), sparsity=0.5,
@@ -117,6 +118,11 @@ def test_pruned_qat_of_an_lstm_model_keeps_the_sparsity_in_the_tflite():
     codes = interp.get_tensor(dense["inputs"][1])
     assert np.mean(codes == 0) >= 0.5  # the pruned half is still zero after QAT and int8
     assert all(np.count_nonzero(g) > 0.9 * g.size for g in _lstm_weights(content))
+    notes = " ".join(result.report["modes"][0]["notes"])
+    lstm = float_model.get_layer("lstm")
+    assert re.search(r"left uncompressed: \d layer\(s\) holding \d+% of the kernel weights: .*"
+                     rf"{lstm.name} \(LSTM\)", notes), notes
+    assert "tflq: left uncompressed" in capsys.readouterr().err
 
 
 def test_recurrent_layers_tflq_cannot_train_are_refused_naming_them():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 
 import numpy as np
 
@@ -319,6 +320,9 @@ def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
     stage_teacher = model if labels is None else None
     tf_keras.utils.set_random_seed(job.seed)
     histories, stages, notes = {}, [], rebuild_notes(float_model)
+    if (left := quant_compress.left_uncompressed(model, chosen, job)) is not None:
+        notes.append(left)
+        print(f"tflq: {left}", file=sys.stderr)
     if labels is None:
         notes.append("no labels: every stage distilled from the float model alone (alpha = 0)")
     if len(targets.heads) > 1:

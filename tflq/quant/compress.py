@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 __all__ = ["STRUCTURES", "SCHEDULES", "QUANTIZATIONS", "COMPRESSIBLE", "STRUCTURED_TYPES",
-    "select_layers", "fine_tune", "prune", "cluster", "kernel_variable", "PreserveStructure"]  # noqa: F822 - made on first use
+    "select_layers", "left_uncompressed", "fine_tune", "prune", "cluster", "kernel_variable", "PreserveStructure"]  # noqa: F822 - made on first use
 
 STRUCTURES = ("unstructured", "2:4")
 SCHEDULES = ("constant", "polynomial")
@@ -53,6 +53,30 @@ def select_layers(model, job) -> list:
                 raise ValueError(f"Layer {layer.name!r} has {size} weights, fewer than "
                                  f"clusters={job.clusters}.")
     return chosen
+
+
+def left_uncompressed(model, chosen: set, job) -> str | None:
+    """One line naming the layers whose kernels (weights of two or more dimensions: LSTM,
+    Embedding, depthwise kernels...) pruning/clustering leaves as they are, with their share
+    of those weights and why; None when every such layer is compressed or nothing is."""
+    if not (job.prunes or job.clusters_weights):
+        return None
+    sizes, left = {}, []
+    for layer in model.layers:
+        size = sum(int(np.prod(w.shape)) for w in layer.weights if len(w.shape) >= 2)
+        if size:
+            sizes[layer.name] = size
+            if layer.name not in chosen:
+                left.append(layer)
+    if not left:
+        return None
+    share = sum(sizes[layer.name] for layer in left) / sum(sizes.values())
+    named = ", ".join(f"{layer.name} ({type(layer).__name__}"
+                      + (", not matching --layers" if type(layer).__name__ in job.layer_types
+                         else "") + ")" for layer in left[:8])
+    return (f"left uncompressed: {len(left)} layer(s) holding {share:.0%} of the kernel weights: "
+            f"{named}{' …' if len(left) > 8 else ''}; tflq prunes/clusters the kernels of "
+            f"--layer_types {list(job.layer_types)} (supported: {list(COMPRESSIBLE)})")
 
 
 # ---------------------------------------------------------------------------------------
