@@ -239,7 +239,7 @@ def test_cli_runs_the_chain_and_prints_the_accounting(capsys, files, tmp_path):
     kernels = {layer.name: layer.kernel.numpy().size for layer in model.layers
                if hasattr(layer, "kernel")}
     share = kernels["first"] / sum(kernels.values())
-    assert (f"tflq: left uncompressed: 1 layer(s) holding {share:.0%} of the kernel weights: "
+    assert (f"tflq: left uncompressed: 1 layer(s) holding {share:.1%} of the kernel weights: "
             "first (Conv2D, not matching --layers); tflq prunes/clusters the kernels of "
             "--layer_types ['Conv2D', 'Dense']") in err
     assert re.search(r"size [\d,]+ B, gzip [\d,]+ B", out)

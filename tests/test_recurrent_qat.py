@@ -120,7 +120,7 @@ def test_pruned_qat_of_an_lstm_model_keeps_the_sparsity_in_the_tflite(capsys):
     assert all(np.count_nonzero(g) > 0.9 * g.size for g in _lstm_weights(content))
     notes = " ".join(result.report["modes"][0]["notes"])
     lstm = float_model.get_layer("lstm")
-    assert re.search(r"left uncompressed: \d layer\(s\) holding \d+% of the kernel weights: .*"
+    assert re.search(r"left uncompressed: \d layer\(s\) holding [\d.]+% of the kernel weights: .*"
                      rf"{lstm.name} \(LSTM\)", notes), notes
     assert "tflq: left uncompressed" in capsys.readouterr().err
 

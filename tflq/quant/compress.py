@@ -74,7 +74,7 @@ def left_uncompressed(model, chosen: set, job) -> str | None:
     named = ", ".join(f"{layer.name} ({type(layer).__name__}"
                       + (", not matching --layers" if type(layer).__name__ in job.layer_types
                          else "") + ")" for layer in left[:8])
-    return (f"left uncompressed: {len(left)} layer(s) holding {share:.0%} of the kernel weights: "
+    return (f"left uncompressed: {len(left)} layer(s) holding {share:.1%} of the kernel weights: "
             f"{named}{' …' if len(left) > 8 else ''}; tflq prunes/clusters the kernels of "
             f"--layer_types {list(job.layer_types)} (supported: {list(COMPRESSIBLE)})")
 
