@@ -179,6 +179,7 @@ def test_range_estimators_work_on_a_saved_model_without_a_layer_graph(tmp_path, 
     assert clipped.details["ranges"]["changed"] >= 1
     err = capsys.readouterr().err
     assert "range estimator percentile on the converter's calibrated model" in err
+    assert "a SavedModel converts from its signature, not a Keras layer graph" in err
     # Equalization still needs weights in a layer graph: refused, saying why.
     with pytest.raises(ValueError, match="SavedModel without Keras metadata"):
         convert.convert_model(model, Mode.INT8, str(tmp_path), lambda: iter(samples),

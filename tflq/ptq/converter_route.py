@@ -27,7 +27,8 @@ def outside_qat_graph(model: LoadedModel) -> str | None:
     from tflq.quant import graph
 
     opaque = graph.opaque_layers(model.keras_model) if model.keras_model is not None else []
-    return ("a SavedModel has no Keras layer graph" if model.flavor == FLAVOR_SAVED_MODEL else
+    return ("a SavedModel converts from its signature, not a Keras layer graph"
+            if model.flavor == FLAVOR_SAVED_MODEL else
             "tflq's QAT graph cannot hold recurrent layers" if model.static_batch() is not None
             else f"layer(s) of the model's own classes {opaque}: tflq's QAT graph quantizes "
             "their outputs, not the ops inside" if opaque else None)
