@@ -44,6 +44,7 @@ def _pre_tf25_saved_model(folder: str, custom=None) -> str:
     """A tf_keras SavedModel rewritten the way TF <= 2.4 wrote it: the Keras metadata of each
     object inside saved_model.pb, no keras_metadata.pb. ``custom``: the custom layer (a
     :class:`Scale` by default)."""
+    tf_keras.utils.set_random_seed(0)
     inputs = tf_keras.Input((4,), name="x")
     custom = custom if custom is not None else Scale(name="scale")
     hidden = tf_keras.layers.Dense(6, activation="relu", name="hidden")(custom(inputs))
@@ -92,7 +93,7 @@ def test_equalize_reads_the_graph_and_keeps_the_custom_layer_as_saved(tmp_path, 
 
 def test_qat_trains_around_the_custom_layer_and_deploys_through_the_converter(tmp_path):
     path = _pre_tf25_saved_model(str(tmp_path))
-    x = _x(64)
+    x = _x(112)
     y = load_model(path).predict({"x": x})[0].argmax(-1)
     result = tflq.qat(path, (x[:48], y[:48]), (x[48:], y[48:]), epochs=1, batch_size=16,
                       verbose=0, latency_runs=2, layer_error_samples=0)

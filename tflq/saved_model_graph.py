@@ -50,7 +50,7 @@ def layer_graph(source: str, path: str, load_keras, predict, input_names, sample
         keras = load_keras(path, compile=False)
     except Exception:  # noqa: BLE001 - no Keras graph in it at all
         keras = None
-    revived = [layer for layer in getattr(keras, "layers", []) if is_revived(layer)]
+    revived = [layer for layer in _all_layers(keras) if is_revived(layer)]
     if (keras is None or not getattr(keras, "_is_graph_network", False)
             or any(layer.weights for layer in revived)):
         raise ValueError(no_layer_graph(source, path, load_keras))
@@ -76,6 +76,14 @@ def layer_graph(source: str, path: str, load_keras, predict, input_names, sample
     count = sum(len(s[0] if isinstance(s, (list, tuple)) else s) for s in samples)
     return keras, {"what": what, "kept": [layer.name for layer in revived],
                    "max_relative_error": worst, "checked_samples": int(count)}
+
+
+def _all_layers(model):
+    """The layers of ``model`` and of the models nested in it (a revived layer not entered)."""
+    for layer in getattr(model, "layers", None) or []:
+        yield layer
+        if not is_revived(layer):
+            yield from _all_layers(layer)
 
 
 def _output_list(out) -> list:
