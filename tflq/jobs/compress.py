@@ -304,6 +304,14 @@ def run_compress_job(job: CompressJob) -> JobResult:
     return finish(job.out, full, {row["path"]: content})
 
 
+def _on_stderr(line: str | None) -> list[str]:
+    """``[line]``, also printed on stderr as a tflq note; ``[]`` for None."""
+    if line is None:
+        return []
+    print(f"tflq: {line}", file=sys.stderr)
+    return [line]
+
+
 def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
     """The prune → cluster → quantize chain. Returns (int8 .tflite, float32 .tflite, its size
     with sparse encoding, stages, notes, training histories)."""
@@ -319,10 +327,9 @@ def _compress(job, float_model, model, targets, chosen, feed, x_train, samples):
     # Without labels every stage learns from the float model alone (job.distill is required).
     stage_teacher = model if labels is None else None
     tf_keras.utils.set_random_seed(job.seed)
-    histories, stages, notes = {}, [], rebuild_notes(float_model)
-    if (left := quant_compress.left_uncompressed(model, chosen, job)) is not None:
-        notes.append(left)
-        print(f"tflq: {left}", file=sys.stderr)
+    histories, stages = {}, []
+    notes = rebuild_notes(float_model) + _on_stderr(
+        quant_compress.left_uncompressed(model, chosen, job))
     if labels is None:
         notes.append("no labels: every stage distilled from the float model alone (alpha = 0)")
     if len(targets.heads) > 1:
