@@ -208,3 +208,11 @@ def test_selective_converts_a_keras3_model_after_the_first_scratch_is_gone(three
     row = result.modes["int8"].metrics
     assert row["float_ops"] == list(tflite_inspect.find_float_ops(result.modes["int8"].tflite))
     assert "selective" in " ".join(row["notes"])
+
+
+def test_sample_count_counts_rows_of_single_and_multi_input_batches():
+    single = [np.zeros((3, 2)), np.zeros((5, 2))]
+    multi = [[np.zeros((4, 1)), np.zeros((4, 7))], [np.zeros((2, 1)), np.zeros((2, 7))]]
+    assert keras3.sample_count(single) == 8
+    assert keras3.sample_count(multi) == 6  # rows of the first input, not inputs × rows
+    assert keras3.sample_count([]) == 0

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = ["KERAS3_RTOL", "Rebuild", "RewriteError", "check_outputs", "checked_rebuild",
-           "graph_of", "max_relative_error", "rebuild_keras3", "with_output_names"]
+           "graph_of", "max_relative_error", "rebuild_keras3", "sample_count", "with_output_names"]
 
 # The rebuild runs the same TensorFlow kernels in the same order: outputs must agree to float
 # rounding, i.e. within 1e-5 of each output's range (issue #11's bound).
@@ -294,9 +294,14 @@ def checked_rebuild(model, source: str, samples: list):
         f"the Keras 3 → tf_keras rebuild of {source!r}",
         lambda x: model(x, training=False), lambda x: rebuilt.model(x, training=False),
         samples, KERAS3_RTOL, lambda x: locate_keras3_difference(model, rebuilt, x))
-    count = sum(len(s[0] if isinstance(s, (list, tuple)) else s) for s in samples)
-    return rebuilt.model, {"inlined": rebuilt.inlined, "dropped_config_keys": rebuilt.dropped,
-                           "max_relative_error": worst, "checked_samples": int(count)}
+    return rebuilt.model, {"what": "Keras 3 model rebuilt as tf_keras",
+                           "inlined": rebuilt.inlined, "dropped_config_keys": rebuilt.dropped,
+                           "max_relative_error": worst, "checked_samples": sample_count(samples)}
+
+
+def sample_count(samples: list) -> int:
+    """How many samples ``samples`` (batches: arrays, or lists in input order) hold."""
+    return int(sum(len(s[0] if isinstance(s, (list, tuple)) else s) for s in samples))
 
 
 def with_output_names(keras, names):

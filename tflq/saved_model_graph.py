@@ -41,19 +41,20 @@ def layer_graph(source: str, path: str, load_keras, predict, input_names, sample
       ``{"what", "kept", "max_relative_error", "checked_samples"}``.
 
     Raises:
-      ValueError: no Keras graph, a revived layer with weights, no samples, or a graph whose
-        outputs differ from the signature's by more than :data:`GRAPH_RTOL` of their range.
+      ValueError: no Keras graph (:func:`no_layer_graph` says why), a revived layer with
+        weights, no samples, or a graph whose outputs differ from the signature's by more
+        than :data:`GRAPH_RTOL` of their range.
     """
-    from tflq.keras3 import max_relative_error
+    from tflq.keras3 import max_relative_error, sample_count
 
     try:
         keras = load_keras(path, compile=False)
     except Exception:  # noqa: BLE001 - no Keras graph in it at all
         keras = None
     revived = [layer for layer in _all_layers(keras) if is_revived(layer)]
-    if (keras is None or not getattr(keras, "_is_graph_network", False)
-            or any(layer.weights for layer in revived)):
-        raise ValueError(no_layer_graph(source, path, load_keras))
+    weighted = [layer for layer in revived if layer.weights]
+    if keras is None or not getattr(keras, "_is_graph_network", False) or weighted:
+        raise ValueError(no_layer_graph(source, keras, weighted))
     if not samples:
         raise ValueError(f"Reading the Keras graph of SavedModel {source!r} needs samples to "
                          "check it against the signature on.")
@@ -69,13 +70,17 @@ def layer_graph(source: str, path: str, load_keras, predict, input_names, sample
                 f"serving signature does (output {index} differs by {error:.3g} of its range, "
                 f"allowed {GRAPH_RTOL:g}); bring the Keras model file.")
         worst = max(worst, error)
-    names = [f"{layer.name} ({type(layer).__name__})" for layer in revived]
     what = "Keras graph read from the SavedModel" + (
-        f", {len(names)} custom layer(s) saved without their code kept as saved (their traced "
-        f"functions): {names[:6]}{' …' if len(names) > 6 else ''}" if names else "")
-    count = sum(len(s[0] if isinstance(s, (list, tuple)) else s) for s in samples)
+        f", {len(revived)} custom layer(s) saved without their code kept as saved (their traced "
+        f"functions): {_named(revived)}" if revived else "")
     return keras, {"what": what, "kept": [layer.name for layer in revived],
-                   "max_relative_error": worst, "checked_samples": int(count)}
+                   "max_relative_error": worst, "checked_samples": sample_count(samples)}
+
+
+def _named(layers) -> str:
+    """``['name (Class)', …]`` of the first six ``layers`` (`` …`` when there are more)."""
+    names = [f"{layer.name} ({type(layer).__name__})" for layer in layers]
+    return f"{names[:6]}{' …' if len(names) > 6 else ''}"
 
 
 def _all_layers(model):
@@ -108,31 +113,20 @@ def _rebuild_as_themselves(revived):
         cls.from_config = classmethod(from_config)
 
 
-def no_layer_graph(source: str, path: str | None, load_keras) -> str:
+def no_layer_graph(source: str, keras, weighted=()) -> str:
     """Why a SavedModel loaded by its signature has no layer graph tflq can rewrite or train.
-
-    A SavedModel written by ``model.save`` before TF 2.5 keeps its Keras graph inside
-    ``saved_model.pb`` (no ``keras_metadata.pb``): tf_keras loads it, but revives custom
-    layers saved without their code as opaque layers that nothing can rebuild.
 
     Args:
       source: what the user passed.
-      path: the SavedModel folder.
-      load_keras: ``tf_keras.models.load_model`` (:mod:`tflq.models` imports tf_keras).
+      keras: what ``tf_keras.models.load_model`` made of it (None: no Keras graph at all).
+      weighted: its revived layers that hold weights (tflq would share them).
     """
-    revived = []
-    try:
-        keras = load_keras(path, compile=False)
-        revived = [f"{layer.name} ({type(layer).__name__})" for layer in keras.layers
-                   if type(layer).__module__.endswith("saved_model.load")]
-    except Exception:  # noqa: BLE001 - no Keras graph in it at all
-        keras = None
     if keras is None:
         return (f"{source!r} is a SavedModel without Keras metadata: it has no layer graph to "
                 "train or rewrite. Bring the Keras model file.")
-    held = "custom layer(s) saved without their code, which tf_keras revives as opaque " \
-        f"layers nothing can rebuild: {revived[:6]}{' …' if len(revived) > 6 else ''}" \
-        if revived else "layers tf_keras loads"
+    held = ("custom layer(s) saved without their code and holding weights, which tf_keras "
+            "revives as layers nothing can rebuild (tflq keeps weightless ones as saved): "
+            f"{_named(weighted)}" if weighted else "layers tf_keras loads")
     return (f"{source!r} is a SavedModel whose Keras graph (inside saved_model.pb, written "
             f"before TF 2.5) has {held}. Load it with its layer classes "
             "(tf_keras.models.load_model(path, custom_objects=...)) in a 'module:function' "

@@ -397,8 +397,7 @@ def rebuild_notes(model) -> list[str]:
     found = model.rebuild_notes
     if not found:
         return []
-    line = (f"{found.get('what', 'Keras 3 model rebuilt as tf_keras')}, outputs checked on "
-            f"{found['checked_samples']} "
+    line = (f"{found['what']}, outputs checked on {found['checked_samples']} "
             f"training samples (max error {found['max_relative_error']:.2g} of range)")
     if found.get("inlined"):
         line += f"; nested models inlined: {', '.join(map(str, found['inlined']))}"

@@ -162,8 +162,7 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
     outside = converter_route.outside_qat_graph(model) if options.range_estimator else None
     qat_graph_ranges = bool(options.range_estimator) and outside is None
     if model.rebuild_notes:
-        notes.append(f"{model.rebuild_notes.get('what', 'Keras 3 model rebuilt as tf_keras')}, "
-                     f"outputs checked on "
+        notes.append(f"{model.rebuild_notes['what']}, outputs checked on "
                      f"{model.rebuild_notes['checked_samples']} calibration samples (max error "
                      f"{model.rebuild_notes['max_relative_error']:.2g} of range)")
     if options.equalize:

@@ -16,6 +16,7 @@ from tflq.quant.graph import opaque_layers, prepare
 from tflq.quant.layers import ScalarOp
 from tflq.quant.quantizers import tfmot
 from tflq.quant.schemes import LayerQuantizeConfig
+from tflq.saved_model_graph import is_revived
 
 __all__ = ["custom_objects", "quantize_scope", "InputQuantize", "quantize_model", "refuse_recurrent",
            "token_inputs", "trains_lstm",
@@ -41,7 +42,7 @@ def quantize_scope(model=None):
     for layer in (model.layers if model is not None else ()):
         kind = type(getattr(layer, "layer", layer))  # inside tfmot's annotation wrapper
         if not kind.__module__.startswith(("tf_keras.", "keras.", "tensorflow")) or \
-                kind.__module__.endswith("saved_model.load"):  # revived: rebuilds as itself
+                is_revived(getattr(layer, "layer", layer)):  # revived: rebuilds as itself
             objects.setdefault(kind.__name__, kind)
     return tfmot.quantization.keras.quantize_scope(objects)
 
