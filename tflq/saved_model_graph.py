@@ -51,6 +51,8 @@ def layer_graph(source: str, path: str, load_keras, predict, input_names, sample
         keras = load_keras(path, compile=False)
     except Exception:  # noqa: BLE001 - no Keras graph in it at all
         keras = None
+    if not hasattr(keras, "layers"):  # a tf.Module SavedModel: an object, no Keras graph
+        keras = None
     revived = [layer for layer in _all_layers(keras) if is_revived(layer)]
     weighted = [layer for layer in revived if layer.weights]
     if keras is None or not getattr(keras, "_is_graph_network", False) or weighted:
