@@ -26,7 +26,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks import conformance_data, corpus
+from benchmarks import conformance_data, corpus, git_commit
 from pipelines.common import define
 
 __all__ = ["COLUMNS", "DEFAULT_MODELS", "FACTORY_ROWS", "row_entry", "CAL_SAMPLES",
@@ -224,7 +224,7 @@ def run_row(name: str, columns, cache: str | None = None, log=print) -> dict:
     cells["load"], model = _load_cell(path)
     log(f"{name} load: {cells['load']}")
     if model is None:
-        return {"source": _source(entry), "commit": _commit(), "cells": cells}
+        return {"source": _source(entry), "commit": git_commit(), "cells": cells}
     with tempfile.TemporaryDirectory() as folder:
         data = conformance_data.inputs_for(
             model, entry["data"], {"calibration": CAL_SAMPLES, "train": TRAIN_SAMPLES,
@@ -241,22 +241,7 @@ def run_row(name: str, columns, cache: str | None = None, log=print) -> dict:
                 cells[column] = run_cell(column, path, data)
             if column != "load":
                 log(f"{name} {column}: {cells[column]}")
-    return {"source": _source(entry), "commit": _commit(), "cells": cells}
-
-
-def _commit() -> str:
-    """The tflq git commit the row ran on (``+dirty`` with uncommitted changes), or ``unknown``."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               check=True, capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
+    return {"source": _source(entry), "commit": git_commit(), "cells": cells}
 
 
 def _source(entry: dict) -> dict:

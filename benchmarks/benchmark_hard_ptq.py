@@ -28,10 +28,10 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks import corpus, photo_crops
+from benchmarks import corpus, git_commit, mct_env, photo_crops
 from pipelines.common import define
 
-__all__ = ["METHODS", "TARGETS", "GAP_SLACK_PP", "MCT_PYTHON", "output_metrics", "paired_interval",
+__all__ = ["METHODS", "TARGETS", "GAP_SLACK_PP", "output_metrics", "paired_interval",
            "method_checks", "run", "main"]
 
 _OUT = define("string", "out", None, "Output folder for .tflite files (default: bench_hard_ptq).")
@@ -45,6 +45,13 @@ _ITERATIONS = flags.DEFINE_integer("bench_adaround_iterations", 200, "AdaRound s
                                    "(pipelines.convert has --adaround_iterations).")
 _GPTQ_EPOCHS = flags.DEFINE_integer("gptq_epochs", 5, "MCT GPTQ epochs.")
 _CACHE = define("string", "cache", None, "Download cache (default: ~/.cache/tflq-corpus).")
+_UPDATE = flags.DEFINE_bool("update", False, "Merge into the existing --json: the methods run now "
+                            "replace their earlier results (stamped with the commit); the others, "
+                            "and the models not run, are kept. The plain converter is rerun and "
+                            "must reproduce its earlier scores.")
+_MCT_VENV = define("string", "mct_venv", None, "Sony MCT's own virtualenv (TensorFlow 2.15.1 + "
+                     "model-compression-toolkit 2.6.1), made there from PyPI if the folder is "
+                     "absent (default: ~/.cache/tflq-mct-venv).")
 _SKIP_MCT = flags.DEFINE_bool("skip_mct", False, "Do not run Sony MCT (= --skip_methods=mct_ptq,mct_gptq).")
 _CACHED_ONLY = flags.DEFINE_bool("cached_only", False, "Score only the methods whose conversion "
                                   "is already in --out (a rescoring pass); the others are "
@@ -53,7 +60,6 @@ _SKIP = flags.DEFINE_list("skip_methods", [], "Methods not run this time (record
                           "their cached results are not read either): any of METHODS, auto, "
                           "mct_ptq, mct_gptq.")
 
-MCT_PYTHON = "/work/mct-venv/bin/python"  # tensorflow 2.15.1 + model-compression-toolkit 2.6.1
 METHODS = {  # name -> ConvertOptions changes (int8)
     "converter_per_channel": {},
     "converter_per_tensor": {"per_channel": False},
@@ -164,8 +170,8 @@ def paired_interval(reference: np.ndarray, a: np.ndarray, b: np.ndarray, groups:
             "groups": int(len(names)), "rounds": rounds}
 
 
-def _run_mct(method: str, model_path: str, npz: str, out: str, epochs: int) -> dict:
-    command = ["nice", "-n", "5", MCT_PYTHON, os.path.join(os.path.dirname(__file__), "mct_runner.py"),
+def _run_mct(python: str, method: str, model_path: str, npz: str, out: str, epochs: int) -> dict:
+    command = ["nice", "-n", "5", python, os.path.join(os.path.dirname(__file__), "mct_runner.py"),
                "--model", model_path, "--calibration", npz, "--method", method,
                "--gptq_epochs", str(epochs), "--out", out]
     start = time.perf_counter()
@@ -214,7 +220,7 @@ def _cached(out_dir: str, method: str, key: str, convert_fn, cached_only: bool =
 
 
 def _convert_all(model, samples, out_dir, iterations, mct_model_path, npz, gptq_epochs,
-                 skip=(), cached_only=False):
+                 skip=(), cached_only=False, mct_python=None):
     """{method: {"content": bytes, "seconds": s, ...} or {"error": ...}}; the methods in
     ``skip`` (and with ``cached_only`` those not converted before) are left out. MCT runs
     before ``--auto`` (the longest method on large models)."""
@@ -250,7 +256,7 @@ def _convert_all(model, samples, out_dir, iterations, mct_model_path, npz, gptq_
         if f"mct_{method}" not in skip:
             converted[f"mct_{method}"] = _cached(
                 out_dir, f"mct_{method}", key,
-                lambda m=method: _run_mct(m, mct_model_path, npz,
+                lambda m=method: _run_mct(mct_python, m, mct_model_path, npz,
                                           os.path.join(out_dir, f"mct_{m}.tflite"), gptq_epochs),
                 cached_only)
     if "auto" not in skip:
@@ -317,7 +323,8 @@ def method_checks(results: dict) -> dict:
 
 
 def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gptq_epochs,
-               cache, out, skip, cached_only) -> dict:
+               cache, out, skip, cached_only, mct_python=None, earlier: dict | None = None,
+               commit: str | None = None) -> dict:
     from tflq import models
     from tflq.tflite_inspect import find_float_ops
 
@@ -338,8 +345,13 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
     reference = np.concatenate([model.predict({input_name: eval_x[i:i + 50]})[0]
                                 for i in range(0, len(eval_x), 50)])
     float_seconds = time.perf_counter() - start
+    float_top1 = np.bincount(np.argmax(reference, axis=1), minlength=reference.shape[1])
+    if earlier is not None and earlier["float_top1_histogram"] != float_top1.tolist():
+        raise ValueError(f"--update: {name}'s float top-1 over the evaluation crops "
+                         f"{float_top1.tolist()} differs from the JSON's "
+                         f"{earlier['float_top1_histogram']}: not the same model or crops")
     converted = _convert_all(model, samples, folder, iterations, path, npz, gptq_epochs, skip,
-                             cached_only)
+                             cached_only, mct_python)
     results = {}
     for method, record in converted.items():
         if "error" in record:
@@ -352,15 +364,19 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
                               if k in ("notes", "winner", "candidates", "selection_samples",
                                        "gptq_epochs", "mct")},
                            "_arrays": (reference, test)}
+    if earlier is not None:
+        results = _merged(name, earlier["results"], results, commit)
     checks = method_checks(results)
     photo_of = np.arange(len(eval_x)) % len(split[1])  # make_crops cycles over the photos
     for peer in ("mct_ptq", "mct_gptq"):
         if "_arrays" in results.get(peer, {}) and "_arrays" in results.get("auto", {}):
             checks["auto_ge_mct_best"].setdefault("interval_95", {})[peer] = paired_interval(
                 reference, results["auto"]["_arrays"][1], results[peer]["_arrays"][1], photo_of)
+    kept = earlier["checks"]["auto_ge_mct_best"].get("interval_95") if earlier else None
+    if kept and not {"auto", "mct_ptq", "mct_gptq"} & {m for m in converted if m not in skip}:
+        checks["auto_ge_mct_best"]["interval_95"] = kept  # none of its runs was redone
     for row in results.values():
         row.pop("_arrays", None)
-    float_top1 = np.bincount(np.argmax(reference, axis=1), minlength=reference.shape[1])
     return {"source": {k: entry[k] for k in ("registry", "package", "version", "license",
                                              "description")},
             "input": [size, size, 3], "input_scale": entry["data"]["scale"],
@@ -368,19 +384,67 @@ def _run_model(name: str, photos: dict, split, num_cal, num_eval, iterations, gp
             "results": results, "checks": checks}
 
 
+UPDATE_BASELINES = ("converter_per_channel", "converter_per_tensor")
+
+
+def _merged(name: str, earlier: dict, now: dict, commit: str | None) -> dict:
+    """``earlier`` results with those run ``now`` replaced, each of these stamped with
+    ``commit``. The plain converter, rerun every time, must reproduce its earlier scores (it
+    is deterministic): otherwise the stack or the data changed and the rows would not compare."""
+    for baseline in UPDATE_BASELINES:
+        old, new = earlier.get(baseline, {}), now.get(baseline, {})
+        if "top1_agreement" not in new:
+            raise ValueError(f"--update needs {baseline} rerun on {name} (the warning check and "
+                             f"the comparison with the earlier run read it): {new.get('error')}")
+        if ("top1_agreement" in old and (abs(old["top1_agreement"] - new["top1_agreement"]) > 1e-9
+                                         or abs(old["sqnr_db"] - new["sqnr_db"]) > 1e-3)):
+            raise ValueError(f"--update: {baseline} on {name} now gives "
+                             f"{new['top1_agreement']:.4f} / {new['sqnr_db']:.3f} dB, the JSON has "
+                             f"{old['top1_agreement']:.4f} / {old['sqnr_db']:.3f} dB: the stack or "
+                             "the data changed; rerun the whole benchmark")
+    return {**earlier, **{method: {**row, "commit": commit} for method, row in now.items()}}
+
+
+def _earlier(json_path: str, settings: dict) -> dict:
+    """The models of the JSON an ``--update`` merges into; its run must have had ``settings``."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+        models = data["models"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"--update: cannot read the models of {json_path!r}: {e}") from None
+    differ = sorted(k for k, v in settings.items() if data.get(k) != v)
+    if differ:
+        raise ValueError(f"--update: {json_path!r} was run with other {differ}; an update "
+                         "must use the same photos, crops and settings")
+    return models
+
+
 def run(models: list[str], out: str, json_path: str, num_cal: int, num_eval: int,
         iterations: int, gptq_epochs: int, cache: str | None, skip_mct: bool = False,
-        skip_methods: tuple[str, ...] = (), cached_only: bool = False) -> dict:
-    """Runs the benchmark on ``models`` and writes ``json_path``; returns the summary.
+        skip_methods: tuple[str, ...] = (), cached_only: bool = False,
+        mct_venv: str | None = None, update: bool = False) -> dict:
+    """Runs the benchmark on ``models`` and writes ``json_path``; returns the summary. MCT
+    runs in the virtualenv ``mct_venv`` (:func:`benchmarks.mct_env.ensure` makes it).
+    ``update`` merges into the existing JSON: the methods run now replace their earlier
+    results (each stamped with the commit), the others and the models not run are kept;
+    the plain converter is rerun and must reproduce its earlier scores.
 
     Raises:
-      ValueError: an unknown name in ``skip_methods``.
+      ValueError: an unknown name in ``skip_methods``, no usable MCT virtualenv, or an
+        update that would mix runs on different data or settings.
     """
     known = (*METHODS, "auto", "mct_ptq", "mct_gptq")
     unknown = sorted(set(skip_methods) - set(known))
     if unknown:
         raise ValueError(f"Unknown method(s) to skip: {unknown}. Known: {list(known)}")
     skip = tuple(skip_methods) + (("mct_ptq", "mct_gptq") if skip_mct else ())
+    if update and (set(UPDATE_BASELINES) & set(skip) or cached_only):
+        raise ValueError(f"--update reruns {list(UPDATE_BASELINES)} (they must reproduce the "
+                         "earlier scores): do not skip them, nor use --cached_only")
+    mct_python = None
+    if not cached_only and not {"mct_ptq", "mct_gptq"} <= set(skip):
+        mct_python = mct_env.ensure(mct_venv or mct_env.DEFAULT_VENV)
     from tflq.fileio import write_atomic
 
     cache = cache or corpus.DEFAULT_CACHE
@@ -394,17 +458,29 @@ def run(models: list[str], out: str, json_path: str, num_cal: int, num_eval: int
         for entry, _ in corpus.EVAL_IMAGES.values()]}
     from tflq.report import to_json
 
+    settings = {"calibration_photos": split[0], "evaluation_photos": split[1],
+                "calibration_samples": num_cal, "evaluation_samples": num_eval,
+                "adaround_iterations": iterations, "gptq_epochs": gptq_epochs}
+    earlier = _earlier(json_path, settings) if update else {}
+    commit = git_commit()
     start = time.perf_counter()
-    per_model = {}
+    per_model = dict(earlier)
     for name in models:  # the JSON is rewritten after each model: a long run keeps what it did
         print(f"{name}:", flush=True)
         model_start = time.perf_counter()
-        per_model[name] = _run_model(name, photos, split, num_cal, num_eval, iterations,
-                                     gptq_epochs, cache, out, skip, cached_only)
-        per_model[name]["not_run"] = [m for m in known if m not in per_model[name]["results"]]
-        per_model[name]["wall_seconds"] = time.perf_counter() - model_start
-        summary = _summary(per_model, models, split, num_cal, num_eval, iterations, gptq_epochs,
-                           time.perf_counter() - start)
+        row = _run_model(name, photos, split, num_cal, num_eval, iterations, gptq_epochs, cache,
+                         out, skip, cached_only, mct_python, earlier.get(name), commit)
+        if name in earlier:
+            row["wall_seconds"] = earlier[name]["wall_seconds"]
+            row["updates"] = [*earlier[name].get("updates", []), {
+                "commit": commit, "methods": [m for m in known if m not in skip],
+                "wall_seconds": time.perf_counter() - model_start}]
+        else:
+            row["wall_seconds"] = time.perf_counter() - model_start
+        row["not_run"] = [m for m in known if m not in row["results"]]
+        per_model[name] = row
+        summary = _summary(per_model, list(dict.fromkeys([*earlier, *models])), split, num_cal,
+                           num_eval, iterations, gptq_epochs, time.perf_counter() - start)
         summary.update(evaluation_only_photos=only["photos"],
                        evaluation_only_sources=only["sources"])
         write_atomic(json_path, to_json(summary))
@@ -435,7 +511,7 @@ def main(argv):
     try:
         summary = run(_MODELS.value, out, json_path, _NUM_CAL.value, _NUM_EVAL.value,
                       _ITERATIONS.value, _GPTQ_EPOCHS.value, _CACHE.value, _SKIP_MCT.value,
-                      tuple(_SKIP.value), _CACHED_ONLY.value)
+                      tuple(_SKIP.value), _CACHED_ONLY.value, _MCT_VENV.value, _UPDATE.value)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ one array ``x`` of shape (N, ...), the same samples tflq calibrates on), quantiz
 with ``mct.exporter.keras_export_model`` (TFLITE serialization, INT8 quantization format:
 int8 kernels on the stock TFLite ops) and prints one JSON line: the .tflite path and seconds.
 
-  /work/mct-venv/bin/python benchmarks/mct_runner.py --model m.h5 --calibration c.npz \\
+  ~/.cache/tflq-mct-venv/bin/python benchmarks/mct_runner.py --model m.h5 --calibration c.npz \\
       --method gptq --gptq_epochs 5 --out m_mct_gptq.tflite
 """
 

@@ -51,6 +51,8 @@ def _row(name: str, row: Mapping) -> list[str]:
                 f"{row['seconds']:.0f}"]
     if name == "auto":
         label += f" → {row['winner']}"
+    if "commit" in row:
+        label += " †"
     return [label, f"{100 * row['top1_agreement']:.1f} %", f"{100 * row['top2_agreement']:.1f} %",
             _num(row["sqnr_db"], 1), _num(row["mean_total_variation"], 4), f"{row['seconds']:.0f}"]
 
@@ -117,8 +119,12 @@ def render_hard_ptq(data: Mapping) -> dict[str, str]:
         histogram = ", ".join(str(c) for c in m["float_top1_histogram"])
         not_run = (f" Not run this time: {', '.join(LABELS.get(k, k) for k in m['not_run'])}."
                    if m.get("not_run") else "")
+        commits = sorted({u["commit"] for u in m.get("updates", [])})
+        updated = (f" † rerun with `--update` at commit {', '.join(commits)} (the plain "
+                   "converter rerun too, reproducing its earlier scores); the other rows are "
+                   "from the full run." if commits else "")
         parts.append(f"**{name}**: {m['source']['description']}; float top-1 over the "
-                     f"evaluation crops by class: [{histogram}].{not_run}\n\n"
+                     f"evaluation crops by class: [{histogram}].{not_run}{updated}\n\n"
                      + _table(["method", "top-1 agr.", "top-2 agr.", "SQNR dB", "mean TV", "s"],
                               [_row(k, r) for k, r in m["results"].items()]))
     rows = [[CHECK_LABELS[key], name, "met" if check["met"] else "**not met**",

@@ -142,18 +142,19 @@ def test_output_metrics_against_numpy():
 
 @pytest.mark.slow
 def test_benchmark_end_to_end_on_a_tiny_subset(tmp_path):
-    """One real model (ResNet-8, 32x32), 10 calibration and 10 evaluation crops, MCT PTQ and
-    GPTQ (1 epoch) in their own TF 2.15 virtualenv: every method converts and is scored."""
+    """One real model (ResNet-8, 32x32), 10 calibration and 10 evaluation crops: every tflq
+    method converts and is scored. MCT is skipped here (its TensorFlow 2.15 virtualenv is a
+    600 MB install, not part of CI; the benchmark run makes it) and recorded as not run."""
     json_path = tmp_path / "r.json"
     summary = bench.run(["resnet8_cifar10"], str(tmp_path / "out"), str(json_path), 10, 10,
                         iterations=5, gptq_epochs=1, cache=str(tmp_path / "cache"),
-                        skip_mct=not os.path.exists(bench.MCT_PYTHON))
+                        skip_mct=True, mct_venv=str(tmp_path / "never_made"))
+    assert not os.path.exists(tmp_path / "never_made")
     assert json.loads(json_path.read_text())["models"].keys() == {"resnet8_cifar10"}
     assert not set(summary["calibration_photos"]) & set(summary["evaluation_photos"])
     results = summary["models"]["resnet8_cifar10"]["results"]
-    expected = {*bench.METHODS, "auto"} | ({"mct_ptq", "mct_gptq"} if os.path.exists(bench.MCT_PYTHON)
-                                           else set())
-    assert set(results) == expected
+    assert set(results) == {*bench.METHODS, "auto"}
+    assert summary["models"]["resnet8_cifar10"]["not_run"] == ["mct_ptq", "mct_gptq"]
     for name, row in results.items():
         assert "error" not in row, (name, row)
         assert 0.0 <= row["top1_agreement"] <= 1.0 and np.isfinite(row["sqnr_db"])
@@ -344,3 +345,72 @@ def test_checks_say_when_auto_did_not_run():
     checks = bench.method_checks(results)
     for key in ("auto_ge_mct_best", "auto_not_below_converter"):
         assert checks[key] == {"value": None, "met": False, "why": "--auto did not run"}
+
+
+def test_a_folder_that_is_not_mcts_virtualenv_is_refused_before_anything_runs(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    json_path = tmp_path / "r.json"
+    with pytest.raises(ValueError, match=r"exists and is not a virtualenv \(no bin/python\)"):
+        bench.run(["resnet8_cifar10"], str(tmp_path / "out"), str(json_path), 10, 10, 5, 1,
+                  str(tmp_path / "cache"), mct_venv=str(folder))
+    assert sorted(os.listdir(tmp_path)) == ["mine"]
+    assert os.listdir(folder) == ["notes.txt"]
+
+
+def _settings(**changes):
+    return {"calibration_photos": ["a/0.png"], "evaluation_photos": ["b/0.png"],
+            "calibration_samples": 10, "evaluation_samples": 10, "adaround_iterations": 5,
+            "gptq_epochs": 1, **changes}
+
+
+def test_an_update_replaces_only_the_methods_run_and_stamps_them():
+    earlier = {"converter_per_channel": _row(0.9, 20.0), "converter_per_tensor": _row(0.8, 15.0),
+               "equalize_per_tensor": _row(0.7, 10.0), "auto": _row(0.95, 25.0)}
+    now = {"converter_per_channel": _row(0.9, 20.0), "converter_per_tensor": _row(0.8, 15.0),
+           "equalize_per_tensor": _row(0.75, 11.0)}
+    merged = bench._merged("m", earlier, now, "abc123")
+    assert list(merged) == list(earlier)  # the earlier order, for the README table
+    assert merged["equalize_per_tensor"] == {**_row(0.75, 11.0), "commit": "abc123"}
+    assert merged["auto"] == _row(0.95, 25.0)  # not rerun: kept, unstamped
+    assert merged["converter_per_tensor"]["commit"] == "abc123"
+
+
+@pytest.mark.parametrize("now, message", [
+    ({"converter_per_channel": _row(0.9, 20.0), "converter_per_tensor": _row(0.81, 15.0)},
+     r"converter_per_tensor on m now gives 0.8100 / 15.000 dB, the JSON has 0.8000 / 15.000 dB"),
+    ({"converter_per_channel": _row(0.9, 20.1), "converter_per_tensor": _row(0.8, 15.0)},
+     r"converter_per_channel on m now gives 0.9000 / 20.100 dB"),
+    ({"converter_per_channel": {"error": "boom", "seconds": 1.0},
+      "converter_per_tensor": _row(0.8, 15.0)},
+     r"needs converter_per_channel rerun on m .*boom"),
+])
+def test_an_update_whose_converter_does_not_reproduce_is_refused(now, message):
+    earlier = {"converter_per_channel": _row(0.9, 20.0), "converter_per_tensor": _row(0.8, 15.0)}
+    with pytest.raises(ValueError, match=message):
+        bench._merged("m", earlier, now, "abc123")
+
+
+def test_an_update_needs_the_same_settings_and_a_readable_json(tmp_path):
+    path = tmp_path / "r.json"
+    with pytest.raises(ValueError, match="cannot read the models of"):
+        bench._earlier(str(path), _settings())
+    path.write_text(json.dumps({**_settings(), "models": {"m": {}}}))
+    assert bench._earlier(str(path), _settings()) == {"m": {}}
+    with pytest.raises(ValueError, match=r"run with other \['adaround_iterations', "
+                                         r"'evaluation_photos'\]"):
+        bench._earlier(str(path), _settings(adaround_iterations=200, evaluation_photos=[]))
+
+
+@pytest.mark.parametrize("skip, cached_only", [(("converter_per_channel",), False), ((), True)])
+def test_an_update_without_the_converter_rerun_is_refused_before_anything_runs(tmp_path, skip,
+                                                                               cached_only):
+    json_path = tmp_path / "r.json"
+    json_path.write_text("{}")
+    with pytest.raises(ValueError, match=r"--update reruns \['converter_per_channel', "
+                                         r"'converter_per_tensor'\]"):
+        bench.run(["resnet8_cifar10"], str(tmp_path / "out"), str(json_path), 10, 10, 5, 1,
+                  str(tmp_path / "cache"), skip_mct=True, skip_methods=skip,
+                  cached_only=cached_only, update=True)
+    assert sorted(os.listdir(tmp_path)) == ["r.json"] and json_path.read_text() == "{}"

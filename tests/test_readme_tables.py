@@ -309,3 +309,19 @@ def test_hard_ptq_renders_intervals_methods_not_run_and_evaluation_only_photos()
     assert ("(2 of them evaluation-only nature photos from Debian mate-backgrounds 1.26.0-1, "
             "GPL-2+, so the calibration photos are those of earlier runs)") in \
         " ".join(parts["intro:benchmark_hard_ptq"].split())  # the README wraps lines
+
+
+def test_hard_ptq_rows_rerun_by_an_update_are_marked_with_their_commit():
+    from benchmarks.readme_hard_ptq import render_hard_ptq
+
+    data = copy.deepcopy(RESULTS["benchmark_hard_ptq"])
+    model = data["models"]["vww_mobilenet_v1"]
+    model["results"]["equalize_per_tensor"]["commit"] = "abc1234"
+    model["updates"] = [{"commit": "abc1234", "methods": ["equalize_per_tensor"],
+                         "wall_seconds": 60.0}]
+    table = render_hard_ptq(data)["table"]
+    vww = table.split("**vww_mobilenet_v1**")[1].split("**nsfwjs_mobilenet_v2**")[0]
+    assert "| tflq `--equalize --per_tensor` † |" in vww
+    assert "| tflq `--equalize` (CLE + bias corr.), per-channel |" in vww  # not rerun
+    assert "† rerun with `--update` at commit abc1234" in vww
+    assert "†" not in table.split("**vww_mobilenet_v1**")[0]
