@@ -344,3 +344,43 @@ def test_pairs_pass_through_zero_padding_as_in_strided_mobilenet_blocks():
     assert record["pairs"][0]["spread_after"] < record["pairs"][0]["spread_before"]
     a, b = model.predict(x, verbose=0), equalized.predict(x, verbose=0)
     assert np.abs(a - b).max() <= RTOL * np.abs(a).max()
+
+
+def test_channels_the_consumer_ignores_are_zeroed_so_they_do_not_set_the_per_tensor_scale():
+    """nsfwjs' first depthwise has channels whose folded BatchNorm (gamma ≈ 0) in the next layer
+    ignores them, with kernels 57x the live ones': they set the per-tensor scale. Their
+    weights are zeroed (bias kept), which keeps the float function and the per-tensor
+    error falls."""
+    model = _block()
+    c1 = model.get_layer("c1")
+    kernel = c1.get_weights()[0]
+    kernel[..., 5] *= 100.0  # the ignored channel holds the largest weights
+    c1.set_weights([kernel])
+    bn = model.layers[5]  # after the depthwise: its channel 5 becomes ~1e-30 when folded
+    assert bn.name.startswith("batch_normalization") and model.layers[4].name == "dw"
+    gamma, *rest = bn.get_weights()
+    gamma[5] = 1e-30
+    bn.set_weights([gamma, *rest])
+    folded = equalize.equalize(model, iterations=0)[0]
+    equalized, record = equalize.equalize(model)
+    zeroed = {p["first"]: p["ignored_channels_zeroed"] for p in record["pairs"]}
+    assert zeroed == {"c1": 1, "dw": 0, "c2": 0}
+    got = equalized.get_layer("c1").get_weights()
+    assert np.all(got[0][..., 5] == 0) and np.abs(got[0][..., :5]).max() > 0
+    assert got[1][5] == folded.get_layer("c1").get_weights()[1][5]  # its bias kept
+    x = _x()
+    a = model.predict(x, verbose=0)
+    assert np.abs(equalized.predict(x, verbose=0) - a).max() <= RTOL * np.abs(a).max()
+    # the same equalized model with channel 5's weights left in: per-tensor int8 hurts more
+    kept = tf_keras.models.clone_model(equalized)
+    kept.set_weights(equalized.get_weights())
+    kernel = got[0].copy()
+    gamma1, _, _, var1 = model.layers[2].get_weights()  # c1's BatchNorm, folded by hand
+    scale = gamma1[5] / np.sqrt(var1[5] + model.layers[2].epsilon)
+    kernel[..., 5] = model.get_layer("c1").get_weights()[0][..., 5] * scale
+    assert np.abs(kernel[..., 5]).max() > 2 * np.abs(got[0][..., :5]).max()
+    kept.get_layer("c1").set_weights([kernel, got[1]])
+    assert np.abs(kept.predict(x, verbose=0) - a).max() <= RTOL * np.abs(a).max()
+    error = {name: np.mean((_with_quantized_weights(m).predict(x, verbose=0) - a) ** 2)
+             for name, m in (("zeroed", equalized), ("kept", kept))}
+    assert error["zeroed"] < 0.5 * error["kept"], error

@@ -315,7 +315,9 @@ def _equalize_note(record: dict) -> str:
     line = (f"cross-layer equalization: {len(pairs)} pairs (largest channel-range spread "
             f"{worst:.0f}x -> {max(p['spread_after'] for p in pairs):.1f}x), "
             f"{len(record['skipped'])} weight layers not paired, "
-            f"{sum(p['dead_channels_left'] for p in pairs)} dead channels left unscaled; "
+            f"{sum(p['dead_channels_left'] for p in pairs)} dead channels left unscaled "
+            f"({sum(p['ignored_channels_zeroed'] for p in pairs)} of them zeroed: their "
+            "consumer ignores them); "
             "bias correction on "
             f"{len(record['bias_corrected'])} layers")
     if record["relu6_replaced"]:

@@ -26,6 +26,13 @@ their ZeroPadding2D) and depthwise → project pairs. ReLU6 clips at
   every channel can be scaled, but the function changes where activations exceed 6.
 * ``"keep"``: pairs through ReLU6 are left alone.
 
+A channel whose consumer's input weights are all (nearly) zero (below
+:data:`DEAD_CHANNEL_FRACTION` of that layer's largest: folded BatchNorms with gamma ≈ 0 leave
+such channels in pretrained MobileNets) contributes nothing downstream, whatever its value;
+its weights in the first layer are set to zero (its bias stays), since left as they are,
+they (up to 57 where the live channels reach 1, in nsfwjs' first depthwise) would set a
+per-tensor int8 scale that rounds the live channels to two or three levels.
+
 Every weight layer that is not paired is listed with the reason.
 
 **Bias correction** (empirical variant): quantizing weights shifts each output channel's
@@ -142,6 +149,23 @@ def _live(first, second) -> np.ndarray:
     return (r1 > DEAD_CHANNEL_FRACTION * r1.max()) & (r2 > DEAD_CHANNEL_FRACTION * r2.max())
 
 
+def _zero_ignored(first, second) -> int:
+    """Zeroes ``first``'s kernel in the output channels ``second`` ignores (input range at or
+    below :data:`DEAD_CHANNEL_FRACTION` of its largest); returns how many."""
+    r2 = _in_ranges(second)
+    ignored = r2 <= DEAD_CHANNEL_FRACTION * r2.max()
+    if r2.max() <= 0 or not ignored.any():
+        return 0
+    weights = first.get_weights()
+    kernel = weights[0]
+    shape = kernel.shape
+    flat = kernel.reshape(*shape[:2], -1) if type(first).__name__ == "DepthwiseConv2D" else kernel
+    flat = flat.copy()
+    flat[..., ignored] = 0.0
+    first.set_weights([flat.reshape(shape), *weights[1:]])
+    return int(ignored.sum())
+
+
 def _scale_out(layer, s):
     weights = layer.get_weights()
     kernel = weights[0]
@@ -176,7 +200,8 @@ def equalize(model, iterations: int = 20, relu6: str = "bounded", samples: list 
 
     Returns:
       ``(model, record)``; ``record`` holds ``pairs`` (each with the first layer's channel
-      range spread before and after, and under ``"bounded"`` how many channels kept s = 1
+      range spread before and after, how many channels its consumer ignores were zeroed
+      (``ignored_channels_zeroed``), and under ``"bounded"`` how many channels kept s = 1
       because ReLU6 clips them: ``relu6_held_channels``), ``skipped`` weight
       layers with the reason, ``relu6`` (the mode), ``relu6_replaced`` (how many ReLU6
       became ReLU) and ``relu6_bounded_pairs`` (pairs through a kept ReLU6).
@@ -200,6 +225,8 @@ def equalize(model, iterations: int = 20, relu6: str = "bounded", samples: list 
     pairs, skipped = find_pairs(prepared, relu6=relu6 == "bounded")
     bounds = _relu6_bounds(prepared, pairs, batches) if relu6 == "bounded" else {}
     before = {first: _spread(_out_ranges(prepared.get_layer(first))) for first, _ in pairs}
+    ignored = {first: _zero_ignored(prepared.get_layer(first), prepared.get_layer(second))
+               for first, second in pairs}
     total = {first: np.ones_like(_out_ranges(prepared.get_layer(first))) for first, _ in pairs}
     for _ in range(iterations):
         for first, second in pairs:
@@ -219,7 +246,7 @@ def equalize(model, iterations: int = 20, relu6: str = "bounded", samples: list 
             for first, second in pairs}
     record = {
         "pairs": [{"first": first, "second": second, "spread_before": before[first],
-                   "dead_channels_left": dead[first],
+                   "dead_channels_left": dead[first], "ignored_channels_zeroed": ignored[first],
                    "relu6_held_channels": int(bounds[first][0].sum()) if first in bounds else 0,
                    "spread_after": _spread(_out_ranges(prepared.get_layer(first)))}
                   for first, second in pairs],
