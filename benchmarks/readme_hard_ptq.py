@@ -120,9 +120,13 @@ def render_hard_ptq(data: Mapping) -> dict[str, str]:
         not_run = (f" Not run this time: {', '.join(LABELS.get(k, k) for k in m['not_run'])}."
                    if m.get("not_run") else "")
         commits = sorted({u["commit"] for u in m.get("updates", [])})
-        updated = (f" † rerun with `--update` at commit {', '.join(commits)} (the plain "
-                   "converter rerun too, reproducing its earlier scores); the other rows are "
-                   "from the full run." if commits else "")
+        drift = "; ".join(
+            f"{LABELS[k].replace('plain converter, ', '')} {_num(d['agreement_pp'], 1, True)} pp, "
+            f"{_num(d['sqnr_db'], 2, True)} dB"
+            for u in m.get("updates", []) for k, d in u.get("converter_drift", {}).items())
+        updated = (f" † rerun with `--update` at commit {', '.join(commits)}, the plain "
+                   f"converter too (against the full run: {drift or 'no earlier rows'}); the "
+                   "other rows are from the full run." if commits else "")
         parts.append(f"**{name}**: {m['source']['description']}; float top-1 over the "
                      f"evaluation crops by class: [{histogram}].{not_run}{updated}\n\n"
                      + _table(["method", "top-1 agr.", "top-2 agr.", "SQNR dB", "mean TV", "s"],

@@ -370,7 +370,9 @@ def test_an_update_replaces_only_the_methods_run_and_stamps_them():
                "equalize_per_tensor": _row(0.7, 10.0), "auto": _row(0.95, 25.0)}
     now = {"converter_per_channel": _row(0.9, 20.0), "converter_per_tensor": _row(0.8, 15.0),
            "equalize_per_tensor": _row(0.75, 11.0)}
-    merged = bench._merged("m", earlier, now, "abc123")
+    merged, drift = bench._merged("m", earlier, now, "abc123")
+    assert drift == {"converter_per_channel": {"agreement_pp": 0.0, "sqnr_db": 0.0},
+                     "converter_per_tensor": {"agreement_pp": 0.0, "sqnr_db": 0.0}}
     assert list(merged) == list(earlier)  # the earlier order, for the README table
     assert merged["equalize_per_tensor"] == {**_row(0.75, 11.0), "commit": "abc123"}
     assert merged["auto"] == _row(0.95, 25.0)  # not rerun: kept, unstamped
@@ -378,10 +380,10 @@ def test_an_update_replaces_only_the_methods_run_and_stamps_them():
 
 
 @pytest.mark.parametrize("now, message", [
-    ({"converter_per_channel": _row(0.9, 20.0), "converter_per_tensor": _row(0.81, 15.0)},
-     r"converter_per_tensor on m now gives 0.8100 / 15.000 dB, the JSON has 0.8000 / 15.000 dB"),
-    ({"converter_per_channel": _row(0.9, 20.1), "converter_per_tensor": _row(0.8, 15.0)},
-     r"converter_per_channel on m now gives 0.9000 / 20.100 dB"),
+    ({"converter_per_channel": _row(0.9, 20.0), "converter_per_tensor": _row(0.806, 15.0)},
+     r"converter_per_tensor on m now gives 0.8060 / 15.000 dB, the JSON has 0.8000 / 15.000 dB"),
+    ({"converter_per_channel": _row(0.9, 19.85), "converter_per_tensor": _row(0.8, 15.0)},
+     r"converter_per_channel on m now gives 0.9000 / 19.850 dB"),
     ({"converter_per_channel": {"error": "boom", "seconds": 1.0},
       "converter_per_tensor": _row(0.8, 15.0)},
      r"needs converter_per_channel rerun on m .*boom"),
@@ -414,3 +416,13 @@ def test_an_update_without_the_converter_rerun_is_refused_before_anything_runs(t
                   str(tmp_path / "cache"), skip_mct=True, skip_methods=skip,
                   cached_only=cached_only, update=True)
     assert sorted(os.listdir(tmp_path)) == ["r.json"] and json_path.read_text() == "{}"
+
+
+def test_an_update_records_the_converters_drift_within_the_allowed_bounds():
+    earlier = {"converter_per_channel": _row(0.950, 16.907), "converter_per_tensor": _row(0.8, 15.0)}
+    now = {"converter_per_channel": _row(0.952, 16.913), "converter_per_tensor": _row(0.8, 15.05)}
+    merged, drift = bench._merged("m", earlier, now, "abc123")
+    assert drift["converter_per_channel"] == {"agreement_pp": pytest.approx(0.2),
+                                              "sqnr_db": pytest.approx(0.006)}
+    assert drift["converter_per_tensor"]["sqnr_db"] == pytest.approx(0.05)
+    assert merged["converter_per_channel"]["top1_agreement"] == 0.952  # the rerun's, stamped

@@ -318,10 +318,13 @@ def test_hard_ptq_rows_rerun_by_an_update_are_marked_with_their_commit():
     model = data["models"]["vww_mobilenet_v1"]
     model["results"]["equalize_per_tensor"]["commit"] = "abc1234"
     model["updates"] = [{"commit": "abc1234", "methods": ["equalize_per_tensor"],
+                         "converter_drift": {"converter_per_channel": {"agreement_pp": 0.2,
+                                                                       "sqnr_db": -0.006}},
                          "wall_seconds": 60.0}]
     table = render_hard_ptq(data)["table"]
     vww = table.split("**vww_mobilenet_v1**")[1].split("**nsfwjs_mobilenet_v2**")[0]
     assert "| tflq `--equalize --per_tensor` † |" in vww
     assert "| tflq `--equalize` (CLE + bias corr.), per-channel |" in vww  # not rerun
-    assert "† rerun with `--update` at commit abc1234" in vww
+    assert ("† rerun with `--update` at commit abc1234, the plain converter too (against the "
+            "full run: per-channel +0.2 pp, \u22120.01 dB)") in vww
     assert "†" not in table.split("**vww_mobilenet_v1**")[0]
