@@ -57,7 +57,7 @@ _COLUMNS = flags.DEFINE_list("columns", list(COLUMNS), "Features (columns).")
 _JSON = define("string", "json", None, "Result JSON (default: benchmarks/results/"
                "benchmark_conformance.json).")
 _CACHE = define("string", "cache", None, "Download cache (default: ~/.cache/tflq-corpus).")
-_UPDATE = flags.DEFINE_bool("update", False, "Keep the other rows of an existing --json and "
+_UPDATE = define("bool", "update", False, "Keep the other rows of an existing --json and "
                             "replace only the rows run now.")
 
 _QUIET = {"latency_runs": 2, "layer_error_samples": 0}

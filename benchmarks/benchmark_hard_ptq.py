@@ -45,10 +45,10 @@ _ITERATIONS = flags.DEFINE_integer("bench_adaround_iterations", 200, "AdaRound s
                                    "(pipelines.convert has --adaround_iterations).")
 _GPTQ_EPOCHS = flags.DEFINE_integer("gptq_epochs", 5, "MCT GPTQ epochs.")
 _CACHE = define("string", "cache", None, "Download cache (default: ~/.cache/tflq-corpus).")
-_UPDATE = flags.DEFINE_bool("update", False, "Merge into the existing --json: the methods run now "
+_UPDATE = define("bool", "update", False, "Merge into the existing --json: the methods run now "
                             "replace their earlier results (stamped with the commit); the others, "
                             "and the models not run, are kept. The plain converter is rerun and "
-                            "must reproduce its earlier scores.")
+                            "must stay within 0.5 pp / 0.1 dB of its earlier scores.")
 _MCT_VENV = define("string", "mct_venv", None, "Sony MCT's own virtualenv (TensorFlow 2.15.1 + "
                      "model-compression-toolkit 2.6.1), made there from PyPI if the folder is "
                      "absent (default: ~/.cache/tflq-mct-venv).")
@@ -453,6 +453,8 @@ def run(models: list[str], out: str, json_path: str, num_cal: int, num_eval: int
     if update and (set(UPDATE_BASELINES) & set(skip) or cached_only):
         raise ValueError(f"--update reruns {list(UPDATE_BASELINES)} (they must reproduce the "
                          "earlier scores): do not skip them, nor use --cached_only")
+    if update:
+        _earlier(json_path, {})  # readable, before photos are fetched (its settings: below)
     mct_python = None
     if not cached_only and not {"mct_ptq", "mct_gptq"} <= set(skip):
         mct_python = mct_env.ensure(mct_venv or mct_env.DEFAULT_VENV)

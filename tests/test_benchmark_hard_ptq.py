@@ -426,3 +426,36 @@ def test_an_update_records_the_converters_drift_within_the_allowed_bounds():
                                               "sqnr_db": pytest.approx(0.006)}
     assert drift["converter_per_tensor"]["sqnr_db"] == pytest.approx(0.05)
     assert merged["converter_per_channel"]["top1_agreement"] == 0.952  # the rerun's, stamped
+
+
+def test_the_benchmark_modules_define_their_shared_flags_once():
+    """pytest imports every benchmark into one process: a flag defined twice (--update is in
+    both) must not break collection."""
+    import importlib
+
+    conformance = importlib.import_module("benchmarks.benchmark_conformance")
+    assert conformance._UPDATE.name == bench._UPDATE.name == "update"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mct_venv", "{tmp}/mine"], "exists and is not a virtualenv"),
+    (["--update", "--skip_mct", "--json", "{tmp}/missing.json"],
+     "--update: cannot read the models of"),
+])
+def test_the_mct_venv_and_update_flags_refuse_bad_input_and_write_nothing(tmp_path, flags,
+                                                                         message):
+    import subprocess
+    import sys
+
+    (tmp_path / "mine").mkdir()
+    args = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    if "--json" not in args:
+        args += ["--json", str(tmp_path / "r.json")]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.benchmark_hard_ptq", "--models",
+                           "resnet8_cifar10", "--out", str(tmp_path / "out"),
+                           "--cache", str(tmp_path / "cache"), *args],
+                          capture_output=True, text=True, cwd=os.path.dirname(
+                              os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["mine"] and not os.listdir(tmp_path / "mine")
