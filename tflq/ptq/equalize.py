@@ -125,12 +125,18 @@ def _spread(ranges: np.ndarray) -> float:
     return float(live.max() / live.min()) if live.size else 1.0
 
 
-def _out_ranges(layer) -> np.ndarray:
-    kernel = layer.get_weights()[0]
-    if type(layer).__name__ == "DepthwiseConv2D":
+def _per_output(kernel: np.ndarray, kind: str) -> np.ndarray:
+    """``kernel`` with output channels on the last axis: a depthwise kernel (h, w, c, m)
+    becomes (h, w, c·m), TFLite's channel order; any other kernel is returned as it is."""
+    if kind == "DepthwiseConv2D":
         h, w, c, m = kernel.shape
-        return np.abs(kernel.reshape(h, w, c * m)).max(axis=(0, 1))
-    return np.abs(kernel).max(axis=(0, 1, 2))
+        return kernel.reshape(h, w, c * m)
+    return kernel
+
+
+def _out_ranges(layer) -> np.ndarray:
+    flat = _per_output(layer.get_weights()[0], type(layer).__name__)
+    return np.abs(flat).max(axis=tuple(range(flat.ndim - 1)))
 
 
 def _in_ranges(layer) -> np.ndarray:
@@ -158,22 +164,16 @@ def _zero_ignored(first, second) -> int:
         return 0
     weights = first.get_weights()
     kernel = weights[0]
-    shape = kernel.shape
-    flat = kernel.reshape(*shape[:2], -1) if type(first).__name__ == "DepthwiseConv2D" else kernel
-    flat = flat.copy()
+    flat = _per_output(kernel, type(first).__name__).copy()
     flat[..., ignored] = 0.0
-    first.set_weights([flat.reshape(shape), *weights[1:]])
+    first.set_weights([flat.reshape(kernel.shape), *weights[1:]])
     return int(ignored.sum())
 
 
 def _scale_out(layer, s):
     weights = layer.get_weights()
     kernel = weights[0]
-    if type(layer).__name__ == "DepthwiseConv2D":
-        h, w, c, m = kernel.shape
-        kernel = (kernel.reshape(h, w, c * m) / s).reshape(h, w, c, m)
-    else:
-        kernel = kernel / s
+    kernel = (_per_output(kernel, type(layer).__name__) / s).reshape(kernel.shape)
     rest = [weights[1] / s] if len(weights) > 1 else []
     layer.set_weights([kernel, *rest])
 
@@ -339,11 +339,7 @@ def _relu6_to_relu(model):
 def quantize_weights(kernel: np.ndarray, kind: str, per_channel: bool) -> np.ndarray:
     """TFLite's int8 weights, dequantized: symmetric, narrow range [−127, 127], per output
     channel (last axis; depthwise: channel × multiplier) or per tensor."""
-    if kind == "DepthwiseConv2D":
-        h, w, c, m = kernel.shape
-        flat = kernel.reshape(h, w, c * m)
-    else:
-        flat = kernel
+    flat = _per_output(kernel, kind)
     axes = tuple(range(flat.ndim - 1)) if per_channel else None
     top = np.abs(flat).max(axis=axes, keepdims=per_channel)
     scale = np.where(top > 0, top / 127.0, 1.0)

@@ -40,9 +40,10 @@ def quantize_scope(model=None):
     layer classes too (tfmot rebuilds the model from its config, by class name)."""
     objects = custom_objects()
     for layer in (model.layers if model is not None else ()):
-        kind = type(getattr(layer, "layer", layer))  # inside tfmot's annotation wrapper
+        inner = getattr(layer, "layer", layer)  # inside tfmot's annotation wrapper
+        kind = type(inner)
         if not kind.__module__.startswith(("tf_keras.", "keras.", "tensorflow")) or \
-                is_revived(getattr(layer, "layer", layer)):  # revived: rebuilds as itself
+                is_revived(inner):  # revived: rebuilds as itself
             objects.setdefault(kind.__name__, kind)
     return tfmot.quantization.keras.quantize_scope(objects)
 
