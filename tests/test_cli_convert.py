@@ -407,6 +407,11 @@ def test_tflq_calibration_flags(capsys, tmp_path, tiny_files, extra, note):
                    for n in row["notes"]), row["notes"]
     assert r["settings"]["range_estimator"] == extra.get("range_estimator")
     assert r["settings"]["equalize"] is bool(extra.get("equalize"))
+    if extra.get("per_tensor"):  # per tensor, every weight layer's clip was chosen
+        clip = row["methods"]["equalize"]["weight_clip"]
+        assert len(clip["layers"]) >= 2 and "originals" not in clip
+        assert any("layers for the smallest activated-output error" in n
+                   for n in row["notes"]), row["notes"]
     # the file written is the one validated: its logits agree with the report's accuracy
     x, labels = np.load(tiny_files["eval_data"])["x"], np.load(tiny_files["eval_data"])["y"]
     runner = Interpreter(model_path=os.path.join(out, row["path"])).get_signature_runner()

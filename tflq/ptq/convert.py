@@ -144,7 +144,7 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
     ops). Appends to ``notes`` and ``details`` what each method did; notes also go to stderr."""
 
     from tflq.models import tf_keras, wrap_model
-    from tflq.ptq import equalize, ranges
+    from tflq.ptq import ranges
 
     if representative is None:
         raise ValueError("int8 needs calibration data.")
@@ -166,15 +166,7 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
                      f"{model.rebuild_notes['checked_samples']} calibration samples (max error "
                      f"{model.rebuild_notes['max_relative_error']:.2g} of range)")
     if options.equalize:
-        original = keras
-        keras, record = equalize.equalize(keras, relu6=options.equalize_relu6,
-                                          samples=[next(batches())], batches=batches)
-        if record["pairs"]:  # equalized alone: the float function, measured before biases move
-            record["float_change"] = equalize.float_change(original, keras, batches)
-        record["bias_corrected"] = equalize.bias_correct(keras, batches,
-                                                         per_channel=options.per_channel)
-        details["equalize"] = record
-        notes.append(_equalize_note(record))
+        keras = _equalized(keras, options, batches, notes, details)
     rounding = None
     if options.adaround:
         from tflq.ptq import adaround
@@ -233,6 +225,28 @@ def _on_converter(model: LoadedModel, options: ConvertOptions, representative, w
     for note in notes:
         print(f"tflq: {note}", file=sys.stderr)
     return content
+
+
+def _equalized(keras, options: ConvertOptions, batches, notes: list, details: dict):
+    """``keras`` equalized (:mod:`tflq.ptq.equalize`), per tensor with its weight ranges
+    clipped (:mod:`tflq.ptq.weight_clip`), then bias corrected; records what each did."""
+    from tflq.ptq import equalize, weight_clip
+
+    original = keras
+    keras, record = equalize.equalize(keras, relu6=options.equalize_relu6,
+                                      samples=[next(batches())], batches=batches)
+    if record["pairs"]:  # equalized alone: the float function, measured before biases move
+        record["float_change"] = equalize.float_change(original, keras, batches)
+    reference = None
+    if not options.per_channel:
+        record["weight_clip"] = weight_clip.clip_per_tensor(keras, batches)
+        reference = record["weight_clip"].pop("originals")
+    record["bias_corrected"] = equalize.bias_correct(keras, batches,
+                                                     per_channel=options.per_channel,
+                                                     reference=reference)
+    details["equalize"] = record
+    notes.append(_equalize_note(record))
+    return keras
 
 
 def _converter_ranges(model: LoadedModel, make_converter, options: ConvertOptions,
@@ -310,7 +324,8 @@ def _equalize_note(record: dict) -> str:
     pairs = record["pairs"]
     if not pairs:
         return (f"cross-layer equalization found NO pair to equalize "
-                f"({len(record['skipped'])} weight layers skipped); bias correction only")
+                f"({len(record['skipped'])} weight layers skipped); bias correction only"
+                + _clip_note(record))
     worst = max(p["spread_before"] for p in pairs)
     line = (f"cross-layer equalization: {len(pairs)} pairs (largest channel-range spread "
             f"{worst:.0f}x -> {max(p['spread_after'] for p in pairs):.1f}x), "
@@ -330,7 +345,18 @@ def _equalize_note(record: dict) -> str:
     cost = record["float_change"]
     line += (f"; equalized float model vs the original on the calibration data: top-1 "
              f"agreement {100 * cost['top1_agreement']:.2f}%, SQNR {cost['sqnr_db']:.1f} dB")
-    return line
+    return line + _clip_note(record)
+
+
+def _clip_note(record: dict) -> str:
+    """The per-tensor weight clipping part of the equalize note ('' per channel)."""
+    if "weight_clip" not in record:
+        return ""
+    clip = record["weight_clip"]
+    ratios = [layer["ratio"] for layer in clip["layers"] if layer["ratio"] < 1.0]
+    return (f"; per-tensor weight ranges clipped in {clip['clipped_layers']} of "
+            f"{len(clip['layers'])} layers for the smallest activated-output error"
+            + (f" (T / max|W| from {min(ratios):.2f} to {max(ratios):.2f})" if ratios else ""))
 
 
 def _run_converter(converter, mode: Mode, options: ConvertOptions) -> bytes:

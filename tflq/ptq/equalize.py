@@ -347,9 +347,11 @@ def quantize_weights(kernel: np.ndarray, kind: str, per_channel: bool) -> np.nda
     return q.reshape(kernel.shape).astype(kernel.dtype)
 
 
-def bias_correct(model, batches, per_channel: bool = True):
+def bias_correct(model, batches, per_channel: bool = True, reference: dict | None = None):
     """Empirical bias correction of every Conv2D/DepthwiseConv2D/Dense in place, in graph
-    order: bias −= mean over the data of layer(x; Q(W) − W). Returns {layer: |shift| max}."""
+    order: bias −= mean over the data of layer(x; Q(W) − W₀), W₀ the kernel in
+    ``reference`` (``{layer: kernel}``, e.g. before clipping) or else the layer's own.
+    Returns {layer: |shift| max}."""
     from tflq.models import tf_keras
 
     shifts = {}
@@ -359,7 +361,8 @@ def bias_correct(model, batches, per_channel: bool = True):
             continue
         probe = tf_keras.Model(model.inputs, layer.input)
         weights = layer.get_weights()
-        delta = quantize_weights(weights[0], kind, per_channel) - weights[0]
+        delta = quantize_weights(weights[0], kind, per_channel) - (reference or {}).get(
+            layer.name, weights[0])
         config = {**layer.get_config(), "activation": "linear", "use_bias": False,
                   "name": f"{layer.name}_delta"}
         twin = layer.__class__.from_config(config)
