@@ -87,6 +87,35 @@ def _evaluation_only(data: Mapping) -> str:
             "calibration photos are those of earlier runs)")
 
 
+def _drift_text(update: dict) -> str:
+    return "; ".join(
+        f"{LABELS[k].replace('plain converter, ', '')} {_num(d['agreement_pp'], 1, True)} pp, "
+        f"{_num(d['sqnr_db'], 2, True)} dB" for k, d in update.get("converter_drift", {}).items())
+
+
+def _updates_text(updates: list, results: Mapping) -> str:
+    """The † sentence: one update as before; several, each with its commit, the methods
+    whose rows it wrote (and that no later update replaced) and the plain converter's drift
+    against the rows it replaced."""
+    if not updates:
+        return ""
+    if len({u["commit"] for u in updates}) == 1:
+        drift = "; ".join(filter(None, (_drift_text(u) for u in updates)))
+        return (f" † rerun with `--update` at commit {updates[0]['commit']}, the plain "
+                f"converter too (against the full run: {drift or 'no earlier rows'}); the "
+                "other rows are from the full run.")
+    runs = []
+    for u in updates:
+        rerun = [LABELS.get(k, k) for k in u.get("methods", [])
+                 if not k.startswith("converter_")
+                 and results.get(k, {}).get("commit") == u["commit"]]
+        runs.append(f"at commit {u['commit']}: {', '.join(rerun) or 'no row kept from it'}"
+                    f" (plain converter against the rows it replaced: "
+                    f"{_drift_text(u) or 'no earlier rows'})")
+    return (" † rerun with `--update`, the plain converter each time: " + "; ".join(runs)
+            + ". The other rows are from the full run.")
+
+
 def render_hard_ptq(data: Mapping) -> dict[str, str]:
     """Regions of the hard PTQ benchmark: intro, one table per model, the targets."""
     models = data["models"]
@@ -119,14 +148,7 @@ def render_hard_ptq(data: Mapping) -> dict[str, str]:
         histogram = ", ".join(str(c) for c in m["float_top1_histogram"])
         not_run = (f" Not run this time: {', '.join(LABELS.get(k, k) for k in m['not_run'])}."
                    if m.get("not_run") else "")
-        commits = sorted({u["commit"] for u in m.get("updates", [])})
-        drift = "; ".join(
-            f"{LABELS[k].replace('plain converter, ', '')} {_num(d['agreement_pp'], 1, True)} pp, "
-            f"{_num(d['sqnr_db'], 2, True)} dB"
-            for u in m.get("updates", []) for k, d in u.get("converter_drift", {}).items())
-        updated = (f" † rerun with `--update` at commit {', '.join(commits)}, the plain "
-                   f"converter too (against the full run: {drift or 'no earlier rows'}); the "
-                   "other rows are from the full run." if commits else "")
+        updated = _updates_text(m.get("updates", []), m["results"])
         parts.append(f"**{name}**: {m['source']['description']}; float top-1 over the "
                      f"evaluation crops by class: [{histogram}].{not_run}{updated}\n\n"
                      + _table(["method", "top-1 agr.", "top-2 agr.", "SQNR dB", "mean TV", "s"],

@@ -316,9 +316,11 @@ def test_hard_ptq_rows_rerun_by_an_update_are_marked_with_their_commit():
     from benchmarks.readme_hard_ptq import render_hard_ptq
 
     data = copy.deepcopy(RESULTS["benchmark_hard_ptq"])
+    for each in data["models"].values():  # as after a full run, then one update of VWW
+        each.pop("updates", None)
+        for row in each["results"].values():
+            row.pop("commit", None)
     model = data["models"]["vww_mobilenet_v1"]
-    for row in model["results"].values():  # as after a full run, then one update
-        row.pop("commit", None)
     model["results"]["equalize_per_tensor"]["commit"] = "abc1234"
     model["updates"] = [{"commit": "abc1234", "methods": ["equalize_per_tensor"],
                          "converter_drift": {"converter_per_channel": {"agreement_pp": 0.2,
@@ -331,3 +333,31 @@ def test_hard_ptq_rows_rerun_by_an_update_are_marked_with_their_commit():
     assert ("† rerun with `--update` at commit abc1234, the plain converter too (against the "
             "full run: per-channel +0.2 pp, \u22120.01 dB)") in vww
     assert "†" not in table.split("**vww_mobilenet_v1**")[0]
+
+
+def test_hard_ptq_several_updates_each_name_their_commit_methods_and_drift():
+    from benchmarks.readme_hard_ptq import render_hard_ptq
+
+    data = copy.deepcopy(RESULTS["benchmark_hard_ptq"])
+    model = data["models"]["vww_mobilenet_v1"]
+    for row in model["results"].values():
+        row.pop("commit", None)
+    model["results"]["equalize_per_channel"]["commit"] = "aaa1111"
+    model["results"]["equalize_per_tensor"]["commit"] = "bbb2222"
+    model["updates"] = [
+        {"commit": "aaa1111", "methods": ["converter_per_channel", "equalize_per_channel",
+                                          "equalize_per_tensor"],  # its row replaced later
+         "converter_drift": {"converter_per_channel": {"agreement_pp": 0.2, "sqnr_db": 0.01}},
+         "wall_seconds": 60.0},
+        {"commit": "bbb2222", "methods": ["converter_per_channel", "equalize_per_tensor"],
+         "converter_drift": {"converter_per_channel": {"agreement_pp": -0.1, "sqnr_db": 0.0}},
+         "wall_seconds": 60.0}]
+    vww = render_hard_ptq(data)["table"].split("**vww_mobilenet_v1**")[1].split(
+        "**nsfwjs_mobilenet_v2**")[0]
+    assert ("† rerun with `--update`, the plain converter each time: at commit aaa1111: tflq "
+            "`--equalize` (CLE + bias corr.), per-channel (plain converter against the rows it "
+            "replaced: per-channel +0.2 pp, +0.01 dB); at commit bbb2222: tflq `--equalize "
+            "--per_tensor` (plain converter against the rows it replaced: per-channel "
+            "\u22120.1 pp, +0.00 dB). The other rows are from the full run.") in vww
+    assert "| tflq `--equalize --per_tensor` † |" in vww
+    assert "| tflq `--range_search` |" in vww

@@ -66,7 +66,8 @@ class ConvertOptions:
         converter's own calibration.
       percentile: for ``range_estimator="percentile"``.
       equalize: ``int8`` after cross-layer equalization and bias correction
-        (:mod:`tflq.ptq.equalize`); ``equalize_relu6`` how it treats ReLU6 (``bounded``,
+        (:mod:`tflq.ptq.equalize`; per tensor, weight ranges clipped first:
+        :mod:`tflq.ptq.weight_clip`); ``equalize_relu6`` how it treats ReLU6 (``bounded``,
         ``relu``, ``keep``: :data:`tflq.ptq.equalize.RELU6_MODES`).
       selective: keep the fewest most sensitive ``int8`` ops in float that bring the
         accuracy drop within the ``max_accuracy_drop`` gate and/or the agreement above
