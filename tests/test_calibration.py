@@ -297,3 +297,17 @@ def test_data_options_validation():
         DataOptions(normalize="zscore")
     with pytest.raises(ValueError, match="image_size must be"):
         DataOptions(image_size=(0, 5))
+
+
+def test_first_samples_takes_the_first_ones_as_one_batch():
+    from tflq.sampling import first_samples
+
+    x = np.arange(50, dtype=np.float32).reshape(25, 2)
+    batches = lambda: iter([x[:10], x[10:20], x[20:]])  # noqa: E731
+    np.testing.assert_array_equal(first_samples(batches, 15), x[:15])
+    np.testing.assert_array_equal(first_samples(batches, 100), x)  # fewer held: all of them
+    named = lambda: iter([{"a": x[:10], "b": -x[:10]}, {"a": x[10:], "b": -x[10:]}])  # noqa: E731
+    got = first_samples(named, 12)
+    assert sorted(got) == ["a", "b"]
+    np.testing.assert_array_equal(got["a"], x[:12])
+    np.testing.assert_array_equal(got["b"], -x[:12])

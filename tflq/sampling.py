@@ -13,7 +13,7 @@ from tflq.data import DataSource, open_data
 from tflq.signature import TensorSpec
 
 __all__ = ["RANGE_SLACK_SPANS", "sample_indices", "conform_sample", "RangeStats", "check_range",
-    "scan", "representative_dataset", "load_arrays", "iter_batches"]
+    "scan", "representative_dataset", "load_arrays", "iter_batches", "first_samples"]
 
 # A calibration value more than this many eval-data spans outside the eval-data range is
 # "far outside": catches 0..255 data against a model fed 0..1, not ordinary variation.
@@ -208,3 +208,15 @@ def iter_batches(source: DataSource, input_specs: Sequence[TensorSpec], batch_si
         yield flush()
 
 
+def first_samples(batches: Callable[[], Iterator], max_samples: int):
+    """The first ``max_samples`` samples of ``batches()`` (arrays, or dicts of arrays by
+    input name) as one batch of the same kind; fewer if ``batches()`` holds fewer."""
+    taken, count = [], 0
+    for batch in batches():
+        taken.append(batch)
+        count += len(next(iter(batch.values())) if isinstance(batch, dict) else batch)
+        if count >= max_samples:
+            break
+    if isinstance(taken[0], dict):
+        return {k: np.concatenate([b[k] for b in taken])[:max_samples] for k in taken[0]}
+    return np.concatenate(taken)[:max_samples]

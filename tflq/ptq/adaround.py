@@ -369,6 +369,7 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
       ValueError: bad arguments.
     """
     from tflq.models import tf_keras
+    from tflq.sampling import first_samples
 
     grid = levels(num_bits)
     if iterations < 1 or reg < 0 or batch_size < 1 or max_samples < 1:
@@ -377,16 +378,7 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
                          f"batch_size={batch_size}, max_samples={max_samples}")
     original = tf_keras.models.clone_model(model)
     original.set_weights(model.get_weights())
-    inputs = []
-    for batch in batches():
-        inputs.append(batch)
-        if sum(len(b) if not isinstance(b, dict) else len(next(iter(b.values())))
-               for b in inputs) >= max_samples:
-            break
-    if isinstance(inputs[0], dict):
-        data = {k: np.concatenate([b[k] for b in inputs])[:max_samples] for k in inputs[0]}
-    else:
-        data = np.concatenate(inputs)[:max_samples]
+    data = first_samples(batches, max_samples)
     count = len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
     record = {"num_bits": num_bits, "per_channel": per_channel, "iterations": iterations,
               "reg": reg, "samples": int(count), "layers": [], "codes": {}, "scales": {},

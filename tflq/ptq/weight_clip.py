@@ -50,14 +50,12 @@ def _activation_chain(layer) -> list:
     return chain
 
 
-def _activated(layer, twin, chain, x):
-    """``layer``'s activated output on ``x`` computed by ``twin`` (same layer, linear)."""
-    from tflq.models import tf_keras
-
+def _activated(activation, twin, chain, x):
+    """The activated output on ``x`` of the layer ``twin`` copies (linear): its own
+    ``activation`` (None for softmax: logits), then the ``chain`` of layers after it."""
     out = twin(x)
-    name = layer.get_config().get("activation", "linear")
-    if name not in _NOT_ELEMENTWISE:
-        out = tf_keras.activations.get(name)(out)
+    if activation is not None:
+        out = activation(out)
     for following in chain:
         out = following(out)
     return np.asarray(out)
@@ -78,39 +76,35 @@ def clip_per_tensor(model, batches, max_samples: int = 64) -> dict:
       squared activated-output error with per-tensor int8 weights).
     """
     from tflq.models import tf_keras
+    from tflq.sampling import first_samples
 
-    data, count = [], 0
-    for batch in batches():
-        data.append(batch)
-        count += len(batch) if not isinstance(batch, dict) else len(next(iter(batch.values())))
-        if count >= max_samples:
-            break
+    data = first_samples(batches, max_samples)
     record = {"layers": [], "clipped_layers": 0, "originals": {}}
     for layer in model.layers:
         kind = type(layer).__name__
         if kind not in _WEIGHT:
             continue
-        probe = tf_keras.Model(model.inputs, layer.input)
-        inputs = [np.asarray(probe(b, training=False)) for b in data]
+        x = np.asarray(tf_keras.Model(model.inputs, layer.input)(data, training=False))
         kernel, *rest = layer.get_weights()
-        twin = layer.__class__.from_config({**layer.get_config(), "activation": "linear",
+        config = layer.get_config()
+        twin = layer.__class__.from_config({**config, "activation": "linear",
                                             "name": f"{layer.name}_clip_twin"})
-        twin(inputs[0][:1])
+        twin(x[:1])
         twin.set_weights([kernel, *rest])
+        name = config.get("activation", "linear")
+        activation = None if name in _NOT_ELEMENTWISE else tf_keras.activations.get(name)
         chain = _activation_chain(layer)
-        targets = [_activated(layer, twin, chain, x) for x in inputs]
+        target = _activated(activation, twin, chain, x)
         top = float(np.abs(kernel).max())
         errors = []
         for ratio in RATIOS:
             clipped = np.clip(kernel, -ratio * top, ratio * top)
             twin.set_weights([quantize_weights(clipped, kind, per_channel=False), *rest])
-            errors.append(sum(float(np.sum((_activated(layer, twin, chain, x) - y) ** 2))
-                              for x, y in zip(inputs, targets, strict=True)))
+            errors.append(float(np.sum((_activated(activation, twin, chain, x) - target) ** 2)))
         best = int(np.argmin(errors))
-        size = sum(y.size for y in targets)
         record["layers"].append({"layer": layer.name, "ratio": RATIOS[best],
-                                 "error_unclipped": errors[0] / size,
-                                 "error_clipped": errors[best] / size})
+                                 "error_unclipped": errors[0] / target.size,
+                                 "error_clipped": errors[best] / target.size})
         if RATIOS[best] < 1.0:
             record["originals"][layer.name] = kernel
             layer.set_weights([np.clip(kernel, -RATIOS[best] * top, RATIOS[best] * top), *rest])
