@@ -374,3 +374,81 @@ def test_adaround_with_a_range_estimator_is_deployed_exactly(tmp_path):
     scales = {t["codes"].shape: t["scales"].size
               for t in tflite_inspect.int8_weight_tensors(conversion.content)}
     assert scales[(4, 6)] == 1 and scales[(6, 1, 1, 8)] == 6  # head per tensor, pw per channel
+
+
+def _tflite_biases(content: bytes) -> list[np.ndarray]:
+    """Each conv / fully-connected op's bias, dequantized from its int32 codes, in op order
+    (0 where the op has none: the converter drops an all-zero bias)."""
+    from tflq.tflite_inspect import ops_details
+
+    interp = Interpreter(model_content=content)
+    interp.allocate_tensors()
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    biases = []
+    for op in ops_details(interp):
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            if int(op["inputs"][2]) < 0:
+                biases.append(np.zeros(1))
+                continue
+            detail = tensors[int(op["inputs"][2])]
+            scales = detail["quantization_parameters"]["scales"]
+            biases.append(interp.get_tensor(detail["index"]).astype(np.float64) * scales)
+    return biases
+
+
+def test_after_equalization_adaround_keeps_the_equalized_float_biases(tmp_path):
+    """Bias correction shifts each bias by the mean error of rounding to nearest; AdaRound
+    replaces that rounding, so after CLE + AdaRound the deployed biases must be those of the
+    equalized float model (CLE alone keeps the function), not shifted by a correction for an
+    error the learned rounding no longer makes. CLE alone still corrects them."""
+    from tflq.ptq import equalize
+
+    model = _model(outliers=True)
+    rng = np.random.default_rng(3)
+    for name in ("conv", "dw", "pw", "head"):
+        kernel, bias = model.get_layer(name).get_weights()
+        model.get_layer(name).set_weights([kernel, rng.normal(0, 0.1, bias.shape)])
+    x = _x()
+    reference, _ = equalize.equalize(graph.prepare(model), samples=[x],
+                                     batches=lambda: iter([x]))
+    float_biases = [layer.get_weights()[1] for layer in reference.layers
+                    if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")]
+    both = _convert_int8(model, tmp_path / "both", equalize=True, adaround=True,
+                         adaround_iterations=40)
+    alone = _convert_int8(model, tmp_path / "alone", equalize=True)
+    deployed, corrected = _tflite_biases(both.content), _tflite_biases(alone.content)
+    assert len(deployed) == len(float_biases) == 4
+    for got, want in zip(deployed, float_biases, strict=True):
+        np.testing.assert_allclose(np.broadcast_to(got, want.shape), want,
+                                   atol=1e-5 + 1e-4 * np.abs(want).max())
+    shifts = [np.abs(c - w).max() / np.abs(w).max() for c, w in
+              zip(corrected, float_biases, strict=True)]
+    assert max(shifts) > 1e-3  # CLE alone moves them: the check above can tell the two apart
+    assert both.details["equalize"]["bias_corrected"] == {}
+    assert "bias correction left to AdaRound" in both.notes[0]
+    assert "bias correction on 4 layers" in alone.notes[0]
+
+
+def test_adaround_reconstructs_the_reference_model_it_is_given():
+    """``reference``: the outputs AdaRound reconstructs (e.g. before per-tensor weight
+    clipping). A reference whose conv kernel sits 0.45 code above the rounded model's makes
+    AdaRound round many of that layer's weights up, none down; without it few move."""
+    prepared = graph.prepare(_model())
+    x = _x()
+    reference = tf_keras.models.clone_model(prepared)
+    reference.set_weights(prepared.get_weights())
+    kernel, bias = prepared.get_layer("conv").get_weights()
+    scale = np.abs(kernel).max(axis=(0, 1, 2)) / 127.0
+    reference.get_layer("conv").set_weights([kernel + 0.45 * scale, bias])
+    nearest = np.round(kernel / scale)
+
+    def ups(ref):
+        model = tf_keras.models.clone_model(prepared)
+        model.set_weights(prepared.get_weights())
+        record = adaround.apply(model, lambda: iter([x]), iterations=100, reference=ref)
+        changed = record["codes"]["conv"] - nearest
+        return (changed > 0).sum(), (changed < 0).sum()
+
+    up, down = ups(reference)
+    assert up >= 20 and down == 0
+    assert sum(ups(None)) < up / 4  # its own outputs: few weights leave nearest, either way

@@ -66,7 +66,8 @@ class ConvertOptions:
         converter's own calibration.
       percentile: for ``range_estimator="percentile"``.
       equalize: ``int8`` after cross-layer equalization and bias correction
-        (:mod:`tflq.ptq.equalize`; per tensor, weight ranges clipped first:
+        (:mod:`tflq.ptq.equalize`; with ``adaround`` the learned rounding replaces the bias
+        correction; per tensor, weight ranges clipped first:
         :mod:`tflq.ptq.weight_clip`); ``equalize_relu6`` how it treats ReLU6 (``bounded``,
         ``relu``, ``keep``: :data:`tflq.ptq.equalize.RELU6_MODES`).
       selective: keep the fewest most sensitive ``int8`` ops in float that bring the
@@ -93,7 +94,8 @@ class ConvertOptions:
         "(tf_keras models).", None, choices=RANGE_ESTIMATORS)
     percentile: float = setting("Percentile for --range_estimator=percentile.", 99.99)
     equalize: bool = setting("int8 after cross-layer equalization and bias correction "
-                             "(tf_keras models).", False)
+                             "(with --adaround, its learned rounding replaces the bias "
+                             "correction; tf_keras models).", False)
     equalize_relu6: str = setting(
         "How --equalize treats ReLU6: bounded (kept; a channel is scaled only as far as no "
         "calibration activation changes whether it is clipped, so the float model is "

@@ -338,7 +338,7 @@ def _call_with_kernel(config: dict, kind: str, x, kernel, rest):
 
 def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iterations: int = 500,
           reg: float = 0.01, batch_size: int = 8, max_samples: int = 64, seed: int = 0,
-          per_tensor_kinds: tuple = ()):
+          per_tensor_kinds: tuple = (), reference=None):
     """AdaRound every Conv2D/DepthwiseConv2D/Dense of a prepared (BatchNorm-folded,
     inlined) tf_keras model in place, in graph order.
 
@@ -355,6 +355,8 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
       per_tensor_kinds: layer types whose weights the deployment route quantizes per tensor
         even when ``per_channel`` (tflq's QAT graph, through which the range estimators
         convert, quantizes Dense kernels per tensor, as tfmot's 8-bit scheme does).
+      reference: the float model whose layer outputs are reconstructed (same layer names,
+        e.g. before weight clipping); default: ``model`` as it is on entry.
 
     Returns:
       ``{"layers": [per-layer stats], "codes": {layer: learned int8 codes},
@@ -376,8 +378,10 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
         raise ValueError(f"AdaRound needs iterations >= 1, reg >= 0, batch_size >= 1, "
                          f"max_samples >= 1. Received: iterations={iterations}, reg={reg}, "
                          f"batch_size={batch_size}, max_samples={max_samples}")
-    original = tf_keras.models.clone_model(model)
-    original.set_weights(model.get_weights())
+    original = reference
+    if original is None:
+        original = tf_keras.models.clone_model(model)
+        original.set_weights(model.get_weights())
     data = first_samples(batches, max_samples)
     count = len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
     record = {"num_bits": num_bits, "per_channel": per_channel, "iterations": iterations,
