@@ -134,3 +134,33 @@ def test_bias_correction_against_the_unclipped_kernel_removes_the_clipping_shift
     np.testing.assert_allclose(got.mean(axis=(0, 1, 2)), want.mean(axis=(0, 1, 2)), atol=1e-4)
     assert abs(np.mean(want[..., 0]) - np.mean(got[..., 0] - model.get_layer("c")
                                                  .get_weights()[1][0])) > 0.1
+
+
+def test_per_tensor_adaround_after_clipping_reconstructs_the_unclipped_model(tmp_path,
+                                                                              monkeypatch):
+    """``--per_tensor --equalize --adaround``: AdaRound rounds the clipped kernels but its
+    target is the equalized model before clipping (else it would learn to reproduce the
+    clipping error); the codes it learns are still what the .tflite holds."""
+    from tflq.ptq import adaround
+
+    model = _outlier_block()
+    loaded = wrap_model(model, "outlier")
+    name = loaded.input_names[0]
+    x = _x(48)
+    seen, real = {}, adaround.apply
+
+    def spy(keras, *args, reference=None, **kwargs):
+        seen["rounded"] = keras.get_layer("dw").get_weights()[0]
+        seen["target"] = reference.get_layer("dw").get_weights()[0]
+        return real(keras, *args, reference=reference, **kwargs)
+
+    monkeypatch.setattr(adaround, "apply", spy)
+    conversion = convert.convert_model(
+        loaded, "int8", str(tmp_path), lambda: ({name: x[i:i + 1]} for i in range(len(x))),
+        ConvertOptions(per_channel=False, equalize=True, adaround=True, adaround_iterations=20))
+    ratio = {r["layer"]: r["ratio"] for r in
+             conversion.details["equalize"]["weight_clip"]["layers"]}["dw"]
+    assert ratio < 0.5
+    np.testing.assert_allclose(np.abs(seen["rounded"]).max(),
+                               ratio * np.abs(seen["target"]).max(), rtol=1e-5)
+    assert [r["deployed_exactly"] for r in conversion.details["adaround"]["layers"]] == [True] * 3
