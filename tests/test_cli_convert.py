@@ -801,3 +801,21 @@ def test_equalize_relu6_without_equalize_exits_2_and_writes_nothing(capsys, tmp_
                                 equalize_relu6="relu")
     assert code == 2 and "--equalize_relu6 needs --equalize" in err and stdout == ""
     assert snapshot(tmp_path) == before
+
+
+def test_calibration_steps_show_progress_per_layer(capsys, tmp_path, tiny_files):
+    """Without --quiet, AdaRound, per-tensor weight clipping and bias correction each report
+    their layers on stderr (one line per stage when stderr is not a terminal)."""
+    code, _, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "a"), modes="int8",
+                           equalize=True, adaround=True, adaround_iterations=5,
+                           per_tensor=True, quiet=False, num_calibration_samples=20)
+    assert code == 0
+    layers = len(load_report(str(tmp_path / "a"))["modes"][0]["methods"]["adaround"]["layers"])
+    assert layers >= 2
+    assert re.search(rf"^AdaRound 8-bit: {layers} layers in [\d.]+ s$", err, re.M)
+    assert re.search(rf"^weight clipping: {layers} layers in [\d.]+ s$", err, re.M)
+    assert "bias correction:" not in err  # left to AdaRound
+    code, _, err = run_cli(capsys, **tiny_files, out=str(tmp_path / "b"), modes="int8",
+                           equalize=True, quiet=False, num_calibration_samples=20)
+    assert code == 0 and re.search(r"^bias correction: \d+ layers? in [\d.]+ s$", err, re.M)
+    assert "AdaRound" not in err and "weight clipping:" not in err

@@ -331,7 +331,7 @@ def _convert_all(job: ConvertJob, model, modes: list, representative):
             conversions[mode] = converter.convert_model(
                 model, mode, scratch,
                 representative=representative if mode.needs_calibration else None,
-                options=settings)
+                options=settings, progress=lambda *stage: progress(job.progress, *stage))
         baseline = None
         if options.Mode.INT8 in modes and (tflq_method or settings.selective or job.recipes):
             plain = dataclasses.replace(settings, range_estimator=None, equalize=False,

@@ -338,7 +338,7 @@ def _call_with_kernel(config: dict, kind: str, x, kernel, rest):
 
 def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iterations: int = 500,
           reg: float = 0.01, batch_size: int = 8, max_samples: int = 64, seed: int = 0,
-          per_tensor_kinds: tuple = (), reference=None):
+          per_tensor_kinds: tuple = (), reference=None, progress=None):
     """AdaRound every Conv2D/DepthwiseConv2D/Dense of a prepared (BatchNorm-folded,
     inlined) tf_keras model in place, in graph order.
 
@@ -357,6 +357,8 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
         convert, quantizes Dense kernels per tensor, as tfmot's 8-bit scheme does).
       reference: the float model whose layer outputs are reconstructed (same layer names,
         e.g. before weight clipping); default: ``model`` as it is on entry.
+      progress: shows progress per layer: a factory (stage, total, unit) → wrapper of
+        the layer list (:func:`tflq.console.progress` with its style bound), or None.
 
     Returns:
       ``{"layers": [per-layer stats], "codes": {layer: learned int8 codes},
@@ -387,9 +389,10 @@ def apply(model, batches, num_bits: int = 8, per_channel: bool = True, iteration
     record = {"num_bits": num_bits, "per_channel": per_channel, "iterations": iterations,
               "reg": reg, "samples": int(count), "layers": [], "codes": {}, "scales": {},
               "bias_limited": {}}
-    for index, layer in enumerate(model.layers):
-        if type(layer).__name__ not in _WEIGHT_LAYERS:
-            continue
+    layers = [(i, layer) for i, layer in enumerate(model.layers)
+              if type(layer).__name__ in _WEIGHT_LAYERS]
+    bar = progress(f"AdaRound {num_bits}-bit", len(layers), "layer") if progress else None
+    for index, layer in (bar(layers) if bar else layers):
         twin = original.get_layer(layer.name)
         x_in = np.asarray(tf_keras.Model(model.inputs, layer.input)(data, training=False))
         x_fp = np.asarray(tf_keras.Model(original.inputs, twin.input)(data, training=False))

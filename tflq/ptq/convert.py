@@ -89,7 +89,7 @@ def configure(converter, mode: Mode, options: ConvertOptions, representative):
 
 def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
             representative: Callable | None = None,
-            options: ConvertOptions | None = None) -> Conversion:
+            options: ConvertOptions | None = None, progress: Callable | None = None) -> Conversion:
     """Converts a float model to .tflite bytes in one mode.
 
     Args:
@@ -98,6 +98,8 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
       workdir: scratch folder (Keras 3 models are exported there).
       representative: the calibration generator (``int8`` and ``int16x8``).
       options: converter settings.
+      progress: per-layer progress of tflq's calibration steps (AdaRound, weight clipping,
+        bias correction): :func:`tflq.console.progress` with its style bound, or None.
 
     Returns:
       A :class:`Conversion` with the bytes and the ops left in float.
@@ -118,7 +120,8 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
         content = _on_converter(model, options, representative, workdir, notes, details, why)
     elif mode == Mode.INT8 and (options.range_estimator or options.equalize or options.adaround
                                 or options.range_search):
-        content = _convert_calibrated(model, options, representative, workdir, notes, details)
+        content = _convert_calibrated(model, options, representative, workdir, notes, details,
+                                      progress)
     else:
         converter = model.make_converter(workdir)
         configure(converter, mode, options, representative)
@@ -138,7 +141,7 @@ def convert_model(model: LoadedModel, mode: Mode | str, workdir: str,
 
 
 def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representative,
-                        workdir: str, notes: list, details: dict) -> bytes:
+                        workdir: str, notes: list, details: dict, progress=None) -> bytes:
     """int8 with tflq's calibration: cross-layer equalization + bias correction, AdaRound
     and/or a range estimator (ranges set in tflq's QAT graph, converted from its FakeQuant
     ops). Appends to ``notes`` and ``details`` what each method did; notes also go to stderr."""
@@ -167,7 +170,7 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
                      f"{model.rebuild_notes['max_relative_error']:.2g} of range)")
     target = None  # the float model AdaRound reconstructs (None: the model it rounds)
     if options.equalize:
-        keras, target = _equalized(keras, options, batches, notes, details)
+        keras, target = _equalized(keras, options, batches, notes, details, progress)
     rounding = None
     if options.adaround:
         from tflq.ptq import adaround
@@ -183,7 +186,7 @@ def _convert_calibrated(model: LoadedModel, options: ConvertOptions, representat
         rounding = adaround.apply(keras, batches, options.adaround_bits, options.per_channel,
                                   options.adaround_iterations, options.adaround_reg,
                                   per_tensor_kinds=("Dense",) if qat_graph_ranges else (),
-                                  reference=target)
+                                  reference=target, progress=progress)
     if qat_graph_ranges:
         record = {}
         calibrated, _ = ranges.calibrated_model(keras, batches, options.range_estimator,
@@ -229,7 +232,8 @@ def _on_converter(model: LoadedModel, options: ConvertOptions, representative, w
     return content
 
 
-def _equalized(keras, options: ConvertOptions, batches, notes: list, details: dict):
+def _equalized(keras, options: ConvertOptions, batches, notes: list, details: dict,
+               progress=None):
     """``(keras equalized, float target for AdaRound or None)``: equalized
     (:mod:`tflq.ptq.equalize`), per tensor with its weight ranges clipped
     (:mod:`tflq.ptq.weight_clip`), then bias corrected; records what each did.
@@ -252,10 +256,10 @@ def _equalized(keras, options: ConvertOptions, batches, notes: list, details: di
         if options.adaround:
             target = tf_keras.models.clone_model(keras)
             target.set_weights(keras.get_weights())
-        record["weight_clip"] = weight_clip.clip_per_tensor(keras, batches)
+        record["weight_clip"] = weight_clip.clip_per_tensor(keras, batches, progress=progress)
         reference = record["weight_clip"].pop("originals")
     record["bias_corrected"] = {} if options.adaround else equalize.bias_correct(
-        keras, batches, per_channel=options.per_channel, reference=reference)
+        keras, batches, per_channel=options.per_channel, reference=reference, progress=progress)
     record["bias_correction"] = "adaround" if options.adaround else "nearest"
     details["equalize"] = record
     notes.append(_equalize_note(record))

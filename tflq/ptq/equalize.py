@@ -347,18 +347,21 @@ def quantize_weights(kernel: np.ndarray, kind: str, per_channel: bool) -> np.nda
     return q.reshape(kernel.shape).astype(kernel.dtype)
 
 
-def bias_correct(model, batches, per_channel: bool = True, reference: dict | None = None):
+def bias_correct(model, batches, per_channel: bool = True, reference: dict | None = None,
+                 progress=None):
     """Empirical bias correction of every Conv2D/DepthwiseConv2D/Dense in place, in graph
     order: bias −= mean over the data of layer(x; Q(W) − W₀), W₀ the kernel in
     ``reference`` (``{layer: kernel}``, e.g. before clipping) or else the layer's own.
-    Returns {layer: |shift| max}."""
+    ``progress`` shows progress per layer (as in :func:`tflq.ptq.adaround.apply`). Returns
+    {layer: |shift| max}."""
     from tflq.models import tf_keras
 
     shifts = {}
-    for layer in model.layers:
+    layers = [layer for layer in model.layers
+              if type(layer).__name__ in _WEIGHT | {"Dense"} and layer.use_bias]
+    bar = progress("bias correction", len(layers), "layer") if progress else None
+    for layer in (bar(layers) if bar else layers):
         kind = type(layer).__name__
-        if kind not in _WEIGHT | {"Dense"} or not layer.use_bias:
-            continue
         probe = tf_keras.Model(model.inputs, layer.input)
         weights = layer.get_weights()
         delta = quantize_weights(weights[0], kind, per_channel) - (reference or {}).get(

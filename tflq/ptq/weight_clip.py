@@ -61,7 +61,7 @@ def _activated(activation, twin, chain, x):
     return np.asarray(out)
 
 
-def clip_per_tensor(model, batches, max_samples: int = 64) -> dict:
+def clip_per_tensor(model, batches, max_samples: int = 64, progress=None) -> dict:
     """Clips every weight layer's kernel of the prepared tf_keras ``model`` in place to the
     per-tensor range with the smallest activated output error (see the module docstring).
 
@@ -69,6 +69,7 @@ def clip_per_tensor(model, batches, max_samples: int = 64) -> dict:
       model: a prepared (BatchNorm-folded, inlined) tf_keras model; changed in place.
       batches: callable returning an iterator of input batches.
       max_samples: calibration samples used (the first ones).
+      progress: shows progress per layer (as in :func:`tflq.ptq.adaround.apply`), or None.
 
     Returns:
       ``{"layers": [{"layer", "ratio", "error_unclipped", "error_clipped"}],
@@ -80,10 +81,10 @@ def clip_per_tensor(model, batches, max_samples: int = 64) -> dict:
 
     data = first_samples(batches, max_samples)
     record = {"layers": [], "clipped_layers": 0, "originals": {}}
-    for layer in model.layers:
+    layers = [layer for layer in model.layers if type(layer).__name__ in _WEIGHT]
+    bar = progress("weight clipping", len(layers), "layer") if progress else None
+    for layer in (bar(layers) if bar else layers):
         kind = type(layer).__name__
-        if kind not in _WEIGHT:
-            continue
         x = np.asarray(tf_keras.Model(model.inputs, layer.input)(data, training=False))
         kernel, *rest = layer.get_weights()
         config = layer.get_config()
